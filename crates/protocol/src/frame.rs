@@ -1,0 +1,271 @@
+//! The frames of protocol v1.
+//!
+//! Every frame is a map with a `type` string; [`ClientFrame`] holds what a
+//! client may send, [`ServerFrame`] what a gateway sends. Optional fields are
+//! left out when empty, and unknown fields are ignored on decode, which is
+//! what lets the protocol grow without breaking older peers.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Data, ErrorCode};
+
+/// A position in a room's stream: the last offset a client has, and the epoch
+/// that offset belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Since {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// One room a resuming client was in, with the last offset it received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeRoom {
+    pub room: String,
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// The `resume` object of a `hello`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    pub session: String,
+    pub token: String,
+    #[serde(default)]
+    pub rooms: Vec<ResumeRoom>,
+}
+
+/// The addressee of a `send`: exactly one of `user` or `session`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Target {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+}
+
+impl Target {
+    pub fn user(user: impl Into<String>) -> Self {
+        Target {
+            user: Some(user.into()),
+            session: None,
+        }
+    }
+
+    pub fn session(session: impl Into<String>) -> Self {
+        Target {
+            user: None,
+            session: Some(session.into()),
+        }
+    }
+}
+
+/// A connection as others see it: in presence lists, presence events and the
+/// `from` of messages. `info` is the token's `info` claim, when it has one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub user: String,
+    pub session: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<Data>,
+}
+
+/// A room restored by a resume, as listed in `welcome`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomStatus {
+    pub room: String,
+    pub offset: u64,
+    pub epoch: String,
+    pub recovered: bool,
+}
+
+/// Why a node asks its clients to reconnect elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReconnectReason {
+    Shutdown,
+    Rebalance,
+}
+
+/// Frames a client sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    Hello {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<Resume>,
+    },
+    Join {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<Since>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        presence: Option<bool>,
+    },
+    Leave {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room: String,
+    },
+    Publish {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room: String,
+        data: Data,
+    },
+    Send {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        to: Target,
+        data: Data,
+    },
+    Presence {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room: String,
+    },
+    Ping {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+}
+
+impl ClientFrame {
+    /// The `id` the client attached, echoed on the reply or error.
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            ClientFrame::Hello { id, .. }
+            | ClientFrame::Join { id, .. }
+            | ClientFrame::Leave { id, .. }
+            | ClientFrame::Publish { id, .. }
+            | ClientFrame::Send { id, .. }
+            | ClientFrame::Presence { id, .. }
+            | ClientFrame::Ping { id } => *id,
+        }
+    }
+
+    /// The frame's `type`, as on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientFrame::Hello { .. } => "hello",
+            ClientFrame::Join { .. } => "join",
+            ClientFrame::Leave { .. } => "leave",
+            ClientFrame::Publish { .. } => "publish",
+            ClientFrame::Send { .. } => "send",
+            ClientFrame::Presence { .. } => "presence",
+            ClientFrame::Ping { .. } => "ping",
+        }
+    }
+}
+
+/// Frames a gateway sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Welcome {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        session: String,
+        resume_token: String,
+        user: String,
+        node: String,
+        ping_interval_ms: u64,
+        resumed: bool,
+        #[serde(default)]
+        rooms: Vec<RoomStatus>,
+    },
+    Joined {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room: String,
+        offset: u64,
+        epoch: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+    },
+    Left {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room: String,
+    },
+    Message {
+        room: String,
+        offset: u64,
+        epoch: String,
+        data: Data,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<Member>,
+    },
+    Direct {
+        data: Data,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<Member>,
+    },
+    PresenceJoin {
+        room: String,
+        member: Member,
+    },
+    PresenceLeave {
+        room: String,
+        member: Member,
+    },
+    Presence {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room: String,
+        members: Vec<Member>,
+    },
+    Ack {
+        id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+    },
+    Pong {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    Error {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        code: ErrorCode,
+        message: String,
+    },
+    Reconnect {
+        reason: ReconnectReason,
+        after_ms: u64,
+    },
+}
+
+impl ServerFrame {
+    /// The frame's `type`, as on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerFrame::Welcome { .. } => "welcome",
+            ServerFrame::Joined { .. } => "joined",
+            ServerFrame::Left { .. } => "left",
+            ServerFrame::Message { .. } => "message",
+            ServerFrame::Direct { .. } => "direct",
+            ServerFrame::PresenceJoin { .. } => "presence_join",
+            ServerFrame::PresenceLeave { .. } => "presence_leave",
+            ServerFrame::Presence { .. } => "presence",
+            ServerFrame::Ack { .. } => "ack",
+            ServerFrame::Pong { .. } => "pong",
+            ServerFrame::Error { .. } => "error",
+            ServerFrame::Reconnect { .. } => "reconnect",
+        }
+    }
+
+    /// Shorthand for an `error` frame.
+    pub fn error(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerFrame::Error {
+            id,
+            code,
+            message: message.into(),
+        }
+    }
+}

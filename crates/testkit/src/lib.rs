@@ -1,0 +1,272 @@
+//! The integration-test harness, shared by every crate's tests.
+//!
+//! Tests run the real thing: the `roomcast-gateway` binary (and later the
+//! presence service and `redis-server`) as child processes on free loopback
+//! ports. Each [`Process`] is killed when dropped, so a failing test never
+//! leaves servers behind. Binaries are built once by `make test` before the
+//! tests start; when a test is run on its own, the harness builds them.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+/// The workspace root (the folder with the top-level Cargo.toml).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+static BUILD: Mutex<bool> = Mutex::new(false);
+
+/// Path of a workspace binary in the debug profile, built if missing.
+pub fn binary(name: &str) -> PathBuf {
+    let path = target_dir().join("debug").join(name);
+    let mut built = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+    if !*built && std::env::var_os("ROOMCAST_TEST_NO_BUILD").is_none() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--bins"])
+            .current_dir(workspace_root())
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "cargo build --bins failed");
+        *built = true;
+    }
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// A child process killed on drop, with its output kept in a log file.
+pub struct Process {
+    child: Child,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Process {
+    /// Spawns `program` with `env`, output going to a temporary log file.
+    pub fn spawn(name: &str, program: &PathBuf, args: &[&str], env: &[(&str, String)]) -> Process {
+        let log = std::env::temp_dir().join(format!(
+            "roomcast-test-{}-{}-{}.log",
+            name,
+            std::process::id(),
+            free_port()
+        ));
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        Process {
+            child,
+            name: name.to_string(),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The process's output so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal (`"TERM"`, `"KILL"`, `"STOP"`, `"CONT"`, `"HUP"`).
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status();
+    }
+
+    /// Waits up to `timeout` for the process to exit; its exit code if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<Option<i32>> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- log of {} ---\n{}", self.name, self.output());
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
+/// A running `roomcast-gateway` on a free loopback port.
+pub struct Gateway {
+    pub process: Process,
+    pub addr: SocketAddr,
+}
+
+impl Gateway {
+    /// Starts a single node (in-memory mode unless `env` sets a Redis URL).
+    /// `env` is applied on top of `ROOMCAST_LISTEN`; the API key defaults to
+    /// `test-key`.
+    pub fn start(env: &[(&str, &str)]) -> Gateway {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let mut vars: Vec<(&str, String)> = vec![
+            ("ROOMCAST_LISTEN", addr.to_string()),
+            ("ROOMCAST_API__KEY", "test-key".to_string()),
+            ("ROOMCAST_LOG__LEVEL", "info,roomcast=debug".to_string()),
+        ];
+        for (k, v) in env {
+            vars.retain(|(key, _)| key != k);
+            vars.push((k, v.to_string()));
+        }
+        let process = Process::spawn("gateway", &binary("roomcast-gateway"), &[], &vars);
+        let mut gw = Gateway { process, addr };
+        gw.wait_healthy(Duration::from_secs(20));
+        gw
+    }
+
+    /// `ws://…/ws` of this node.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// `http://…` of this node.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn wait_healthy(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if !self.process.is_running() {
+                panic!("gateway exited at startup:\n{}", self.process.output());
+            }
+            if let Ok((200, _)) = http_request(self.addr, "GET", "/healthz", &[], "") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("gateway not healthy in time:\n{}", self.process.output());
+    }
+}
+
+/// A minimal blocking HTTP/1.1 client for tests: returns (status, body).
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    stream.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {text}")))?;
+    let body = match text.split_once("\r\n\r\n") {
+        Some((head, rest)) if head.to_ascii_lowercase().contains("transfer-encoding: chunked") => {
+            dechunk(rest)
+        }
+        Some((_, rest)) => rest.to_string(),
+        None => String::new(),
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Polls `check` every 20 ms until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Resident set size of a process in KiB (from /proc).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
