@@ -1,1 +1,90 @@
-pub fn placeholder() {}
+//! The broker: where a published message gets its offset, is kept in the
+//! room's history, and reaches every node that has members in the room.
+//!
+//! [`Broker`] is the one interface the gateway uses; [`memory::MemoryBroker`]
+//! runs everything inside one process (the single-node default), and the
+//! Redis engine does the same across nodes. Delivery to local members goes
+//! through a [`Delivery`] sink (the gateway's hub), always in offset order per
+//! room.
+
+pub mod memory;
+pub mod message;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use roomcast_protocol::{Data, Member, Since};
+
+pub use message::RoomMessage;
+
+/// Where a room's stream stands: its latest offset and its epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub offset: u64,
+    pub epoch: Arc<str>,
+}
+
+/// What a read found for a client that asked to recover from `since`.
+#[derive(Debug, Clone)]
+pub enum Recovery {
+    /// Every message after `since.offset`, in order (possibly none).
+    Recovered(Vec<Arc<RoomMessage>>),
+    /// The epoch changed or part of the gap has left history: replay nothing.
+    NotRecoverable,
+}
+
+/// The answer to [`Broker::read`].
+#[derive(Debug, Clone)]
+pub struct HistoryRead {
+    pub position: Position,
+    /// `None` when the read did not ask to recover.
+    pub recovery: Option<Recovery>,
+}
+
+/// History retention for a room.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryLimits {
+    /// Messages kept per room.
+    pub size: usize,
+    /// How long a message is kept.
+    pub ttl: std::time::Duration,
+}
+
+/// Why a broker call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    /// The store cannot be reached or did not answer in time; nothing was stored.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Receives the messages the broker has for rooms with local members, in
+/// offset order per room.
+pub trait Delivery: Send + Sync + 'static {
+    fn deliver(&self, message: Arc<RoomMessage>);
+}
+
+/// One interface, two engines (in-memory and Redis).
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Appends `data` to the room's history with the next offset and delivers
+    /// it to every node with members. An `Ok` means the message is stored.
+    async fn publish(
+        &self,
+        room: &str,
+        data: Data,
+        from: Option<Member>,
+    ) -> Result<Arc<RoomMessage>, BrokerError>;
+
+    /// Starts delivering the room's messages to this node (first local member).
+    async fn subscribe(&self, room: &str) -> Result<(), BrokerError>;
+
+    /// Stops delivering the room's messages to this node (last member left).
+    async fn unsubscribe(&self, room: &str);
+
+    /// The room's position and, with `since`, the messages after it.
+    async fn read(&self, room: &str, since: Option<&Since>) -> Result<HistoryRead, BrokerError>;
+
+    /// Engine name for logs and `/api/stats` (`memory`, `redis`).
+    fn engine(&self) -> &'static str;
+}

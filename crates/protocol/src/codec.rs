@@ -77,7 +77,9 @@ impl Codec {
     /// here is a bug, reported as a string rather than a panic.
     pub fn encode<T: Serialize>(self, frame: &T) -> Result<Bytes, String> {
         match self {
-            Codec::Json => serde_json::to_vec(frame).map(Bytes::from).map_err(|e| e.to_string()),
+            Codec::Json => serde_json::to_vec(frame)
+                .map(Bytes::from)
+                .map_err(|e| e.to_string()),
             Codec::MsgPack => rmp_serde::to_vec_named(frame)
                 .map(Bytes::from)
                 .map_err(|e| e.to_string()),
@@ -120,7 +122,11 @@ fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
 
 fn decode_msgpack<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
-    de.set_max_depth(MAX_DEPTH);
+    // rmp-serde refuses the container that brings its counter down to zero, so
+    // a limit of N admits N - 1 nested containers; `+ 1` makes MessagePack
+    // admit exactly MAX_DEPTH, like the JSON check, so a frame one codec
+    // accepts can always be re-encoded for a peer of the other.
+    de.set_max_depth(MAX_DEPTH + 1);
     T::deserialize(&mut de).map_err(|e| describe(e.to_string()))
 }
 

@@ -23,6 +23,10 @@ pub struct ResumeRoom {
     pub room: String,
     pub offset: u64,
     pub epoch: String,
+    /// Whether to receive presence events in this room again (an addition
+    /// to PROTOCOL.md; absent means false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<bool>,
 }
 
 /// The `resume` object of a `hello`.

@@ -6,6 +6,8 @@
 //! leaves servers behind. Binaries are built once by `make test` before the
 //! tests start; when a test is run on its own, the harness builds them.
 
+pub mod ws;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -35,20 +37,22 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-static BUILD: Mutex<bool> = Mutex::new(false);
+static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-/// Path of a workspace binary in the debug profile, built if missing.
+/// Path of a workspace binary in the debug profile. Each binary is built
+/// (`cargo build -p NAME --bin NAME`, a no-op when fresh) once per test
+/// process, unless `ROOMCAST_TEST_NO_BUILD` is set (`make test` builds first).
 pub fn binary(name: &str) -> PathBuf {
     let path = target_dir().join("debug").join(name);
-    let mut built = BUILD.lock().unwrap_or_else(|p| p.into_inner());
-    if !*built && std::env::var_os("ROOMCAST_TEST_NO_BUILD").is_none() {
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if !built.iter().any(|b| b == name) && std::env::var_os("ROOMCAST_TEST_NO_BUILD").is_none() {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--bins"])
+            .args(["build", "--quiet", "-p", name, "--bin", name])
             .current_dir(workspace_root())
             .status()
             .expect("cargo build");
-        assert!(status.success(), "cargo build --bins failed");
-        *built = true;
+        assert!(status.success(), "cargo build -p {name} failed");
+        built.push(name.to_string());
     }
     assert!(path.exists(), "{} was not built", path.display());
     path
@@ -144,13 +148,12 @@ pub struct Gateway {
 
 impl Gateway {
     /// Starts a single node (in-memory mode unless `env` sets a Redis URL).
-    /// `env` is applied on top of `ROOMCAST_LISTEN`; the API key defaults to
-    /// `test-key`.
+    /// Unless `env` sets `ROOMCAST_LISTEN`, the node binds port 0 and the
+    /// harness reads the address it got from its log, so parallel tests
+    /// never race for a port. The API key defaults to `test-key`.
     pub fn start(env: &[(&str, &str)]) -> Gateway {
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let mut vars: Vec<(&str, String)> = vec![
-            ("ROOMCAST_LISTEN", addr.to_string()),
+            ("ROOMCAST_LISTEN", "127.0.0.1:0".to_string()),
             ("ROOMCAST_API__KEY", "test-key".to_string()),
             ("ROOMCAST_LOG__LEVEL", "info,roomcast=debug".to_string()),
         ];
@@ -158,7 +161,8 @@ impl Gateway {
             vars.retain(|(key, _)| key != k);
             vars.push((k, v.to_string()));
         }
-        let process = Process::spawn("gateway", &binary("roomcast-gateway"), &[], &vars);
+        let mut process = Process::spawn("gateway", &binary("roomcast-gateway"), &[], &vars);
+        let addr = wait_for_listen_line(&mut process, Duration::from_secs(20));
         let mut gw = Gateway { process, addr };
         gw.wait_healthy(Duration::from_secs(20));
         gw
@@ -186,6 +190,31 @@ impl Gateway {
             std::thread::sleep(Duration::from_millis(25));
         }
         panic!("gateway not healthy in time:\n{}", self.process.output());
+    }
+}
+
+/// Reads the `listening on http://ADDR` line a server logs at startup.
+pub fn wait_for_listen_line(process: &mut Process, timeout: Duration) -> SocketAddr {
+    const MARK: &str = "listening on http://";
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = process.output();
+        if let Some(i) = out.find(MARK) {
+            let rest = &out[i + MARK.len()..];
+            let end = rest
+                .find(|c: char| c.is_whitespace() || c == '"' || c == ')')
+                .unwrap_or(rest.len());
+            if let Ok(addr) = rest[..end].trim_end_matches('/').parse() {
+                return addr;
+            }
+        }
+        if !process.is_running() {
+            panic!("{} exited at startup:\n{out}", process.name);
+        }
+        if Instant::now() >= deadline {
+            panic!("{} did not report its address in time:\n{out}", process.name);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

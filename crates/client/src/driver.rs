@@ -1,0 +1,791 @@
+//! The task behind a [`crate::Client`]: one session kept alive across many
+//! connections.
+//!
+//! The task owns everything that must outlive a socket: the rooms the client
+//! is in and its position in each, the session's resume ticket, the commands
+//! waiting for replies. Its life is a loop of three steps:
+//!
+//! 1. **establish**: pick the next URL, open a [`Connection`], send `hello`
+//!    (with `resume` once there was a session) and wait for `welcome`;
+//! 2. **serve**: restore the rooms (resumed by the server, or re-joined with
+//!    `since` when the resume failed), then route frames to events and
+//!    replies, commands to the socket, and let the heartbeat watchdog judge
+//!    the silence;
+//! 3. **pause**: when the connection ends or an attempt fails, fail what was
+//!    in flight with `Disconnected`, wait as the backoff policy (or the
+//!    server's `reconnect` notice) says, and start again.
+//!
+//! It stops when the client is closed or every handle is dropped, when the
+//! backoff policy gives up, or when the server keeps refusing the token.
+//! Commands that arrive while there is no connection fail at once with
+//! `Disconnected` rather than queueing: the caller decides whether a publish
+//! should be tried again.
+
+use std::time::{Duration, Instant};
+
+use roomcast_protocol::{
+    ClientFrame, ErrorCode, Resume, ResumeRoom, RoomStatus, ServerFrame, Since,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::MissedTickBehavior;
+use url::Url;
+
+use crate::config::Config;
+use crate::connection::{Connection, Incoming, SendError};
+use crate::dedup::Positions;
+use crate::events::{
+    ConnectionState, DirectMessage, DisconnectCause, Event, RoomMessage, SessionInfo,
+};
+use crate::pending::{Asked, Pending, PendingTable, Waiter};
+use crate::rooms::Rooms;
+use crate::watchdog::{Verdict, Watchdog};
+use crate::Error;
+
+/// A server that refuses a freshly provided token this many times in a row is
+/// not going to accept the next one either.
+const MAX_REFUSALS: u32 = 2;
+/// A session shorter than this does not reset the backoff, so a node that
+/// accepts and drops connections at once is not hammered.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
+
+/// What a [`crate::Client`] handle asks of the task.
+pub(crate) enum Command {
+    /// Send `frame` with a fresh `id` and hand back its reply.
+    Request {
+        frame: ClientFrame,
+        reply: oneshot::Sender<Result<ServerFrame, Error>>,
+    },
+    /// Send `frame` exactly as given.
+    Raw {
+        frame: ClientFrame,
+        done: oneshot::Sender<Result<(), Error>>,
+    },
+    /// Cut the socket without a close handshake, reconnect after the delay.
+    DropConnection { reconnect_after: Duration },
+    /// Close cleanly and stop.
+    Close { done: oneshot::Sender<()> },
+}
+
+/// The task must stop; `Some` when a `close()` caller waits to hear it did.
+struct Halt(Option<oneshot::Sender<()>>);
+
+/// Why a connection (or an attempt) ended, and when the server asked us to
+/// come back.
+struct Failure {
+    cause: DisconnectCause,
+    retry_after: Option<Duration>,
+}
+
+impl Failure {
+    fn new(cause: DisconnectCause) -> Self {
+        Failure {
+            cause,
+            retry_after: None,
+        }
+    }
+
+    fn connect(message: impl Into<String>) -> Self {
+        Failure::new(DisconnectCause::ConnectFailed(message.into()))
+    }
+
+    fn lost(message: impl Into<String>) -> Self {
+        Failure::new(DisconnectCause::ConnectionLost(message.into()))
+    }
+}
+
+/// The parts of `welcome` the session needs.
+struct Welcome {
+    session: String,
+    resume_token: String,
+    user: String,
+    node: String,
+    ping_interval: Duration,
+    resumed: bool,
+    rooms: Vec<RoomStatus>,
+}
+
+/// Consecutive bad luck, which decides the next delay and when to give up.
+#[derive(Default)]
+struct Streak {
+    /// Attempts that failed since the last `welcome`.
+    failures: u32,
+    /// Sessions in a row that ended before [`STABLE_SESSION`].
+    quick_drops: u32,
+    /// Token refusals since the last `welcome`.
+    refusals: u32,
+}
+
+pub(crate) struct Driver {
+    config: Config,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::UnboundedSender<Event>,
+    state: watch::Sender<ConnectionState>,
+    /// Told about the first `welcome` (or the reason there will be none).
+    ready: Option<oneshot::Sender<Result<SessionInfo, Error>>>,
+    rooms: Rooms,
+    positions: Positions,
+    pending: PendingTable,
+    /// Session id and resume token from the last `welcome`.
+    ticket: Option<(String, String)>,
+    next_url: usize,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        config: Config,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::UnboundedSender<Event>,
+        state: watch::Sender<ConnectionState>,
+        ready: oneshot::Sender<Result<SessionInfo, Error>>,
+    ) -> Self {
+        Driver {
+            config,
+            commands,
+            events,
+            state,
+            ready: Some(ready),
+            rooms: Rooms::default(),
+            positions: Positions::default(),
+            pending: PendingTable::default(),
+            ticket: None,
+            next_url: 0,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let mut streak = Streak::default();
+        let mut delay: Option<Duration> = None;
+        let (error, halt) = loop {
+            if let Some(delay) = delay.take() {
+                if let Err(halt) = self.pause(delay).await {
+                    break (None, halt);
+                }
+            }
+            let url = self.next_url();
+            self.set_state(ConnectionState::Connecting {
+                url: url.to_string(),
+                attempt: streak.failures + 1,
+            });
+            let (failure, counts_as_attempt) = match self.establish(&url).await {
+                Err(halt) => break (None, halt),
+                Ok(Err(failure)) => {
+                    streak.failures += 1;
+                    (failure, true)
+                }
+                Ok(Ok((conn, welcome))) => {
+                    streak.failures = 0;
+                    streak.refusals = 0;
+                    let started = Instant::now();
+                    let ended = self.serve(conn, welcome, &url).await;
+                    self.connection_lost();
+                    match ended {
+                        Err(halt) => break (None, halt),
+                        Ok(failure) => {
+                            if started.elapsed() >= STABLE_SESSION {
+                                streak.quick_drops = 0;
+                            } else {
+                                streak.quick_drops = streak.quick_drops.saturating_add(1);
+                            }
+                            (failure, false)
+                        }
+                    }
+                }
+            };
+            match self.retry_delay(&failure, &mut streak, counts_as_attempt) {
+                Ok(wait) => {
+                    tracing::info!(cause = %failure.cause, ?wait, "roomcast connection down, reconnecting");
+                    self.set_state(ConnectionState::Reconnecting {
+                        attempt: streak.failures + 1,
+                        delay: wait,
+                        cause: failure.cause,
+                    });
+                    delay = Some(wait);
+                }
+                Err(error) => break (Some(error), Halt(None)),
+            }
+        };
+        self.finish(error, halt);
+    }
+
+    /// How long to wait before the next attempt, or the error to stop with.
+    fn retry_delay(
+        &self,
+        failure: &Failure,
+        streak: &mut Streak,
+        counts_as_attempt: bool,
+    ) -> Result<Duration, Error> {
+        if failure.cause.is_unauthorized() {
+            streak.refusals += 1;
+            // A fixed token that was refused will be refused again; only a
+            // provider can bring a better one, and only so many times.
+            if self.config.token_provider.is_none() || streak.refusals >= MAX_REFUSALS {
+                return Err(Error::Unauthorized(failure.cause.to_string()));
+            }
+        }
+        if counts_as_attempt && self.config.backoff.exhausted(streak.failures) {
+            return Err(Error::GaveUp {
+                attempts: streak.failures,
+                last: failure.cause.to_string(),
+            });
+        }
+        let exponent = streak.failures.saturating_add(streak.quick_drops);
+        Ok(failure
+            .retry_after
+            .unwrap_or_else(|| self.config.backoff.delay(exponent)))
+    }
+
+    fn next_url(&mut self) -> Url {
+        let url = self.config.urls[self.next_url % self.config.urls.len()].clone();
+        self.next_url = self.next_url.wrapping_add(1);
+        url
+    }
+
+    /// Waits `delay`, refusing commands meanwhile.
+    async fn pause(&mut self, delay: Duration) -> Result<(), Halt> {
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => return Ok(()),
+                cmd = self.commands.recv() => refuse(cmd, Error::Disconnected)?,
+            }
+        }
+    }
+
+    /// One connection attempt: socket, `hello`, `welcome`.
+    async fn establish(
+        &mut self,
+        url: &Url,
+    ) -> Result<Result<(Connection, Welcome), Failure>, Halt> {
+        let hello_id = self.pending.next_id();
+        let resume = self.ticket.as_ref().map(|(session, token)| Resume {
+            session: session.clone(),
+            token: token.clone(),
+            rooms: self
+                .rooms
+                .joined_rooms()
+                .into_iter()
+                .filter_map(|(room, presence)| {
+                    let pos = self.positions.get(&room)?;
+                    Some(ResumeRoom {
+                        offset: pos.offset,
+                        epoch: pos.epoch.clone(),
+                        presence: presence.then_some(true),
+                        room,
+                    })
+                })
+                .collect(),
+        });
+        let attempt = greet(&self.config, url, hello_id, resume);
+        tokio::pin!(attempt);
+        loop {
+            tokio::select! {
+                result = &mut attempt => return Ok(result),
+                cmd = self.commands.recv() => refuse(cmd, Error::Disconnected)?,
+            }
+        }
+    }
+
+    /// Runs one established connection until it ends.
+    async fn serve(
+        &mut self,
+        mut conn: Connection,
+        welcome: Welcome,
+        url: &Url,
+    ) -> Result<Failure, Halt> {
+        let info = SessionInfo {
+            session: welcome.session.clone(),
+            user: welcome.user.clone(),
+            node: welcome.node.clone(),
+            url: url.to_string(),
+            ping_interval: welcome.ping_interval,
+        };
+        self.ticket = Some((welcome.session.clone(), welcome.resume_token.clone()));
+        tracing::info!(url = %url, node = %info.node, session = %info.session, resumed = welcome.resumed, "roomcast connected");
+        self.set_state(ConnectionState::Connected {
+            resumed: welcome.resumed,
+            session: info.clone(),
+        });
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(Ok(info));
+        }
+
+        let mut watchdog = Watchdog::new(
+            welcome.ping_interval,
+            self.config.heartbeat_slack,
+            Instant::now(),
+        );
+        conn.set_write_timeout(watchdog.dead_after());
+        if let Err(failure) = self.restore_rooms(&mut conn, &welcome).await {
+            return Ok(failure);
+        }
+
+        let mut tick = tokio::time::interval(watchdog.check_every());
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut retry_after = None;
+        loop {
+            tokio::select! {
+                incoming = conn.recv() => {
+                    watchdog.seen(Instant::now());
+                    match incoming {
+                        Incoming::Frame(frame) => {
+                            if let Some(after) = self.on_frame(frame) {
+                                retry_after = Some(after);
+                            }
+                        }
+                        Incoming::Alive => {}
+                        Incoming::Closed { code, reason } => {
+                            return Ok(Failure { cause: DisconnectCause::Closed { code, reason }, retry_after });
+                        }
+                        Incoming::Lost(e) => {
+                            return Ok(Failure { cause: DisconnectCause::ConnectionLost(e), retry_after });
+                        }
+                    }
+                }
+                cmd = self.commands.recv() => match cmd {
+                    None => {
+                        conn.close().await;
+                        return Err(Halt(None));
+                    }
+                    Some(Command::Close { done }) => {
+                        conn.close().await;
+                        return Err(Halt(Some(done)));
+                    }
+                    Some(Command::DropConnection { reconnect_after }) => {
+                        drop(conn);
+                        return Ok(Failure {
+                            cause: DisconnectCause::DroppedForTest,
+                            retry_after: Some(reconnect_after),
+                        });
+                    }
+                    Some(Command::Request { frame, reply }) => {
+                        if let Err(failure) = self.send_command(&mut conn, frame, Waiter::Caller(reply)).await {
+                            return Ok(failure);
+                        }
+                    }
+                    Some(Command::Raw { frame, done }) => match conn.send(&frame).await {
+                        Ok(()) => {
+                            let _ = done.send(Ok(()));
+                        }
+                        Err(SendError::Encode(e)) => {
+                            let _ = done.send(Err(Error::Encode(e)));
+                        }
+                        Err(SendError::Transport(e)) => {
+                            let _ = done.send(Err(Error::Disconnected));
+                            return Ok(Failure::lost(e));
+                        }
+                    },
+                },
+                _ = tick.tick() => {
+                    match watchdog.check(Instant::now()) {
+                        Verdict::Alive => {}
+                        Verdict::Probe => {
+                            if let Err(SendError::Transport(e)) = conn.send(&ClientFrame::Ping { id: None }).await {
+                                return Ok(Failure::lost(e));
+                            }
+                        }
+                        Verdict::Dead => return Ok(Failure::new(DisconnectCause::HeartbeatTimeout)),
+                    }
+                    self.pending.sweep_abandoned();
+                }
+            }
+        }
+    }
+
+    /// After `welcome`: settle the rooms the server resumed, re-join the rest
+    /// with `since` so the server replays what it still can.
+    async fn restore_rooms(
+        &mut self,
+        conn: &mut Connection,
+        welcome: &Welcome,
+    ) -> Result<(), Failure> {
+        let mut restored = Vec::new();
+        if welcome.resumed {
+            for status in &welcome.rooms {
+                let since = self.positions.get(&status.room).cloned();
+                self.settle_position(
+                    &status.room,
+                    since.as_ref(),
+                    &status.epoch,
+                    status.offset,
+                    Some(status.recovered),
+                    true,
+                );
+                restored.push(status.room.as_str());
+            }
+        }
+        for (room, presence) in self.rooms.joined_rooms() {
+            if restored.contains(&room.as_str()) {
+                continue;
+            }
+            let frame = ClientFrame::Join {
+                id: None,
+                since: self.positions.get(&room).cloned(),
+                presence: presence.then_some(true),
+                room,
+            };
+            self.send_command(conn, frame, Waiter::Rejoin).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a command with a fresh `id` and records who waits for the reply.
+    async fn send_command(
+        &mut self,
+        conn: &mut Connection,
+        frame: ClientFrame,
+        waiter: Waiter,
+    ) -> Result<(), Failure> {
+        let id = self.pending.next_id();
+        let frame = with_id(frame, id);
+        let asked = match &frame {
+            ClientFrame::Join {
+                room,
+                since,
+                presence,
+                ..
+            } => Asked::Join {
+                room: room.clone(),
+                presence: presence.unwrap_or(false),
+                since: since.clone(),
+            },
+            ClientFrame::Leave { room, .. } => Asked::Leave { room: room.clone() },
+            _ => Asked::Other,
+        };
+        let pending = Pending { waiter, asked };
+        match conn.send(&frame).await {
+            Ok(()) => {
+                match &pending.asked {
+                    Asked::Join { room, presence, .. } => self.rooms.joining(room, *presence),
+                    Asked::Leave { room } => self.rooms.leaving(room),
+                    Asked::Other => {}
+                }
+                self.pending.insert(id, pending);
+                Ok(())
+            }
+            Err(SendError::Encode(e)) => {
+                pending.resolve(Err(Error::Encode(e)));
+                Ok(())
+            }
+            Err(SendError::Transport(e)) => {
+                pending.resolve(Err(Error::Disconnected));
+                Err(Failure::lost(e))
+            }
+        }
+    }
+
+    /// Routes one server frame; returns the server's requested reconnect
+    /// delay when the frame was a `reconnect` notice.
+    fn on_frame(&mut self, frame: ServerFrame) -> Option<Duration> {
+        match frame {
+            ServerFrame::Message {
+                room,
+                offset,
+                epoch,
+                data,
+                from,
+            } => {
+                if !self.rooms.delivers(&room) {
+                    tracing::debug!(%room, offset, "message for a room being left, dropped");
+                } else if self.positions.admit(&room, &epoch, offset).delivers() {
+                    self.emit(Event::Message(RoomMessage {
+                        room,
+                        offset,
+                        epoch,
+                        data,
+                        from,
+                    }));
+                } else {
+                    tracing::debug!(%room, offset, "duplicate message dropped");
+                }
+            }
+            ServerFrame::Direct { data, from } => {
+                self.emit(Event::Direct(DirectMessage { data, from }));
+            }
+            ServerFrame::PresenceJoin { room, member } => {
+                self.emit(Event::PresenceJoin { room, member });
+            }
+            ServerFrame::PresenceLeave { room, member } => {
+                self.emit(Event::PresenceLeave { room, member });
+            }
+            ServerFrame::Reconnect { reason, after_ms } => {
+                let after = Duration::from_millis(after_ms);
+                self.emit(Event::Reconnect { reason, after });
+                return Some(after);
+            }
+            ServerFrame::Joined { id: Some(id), .. }
+            | ServerFrame::Left { id: Some(id), .. }
+            | ServerFrame::Presence { id: Some(id), .. }
+            | ServerFrame::Pong { id: Some(id) }
+            | ServerFrame::Ack { id, .. }
+            | ServerFrame::Error { id: Some(id), .. } => self.on_reply(id, frame),
+            ServerFrame::Error {
+                id: None,
+                code,
+                message,
+            } => self.emit(Event::ServerError { code, message }),
+            // The answer to the watchdog's probe.
+            ServerFrame::Pong { id: None } => {}
+            other => self.emit(Event::Unmatched(other)),
+        }
+        None
+    }
+
+    fn on_reply(&mut self, id: u64, frame: ServerFrame) {
+        let Some(pending) = self.pending.take(id) else {
+            self.emit(Event::Unmatched(frame));
+            return;
+        };
+        let automatic = matches!(pending.waiter, Waiter::Rejoin);
+        match (&pending.asked, &frame) {
+            (
+                Asked::Join {
+                    room,
+                    presence,
+                    since,
+                },
+                ServerFrame::Joined {
+                    offset,
+                    epoch,
+                    recovered,
+                    ..
+                },
+            ) => {
+                self.rooms.joined(room, *presence);
+                self.settle_position(room, since.as_ref(), epoch, *offset, *recovered, automatic);
+            }
+            (Asked::Join { room, .. }, ServerFrame::Error { code, message, .. }) => {
+                if automatic {
+                    self.rooms.remove(room);
+                    self.positions.remove(room);
+                    self.emit(Event::RejoinFailed {
+                        room: room.clone(),
+                        error: Error::Server {
+                            code: *code,
+                            message: message.clone(),
+                        },
+                    });
+                } else {
+                    self.rooms.join_failed(room);
+                }
+            }
+            (Asked::Leave { room }, ServerFrame::Left { .. })
+            | (
+                Asked::Leave { room },
+                ServerFrame::Error {
+                    code: ErrorCode::NotJoined,
+                    ..
+                },
+            ) => {
+                self.rooms.remove(room);
+                self.positions.remove(room);
+            }
+            (Asked::Leave { room }, ServerFrame::Error { .. }) => self.rooms.leave_failed(room),
+            _ => {}
+        }
+        let outcome = match frame {
+            ServerFrame::Error { code, message, .. } => Err(Error::Server { code, message }),
+            other => Ok(other),
+        };
+        pending.resolve(outcome);
+    }
+
+    /// Where the room's stream continues after a join or a resumed room.
+    ///
+    /// With a successful replay the position stays at the `since` asked for
+    /// (the replayed messages move it on); otherwise nothing before the
+    /// room's current offset is coming, so the position jumps there, and when
+    /// the client itself asked for the replay the application hears that it
+    /// must re-sync.
+    fn settle_position(
+        &mut self,
+        room: &str,
+        since: Option<&Since>,
+        epoch: &str,
+        offset: u64,
+        recovered: Option<bool>,
+        automatic: bool,
+    ) {
+        match (since, recovered) {
+            (Some(since), Some(true)) => self.positions.replay_from(room, since.clone()),
+            _ => self.positions.advance_to(
+                room,
+                Since {
+                    offset,
+                    epoch: epoch.to_string(),
+                },
+            ),
+        }
+        if automatic && recovered == Some(false) {
+            tracing::info!(%room, offset, %epoch, "roomcast could not recover missed messages");
+            self.emit(Event::RecoveryFailed {
+                room: room.to_string(),
+                offset,
+                epoch: epoch.to_string(),
+            });
+        }
+    }
+
+    /// The connection is gone: what was in flight fails, unsettled rooms are
+    /// forgotten.
+    fn connection_lost(&mut self) {
+        for pending in self.pending.drain() {
+            pending.resolve(Err(Error::Disconnected));
+        }
+        for room in self.rooms.forget_unsettled() {
+            self.positions.remove(&room);
+        }
+    }
+
+    fn finish(mut self, error: Option<Error>, halt: Halt) {
+        for pending in self.pending.drain() {
+            pending.resolve(Err(Error::Closed));
+        }
+        self.commands.close();
+        while let Ok(cmd) = self.commands.try_recv() {
+            let _ = refuse(Some(cmd), Error::Closed);
+        }
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(Err(error.clone().unwrap_or(Error::Closed)));
+        }
+        if let Some(e) = &error {
+            tracing::warn!(error = %e, "roomcast client stopped");
+        }
+        self.set_state(ConnectionState::Disconnected { error });
+        if let Some(done) = halt.0 {
+            let _ = done.send(());
+        }
+    }
+
+    fn set_state(&mut self, state: ConnectionState) {
+        self.state.send_replace(state.clone());
+        self.emit(Event::State(state));
+    }
+
+    fn emit(&self, event: Event) {
+        // Nobody listening is fine: the application dropped its `Events`.
+        let _ = self.events.send(event);
+    }
+}
+
+/// Answers a command that cannot be carried out now; `Err` when it asks the
+/// task to stop.
+fn refuse(cmd: Option<Command>, error: Error) -> Result<(), Halt> {
+    match cmd {
+        None => Err(Halt(None)),
+        Some(Command::Close { done }) => Err(Halt(Some(done))),
+        Some(Command::Request { reply, .. }) => {
+            let _ = reply.send(Err(error));
+            Ok(())
+        }
+        Some(Command::Raw { done, .. }) => {
+            let _ = done.send(Err(error));
+            Ok(())
+        }
+        Some(Command::DropConnection { .. }) => Ok(()),
+    }
+}
+
+/// Opens a connection and exchanges `hello` for `welcome`, all within the
+/// connect timeout.
+async fn greet(
+    config: &Config,
+    url: &Url,
+    hello_id: u64,
+    resume: Option<Resume>,
+) -> Result<(Connection, Welcome), Failure> {
+    let attempt = async {
+        let token = config
+            .token()
+            .await
+            .map_err(|e| Failure::connect(format!("token provider failed: {e}")))?;
+        let mut conn = Connection::open(url, config.codec, config.compression)
+            .await
+            .map_err(Failure::connect)?;
+        conn.set_write_timeout(config.connect_timeout);
+        let hello = ClientFrame::Hello {
+            id: Some(hello_id),
+            token,
+            resume,
+        };
+        conn.send(&hello).await.map_err(|e| match e {
+            SendError::Encode(e) | SendError::Transport(e) => Failure::connect(e),
+        })?;
+        let mut retry_after = None;
+        loop {
+            match conn.recv().await {
+                Incoming::Frame(ServerFrame::Welcome {
+                    session,
+                    resume_token,
+                    user,
+                    node,
+                    ping_interval_ms,
+                    resumed,
+                    rooms,
+                    ..
+                }) => {
+                    let welcome = Welcome {
+                        session,
+                        resume_token,
+                        user,
+                        node,
+                        ping_interval: Duration::from_millis(ping_interval_ms),
+                        resumed,
+                        rooms,
+                    };
+                    return Ok((conn, welcome));
+                }
+                Incoming::Frame(ServerFrame::Error {
+                    code: ErrorCode::Unauthorized,
+                    message,
+                    ..
+                }) => return Err(Failure::new(DisconnectCause::Unauthorized(message))),
+                Incoming::Frame(ServerFrame::Error { code, message, .. }) => {
+                    return Err(Failure::connect(format!(
+                        "hello refused: {code}: {message}"
+                    )))
+                }
+                Incoming::Frame(ServerFrame::Reconnect { after_ms, .. }) => {
+                    retry_after = Some(Duration::from_millis(after_ms));
+                }
+                Incoming::Frame(other) => {
+                    tracing::debug!(kind = other.kind(), "frame before welcome ignored");
+                }
+                Incoming::Alive => {}
+                Incoming::Closed { code, reason } => {
+                    return Err(Failure {
+                        cause: DisconnectCause::Closed { code, reason },
+                        retry_after,
+                    })
+                }
+                Incoming::Lost(e) => {
+                    return Err(Failure::connect(format!(
+                        "connection ended before welcome: {e}"
+                    )))
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(config.connect_timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(Failure::connect(format!(
+            "no welcome within {:?}",
+            config.connect_timeout
+        ))),
+    }
+}
+
+/// The same command with `id` set.
+fn with_id(frame: ClientFrame, new_id: u64) -> ClientFrame {
+    let mut frame = frame;
+    match &mut frame {
+        ClientFrame::Hello { id, .. }
+        | ClientFrame::Join { id, .. }
+        | ClientFrame::Leave { id, .. }
+        | ClientFrame::Publish { id, .. }
+        | ClientFrame::Send { id, .. }
+        | ClientFrame::Presence { id, .. }
+        | ClientFrame::Ping { id } => *id = Some(new_id),
+    }
+    frame
+}

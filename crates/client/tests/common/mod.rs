@@ -1,0 +1,176 @@
+//! Helpers shared by the client's integration tests: waiting for a kind of
+//! event, publishing over the HTTP API, and (re)starting a gateway on a given
+//! address. Servers come from `roomcast-testkit`; this module only adds what
+//! is specific to driving a client.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use roomcast_client::{Backoff, ClientBuilder, ConnectionState, Event, Events, RoomMessage};
+use roomcast_testkit::{binary, http_request, wait_until, Gateway, Process};
+use serde_json::Value;
+
+/// How long a test waits for something that should happen promptly.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A builder aimed at `urls` with quick reconnects, so tests do not wait on
+/// production backoff.
+pub fn quick_client(urls: &[String]) -> ClientBuilder {
+    roomcast_client::Client::builder()
+        .urls(urls.iter().cloned())
+        .backoff(Backoff {
+            base: Duration::from_millis(50),
+            cap: Duration::from_millis(400),
+            max_attempts: None,
+        })
+        .connect_timeout(Duration::from_secs(2))
+}
+
+/// Reads events until `pick` returns something; panics after [`WAIT`].
+pub async fn next_event<T>(
+    events: &mut Events,
+    what: &str,
+    mut pick: impl FnMut(&Event) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(event)) => {
+                if let Some(found) = pick(&event) {
+                    return found;
+                }
+            }
+            Ok(None) => panic!("the event stream ended while waiting for {what}"),
+            Err(_) => panic!("no {what} within {WAIT:?}"),
+        }
+    }
+}
+
+/// The next `n` messages of `room`, other events skipped.
+pub async fn messages(events: &mut Events, room: &str, n: usize) -> Vec<RoomMessage> {
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        let m = next_event(
+            events,
+            &format!("message {} of {room}", got.len() + 1),
+            |e| match e {
+                Event::Message(m) if m.room == room => Some(m.clone()),
+                _ => None,
+            },
+        )
+        .await;
+        got.push(m);
+    }
+    got
+}
+
+/// Waits for the next `Connected` state; returns whether it was a resume.
+pub async fn connected(events: &mut Events) -> (bool, roomcast_client::SessionInfo) {
+    next_event(events, "Connected", |e| match e {
+        Event::State(ConnectionState::Connected { resumed, session }) => {
+            Some((*resumed, session.clone()))
+        }
+        _ => None,
+    })
+    .await
+}
+
+/// Messages already buffered for `room` (nothing is awaited).
+pub fn buffered_messages(events: &mut Events, room: &str) -> Vec<RoomMessage> {
+    let mut got = Vec::new();
+    while let Some(e) = events.try_recv() {
+        if let Event::Message(m) = e {
+            if m.room == room {
+                got.push(m);
+            }
+        }
+    }
+    got
+}
+
+/// Publishes through the HTTP API; returns the offset.
+pub async fn http_publish(addr: SocketAddr, room: &str, data: Value) -> u64 {
+    let body = serde_json::json!({"room": room, "data": data}).to_string();
+    let (status, answer) = tokio::task::spawn_blocking(move || {
+        http_request(
+            addr,
+            "POST",
+            "/api/publish",
+            &[("Authorization", "Bearer test-key")],
+            &body,
+        )
+    })
+    .await
+    .expect("publish task")
+    .expect("publish request");
+    assert_eq!(status, 200, "publish answered {status}: {answer}");
+    let answer: Value = serde_json::from_str(&answer).expect("publish answer is JSON");
+    answer["offset"]
+        .as_u64()
+        .expect("publish answer has an offset")
+}
+
+/// Starts a gateway listening on `addr` (for a restart on the same port:
+/// `Gateway::start` always picks a fresh port to wait on, even when
+/// `ROOMCAST_LISTEN` is overridden).
+pub async fn start_gateway_on(addr: SocketAddr, env: &[(&str, &str)]) -> Process {
+    let mut owned: Vec<(String, String)> = vec![
+        ("ROOMCAST_LISTEN".into(), addr.to_string()),
+        ("ROOMCAST_API__KEY".into(), "test-key".into()),
+        ("ROOMCAST_LOG__LEVEL".into(), "info,roomcast=debug".into()),
+    ];
+    owned.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    tokio::task::spawn_blocking(move || {
+        let vars: Vec<(&str, String)> =
+            owned.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let mut process = Process::spawn("gateway", &binary("roomcast-gateway"), &[], &vars);
+        let healthy = wait_until(Duration::from_secs(20), || {
+            assert!(
+                process.is_running(),
+                "gateway exited at startup:\n{}",
+                process.output()
+            );
+            matches!(http_request(addr, "GET", "/healthz", &[], ""), Ok((200, _)))
+        });
+        assert!(
+            healthy,
+            "gateway on {addr} not healthy:\n{}",
+            process.output()
+        );
+        process
+    })
+    .await
+    .expect("gateway start task")
+}
+
+/// `Gateway::start` without blocking the runtime's thread.
+pub async fn start_gateway(env: &'static [(&'static str, &'static str)]) -> Gateway {
+    tokio::task::spawn_blocking(move || Gateway::start(env))
+        .await
+        .expect("gateway start task")
+}
+
+/// Stops (SIGSTOP) a process and waits until the kernel reports it stopped:
+/// `kill` returns before every thread has halted, and a node still running
+/// for that instant could answer a frame the test means to leave unanswered.
+pub async fn freeze(process: &Process) {
+    process.signal("STOP");
+    let pid = process.pid();
+    let stopped = tokio::task::spawn_blocking(move || {
+        wait_until(Duration::from_secs(5), || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // The state follows the parenthesised command name.
+                    let after_name = stat.rsplit_once(')')?.1;
+                    after_name.split_whitespace().next().map(|s| s == "T")
+                })
+                .unwrap_or(false)
+        })
+    })
+    .await
+    .expect("freeze task");
+    assert!(stopped, "process {pid} did not stop");
+}

@@ -1,0 +1,343 @@
+//! The client when connections fail: resume after a dropped socket, a killed
+//! and restarted node, failover between URLs, a frozen node caught by the
+//! heartbeat, a draining node's reconnect notice, a refused token, and
+//! commands caught in flight.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{
+    buffered_messages, connected, freeze, messages, next_event, quick_client, start_gateway,
+    start_gateway_on,
+};
+use roomcast_client::{
+    Client, ConnectionState, DisconnectCause, Error, Event, JoinOptions, ReconnectReason,
+};
+use roomcast_testkit::free_port;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_client_gets_the_messages_published_while_it_was_away_exactly_once_in_order() {
+    let gw = start_gateway(&[]).await;
+    let (reader, mut reader_events) = quick_client(&[gw.ws_url()]).connect().await.unwrap();
+    let (writer, _writer_events) = quick_client(&[gw.ws_url()]).connect().await.unwrap();
+    reader.join("feed").await.unwrap();
+    writer.join("feed").await.unwrap();
+    let session_before = reader.session().unwrap().session;
+
+    let mut published = Vec::new();
+    for n in 0..3 {
+        published.push(writer.publish("feed", json!(n)).await.unwrap());
+    }
+    let mut received = messages(&mut reader_events, "feed", 3).await;
+
+    // Cut the reader's socket; it comes back after 800 ms. Meanwhile the
+    // writer publishes five more.
+    reader
+        .drop_connection_for_test(Duration::from_millis(800))
+        .await;
+    let cause = next_event(&mut reader_events, "Reconnecting", |e| match e {
+        Event::State(ConnectionState::Reconnecting { cause, .. }) => Some(cause.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(cause, DisconnectCause::DroppedForTest);
+    for n in 3..8 {
+        published.push(writer.publish("feed", json!(n)).await.unwrap());
+    }
+    assert!(
+        reader
+            .publish("feed", json!("while away"))
+            .await
+            .unwrap_err()
+            == Error::Disconnected,
+        "a command with no connection fails at once"
+    );
+
+    let (resumed, session) = connected(&mut reader_events).await;
+    assert!(resumed, "the session should have been resumed");
+    assert_eq!(session.session, session_before);
+
+    received.extend(messages(&mut reader_events, "feed", 5).await);
+    published.push(writer.publish("feed", json!(8)).await.unwrap());
+    received.extend(messages(&mut reader_events, "feed", 1).await);
+
+    let offsets: Vec<u64> = received.iter().map(|m| m.offset).collect();
+    assert_eq!(offsets, published, "every message once, in order");
+    let data: Vec<_> = received.iter().map(|m| m.data.clone()).collect();
+    assert_eq!(data, (0..9).map(|n| json!(n)).collect::<Vec<_>>());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        buffered_messages(&mut reader_events, "feed").is_empty(),
+        "no duplicates after the resume"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reconnects_by_itself_when_its_gateway_is_killed_and_restarted_on_the_same_port() {
+    let gw = start_gateway(&[]).await;
+    let addr = gw.addr;
+    let (client, mut events) = quick_client(&[gw.ws_url()]).connect().await.unwrap();
+    let before = client
+        .join_with(
+            "room",
+            JoinOptions {
+                presence: true,
+                ..JoinOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    client.publish("room", json!("before")).await.unwrap();
+    messages(&mut events, "room", 1).await;
+
+    gw.process.signal("KILL");
+    next_event(&mut events, "Reconnecting after the kill", |e| match e {
+        Event::State(ConnectionState::Reconnecting { .. }) => Some(()),
+        _ => None,
+    })
+    .await;
+    // Let a few attempts fail against the closed port before the restart.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(gw);
+    let _restarted = start_gateway_on(addr, &[]).await;
+
+    let (resumed, _) = connected(&mut events).await;
+    assert!(
+        !resumed,
+        "an in-memory node forgets its sessions when it dies"
+    );
+    let (room, epoch) = next_event(&mut events, "RecoveryFailed", |e| match e {
+        Event::RecoveryFailed { room, epoch, .. } => Some((room.clone(), epoch.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(room, "room");
+    assert_ne!(epoch, before.epoch, "the restarted node starts a new epoch");
+
+    // The client re-joined by itself: it is a member again and receives.
+    let offset = client.publish("room", json!("after")).await.unwrap();
+    let got = messages(&mut events, "room", 1).await;
+    assert_eq!((got[0].offset, &got[0].epoch), (offset, &epoch));
+    assert_eq!(got[0].data, json!("after"));
+
+    // It re-joined with presence on, as it had joined.
+    let (newcomer, _newcomer_events) = quick_client(&[format!("ws://{addr}/ws")])
+        .connect()
+        .await
+        .unwrap();
+    newcomer.join("room").await.unwrap();
+    let member = next_event(&mut events, "presence_join of the newcomer", |e| match e {
+        Event::PresenceJoin { room, member } if room == "room" => Some(member.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(member.session, newcomer.session().unwrap().session);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_fails_over_to_the_next_url_when_the_first_is_down() {
+    let gw = start_gateway(&[]).await;
+    let dead = format!("ws://127.0.0.1:{}/ws", free_port());
+    let (client, mut events) = quick_client(&[dead.clone(), gw.ws_url()])
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(client.session().unwrap().url, gw.ws_url());
+    // `connect` returned after `welcome`, so the story so far is buffered.
+    let mut story = Vec::new();
+    while let Some(Event::State(state)) = events.try_recv() {
+        story.push(state);
+    }
+    assert!(
+        matches!(&story[0], ConnectionState::Connecting { url, attempt: 1 } if *url == dead),
+        "{story:?}"
+    );
+    assert!(
+        matches!(
+            &story[1],
+            ConnectionState::Reconnecting {
+                cause: DisconnectCause::ConnectFailed(_),
+                ..
+            }
+        ),
+        "{story:?}"
+    );
+    assert!(
+        matches!(&story[2], ConnectionState::Connecting { url, attempt: 2 } if *url == gw.ws_url()),
+        "{story:?}"
+    );
+    client.join("up").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_gateway_is_caught_by_the_heartbeat_and_the_session_resumes_when_it_thaws() {
+    let gw = start_gateway(&[("ROOMCAST_HEARTBEAT__PING_INTERVAL_MS", "300")]).await;
+    let (client, mut events) = quick_client(&[gw.ws_url()])
+        .heartbeat_slack(Duration::from_millis(200))
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(
+        client.session().unwrap().ping_interval,
+        Duration::from_millis(300)
+    );
+    client.join("beat").await.unwrap();
+    let session = client.session().unwrap().session;
+
+    freeze(&gw.process).await;
+    let frozen_at = Instant::now();
+    let cause = next_event(&mut events, "Reconnecting after the freeze", |e| match e {
+        Event::State(ConnectionState::Reconnecting { cause, .. }) => Some(cause.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(cause, DisconnectCause::HeartbeatTimeout);
+    let noticed = frozen_at.elapsed();
+    assert!(
+        noticed >= Duration::from_millis(600) && noticed < Duration::from_secs(3),
+        "dead after two intervals plus slack (800 ms), noticed after {noticed:?}"
+    );
+
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    gw.process.signal("CONT");
+    let (resumed, info) = connected(&mut events).await;
+    assert!(resumed, "the session outlives a short freeze");
+    assert_eq!(info.session, session);
+    client.publish("beat", json!("alive")).await.unwrap();
+    messages(&mut events, "beat", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_gateway_sends_its_clients_to_the_next_node_after_the_announced_delay() {
+    let draining = start_gateway(&[("ROOMCAST_DRAIN__WINDOW_MS", "100")]).await;
+    let other = start_gateway(&[]).await;
+    let (client, mut events) = quick_client(&[draining.ws_url(), other.ws_url()])
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(client.session().unwrap().url, draining.ws_url());
+    client.join("moving").await.unwrap();
+
+    draining.process.signal("TERM");
+    let (reason, after) = next_event(&mut events, "the reconnect notice", |e| match e {
+        Event::Reconnect { reason, after } => Some((*reason, *after)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reason, ReconnectReason::Shutdown);
+    let (delay, cause) = next_event(&mut events, "Reconnecting", |e| match e {
+        Event::State(ConnectionState::Reconnecting { delay, cause, .. }) => {
+            Some((*delay, cause.clone()))
+        }
+        _ => None,
+    })
+    .await;
+    assert_eq!(delay, after, "the server's after_ms replaces the backoff");
+    assert!(
+        matches!(cause, DisconnectCause::Closed { code: 1012, .. }),
+        "{cause:?}"
+    );
+    let (_, session) = connected(&mut events).await;
+    assert_eq!(session.url, other.ws_url());
+    // Separate in-memory nodes share no history: the room comes back without
+    // its missed messages, and the application hears about it.
+    next_event(&mut events, "RecoveryFailed", |e| match e {
+        Event::RecoveryFailed { room, .. } if room == "moving" => Some(()),
+        _ => None,
+    })
+    .await;
+    client.publish("moving", json!("here now")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_stops_the_client_instead_of_retrying_for_ever() {
+    let gw = start_gateway(&[("ROOMCAST_AUTH__JWT_SECRET", "a-secret-for-tests")]).await;
+
+    let err = quick_client(&[gw.ws_url()])
+        .token("not-a-jwt")
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unauthorized(_)), "{err:?}");
+
+    let asked = Arc::new(AtomicU32::new(0));
+    let counter = asked.clone();
+    let err = quick_client(&[gw.ws_url()])
+        .token_provider(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { Ok("still-not-a-jwt".to_string()) }
+        })
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unauthorized(_)), "{err:?}");
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        2,
+        "a provider gets one more chance, not endless ones"
+    );
+
+    let err = quick_client(&[gw.ws_url()]).connect().await.unwrap_err();
+    assert!(
+        matches!(err, Error::Unauthorized(_)),
+        "no token where one is required: {err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_in_flight_when_the_connection_drops_fails_with_disconnected() {
+    let gw = start_gateway(&[]).await;
+    let (client, mut events) = quick_client(&[gw.ws_url()]).connect().await.unwrap();
+    client.join("fragile").await.unwrap();
+
+    // A stopped node takes the frame but never answers it.
+    freeze(&gw.process).await;
+    let in_flight = {
+        let client = client.clone();
+        tokio::spawn(async move { client.publish("fragile", json!("lost?")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client
+        .drop_connection_for_test(Duration::from_millis(100))
+        .await;
+    assert_eq!(in_flight.await.unwrap(), Err(Error::Disconnected));
+    gw.process.signal("CONT");
+
+    next_event(&mut events, "Reconnecting", |e| match e {
+        Event::State(ConnectionState::Reconnecting { .. }) => Some(()),
+        _ => None,
+    })
+    .await;
+    let (resumed, _) = connected(&mut events).await;
+    assert!(resumed);
+    let offset = client.publish("fragile", json!("after")).await.unwrap();
+    let got = next_event(&mut events, "the message published after", |e| match e {
+        Event::Message(m) if m.offset == offset => Some(m.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got.data, json!("after"));
+}
+
+#[tokio::test]
+async fn a_client_with_no_reachable_node_gives_up_after_max_attempts() {
+    let dead = format!("ws://127.0.0.1:{}/ws", free_port());
+    let started = Instant::now();
+    let err = Client::builder()
+        .url(dead)
+        .backoff(roomcast_client::Backoff {
+            base: Duration::from_millis(10),
+            cap: Duration::from_millis(50),
+            max_attempts: Some(3),
+        })
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::GaveUp { attempts: 3, .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -1,0 +1,130 @@
+//! The application API under `/api`, for backends: publish, send, presence,
+//! disconnect, stats. Every call needs `Authorization: Bearer <api.key>`;
+//! the key is compared in constant time (both sides hashed first, so not
+//! even the length leaks). Failures answer `{"error": code, "message": …}`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use roomcast_protocol::{Data, ErrorCode, Target};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::NodeError;
+use crate::node::Node;
+
+pub fn router(node: Arc<Node>) -> Router<Arc<Node>> {
+    let limit = node.config.limits.max_message_bytes;
+    Router::new()
+        .route("/publish", post(publish))
+        .route("/send", post(send))
+        .route("/presence/{room}", get(presence))
+        .route("/disconnect", post(disconnect))
+        .route("/stats", get(stats))
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(node, require_key))
+}
+
+impl IntoResponse for NodeError {
+    fn into_response(self) -> Response {
+        (
+            self.status(),
+            Json(json!({"error": self.code, "message": self.message})),
+        )
+            .into_response()
+    }
+}
+
+async fn require_key(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    node.metrics.api_requests.inc();
+    let expected = node.config.api.key.expose();
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let matches: bool = Sha256::digest(given.as_bytes())
+        .ct_eq(&Sha256::digest(expected.as_bytes()))
+        .into();
+    if expected.is_empty() || !matches {
+        node.metrics.api_unauthorized.inc();
+        let message = if expected.is_empty() {
+            "the API is disabled: no api.key is configured"
+        } else {
+            "missing or wrong API key"
+        };
+        return NodeError::new(ErrorCode::Unauthorized, message).into_response();
+    }
+    next.run(request).await
+}
+
+/// Parses a JSON body, answering our own error shape for every failure.
+fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, NodeError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            NodeError::new(ErrorCode::TooLarge, "body is larger than limits.max_message_bytes")
+        } else {
+            NodeError::bad_request(e.body_text())
+        }
+    })?;
+    serde_json::from_slice(&body).map_err(|e| NodeError::bad_request(format!("bad JSON body: {e}")))
+}
+
+#[derive(Deserialize)]
+struct PublishBody {
+    room: String,
+    data: Data,
+}
+
+async fn publish(State(node): State<Arc<Node>>, body: Result<Bytes, BytesRejection>) -> Result<Response, NodeError> {
+    let body: PublishBody = parse(body)?;
+    let message = node.publish(&body.room, body.data, None).await?;
+    Ok(Json(json!({"offset": message.offset, "epoch": &*message.epoch})).into_response())
+}
+
+#[derive(Deserialize)]
+struct SendBody {
+    to: Target,
+    data: Data,
+}
+
+async fn send(State(node): State<Arc<Node>>, body: Result<Bytes, BytesRejection>) -> Result<Response, NodeError> {
+    let body: SendBody = parse(body)?;
+    let delivered = node.send(&body.to, body.data, None)?;
+    Ok(Json(json!({"delivered": delivered})).into_response())
+}
+
+async fn presence(State(node): State<Arc<Node>>, Path(room): Path<String>) -> Result<Response, NodeError> {
+    let members = node.presence(&room)?;
+    Ok(Json(json!({"room": room, "members": members})).into_response())
+}
+
+async fn disconnect(State(node): State<Arc<Node>>, body: Result<Bytes, BytesRejection>) -> Result<Response, NodeError> {
+    let target: Target = parse(body)?;
+    let n = node.disconnect(&target)?;
+    Ok(Json(json!({"disconnected": n})).into_response())
+}
+
+async fn stats(State(node): State<Arc<Node>>) -> Response {
+    let connections = node.registry.len();
+    let rooms = node.room_count();
+    Json(json!({
+        "node": &*node.id,
+        "engine": node.broker.engine(),
+        "connections": connections,
+        "rooms": rooms,
+        "nodes": [{"node": &*node.id, "connections": connections, "rooms": rooms}],
+    }))
+    .into_response()
+}

@@ -1,0 +1,511 @@
+//! The gateway's configuration: one typed struct with a default for every
+//! field, loaded with figment from (lowest to highest precedence) the
+//! defaults, a TOML file (`--config PATH` or `ROOMCAST_CONFIG`), and
+//! `ROOMCAST_…` environment variables with `__` between levels
+//! (`ROOMCAST_LIMITS__MAX_MESSAGE_BYTES`). A bad value stops startup with a
+//! message naming the key. `docs/configuration.md` documents every key; a
+//! test checks that the page and this struct agree.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// A secret string: never printed by `Debug`, never logged.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Address the HTTP and WebSocket server listens on.
+    pub listen: SocketAddr,
+    pub node: NodeConfig,
+    pub redis: RedisConfig,
+    pub presence: PresenceConfig,
+    pub auth: AuthConfig,
+    pub api: ApiConfig,
+    pub limits: LimitsConfig,
+    pub history: HistoryConfig,
+    pub session: SessionConfig,
+    pub heartbeat: HeartbeatConfig,
+    pub websocket: WebSocketConfig,
+    pub drain: DrainConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeConfig {
+    /// This node's id, unique in the cluster. Empty: `node-` and 8 random hex digits.
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RedisConfig {
+    /// Redis URL (`redis://host:port`). Empty: single-node in-memory mode.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PresenceConfig {
+    /// URL of the presence service. Empty: presence is kept in this node.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// Allow connections without a token. Unset: on when no JWT key is configured, off otherwise.
+    pub anonymous: Option<bool>,
+    /// Shared secret for HS256 tokens.
+    pub jwt_secret: Secret,
+    /// PEM public key (text, or a path to a file) for RS256/ES256 tokens.
+    pub jwt_public_key: String,
+    /// The one accepted algorithm: HS256, RS256 or ES256. Unset: HS256 when `jwt_secret` is set.
+    pub jwt_algorithm: String,
+    /// Key that signs resume tokens; nodes of a cluster must share it. Empty: random per process.
+    pub resume_secret: Secret,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ApiConfig {
+    /// Bearer key for `/api`. Empty: the API answers 401 to every call.
+    pub key: Secret,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LimitsConfig {
+    /// Largest incoming WebSocket message (after inflation) and HTTP API body, in bytes.
+    pub max_message_bytes: usize,
+    /// Connections this node accepts before closing new ones with 1013.
+    pub max_connections: usize,
+    /// Connections from one IP address before closing new ones with 1013. 0: no limit.
+    pub max_connections_per_ip: usize,
+    /// Sustained frames per second one connection may send.
+    pub messages_per_second: u32,
+    /// Frames one connection may send in a burst above the rate.
+    pub message_burst: u32,
+    /// Rate-limited frames in a row before the connection is closed with 4429.
+    pub rate_limit_strikes: u32,
+    /// Rooms one connection may be in.
+    pub max_rooms_per_connection: usize,
+    /// Longest room name, in bytes.
+    pub max_room_name_bytes: usize,
+    /// Frames waiting to be written to one connection before it is closed with 4508.
+    pub outbound_queue_frames: usize,
+    /// Bytes waiting to be written to one connection before it is closed with 4508.
+    pub outbound_queue_bytes: usize,
+    /// Undecodable frames in a row before the connection is closed with 4400.
+    pub max_bad_frames: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_bytes: 64 * 1024,
+            max_connections: 50_000,
+            max_connections_per_ip: 2_000,
+            messages_per_second: 100,
+            message_burst: 200,
+            rate_limit_strikes: 20,
+            max_rooms_per_connection: 100,
+            max_room_name_bytes: 128,
+            outbound_queue_frames: 1024,
+            outbound_queue_bytes: 1024 * 1024,
+            max_bad_frames: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HistoryConfig {
+    /// Messages kept per room for recovery.
+    pub size: usize,
+    /// How long a message stays in history, in milliseconds.
+    pub ttl_ms: u64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            size: 100,
+            ttl_ms: 300_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SessionConfig {
+    /// How long a session stays resumable after its connection ends, in milliseconds.
+    pub ttl_ms: u64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig { ttl_ms: 120_000 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HeartbeatConfig {
+    /// Silence after which the node pings a connection, in milliseconds.
+    pub ping_interval_ms: u64,
+    /// Time after a ping within which the client must show a sign of life, in milliseconds.
+    pub pong_timeout_ms: u64,
+    /// Time a new connection has to send `hello`, in milliseconds.
+    pub hello_timeout_ms: u64,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig {
+            ping_interval_ms: 25_000,
+            pong_timeout_ms: 10_000,
+            hello_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebSocketConfig {
+    /// Negotiate permessage-deflate when the client offers it.
+    pub compression: bool,
+    /// Outgoing messages smaller than this many bytes are sent uncompressed.
+    pub compression_threshold: usize,
+    /// Initial read buffer per connection, in bytes (grows for large frames, then shrinks back).
+    pub read_buffer_bytes: usize,
+    /// Initial write buffer per connection, in bytes.
+    pub write_buffer_bytes: usize,
+    /// Allowed `Origin` values for upgrades; empty allows any origin.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            compression: true,
+            compression_threshold: 256,
+            read_buffer_bytes: 1024,
+            write_buffer_bytes: 1024,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DrainConfig {
+    /// Time over which clients are told to reconnect, in spread-out batches, in milliseconds.
+    pub window_ms: u64,
+    /// The process exits at the latest this long after SIGTERM, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig {
+            window_ms: 10_000,
+            timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// Log filter (`info`, `debug`, `roomcast=debug,info`, …).
+    pub level: String,
+    /// Log one JSON object per line instead of text.
+    pub json: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            json: false,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            node: NodeConfig::default(),
+            redis: RedisConfig::default(),
+            presence: PresenceConfig::default(),
+            auth: AuthConfig::default(),
+            api: ApiConfig::default(),
+            limits: LimitsConfig::default(),
+            history: HistoryConfig::default(),
+            session: SessionConfig::default(),
+            heartbeat: HeartbeatConfig::default(),
+            websocket: WebSocketConfig::default(),
+            drain: DrainConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// A configuration error, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(pub String);
+
+/// The JWT algorithm pinned by `auth.jwt_algorithm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    Hs256,
+    Rs256,
+    Es256,
+}
+
+impl Config {
+    /// Loads defaults, then the TOML file (if any), then `ROOMCAST_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<(Config, Vec<String>), ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist (--config / ROOMCAST_CONFIG)",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("ROOMCAST_").split("__").ignore(&["config"]));
+        let config: Config = figment.extract().map_err(|e| ConfigError(describe(e)))?;
+        let unknown = unknown_keys(&figment);
+        config.validate()?;
+        Ok((config, unknown))
+    }
+
+    /// Checks values that have a valid type but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("limits.max_message_bytes", self.limits.max_message_bytes as u64),
+            ("limits.max_connections", self.limits.max_connections as u64),
+            ("limits.messages_per_second", self.limits.messages_per_second as u64),
+            ("limits.message_burst", self.limits.message_burst as u64),
+            ("limits.rate_limit_strikes", self.limits.rate_limit_strikes as u64),
+            ("limits.max_rooms_per_connection", self.limits.max_rooms_per_connection as u64),
+            ("limits.max_room_name_bytes", self.limits.max_room_name_bytes as u64),
+            ("limits.outbound_queue_frames", self.limits.outbound_queue_frames as u64),
+            ("limits.outbound_queue_bytes", self.limits.outbound_queue_bytes as u64),
+            ("limits.max_bad_frames", self.limits.max_bad_frames as u64),
+            ("history.size", self.history.size as u64),
+            ("history.ttl_ms", self.history.ttl_ms),
+            ("session.ttl_ms", self.session.ttl_ms),
+            ("heartbeat.ping_interval_ms", self.heartbeat.ping_interval_ms),
+            ("heartbeat.pong_timeout_ms", self.heartbeat.pong_timeout_ms),
+            ("heartbeat.hello_timeout_ms", self.heartbeat.hello_timeout_ms),
+            ("websocket.read_buffer_bytes", self.websocket.read_buffer_bytes as u64),
+            ("websocket.write_buffer_bytes", self.websocket.write_buffer_bytes as u64),
+            ("drain.timeout_ms", self.drain.timeout_ms),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError(format!("{key} must be greater than 0")));
+            }
+        }
+        if self.drain.window_ms >= self.drain.timeout_ms {
+            return Err(ConfigError(format!(
+                "drain.window_ms ({}) must be less than drain.timeout_ms ({})",
+                self.drain.window_ms, self.drain.timeout_ms
+            )));
+        }
+        if !self.redis.url.is_empty()
+            && !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("rediss://"))
+        {
+            return Err(ConfigError(
+                "redis.url must start with redis:// or rediss://".into(),
+            ));
+        }
+        self.jwt_algorithm()?;
+        if !self.node.id.is_empty()
+            && !self
+                .node
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(ConfigError(
+                "node.id may contain only letters, digits, '-', '_' and '.'".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The pinned JWT algorithm, `None` when no key is configured.
+    pub fn jwt_algorithm(&self) -> Result<Option<JwtAlgorithm>, ConfigError> {
+        let has_secret = !self.auth.jwt_secret.0.is_empty();
+        let has_public = !self.auth.jwt_public_key.is_empty();
+        let alg = match self.auth.jwt_algorithm.to_ascii_uppercase().as_str() {
+            "" if has_secret => JwtAlgorithm::Hs256,
+            "" if has_public => {
+                return Err(ConfigError(
+                    "auth.jwt_algorithm must be set (RS256 or ES256) with auth.jwt_public_key"
+                        .into(),
+                ))
+            }
+            "" => return Ok(None),
+            "HS256" => JwtAlgorithm::Hs256,
+            "RS256" => JwtAlgorithm::Rs256,
+            "ES256" => JwtAlgorithm::Es256,
+            other => {
+                return Err(ConfigError(format!(
+                    "auth.jwt_algorithm: {other:?} is not one of HS256, RS256, ES256"
+                )))
+            }
+        };
+        match alg {
+            JwtAlgorithm::Hs256 if !has_secret => Err(ConfigError(
+                "auth.jwt_algorithm HS256 needs auth.jwt_secret".into(),
+            )),
+            JwtAlgorithm::Rs256 | JwtAlgorithm::Es256 if !has_public => Err(ConfigError(format!(
+                "auth.jwt_algorithm {alg:?} needs auth.jwt_public_key"
+            ))),
+            _ => Ok(Some(alg)),
+        }
+    }
+
+    /// Whether connections without a token are accepted.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.auth.anonymous.unwrap_or_else(|| {
+            self.auth.jwt_secret.0.is_empty() && self.auth.jwt_public_key.is_empty()
+        })
+    }
+
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat.ping_interval_ms)
+    }
+}
+
+/// Makes figment's error read as "key: problem (from source)".
+fn describe(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = e
+                .metadata
+                .as_ref()
+                .and_then(|m| {
+                    m.source
+                        .as_ref()
+                        .map(|s| format!("{} {}", m.name, s))
+                        .or(Some(m.name.to_string()))
+                })
+                .unwrap_or_default();
+            let env_hint = if source.contains("environment") {
+                format!(" (ROOMCAST_{})", key.to_uppercase().replace('.', "__"))
+            } else {
+                String::new()
+            };
+            format!("{key}: {}{env_hint} [{source}]", e.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Keys present in the sources that the struct does not know (likely typos).
+fn unknown_keys(figment: &Figment) -> Vec<String> {
+    let known = serde_json::to_value(Config::default()).unwrap_or_default();
+    let given: serde_json::Value = figment.extract().unwrap_or_default();
+    let mut out = Vec::new();
+    walk_unknown(&given, &known, "", &mut out);
+    out
+}
+
+fn walk_unknown(given: &serde_json::Value, known: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+    let (Some(given), Some(known)) = (given.as_object(), known.as_object()) else {
+        return;
+    };
+    for (key, value) in given {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match known.get(key) {
+            Some(k) => walk_unknown(value, k, &path, out),
+            // auth.anonymous is an Option and serializes as null by default.
+            None => out.push(path),
+        }
+    }
+}
+
+/// Every key of the configuration, dotted, with its default value as TOML-ish
+/// text: the list `docs/configuration.md` is checked against.
+pub fn all_keys() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let value = serde_json::to_value(Config::default()).unwrap_or_default();
+    flatten("", &value, &mut out);
+    out
+}
+
+fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match value.as_object() {
+        Some(map) => {
+            for (k, v) in map {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&path, v, out);
+            }
+        }
+        None => out.push((prefix.to_string(), value.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_is_documented_in_configuration_md() {
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/configuration.md"
+        ))
+        .expect("docs/configuration.md");
+        for (key, _) in all_keys() {
+            let env = format!("ROOMCAST_{}", key.to_uppercase().replace('.', "__"));
+            assert!(doc.contains(&format!("`{key}`")), "{key} is not documented");
+            assert!(doc.contains(&env), "{env} is not documented");
+        }
+    }
+
+    #[test]
+    fn defaults_validate() {
+        Config::default().validate().unwrap();
+    }
+}

@@ -1,0 +1,126 @@
+//! What each client command does once the connection is established.
+//! Each arm checks the command against the connection's permissions and
+//! limits, then calls the node; the reply (or the error) goes back to the
+//! caller, which queues it.
+
+use std::sync::Arc;
+
+use roomcast_protocol::{ClientFrame, ErrorCode, ServerFrame};
+
+use crate::error::NodeError;
+use crate::handle::ConnHandle;
+use crate::limits::RateLimiter;
+use crate::node::Node;
+
+/// The connection's own state, owned by its task.
+pub struct State {
+    /// Rooms joined, in join order.
+    pub rooms: Vec<String>,
+    pub rate: RateLimiter,
+    /// Undecodable frames in a row.
+    pub bad_frames: u32,
+}
+
+pub async fn handle(
+    node: &Arc<Node>,
+    conn: &Arc<ConnHandle>,
+    state: &mut State,
+    frame: ClientFrame,
+) -> Result<Option<ServerFrame>, NodeError> {
+    match frame {
+        ClientFrame::Hello { .. } => Err(NodeError::bad_request("hello was already received")),
+        ClientFrame::Join {
+            id,
+            room,
+            since,
+            presence,
+        } => {
+            node.check_room(&room)?;
+            if !conn.identity.may_join(&room) {
+                return Err(NodeError::new(
+                    ErrorCode::Forbidden,
+                    format!("the token does not allow joining {room}"),
+                ));
+            }
+            let already = state.rooms.contains(&room);
+            if !already && state.rooms.len() >= node.config.limits.max_rooms_per_connection {
+                return Err(NodeError::new(
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "a connection may be in at most {} rooms",
+                        node.config.limits.max_rooms_per_connection
+                    ),
+                ));
+            }
+            let presence = presence.unwrap_or(false);
+            match node.begin_join(conn, &room, since.as_ref(), presence).await? {
+                None => {
+                    let read = node.broker.read(&room, None).await?;
+                    Ok(Some(ServerFrame::Joined {
+                        id,
+                        room,
+                        offset: read.position.offset,
+                        epoch: read.position.epoch.to_string(),
+                        recovered: None,
+                    }))
+                }
+                Some(read) => {
+                    let joined = ServerFrame::Joined {
+                        id,
+                        room: room.clone(),
+                        offset: read.position.offset,
+                        epoch: read.position.epoch.to_string(),
+                        recovered: since.as_ref().map(|_| {
+                            matches!(read.recovery, Some(roomcast_broker::Recovery::Recovered(_)))
+                        }),
+                    };
+                    // `joined` must precede the recovered messages.
+                    node.metrics.frame_out(&joined);
+                    let _ = conn.send(&joined);
+                    node.finish_join(conn, &room, &read);
+                    state.rooms.push(room);
+                    Ok(None)
+                }
+            }
+        }
+        ClientFrame::Leave { id, room } => {
+            let Some(i) = state.rooms.iter().position(|r| *r == room) else {
+                return Err(not_joined(&room, "leaving"));
+            };
+            state.rooms.swap_remove(i);
+            node.leave(conn, &room).await;
+            Ok(Some(ServerFrame::Left { id, room }))
+        }
+        ClientFrame::Publish { id, room, data } => {
+            if !state.rooms.contains(&room) && !conn.identity.may_publish_unjoined(&room) {
+                node.check_room(&room)?;
+                return Err(not_joined(&room, "publishing to"));
+            }
+            let message = node.publish(&room, data, Some(conn.member())).await?;
+            Ok(id.map(|id| ServerFrame::Ack {
+                id,
+                offset: Some(message.offset),
+            }))
+        }
+        ClientFrame::Send { id, to, data } => {
+            node.send(&to, data, Some(conn.member()))?;
+            Ok(id.map(|id| ServerFrame::Ack { id, offset: None }))
+        }
+        ClientFrame::Presence { id, room } => {
+            if !state.rooms.contains(&room) && !conn.identity.may_join(&room) {
+                node.check_room(&room)?;
+                return Err(not_joined(&room, "asking for the presence of"));
+            }
+            let members = node.presence(&room)?;
+            Ok(Some(ServerFrame::Presence { id, room, members }))
+        }
+        ClientFrame::Ping { id } => Ok(Some(ServerFrame::Pong { id })),
+    }
+}
+
+fn not_joined(room: &str, doing: &str) -> NodeError {
+    NodeError::new(
+        ErrorCode::NotJoined,
+        format!("join {room} before {doing} it"),
+    )
+}

@@ -1,0 +1,165 @@
+//! The start of a connection: the `hello` frame, authentication, and either
+//! a new session or the resume of a parked (or still attached) one.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use roomcast_protocol::{close, ClientFrame, Codec, ErrorCode, Resume, RoomStatus, ServerFrame, Since};
+use yawc::OpCode;
+
+use super::{send_now, Socket};
+use crate::auth::Identity;
+use crate::handle::ConnHandle;
+use crate::node::Node;
+use crate::outbox::Outbox;
+
+/// A connection past `hello`.
+pub struct Established {
+    pub conn: Arc<ConnHandle>,
+    /// Rooms restored by a resume.
+    pub rooms: Vec<String>,
+}
+
+type Refusal = (u16, &'static str);
+
+pub async fn run(node: &Arc<Node>, ws: &mut Socket, codec: Codec, bearer: Option<&str>) -> Result<Established, Refusal> {
+    let hello_timeout = Duration::from_millis(node.config.heartbeat.hello_timeout_ms);
+    let payload = match tokio::time::timeout(hello_timeout, first_data_frame(ws)).await {
+        Err(_) => return Err((close::TIMEOUT, "no hello in time")),
+        Ok(None) => return Err((close::NORMAL, "closed before hello")),
+        Ok(Some(payload)) => payload,
+    };
+    let (id, token, resume) = match codec.decode::<ClientFrame>(&payload) {
+        Ok(ClientFrame::Hello { id, token, resume }) => (id, token, resume),
+        Ok(other) => {
+            let error = ServerFrame::error(other.id(), ErrorCode::BadRequest, "the first frame must be hello");
+            send_now(ws, codec, &error).await;
+            return Err((close::PROTOCOL_VIOLATION, "hello expected"));
+        }
+        Err(e) => {
+            send_now(ws, codec, &ServerFrame::error(e.id, ErrorCode::BadRequest, e.message)).await;
+            return Err((close::PROTOCOL_VIOLATION, "hello expected"));
+        }
+    };
+    node.metrics.frame_in(None);
+
+    let fresh: Arc<str> = Arc::from(uuid::Uuid::new_v4().simple().to_string());
+    let token = token.as_deref().or(bearer);
+    let identity = match node.auth.authenticate(token, &fresh) {
+        Ok(identity) => identity,
+        Err(e) => {
+            node.metrics.reject(crate::metrics::Rejection::Unauthorized);
+            send_now(ws, codec, &ServerFrame::error(id, ErrorCode::Unauthorized, e.to_string())).await;
+            return Err((close::UNAUTHORIZED, "unauthorized"));
+        }
+    };
+
+    let taken = resume.as_ref().and_then(|r| take_session(node, r, &identity));
+    let resumed = taken.is_some();
+    if resume.is_some() {
+        if resumed {
+            node.metrics.resumes_ok.inc();
+        } else {
+            node.metrics.resumes_failed.inc();
+        }
+    }
+    let (session, identity) = taken.unwrap_or((fresh, identity));
+    let limits = &node.config.limits;
+    let conn = Arc::new(ConnHandle::new(
+        node.next_conn_id(),
+        session,
+        identity,
+        codec,
+        Outbox::new(limits.outbound_queue_frames, limits.outbound_queue_bytes),
+    ));
+    if let Some(old) = node.hub.register(&conn) {
+        if old.id != conn.id {
+            old.forget_session.store(true, Ordering::Relaxed);
+            old.outbox.close(close::NORMAL, "session resumed on another connection");
+        }
+    }
+
+    // Restore the rooms of a resumed session: join each (buffering), then
+    // welcome, then the missed messages of each room.
+    let mut rooms = Vec::new();
+    let mut reads = Vec::new();
+    if let (true, Some(resume)) = (resumed, &resume) {
+        for r in &resume.rooms {
+            if rooms.len() >= limits.max_rooms_per_connection
+                || rooms.contains(&r.room)
+                || node.check_room(&r.room).is_err()
+                || !conn.identity.may_join(&r.room)
+            {
+                continue;
+            }
+            let since = Since {
+                offset: r.offset,
+                epoch: r.epoch.clone(),
+            };
+            let presence = r.presence.unwrap_or(false);
+            if let Ok(Some(read)) = node.begin_join(&conn, &r.room, Some(&since), presence).await {
+                rooms.push(r.room.clone());
+                reads.push(read);
+            }
+        }
+    }
+    let welcome = ServerFrame::Welcome {
+        id,
+        session: conn.session.to_string(),
+        resume_token: node.signer.sign(&conn.session, conn.user()),
+        user: conn.user().to_string(),
+        node: node.id.to_string(),
+        ping_interval_ms: node.config.heartbeat.ping_interval_ms,
+        resumed,
+        rooms: rooms
+            .iter()
+            .zip(&reads)
+            .map(|(room, read)| RoomStatus {
+                room: room.clone(),
+                offset: read.position.offset,
+                epoch: read.position.epoch.to_string(),
+                recovered: matches!(read.recovery, Some(roomcast_broker::Recovery::Recovered(_))),
+            })
+            .collect(),
+    };
+    node.metrics.frame_out(&welcome);
+    let _ = conn.send(&welcome);
+    for (room, read) in rooms.iter().zip(&reads) {
+        node.finish_join(&conn, room, read);
+    }
+    Ok(Established { conn, rooms })
+}
+
+/// Takes over the session named in `resume` when its token proves it and
+/// the user matches; returns the session id and the identity to use.
+fn take_session(node: &Node, resume: &Resume, presented: &Identity) -> Option<(Arc<str>, Identity)> {
+    let same_user = |owner: &Identity| presented.anonymous || presented.user == owner.user;
+    let proves = |owner: &Identity| node.signer.verify(&resume.token, &resume.session, &owner.user);
+    // A token, when given, brings fresh claims; anonymous resumes keep theirs.
+    let pick = |owner: Identity| if presented.anonymous { owner } else { presented.clone() };
+    if let Some(parked) = node
+        .sessions
+        .take_if(&resume.session, |p| proves(&p.identity) && same_user(&p.identity))
+    {
+        return Some((Arc::from(resume.session.as_str()), pick(parked.identity)));
+    }
+    let live = node.hub.by_session(&resume.session)?;
+    if proves(&live.identity) && same_user(&live.identity) {
+        return Some((live.session.clone(), pick(live.identity.clone())));
+    }
+    None
+}
+
+/// The payload of the first text or binary frame; `None` if the socket closed.
+async fn first_data_frame(ws: &mut Socket) -> Option<bytes::Bytes> {
+    while let Some(frame) = ws.next().await {
+        match frame.opcode() {
+            OpCode::Text | OpCode::Binary => return Some(frame.into_payload()),
+            OpCode::Close => return None,
+            _ => {}
+        }
+    }
+    None
+}

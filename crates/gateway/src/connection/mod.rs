@@ -1,0 +1,262 @@
+//! One WebSocket connection, from upgrade to close, in one task.
+//!
+//! The task owns the socket. It waits for `hello` ([`handshake`]), then
+//! loops over two sources: frames from the client (decoded, rate-limited and
+//! handled by [`commands`]) and the connection's outbox (everything queued
+//! for it, written as one batch with one flush). A close asked for by anyone
+//! (heartbeat, slow consumer, drain, API) arrives through the outbox too, and
+//! can interrupt a write that a stalled peer never lets finish.
+
+mod commands;
+mod handshake;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use roomcast_protocol::{close, ClientFrame, Codec, ErrorCode, ServerFrame};
+use yawc::close::CloseCode;
+use yawc::{Frame, HttpStream, OpCode, WebSocket};
+
+use crate::handle::ConnHandle;
+use crate::limits::{IpSlot, RateLimiter};
+use crate::node::Node;
+use crate::outbox::Outgoing;
+
+pub type Socket = WebSocket<HttpStream>;
+
+/// What the upgrade handler learned about the connection.
+pub struct Upgrade {
+    pub codec: Codec,
+    pub remote: SocketAddr,
+    /// Token from `Authorization: Bearer` on the upgrade request.
+    pub bearer: Option<String>,
+    /// Refuse right after the upgrade with this close (over capacity).
+    pub refuse: Option<(u16, &'static str)>,
+    pub ip_slot: Option<IpSlot>,
+}
+
+/// Runs one connection to its end.
+pub async fn serve(node: Arc<Node>, mut ws: Socket, upgrade: Upgrade) {
+    let _ip_slot = upgrade.ip_slot;
+    if let Some((code, reason)) = upgrade.refuse {
+        node.metrics.disconnect(code);
+        close_socket(&mut ws, code, reason).await;
+        return;
+    }
+    let codec = upgrade.codec;
+    let established = match handshake::run(&node, &mut ws, codec, upgrade.bearer.as_deref()).await {
+        Ok(established) => established,
+        Err((code, reason)) => {
+            node.metrics.disconnect(code);
+            close_socket(&mut ws, code, reason).await;
+            return;
+        }
+    };
+    let conn = established.conn;
+    node.metrics.connections.inc();
+    node.metrics.connections_accepted.inc();
+    let slot = node.registry.insert(conn.clone());
+    tracing::debug!(session = %conn.session, user = %conn.user(), remote = %upgrade.remote, "connected");
+
+    let mut state = commands::State {
+        rooms: established.rooms,
+        rate: RateLimiter::new(
+            node.config.limits.messages_per_second,
+            node.config.limits.message_burst,
+        ),
+        bad_frames: 0,
+    };
+    let code = run_loop(&node, &conn, &mut ws, &mut state).await;
+
+    node.registry.remove(slot);
+    node.hub.unregister(&conn);
+    for room in std::mem::take(&mut state.rooms) {
+        node.leave(&conn, &room).await;
+    }
+    if !conn.forget_session.load(Ordering::Relaxed) {
+        node.sessions.park(
+            conn.session.clone(),
+            conn.identity.clone(),
+            Duration::from_millis(node.config.session.ttl_ms),
+        );
+    }
+    node.metrics.connections.dec();
+    node.metrics.disconnect(code);
+    tracing::debug!(session = %conn.session, code, "disconnected");
+}
+
+/// The main loop; returns the close code the connection ended with
+/// (0 when the socket just went away).
+async fn run_loop(node: &Arc<Node>, conn: &Arc<ConnHandle>, ws: &mut Socket, state: &mut commands::State) -> u16 {
+    let mut batch: Vec<Outgoing> = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            next = conn.outbox.next(&mut batch) => {
+                if let Some(close) = next {
+                    close_socket(ws, close.code, close.reason).await;
+                    return close.code;
+                }
+                let write = write_batch(ws, conn.codec, batch.drain(..));
+                tokio::pin!(write);
+                tokio::select! {
+                    biased;
+                    result = &mut write => {
+                        if result.is_err() {
+                            return 0;
+                        }
+                    }
+                    close = conn.outbox.closing() => {
+                        // A close was asked for mid-write: let the batch (it may
+                        // hold the frame explaining the close) finish if the peer
+                        // reads at all; a peer that does not is dropped.
+                        match tokio::time::timeout(Duration::from_secs(2), &mut write).await {
+                            Ok(Ok(())) => {}
+                            _ => return close.code,
+                        }
+                    }
+                }
+            }
+            incoming = ws.next_frame() => {
+                let frame = match incoming {
+                    Ok(frame) => frame,
+                    Err(e) => return close_for_error(ws, e).await,
+                };
+                conn.touch();
+                match frame.opcode() {
+                    OpCode::Text | OpCode::Binary => {
+                        handle_data(node, conn, state, frame.payload()).await;
+                    }
+                    OpCode::Close => {
+                        let code = frame.close_code().map(u16::from).unwrap_or(close::NORMAL);
+                        return code;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+async fn handle_data(node: &Arc<Node>, conn: &Arc<ConnHandle>, state: &mut commands::State, payload: &Bytes) {
+    let limits = &node.config.limits;
+    let decoded = conn.codec.decode::<ClientFrame>(payload);
+    if !state.rate.allow(Instant::now()) {
+        node.metrics.rate_limited.inc();
+        let id = match &decoded {
+            Ok(f) => f.id(),
+            Err(e) => e.id,
+        };
+        let _ = conn.send(&ServerFrame::error(
+            id,
+            ErrorCode::RateLimited,
+            format!(
+                "over {} frames per second; frame dropped",
+                limits.messages_per_second
+            ),
+        ));
+        if state.rate.strikes >= limits.rate_limit_strikes {
+            conn.outbox.close(close::RATE_LIMITED, "rate limit exceeded repeatedly");
+        }
+        return;
+    }
+    match decoded {
+        Err(e) => {
+            node.metrics.frame_in(None);
+            state.bad_frames += 1;
+            let _ = conn.send(&ServerFrame::error(e.id, ErrorCode::BadRequest, e.message));
+            if state.bad_frames > limits.max_bad_frames {
+                conn.outbox.close(close::PROTOCOL_VIOLATION, "too many malformed frames");
+            }
+        }
+        Ok(frame) => {
+            node.metrics.frame_in(Some(&frame));
+            state.bad_frames = 0;
+            let id = frame.id();
+            let reply = commands::handle(node, conn, state, frame).await;
+            let reply = reply.unwrap_or_else(|e| Some(ServerFrame::error(id, e.code, e.message)));
+            if let Some(reply) = reply {
+                node.metrics.frame_out(&reply);
+                let _ = conn.send(&reply);
+            }
+        }
+    }
+}
+
+fn to_ws_frame(codec: Codec, bytes: Bytes) -> Frame {
+    if codec.is_binary() {
+        Frame::binary(bytes)
+    } else {
+        Frame::text(bytes)
+    }
+}
+
+async fn write_batch(
+    ws: &mut Socket,
+    codec: Codec,
+    batch: impl Iterator<Item = Outgoing>,
+) -> Result<(), yawc::WebSocketError> {
+    for item in batch {
+        let frame = match item {
+            Outgoing::Frame(bytes) => to_ws_frame(codec, bytes),
+            Outgoing::Ping => Frame::ping(Bytes::new()),
+        };
+        ws.feed(frame).await?;
+    }
+    ws.flush().await
+}
+
+/// A read failed: the peer broke the protocol or a limit, or went away.
+/// Closes with the code RFC 6455 and our contract give for it.
+async fn close_for_error(ws: &mut Socket, error: yawc::WebSocketError) -> u16 {
+    use yawc::WebSocketError as E;
+    let (code, reason) = match error {
+        E::ConnectionClosed => return 0,
+        E::FrameTooLarge => (close::TOO_LARGE, "message larger than limits.max_message_bytes"),
+        E::InvalidUTF8 => (close::INVALID_PAYLOAD, "text frame is not valid UTF-8"),
+        E::ReservedBitsNotZero
+        | E::ControlFrameFragmented
+        | E::PingFrameTooLarge
+        | E::InvalidFragment
+        | E::InvalidCloseFrame
+        | E::InvalidCloseCode
+        | E::FragmentTimeout
+        | E::InvalidContinuationFrame
+        | E::InvalidOpCode(_)
+        | E::CompressionNotSupported => (close::PROTOCOL_ERROR, "WebSocket protocol error"),
+        _ => (close::PROTOCOL_ERROR, "WebSocket protocol error"),
+    };
+    close_socket(ws, code, reason).await;
+    code
+}
+
+/// Sends one frame straight to the socket (before the outbox exists).
+pub(crate) async fn send_now(ws: &mut Socket, codec: Codec, frame: &ServerFrame) {
+    if let Ok(bytes) = codec.encode(frame) {
+        let _ = ws.send(to_ws_frame(codec, bytes)).await;
+    }
+}
+
+/// Sends a close frame and waits briefly for the peer's answer.
+pub(crate) async fn close_socket(ws: &mut Socket, code: u16, reason: &str) {
+    let sent = tokio::time::timeout(
+        Duration::from_secs(2),
+        ws.send(Frame::close(CloseCode::from(code), reason)),
+    )
+    .await;
+    if !matches!(sent, Ok(Ok(()))) {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(frame) = ws.next().await {
+            if frame.opcode() == OpCode::Close {
+                break;
+            }
+        }
+    })
+    .await;
+}

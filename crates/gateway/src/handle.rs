@@ -1,0 +1,114 @@
+//! The part of a connection that the rest of the node holds on to.
+//!
+//! A [`ConnHandle`] is shared (in an `Arc`) by the hub's room member lists,
+//! the session and user indexes and the heartbeat shards. It carries who the
+//! connection is, its outbox, and two timestamps for liveness; everything
+//! else about the connection lives in its own task.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use roomcast_protocol::{Codec, Member, ServerFrame};
+
+use crate::auth::Identity;
+use crate::outbox::{Outbox, PushError};
+
+/// Milliseconds since the node started: a cheap, monotonic clock shared by
+/// the connections and the heartbeat tickers.
+pub fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+pub struct ConnHandle {
+    pub id: u64,
+    pub session: Arc<str>,
+    pub identity: Identity,
+    pub codec: Codec,
+    pub outbox: Outbox,
+    /// Last time (`now_ms`) any frame arrived from the client.
+    pub last_seen: AtomicU64,
+    /// When the last unanswered ping was queued (0: none outstanding).
+    pub ping_sent: AtomicU64,
+    /// Set when the session must not be parked for resume (kicked by the API).
+    pub forget_session: AtomicBool,
+}
+
+impl ConnHandle {
+    pub fn new(
+        id: u64,
+        session: Arc<str>,
+        identity: Identity,
+        codec: Codec,
+        outbox: Outbox,
+    ) -> Self {
+        ConnHandle {
+            id,
+            session,
+            identity,
+            codec,
+            outbox,
+            last_seen: AtomicU64::new(now_ms()),
+            ping_sent: AtomicU64::new(0),
+            forget_session: AtomicBool::new(false),
+        }
+    }
+
+    pub fn user(&self) -> &Arc<str> {
+        &self.identity.user
+    }
+
+    /// This connection as others see it.
+    pub fn member(&self) -> Member {
+        Member {
+            user: self.identity.user.to_string(),
+            session: self.session.to_string(),
+            info: self.identity.info.clone(),
+        }
+    }
+
+    /// Encodes and queues a frame made for this connection alone.
+    pub fn send(&self, frame: &ServerFrame) -> Result<(), PushError> {
+        match self.codec.encode(frame) {
+            Ok(bytes) => self.outbox.push(bytes),
+            Err(e) => {
+                tracing::error!(error = %e, kind = frame.kind(), "cannot encode frame");
+                Ok(())
+            }
+        }
+    }
+
+    /// Queues a frame already encoded in this connection's codec.
+    pub fn send_encoded(&self, bytes: Bytes) -> Result<(), PushError> {
+        self.outbox.push(bytes)
+    }
+
+    pub fn touch(&self) {
+        self.last_seen.store(now_ms(), Relaxed);
+    }
+}
+
+/// A frame encoded lazily, at most once per codec, for many connections.
+pub struct SharedFrame<'a> {
+    frame: &'a ServerFrame,
+    encoded: [Option<Bytes>; 2],
+}
+
+impl<'a> SharedFrame<'a> {
+    pub fn new(frame: &'a ServerFrame) -> Self {
+        SharedFrame {
+            frame,
+            encoded: [None, None],
+        }
+    }
+
+    pub fn bytes(&mut self, codec: Codec) -> Option<Bytes> {
+        let slot = &mut self.encoded[codec.index()];
+        if slot.is_none() {
+            *slot = codec.encode(self.frame).ok();
+        }
+        slot.clone()
+    }
+}

@@ -1,0 +1,269 @@
+//! The local hub: which connections of this node are in which room, and
+//! which connection holds which session and user.
+//!
+//! Rooms are spread over shards, each behind its own lock, so publishes to
+//! different rooms never contend. Delivering a message encodes it at most
+//! once per codec and hands the same bytes to every member's outbox; pushes
+//! never block, so a slow member costs the others nothing.
+//!
+//! Joining is a three-step handshake with the broker, which is what makes
+//! recovery exact: the member is first added in a *buffering* state (live
+//! messages are kept aside), then history is read, then [`Hub::activate`]
+//! releases the buffered messages newer than the last one sent. Every offset
+//! arrives once, in order, whether it came from history or live.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use roomcast_broker::{Delivery, RoomMessage};
+use roomcast_protocol::{Member, ServerFrame};
+use tokio::sync::OnceCell;
+
+use crate::handle::{ConnHandle, SharedFrame};
+use crate::metrics::Metrics;
+use crate::outbox::PushError;
+
+const SHARDS: usize = 64;
+
+enum MemberState {
+    Live,
+    /// Joined, history not yet sent: live messages wait here.
+    Buffering(Vec<Arc<RoomMessage>>),
+}
+
+struct Membership {
+    conn: Arc<ConnHandle>,
+    presence: bool,
+    state: MemberState,
+}
+
+struct Room {
+    members: Vec<Membership>,
+    /// Resolves once this node is subscribed to the room in the broker.
+    subscribed: Arc<OnceCell<()>>,
+}
+
+/// What [`Hub::add_member`] found.
+pub enum Added {
+    /// Added in buffering state; await `subscribed` before reading history.
+    New { subscribed: Arc<OnceCell<()>> },
+    /// The connection was already a member.
+    Already,
+}
+
+pub struct Hub {
+    shards: Vec<Mutex<HashMap<Arc<str>, Room>>>,
+    sessions: Mutex<HashMap<Arc<str>, Arc<ConnHandle>>>,
+    users: Mutex<HashMap<Arc<str>, Vec<Arc<ConnHandle>>>>,
+    metrics: Arc<Metrics>,
+    /// Messages a buffering member may hold before it counts as a slow consumer.
+    max_buffered: usize,
+}
+
+fn shard_of(room: &str) -> usize {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in room.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+    }
+    (h as usize) % SHARDS
+}
+
+impl Hub {
+    pub fn new(metrics: Arc<Metrics>, max_buffered: usize) -> Self {
+        Hub {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            sessions: Mutex::new(HashMap::new()),
+            users: Mutex::new(HashMap::new()),
+            metrics,
+            max_buffered,
+        }
+    }
+
+    // ---- connections -------------------------------------------------
+
+    /// Makes a connection reachable by its session and user. Returns the
+    /// connection that held the session before, if any (a resume that raced
+    /// the old socket's death).
+    pub fn register(&self, conn: &Arc<ConnHandle>) -> Option<Arc<ConnHandle>> {
+        let old = self
+            .sessions
+            .lock()
+            .insert(conn.session.clone(), conn.clone());
+        self.users
+            .lock()
+            .entry(conn.user().clone())
+            .or_default()
+            .push(conn.clone());
+        old
+    }
+
+    pub fn unregister(&self, conn: &Arc<ConnHandle>) {
+        {
+            let mut sessions = self.sessions.lock();
+            if sessions.get(&conn.session).is_some_and(|c| c.id == conn.id) {
+                sessions.remove(&conn.session);
+            }
+        }
+        let mut users = self.users.lock();
+        if let Some(list) = users.get_mut(conn.user()) {
+            list.retain(|c| c.id != conn.id);
+            if list.is_empty() {
+                users.remove(conn.user());
+            }
+        }
+    }
+
+    pub fn by_session(&self, session: &str) -> Option<Arc<ConnHandle>> {
+        self.sessions.lock().get(session).cloned()
+    }
+
+    pub fn by_user(&self, user: &str) -> Vec<Arc<ConnHandle>> {
+        self.users.lock().get(user).cloned().unwrap_or_default()
+    }
+
+    // ---- rooms --------------------------------------------------------
+
+    /// Adds `conn` to `room` in buffering state.
+    pub fn add_member(&self, room: &str, conn: &Arc<ConnHandle>, presence: bool) -> Added {
+        let mut shard = self.shards[shard_of(room)].lock();
+        let entry = match shard.get_mut(room) {
+            Some(r) => r,
+            None => {
+                self.metrics.rooms.inc();
+                shard.entry(Arc::from(room)).or_insert_with(|| Room {
+                    members: Vec::new(),
+                    subscribed: Arc::new(OnceCell::new()),
+                })
+            }
+        };
+        if entry.members.iter().any(|m| m.conn.id == conn.id) {
+            return Added::Already;
+        }
+        entry.members.push(Membership {
+            conn: conn.clone(),
+            presence,
+            state: MemberState::Buffering(Vec::new()),
+        });
+        self.metrics.subscriptions.inc();
+        Added::New {
+            subscribed: entry.subscribed.clone(),
+        }
+    }
+
+    /// Ends buffering for `conn` in `room`: queues the buffered messages
+    /// with an offset above `last_sent` and makes the member live.
+    pub fn activate(&self, room: &str, conn_id: u64, last_sent: u64) {
+        let mut shard = self.shards[shard_of(room)].lock();
+        let Some(r) = shard.get_mut(room) else { return };
+        let Some(m) = r.members.iter_mut().find(|m| m.conn.id == conn_id) else {
+            return;
+        };
+        if let MemberState::Buffering(buffered) =
+            std::mem::replace(&mut m.state, MemberState::Live)
+        {
+            for msg in buffered.into_iter().filter(|msg| msg.offset > last_sent) {
+                if m.conn.send_encoded(msg.frame(m.conn.codec)).is_err() {
+                    break;
+                }
+                self.metrics.deliveries.inc();
+            }
+        }
+    }
+
+    /// Removes `conn` from `room`. Returns `None` if it was not a member,
+    /// else whether the room is now empty on this node (time to unsubscribe).
+    pub fn remove_member(&self, room: &str, conn_id: u64) -> Option<bool> {
+        let mut shard = self.shards[shard_of(room)].lock();
+        let r = shard.get_mut(room)?;
+        let i = r.members.iter().position(|m| m.conn.id == conn_id)?;
+        r.members.swap_remove(i);
+        self.metrics.subscriptions.dec();
+        if r.members.is_empty() {
+            shard.remove(room);
+            self.metrics.rooms.dec();
+            Some(true)
+        } else {
+            Some(false)
+        }
+    }
+
+    pub fn is_member(&self, room: &str, conn_id: u64) -> bool {
+        self.shards[shard_of(room)]
+            .lock()
+            .get(room)
+            .is_some_and(|r| r.members.iter().any(|m| m.conn.id == conn_id))
+    }
+
+    /// The local members of a room.
+    pub fn members(&self, room: &str) -> Vec<Member> {
+        self.shards[shard_of(room)]
+            .lock()
+            .get(room)
+            .map(|r| r.members.iter().map(|m| m.conn.member()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Sends `frame` to the members of `room` that asked for presence events,
+    /// except the connection `except`.
+    pub fn presence_event(&self, room: &str, frame: &ServerFrame, except: u64) {
+        let mut shared = SharedFrame::new(frame);
+        let shard = self.shards[shard_of(room)].lock();
+        let Some(r) = shard.get(room) else { return };
+        let mut sent = 0;
+        for m in r.members.iter().filter(|m| m.presence && m.conn.id != except) {
+            if let Some(bytes) = shared.bytes(m.conn.codec) {
+                if m.conn.send_encoded(bytes).is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        self.metrics.frames_out_by_kind(frame.kind(), sent);
+    }
+
+    /// Number of rooms with local members.
+    pub fn room_count(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+}
+
+impl Delivery for Hub {
+    fn deliver(&self, msg: Arc<RoomMessage>) {
+        let mut shard = self.shards[shard_of(&msg.room)].lock();
+        let Some(room) = shard.get_mut(&*msg.room) else {
+            return;
+        };
+        let mut frames = [None, None];
+        let mut delivered = 0u64;
+        for m in room.members.iter_mut() {
+            match &mut m.state {
+                MemberState::Live => {
+                    let codec = m.conn.codec;
+                    let bytes = frames[codec.index()].get_or_insert_with(|| msg.frame(codec));
+                    match m.conn.send_encoded(bytes.clone()) {
+                        Ok(()) => delivered += 1,
+                        Err(PushError::Overflow) => self.metrics.outbound_overflows.inc(),
+                        Err(PushError::Closing) => {}
+                    }
+                }
+                MemberState::Buffering(buffer) => {
+                    if buffer.len() >= self.max_buffered {
+                        m.conn
+                            .outbox
+                            .close(roomcast_protocol::close::SLOW_CONSUMER, "slow consumer");
+                        self.metrics.outbound_overflows.inc();
+                    } else {
+                        buffer.push(msg.clone());
+                    }
+                }
+            }
+        }
+        drop(shard);
+        self.metrics.deliveries.add(delivered);
+        self.metrics.frames_out_by_kind("message", delivered);
+        let now = roomcast_broker::message::now_us();
+        self.metrics
+            .publish_to_deliver
+            .observe_us(now.saturating_sub(msg.published_at_us));
+    }
+}

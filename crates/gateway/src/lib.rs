@@ -1,0 +1,96 @@
+//! The roomcast gateway node.
+//!
+//! Where things are, by name:
+//! - [`server`]: HTTP routes and the WebSocket upgrade;
+//! - [`connection`]: one connection's task (hello, commands, writes);
+//! - [`node`]: the operations shared by connections and the API;
+//! - [`hub`]: rooms and their local members, fan-out;
+//! - [`outbox`]: a connection's bounded outbound queue;
+//! - [`heartbeat`]: liveness by shard tickers, and the connection registry;
+//! - [`session`]: resume tokens and parked sessions;
+//! - [`auth`], [`limits`], [`metrics`], [`drain`], [`config`], [`api`].
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod connection;
+pub mod drain;
+pub mod error;
+pub mod handle;
+pub mod heartbeat;
+pub mod hub;
+pub mod limits;
+pub mod metrics;
+pub mod node;
+pub mod outbox;
+pub mod server;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use config::Config;
+use node::Node;
+
+/// Runs a node until it has drained after SIGTERM/SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("listen: cannot bind {}: {e}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let node = Node::new(config)?;
+    tracing::info!(
+        node = %node.id,
+        engine = node.broker.engine(),
+        "roomcast gateway listening on http://{addr} (WebSocket ws://{addr}/ws)"
+    );
+    let app = server::router(node.clone());
+    let shutdown = {
+        let node = node.clone();
+        async move {
+            wait_for_signal().await;
+            let timeout = Duration::from_millis(node.config.drain.timeout_ms);
+            let deadline = Instant::now() + timeout;
+            // Whatever happens, the process is gone by the drain timeout.
+            std::thread::spawn(move || {
+                std::thread::sleep(timeout);
+                eprintln!("drain timeout reached; exiting");
+                std::process::exit(0);
+            });
+            node.drain.start();
+            tokio::spawn(async {
+                wait_for_signal().await;
+                eprintln!("second signal; exiting now");
+                std::process::exit(1);
+            });
+            let window = Duration::from_millis(node.config.drain.window_ms);
+            node.drain
+                .run(&node.registry, &node.metrics, window, deadline)
+                .await;
+        }
+    };
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
+    let _: Arc<Node> = node;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

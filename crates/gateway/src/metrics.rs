@@ -1,0 +1,244 @@
+//! Prometheus metrics of one node, rendered as text on `/metrics`.
+//!
+//! Plain atomics with fixed label sets: recording is one relaxed increment,
+//! nothing allocates, and there is no registry lock on any hot path. The
+//! fan-out path counts deliveries once per message (adding the member count),
+//! not once per member.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use roomcast_protocol::{ClientFrame, ServerFrame};
+
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Relaxed);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+#[derive(Default)]
+pub struct Gauge(AtomicI64);
+
+impl Gauge {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Relaxed);
+    }
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Relaxed);
+    }
+    pub fn get(&self) -> i64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// Upper bounds, in seconds, of the latency histograms' buckets.
+const BUCKETS: [f64; 13] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+];
+
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe_us(&self, us: u64) {
+        let secs = us as f64 / 1e6;
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+}
+
+/// Why an upgrade or a new connection was turned away.
+#[derive(Clone, Copy)]
+pub enum Rejection {
+    MaxConnections = 0,
+    MaxConnectionsPerIp,
+    Draining,
+    Origin,
+    BadRequest,
+    Unauthorized,
+}
+const REJECTIONS: [&str; 6] = [
+    "max_connections",
+    "max_connections_per_ip",
+    "draining",
+    "origin",
+    "bad_request",
+    "unauthorized",
+];
+
+const CLIENT_TYPES: [&str; 8] = [
+    "hello", "join", "leave", "publish", "send", "presence", "ping", "invalid",
+];
+const SERVER_TYPES: [&str; 12] = [
+    "welcome",
+    "joined",
+    "left",
+    "message",
+    "direct",
+    "presence_join",
+    "presence_leave",
+    "presence",
+    "ack",
+    "pong",
+    "error",
+    "reconnect",
+];
+/// Close codes counted by `roomcast_disconnects_total`; anything else is `other`.
+const CLOSE_CODES: [u16; 15] = [
+    1000, 1001, 1002, 1006, 1007, 1009, 1011, 1012, 1013, 4400, 4401, 4408, 4429, 4508, 0,
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub connections: Gauge,
+    pub connections_accepted: Counter,
+    rejected: [Counter; REJECTIONS.len()],
+    frames_in: [Counter; CLIENT_TYPES.len()],
+    frames_out: [Counter; SERVER_TYPES.len()],
+    disconnects: [Counter; CLOSE_CODES.len()],
+    pub rooms: Gauge,
+    pub subscriptions: Gauge,
+    pub published: Counter,
+    pub deliveries: Counter,
+    pub publish_to_deliver: Histogram,
+    pub broker_publish: Histogram,
+    pub broker_errors: Counter,
+    pub history_reads: Counter,
+    pub recovered: Counter,
+    pub not_recovered: Counter,
+    pub rate_limited: Counter,
+    pub outbound_overflows: Counter,
+    pub direct_sent: Counter,
+    pub resumes_ok: Counter,
+    pub resumes_failed: Counter,
+    pub api_requests: Counter,
+    pub api_unauthorized: Counter,
+    pub draining: Gauge,
+}
+
+impl Metrics {
+    pub fn reject(&self, why: Rejection) {
+        self.rejected[why as usize].inc();
+    }
+
+    pub fn frame_in(&self, frame: Option<&ClientFrame>) {
+        let i = match frame {
+            Some(f) => CLIENT_TYPES.iter().position(|t| *t == f.kind()).unwrap_or(7),
+            None => 7,
+        };
+        self.frames_in[i].inc();
+    }
+
+    pub fn frame_out(&self, frame: &ServerFrame) {
+        self.frames_out_by_kind(frame.kind(), 1);
+    }
+
+    pub fn frames_out_by_kind(&self, kind: &str, n: u64) {
+        if let Some(i) = SERVER_TYPES.iter().position(|t| *t == kind) {
+            self.frames_out[i].add(n);
+        }
+    }
+
+    pub fn disconnect(&self, code: u16) {
+        let i = CLOSE_CODES
+            .iter()
+            .position(|c| *c == code)
+            .unwrap_or(CLOSE_CODES.len() - 1);
+        self.disconnects[i].inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        gauge(&mut out, "roomcast_connections", "Open WebSocket connections.", self.connections.get());
+        counter(&mut out, "roomcast_connections_accepted_total", "Connections accepted.", self.connections_accepted.get());
+        header(&mut out, "roomcast_connections_rejected_total", "Upgrades or connections turned away, by reason.", "counter");
+        for (i, reason) in REJECTIONS.iter().enumerate() {
+            let _ = writeln!(out, "roomcast_connections_rejected_total{{reason=\"{reason}\"}} {}", self.rejected[i].get());
+        }
+        header(&mut out, "roomcast_frames_in_total", "Client frames received, by type.", "counter");
+        for (i, t) in CLIENT_TYPES.iter().enumerate() {
+            let _ = writeln!(out, "roomcast_frames_in_total{{type=\"{t}\"}} {}", self.frames_in[i].get());
+        }
+        header(&mut out, "roomcast_frames_out_total", "Server frames queued to clients, by type.", "counter");
+        for (i, t) in SERVER_TYPES.iter().enumerate() {
+            let _ = writeln!(out, "roomcast_frames_out_total{{type=\"{t}\"}} {}", self.frames_out[i].get());
+        }
+        header(&mut out, "roomcast_disconnects_total", "Connections ended, by close code (0: no close frame).", "counter");
+        for (i, c) in CLOSE_CODES.iter().enumerate() {
+            let label = if i == CLOSE_CODES.len() - 1 { "other".to_string() } else { c.to_string() };
+            let _ = writeln!(out, "roomcast_disconnects_total{{code=\"{label}\"}} {}", self.disconnects[i].get());
+        }
+        gauge(&mut out, "roomcast_rooms", "Rooms with at least one member on this node.", self.rooms.get());
+        gauge(&mut out, "roomcast_subscriptions", "Room memberships on this node.", self.subscriptions.get());
+        counter(&mut out, "roomcast_messages_published_total", "Messages published through this node.", self.published.get());
+        counter(&mut out, "roomcast_messages_delivered_total", "Room messages queued to members on this node.", self.deliveries.get());
+        histogram(&mut out, "roomcast_publish_to_deliver_seconds", "From publish to queueing for local members.", &self.publish_to_deliver);
+        histogram(&mut out, "roomcast_broker_publish_seconds", "Broker append-and-publish latency.", &self.broker_publish);
+        counter(&mut out, "roomcast_broker_errors_total", "Broker calls that failed (nothing stored).", self.broker_errors.get());
+        counter(&mut out, "roomcast_history_reads_total", "Room history reads (joins and recoveries).", self.history_reads.get());
+        header(&mut out, "roomcast_recovery_total", "Recoveries asked for with since or resume, by outcome.", "counter");
+        let _ = writeln!(out, "roomcast_recovery_total{{outcome=\"recovered\"}} {}", self.recovered.get());
+        let _ = writeln!(out, "roomcast_recovery_total{{outcome=\"not_recovered\"}} {}", self.not_recovered.get());
+        header(&mut out, "roomcast_resumes_total", "Session resumes, by outcome.", "counter");
+        let _ = writeln!(out, "roomcast_resumes_total{{outcome=\"resumed\"}} {}", self.resumes_ok.get());
+        let _ = writeln!(out, "roomcast_resumes_total{{outcome=\"refused\"}} {}", self.resumes_failed.get());
+        counter(&mut out, "roomcast_rate_limited_total", "Frames refused by the per-connection rate limit.", self.rate_limited.get());
+        counter(&mut out, "roomcast_outbound_overflows_total", "Connections closed as slow consumers (4508).", self.outbound_overflows.get());
+        counter(&mut out, "roomcast_direct_messages_total", "Direct messages queued to local connections.", self.direct_sent.get());
+        counter(&mut out, "roomcast_api_requests_total", "HTTP API requests.", self.api_requests.get());
+        counter(&mut out, "roomcast_api_unauthorized_total", "HTTP API requests refused for a missing or wrong key.", self.api_unauthorized.get());
+        gauge(&mut out, "roomcast_draining", "1 while the node drains.", self.draining.get());
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    header(out, name, help, "counter");
+    let _ = writeln!(out, "{name} {v}");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, v: i64) {
+    header(out, name, help, "gauge");
+    let _ = writeln!(out, "{name} {v}");
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
+    header(out, name, help, "histogram");
+    let mut cumulative = 0;
+    for (i, b) in BUCKETS.iter().enumerate() {
+        cumulative += h.buckets[i].load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+    }
+    let count = h.count.load(Relaxed);
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum {}", h.sum_us.load(Relaxed) as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count {count}");
+}

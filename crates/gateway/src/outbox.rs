@@ -1,0 +1,215 @@
+//! A connection's bounded outbound queue.
+//!
+//! Everything a connection is sent (room messages from the hub, replies,
+//! pings, a close) goes through here. Producers never wait: a push either
+//! fits within the frame and byte limits or marks the connection as a slow
+//! consumer (close 4508), drops what was still queued and returns at once, so
+//! one reader that stops reading never slows the others. The single consumer,
+//! the connection's task, takes everything queued in one go and writes it as
+//! one batch with one flush.
+//!
+//! An idle outbox owns no heap memory: the queue grows on demand and is given
+//! back when a burst has drained.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::task::{Poll, Waker};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use roomcast_protocol::close;
+
+/// What the writer is asked to send.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    /// An encoded protocol frame (text or binary by the connection's codec).
+    Frame(Bytes),
+    /// A WebSocket ping.
+    Ping,
+}
+
+/// The close a connection was asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseRequest {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+struct State {
+    queue: VecDeque<Outgoing>,
+    bytes: usize,
+    waker: Option<Waker>,
+    close: Option<CloseRequest>,
+}
+
+pub struct Outbox {
+    state: Mutex<State>,
+    max_frames: usize,
+    max_bytes: usize,
+}
+
+/// Why a push was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushError {
+    /// The push overflowed the limits: the connection is now closing with 4508.
+    Overflow,
+    /// The connection is already closing.
+    Closing,
+}
+
+/// Capacity kept after a burst drains; more is given back.
+const KEEP_CAPACITY: usize = 16;
+
+impl Outbox {
+    pub fn new(max_frames: usize, max_bytes: usize) -> Self {
+        Outbox {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                bytes: 0,
+                waker: None,
+                close: None,
+            }),
+            max_frames,
+            max_bytes,
+        }
+    }
+
+    /// Queues an encoded frame.
+    pub fn push(&self, frame: Bytes) -> Result<(), PushError> {
+        let waker;
+        let result;
+        {
+            let mut s = self.state.lock();
+            if s.close.is_some() {
+                return Err(PushError::Closing);
+            }
+            if s.queue.len() >= self.max_frames || s.bytes + frame.len() > self.max_bytes {
+                s.queue = VecDeque::new();
+                s.bytes = 0;
+                s.close = Some(CloseRequest {
+                    code: close::SLOW_CONSUMER,
+                    reason: "slow consumer: outbound queue overflow",
+                });
+                result = Err(PushError::Overflow);
+            } else {
+                s.bytes += frame.len();
+                s.queue.push_back(Outgoing::Frame(frame));
+                result = Ok(());
+            }
+            waker = s.waker.take();
+        }
+        if let Some(w) = waker {
+            w.wake();
+        }
+        result
+    }
+
+    /// Queues a WebSocket ping (not counted against the limits).
+    pub fn ping(&self) {
+        let waker = {
+            let mut s = self.state.lock();
+            if s.close.is_some() {
+                return;
+            }
+            s.queue.push_back(Outgoing::Ping);
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Asks the connection to close with `code` once what is queued is written.
+    /// The first close asked for wins.
+    pub fn close(&self, code: u16, reason: &'static str) {
+        let waker = {
+            let mut s = self.state.lock();
+            if s.close.is_none() {
+                s.close = Some(CloseRequest { code, reason });
+            }
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.state.lock().close.is_some()
+    }
+
+    /// Waits until something is queued or a close is asked for. Moves every
+    /// queued item into `batch`; returns the close request once the queue is
+    /// empty.
+    pub async fn next(&self, batch: &mut Vec<Outgoing>) -> Option<CloseRequest> {
+        poll_fn(|cx| {
+            let mut s = self.state.lock();
+            if !s.queue.is_empty() {
+                batch.extend(s.queue.drain(..));
+                s.bytes = 0;
+                if s.queue.capacity() > KEEP_CAPACITY {
+                    s.queue.shrink_to(KEEP_CAPACITY);
+                }
+                return Poll::Ready(None);
+            }
+            if let Some(close) = &s.close {
+                return Poll::Ready(Some(close.clone()));
+            }
+            s.waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Resolves when a close is asked for (used to abandon a stuck write).
+    pub async fn closing(&self) -> CloseRequest {
+        poll_fn(|cx| {
+            let mut s = self.state.lock();
+            match &s.close {
+                Some(close) => Poll::Ready(close.clone()),
+                None => {
+                    s.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_overflow_drops_the_queue_and_asks_for_4508() {
+        let outbox = Outbox::new(2, 1024);
+        outbox.push(Bytes::from_static(b"a")).unwrap();
+        outbox.push(Bytes::from_static(b"b")).unwrap();
+        assert_eq!(outbox.push(Bytes::from_static(b"c")), Err(PushError::Overflow));
+        assert_eq!(outbox.push(Bytes::from_static(b"d")), Err(PushError::Closing));
+        let mut batch = Vec::new();
+        let close = outbox.next(&mut batch).await.unwrap();
+        assert!(batch.is_empty());
+        assert_eq!(close.code, 4508);
+    }
+
+    #[tokio::test]
+    async fn byte_limit_counts_too() {
+        let outbox = Outbox::new(100, 10);
+        outbox.push(Bytes::from(vec![0u8; 8])).unwrap();
+        assert_eq!(outbox.push(Bytes::from(vec![0u8; 8])), Err(PushError::Overflow));
+    }
+
+    #[tokio::test]
+    async fn queued_frames_are_written_before_a_requested_close() {
+        let outbox = Outbox::new(10, 1024);
+        outbox.push(Bytes::from_static(b"bye")).unwrap();
+        outbox.close(1012, "shutdown");
+        let mut batch = Vec::new();
+        assert_eq!(outbox.next(&mut batch).await, None);
+        assert_eq!(batch.len(), 1);
+        batch.clear();
+        assert_eq!(outbox.next(&mut batch).await.unwrap().code, 1012);
+    }
+}

@@ -1,0 +1,172 @@
+//! The HTTP server of a node: the WebSocket upgrade at `/ws`, the operations
+//! endpoints (`/healthz`, `/readyz`, `/metrics`) and the application API
+//! under `/api`. Cross-cutting checks (draining, origin, capacity) happen
+//! here, before a connection task exists.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use roomcast_protocol::{close, Codec};
+use yawc::{DeflatePool, IncomingUpgrade, Options};
+
+use crate::config::Config;
+use crate::connection::{self, Upgrade};
+use crate::metrics::Rejection;
+use crate::node::Node;
+
+/// The WebSocket settings every connection of the node uses: small buffers,
+/// and permessage-deflate without context takeover, with a shared pool of
+/// compressors, so an idle connection holds no compression state.
+pub fn websocket_options(config: &Config) -> Options {
+    let ws = &config.websocket;
+    let mut options = Options::default()
+        .with_max_payload_read(config.limits.max_message_bytes + 1)
+        .with_max_read_buffer(config.limits.max_message_bytes + 1)
+        .with_read_buffer_capacity(ws.read_buffer_bytes)
+        .with_write_buffer_capacity(ws.write_buffer_bytes)
+        .with_utf8()
+        .with_no_delay();
+    if ws.compression {
+        options = options
+            .with_low_latency_compression()
+            .server_no_context_takeover()
+            .client_no_context_takeover()
+            .with_compression_threshold(ws.compression_threshold)
+            .with_deflate_pool(DeflatePool::new(64));
+    } else {
+        options = options.without_compression();
+    }
+    options
+}
+
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/ws", get(upgrade))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/", get(index))
+        .nest("/api", crate::api::router(node.clone()))
+        .with_state(node)
+}
+
+async fn index(State(node): State<Arc<Node>>) -> String {
+    format!(
+        "roomcast gateway {}\nWebSocket: /ws (subprotocols roomcast.v1.json, roomcast.v1.msgpack)\nAPI: /api/publish /api/send /api/presence/{{room}} /api/disconnect /api/stats\nOps: /healthz /readyz /metrics\n",
+        node.id
+    )
+}
+
+async fn ready(State(node): State<Arc<Node>>) -> Response {
+    if node.drain.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
+    }
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        node.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Counts a socket as open from the upgrade until its task ends.
+pub struct OpenSocket(Arc<Node>);
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn upgrade(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    incoming: IncomingUpgrade,
+) -> Response {
+    if node.drain.is_draining() {
+        node.metrics.reject(Rejection::Draining);
+        return (StatusCode::SERVICE_UNAVAILABLE, "node is draining; connect to another node\n")
+            .into_response();
+    }
+    let allowed = &node.config.websocket.allowed_origins;
+    if !allowed.is_empty() {
+        let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+        if !origin.is_some_and(|o| allowed.iter().any(|a| a == o)) {
+            node.metrics.reject(Rejection::Origin);
+            return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+        }
+    }
+    let offer = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok());
+    let Some(codec) = Codec::from_offer(offer) else {
+        node.metrics.reject(Rejection::BadRequest);
+        return (
+            StatusCode::BAD_REQUEST,
+            "unsupported subprotocol; offer roomcast.v1.json or roomcast.v1.msgpack\n",
+        )
+            .into_response();
+    };
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+
+    let limits = &node.config.limits;
+    let open = node.open.fetch_add(1, Ordering::Relaxed) + 1;
+    let guard = OpenSocket(node.clone());
+    let ip_slot = node.per_ip.acquire(remote.ip(), limits.max_connections_per_ip);
+    let refuse = if open > limits.max_connections {
+        node.metrics.reject(Rejection::MaxConnections);
+        Some((close::TRY_AGAIN_LATER, "node at capacity"))
+    } else if ip_slot.is_none() {
+        node.metrics.reject(Rejection::MaxConnectionsPerIp);
+        Some((close::TRY_AGAIN_LATER, "too many connections from this address"))
+    } else {
+        None
+    };
+
+    let (mut response, upgraded) = match incoming.upgrade(node.ws_options.clone()) {
+        Ok(pair) => pair,
+        Err(e) => {
+            node.metrics.reject(Rejection::BadRequest);
+            return (StatusCode::BAD_REQUEST, format!("bad upgrade: {e}\n")).into_response();
+        }
+    };
+    if offer.is_some() {
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(codec.subprotocol()),
+        );
+    }
+    tokio::spawn(async move {
+        let _guard = guard;
+        match upgraded.await {
+            Ok(ws) => {
+                let upgrade = Upgrade {
+                    codec,
+                    remote,
+                    bearer,
+                    refuse,
+                    ip_slot,
+                };
+                connection::serve(node, ws, upgrade).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    response.map(Body::new)
+}

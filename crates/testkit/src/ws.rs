@@ -1,0 +1,210 @@
+//! A raw protocol client for tests: one socket, frames in and out exactly as
+//! written, close codes visible. The project's client library hides all of
+//! that (reconnects, dedup); tests that pin down the wire need it bare.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use roomcast_protocol::{ClientFrame, Codec, ServerFrame};
+use yawc::{Frame, OpCode, Options, WebSocket};
+
+/// What arrived on the socket.
+#[derive(Debug)]
+pub enum Event {
+    Frame(ServerFrame),
+    /// A close frame with this code (1005 when it carried none), or 1006 when
+    /// the socket ended without one.
+    Closed(u16),
+}
+
+pub struct RawClient {
+    ws: WebSocket<yawc::MaybeTlsStream<tokio::net::TcpStream>>,
+    pub codec: Codec,
+}
+
+/// How long `recv` waits before failing the test.
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl RawClient {
+    /// Connects with the codec's subprotocol and permessage-deflate offered.
+    pub async fn connect(url: &str, codec: Codec) -> RawClient {
+        Self::connect_with(url, codec, &[], true)
+            .await
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"))
+    }
+
+    pub async fn connect_with(
+        url: &str,
+        codec: Codec,
+        headers: &[(&str, &str)],
+        deflate: bool,
+    ) -> Result<RawClient, String> {
+        let mut request = http::Request::builder()
+            .header("Sec-WebSocket-Protocol", codec.subprotocol());
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let mut options = Options::default().with_max_payload_read(16 << 20);
+        options = if deflate {
+            options
+                .with_low_latency_compression()
+                .client_no_context_takeover()
+                .server_no_context_takeover()
+        } else {
+            options.without_compression()
+        };
+        let url = url.parse().map_err(|e| format!("{e}"))?;
+        let ws = WebSocket::connect(url)
+            .with_options(options)
+            .with_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(RawClient { ws, codec })
+    }
+
+    pub async fn send(&mut self, frame: &ClientFrame) {
+        let bytes = self.codec.encode(frame).expect("encode");
+        self.send_bytes(bytes).await;
+    }
+
+    /// Sends bytes as a frame of the codec's kind (text or binary).
+    pub async fn send_bytes(&mut self, bytes: impl Into<Bytes>) {
+        let frame = if self.codec.is_binary() {
+            Frame::binary(bytes.into())
+        } else {
+            Frame::text(bytes.into())
+        };
+        self.ws.send(frame).await.expect("send");
+    }
+
+    /// Sends a raw WebSocket frame.
+    pub async fn send_frame(&mut self, frame: Frame) -> Result<(), String> {
+        self.ws.send(frame).await.map_err(|e| e.to_string())
+    }
+
+    /// The next frame or close, within `RECV_TIMEOUT`.
+    pub async fn next_event(&mut self) -> Event {
+        self.next_event_within(RECV_TIMEOUT)
+            .await
+            .expect("nothing received in time")
+    }
+
+    pub async fn next_event_within(&mut self, timeout: Duration) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()?;
+            let Some(frame) = frame else {
+                return Some(Event::Closed(1006));
+            };
+            match frame.opcode() {
+                OpCode::Text | OpCode::Binary => {
+                    let decoded = self
+                        .codec
+                        .decode::<ServerFrame>(frame.payload())
+                        .unwrap_or_else(|e| panic!("undecodable server frame: {e}"));
+                    return Some(Event::Frame(decoded));
+                }
+                OpCode::Close => {
+                    return Some(Event::Closed(
+                        frame.close_code().map(u16::from).unwrap_or(1005),
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The next frame; fails the test on a close or a timeout.
+    pub async fn recv(&mut self) -> ServerFrame {
+        match self.next_event().await {
+            Event::Frame(f) => f,
+            Event::Closed(code) => panic!("connection closed with {code} while a frame was expected"),
+        }
+    }
+
+    /// Skips frames until one matches `pick`.
+    pub async fn recv_until<T>(&mut self, mut pick: impl FnMut(&ServerFrame) -> Option<T>) -> T {
+        loop {
+            let frame = self.recv().await;
+            if let Some(t) = pick(&frame) {
+                return t;
+            }
+        }
+    }
+
+    /// Waits for the close; returns its code (skipping frames before it).
+    pub async fn expect_close(&mut self) -> u16 {
+        loop {
+            if let Event::Closed(code) = self.next_event().await {
+                return code;
+            }
+        }
+    }
+
+    /// Sends `hello` (with an optional token) and returns the `welcome`.
+    pub async fn hello(&mut self, token: Option<&str>) -> ServerFrame {
+        self.send(&ClientFrame::Hello {
+            id: Some(0),
+            token: token.map(str::to_string),
+            resume: None,
+        })
+        .await;
+        let frame = self.recv().await;
+        assert!(matches!(frame, ServerFrame::Welcome { .. }), "expected welcome, got {frame:?}");
+        frame
+    }
+
+    /// Connects and says hello anonymously.
+    pub async fn ready(url: &str, codec: Codec) -> (RawClient, ServerFrame) {
+        let mut client = RawClient::connect(url, codec).await;
+        let welcome = client.hello(None).await;
+        (client, welcome)
+    }
+
+    /// Sends a command and waits for the frame answering its `id`.
+    pub async fn request(&mut self, frame: ClientFrame) -> ServerFrame {
+        let id = frame.id().expect("request needs an id");
+        self.send(&frame).await;
+        self.recv_until(|f| (reply_id(f) == Some(id)).then(|| f.clone()))
+            .await
+    }
+
+    /// Drops the TCP connection without a close handshake.
+    pub fn abort(self) {
+        drop(self);
+    }
+}
+
+/// The `id` a server frame answers, if any.
+pub fn reply_id(frame: &ServerFrame) -> Option<u64> {
+    match frame {
+        ServerFrame::Welcome { id, .. }
+        | ServerFrame::Joined { id, .. }
+        | ServerFrame::Left { id, .. }
+        | ServerFrame::Presence { id, .. }
+        | ServerFrame::Pong { id }
+        | ServerFrame::Error { id, .. } => *id,
+        ServerFrame::Ack { id, .. } => Some(*id),
+        _ => None,
+    }
+}
+
+/// Join frame shorthand.
+pub fn join(id: u64, room: &str) -> ClientFrame {
+    ClientFrame::Join {
+        id: Some(id),
+        room: room.into(),
+        since: None,
+        presence: None,
+    }
+}
+
+/// Publish frame shorthand.
+pub fn publish(id: u64, room: &str, data: serde_json::Value) -> ClientFrame {
+    ClientFrame::Publish {
+        id: Some(id),
+        room: room.into(),
+        data,
+    }
+}
