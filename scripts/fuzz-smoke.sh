@@ -54,7 +54,9 @@ if ((${#targets[@]} == 0)); then
 fi
 
 echo "== building ${targets[*]} (sanitizer: $sanitizer)"
-cargo fuzz build "${fuzz_args[@]}"
+for target in "${targets[@]}"; do
+    cargo fuzz build "${fuzz_args[@]}" "$target"
+done
 
 mkdir -p fuzz/target/fuzz-logs
 failed=()

@@ -89,9 +89,12 @@ fn new_epoch() -> Arc<str> {
     Arc::from(&id[..16])
 }
 
+/// Room logs by name, one map per shard.
+type Shard = Mutex<HashMap<Arc<str>, Arc<Mutex<RoomLog>>>>;
+
 /// The single-node broker.
 pub struct MemoryBroker {
-    shards: Vec<Mutex<HashMap<Arc<str>, Arc<Mutex<RoomLog>>>>>,
+    shards: Vec<Shard>,
     limits: HistoryLimits,
     delivery: OnceLock<Arc<dyn Delivery>>,
 }
@@ -110,7 +113,7 @@ impl MemoryBroker {
         let _ = self.delivery.set(delivery);
     }
 
-    fn shard(&self, room: &str) -> &Mutex<HashMap<Arc<str>, Arc<Mutex<RoomLog>>>> {
+    fn shard(&self, room: &str) -> &Shard {
         let mut h: u64 = 0xcbf29ce484222325;
         for b in room.bytes() {
             h = (h ^ b as u64).wrapping_mul(0x100000001b3);

@@ -78,6 +78,15 @@ async fn clients_of_both_codecs_exchange_room_messages_and_direct_messages() {
         assert_eq!(got[1].data, from_pack);
     }
 
+    // A large message goes through permessage-deflate both ways (the client
+    // and the node compress what is over their thresholds).
+    let blob = json!({"blob": "roomcast ".repeat(4000)});
+    let big = pack_client.publish("chat", blob.clone()).await.unwrap();
+    for events in [&mut json_events, &mut pack_events] {
+        let got = messages(events, "chat", 1).await;
+        assert_eq!((got[0].offset, &got[0].data), (big, &blob));
+    }
+
     // Direct messages, to a session and to a user, across codecs.
     let pack_session = pack_client.session().unwrap();
     json_client

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    buffered_messages, connected, freeze, messages, next_event, quick_client, start_gateway,
-    start_gateway_on,
+    buffered_messages, connected, freeze, hs256_token, messages, next_event, quick_client,
+    start_gateway, start_gateway_on,
 };
 use roomcast_client::{
     Client, ConnectionState, DisconnectCause, Error, Event, JoinOptions, ReconnectReason,
@@ -103,7 +103,7 @@ async fn a_client_reconnects_by_itself_when_its_gateway_is_killed_and_restarted_
     // Let a few attempts fail against the closed port before the restart.
     tokio::time::sleep(Duration::from_millis(500)).await;
     drop(gw);
-    let _restarted = start_gateway_on(addr, &[]).await;
+    let _restarted = start_gateway_on(addr).await;
 
     let (resumed, _) = connected(&mut events).await;
     assert!(
@@ -287,6 +287,38 @@ async fn a_refused_token_stops_the_client_instead_of_retrying_for_ever() {
         matches!(err, Error::Unauthorized(_)),
         "no token where one is required: {err:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_provider_is_asked_again_for_every_connection() {
+    const SECRET: &str = "a-secret-for-tests";
+    let gw = start_gateway(&[("ROOMCAST_AUTH__JWT_SECRET", SECRET)]).await;
+    let asked = Arc::new(AtomicU32::new(0));
+    let counter = asked.clone();
+    let (client, mut events) = quick_client(&[gw.ws_url()])
+        .token_provider(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { Ok(hs256_token(SECRET, "alice")) }
+        })
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(client.session().unwrap().user, "alice");
+    client.join("secure").await.unwrap();
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+
+    client
+        .drop_connection_for_test(Duration::from_millis(50))
+        .await;
+    next_event(&mut events, "Reconnecting", |e| match e {
+        Event::State(ConnectionState::Reconnecting { .. }) => Some(()),
+        _ => None,
+    })
+    .await;
+    let (resumed, session) = connected(&mut events).await;
+    assert!(resumed, "same user with a fresh token resumes");
+    assert_eq!(session.user, "alice");
+    assert_eq!(asked.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -73,7 +73,10 @@ async fn require_key(State(node): State<Arc<Node>>, request: Request, next: Next
 fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, NodeError> {
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            NodeError::new(ErrorCode::TooLarge, "body is larger than limits.max_message_bytes")
+            NodeError::new(
+                ErrorCode::TooLarge,
+                "body is larger than limits.max_message_bytes",
+            )
         } else {
             NodeError::bad_request(e.body_text())
         }
@@ -87,7 +90,10 @@ struct PublishBody {
     data: Data,
 }
 
-async fn publish(State(node): State<Arc<Node>>, body: Result<Bytes, BytesRejection>) -> Result<Response, NodeError> {
+async fn publish(
+    State(node): State<Arc<Node>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, NodeError> {
     let body: PublishBody = parse(body)?;
     let message = node.publish(&body.room, body.data, None).await?;
     Ok(Json(json!({"offset": message.offset, "epoch": &*message.epoch})).into_response())
@@ -99,18 +105,27 @@ struct SendBody {
     data: Data,
 }
 
-async fn send(State(node): State<Arc<Node>>, body: Result<Bytes, BytesRejection>) -> Result<Response, NodeError> {
+async fn send(
+    State(node): State<Arc<Node>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, NodeError> {
     let body: SendBody = parse(body)?;
     let delivered = node.send(&body.to, body.data, None)?;
     Ok(Json(json!({"delivered": delivered})).into_response())
 }
 
-async fn presence(State(node): State<Arc<Node>>, Path(room): Path<String>) -> Result<Response, NodeError> {
+async fn presence(
+    State(node): State<Arc<Node>>,
+    Path(room): Path<String>,
+) -> Result<Response, NodeError> {
     let members = node.presence(&room)?;
     Ok(Json(json!({"room": room, "members": members})).into_response())
 }
 
-async fn disconnect(State(node): State<Arc<Node>>, body: Result<Bytes, BytesRejection>) -> Result<Response, NodeError> {
+async fn disconnect(
+    State(node): State<Arc<Node>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, NodeError> {
     let target: Target = parse(body)?;
     let n = node.disconnect(&target)?;
     Ok(Json(json!({"disconnected": n})).into_response())

@@ -309,24 +309,57 @@ impl Config {
     /// Checks values that have a valid type but make no sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
-            ("limits.max_message_bytes", self.limits.max_message_bytes as u64),
+            (
+                "limits.max_message_bytes",
+                self.limits.max_message_bytes as u64,
+            ),
             ("limits.max_connections", self.limits.max_connections as u64),
-            ("limits.messages_per_second", self.limits.messages_per_second as u64),
+            (
+                "limits.messages_per_second",
+                self.limits.messages_per_second as u64,
+            ),
             ("limits.message_burst", self.limits.message_burst as u64),
-            ("limits.rate_limit_strikes", self.limits.rate_limit_strikes as u64),
-            ("limits.max_rooms_per_connection", self.limits.max_rooms_per_connection as u64),
-            ("limits.max_room_name_bytes", self.limits.max_room_name_bytes as u64),
-            ("limits.outbound_queue_frames", self.limits.outbound_queue_frames as u64),
-            ("limits.outbound_queue_bytes", self.limits.outbound_queue_bytes as u64),
+            (
+                "limits.rate_limit_strikes",
+                self.limits.rate_limit_strikes as u64,
+            ),
+            (
+                "limits.max_rooms_per_connection",
+                self.limits.max_rooms_per_connection as u64,
+            ),
+            (
+                "limits.max_room_name_bytes",
+                self.limits.max_room_name_bytes as u64,
+            ),
+            (
+                "limits.outbound_queue_frames",
+                self.limits.outbound_queue_frames as u64,
+            ),
+            (
+                "limits.outbound_queue_bytes",
+                self.limits.outbound_queue_bytes as u64,
+            ),
             ("limits.max_bad_frames", self.limits.max_bad_frames as u64),
             ("history.size", self.history.size as u64),
             ("history.ttl_ms", self.history.ttl_ms),
             ("session.ttl_ms", self.session.ttl_ms),
-            ("heartbeat.ping_interval_ms", self.heartbeat.ping_interval_ms),
+            (
+                "heartbeat.ping_interval_ms",
+                self.heartbeat.ping_interval_ms,
+            ),
             ("heartbeat.pong_timeout_ms", self.heartbeat.pong_timeout_ms),
-            ("heartbeat.hello_timeout_ms", self.heartbeat.hello_timeout_ms),
-            ("websocket.read_buffer_bytes", self.websocket.read_buffer_bytes as u64),
-            ("websocket.write_buffer_bytes", self.websocket.write_buffer_bytes as u64),
+            (
+                "heartbeat.hello_timeout_ms",
+                self.heartbeat.hello_timeout_ms,
+            ),
+            (
+                "websocket.read_buffer_bytes",
+                self.websocket.read_buffer_bytes as u64,
+            ),
+            (
+                "websocket.write_buffer_bytes",
+                self.websocket.write_buffer_bytes as u64,
+            ),
             ("drain.timeout_ms", self.drain.timeout_ms),
         ];
         for (key, value) in positive {
@@ -340,9 +373,9 @@ impl Config {
                 self.drain.window_ms, self.drain.timeout_ms
             )));
         }
-        if !self.redis.url.is_empty()
-            && !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("rediss://"))
-        {
+        let url = &self.redis.url;
+        let redis_scheme = url.starts_with("redis://") || url.starts_with("rediss://");
+        if !url.is_empty() && !redis_scheme {
             return Err(ConfigError(
                 "redis.url must start with redis:// or rediss://".into(),
             ));
@@ -397,9 +430,8 @@ impl Config {
 
     /// Whether connections without a token are accepted.
     pub fn anonymous_allowed(&self) -> bool {
-        self.auth.anonymous.unwrap_or_else(|| {
-            self.auth.jwt_secret.0.is_empty() && self.auth.jwt_public_key.is_empty()
-        })
+        let no_key = self.auth.jwt_secret.0.is_empty() && self.auth.jwt_public_key.is_empty();
+        self.auth.anonymous.unwrap_or(no_key)
     }
 
     pub fn ping_interval(&self) -> Duration {
@@ -443,7 +475,12 @@ fn unknown_keys(figment: &Figment) -> Vec<String> {
     out
 }
 
-fn walk_unknown(given: &serde_json::Value, known: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+fn walk_unknown(
+    given: &serde_json::Value,
+    known: &serde_json::Value,
+    prefix: &str,
+    out: &mut Vec<String>,
+) {
     let (Some(given), Some(known)) = (given.as_object(), known.as_object()) else {
         return;
     };

@@ -50,7 +50,13 @@ impl Drain {
 
     /// Sends every connection `reconnect` then close 1012, spread over
     /// `window`, and waits (up to `deadline`) for all of them to be gone.
-    pub async fn run(&self, registry: &Arc<Registry>, metrics: &Metrics, window: Duration, deadline: Instant) {
+    pub async fn run(
+        &self,
+        registry: &Arc<Registry>,
+        metrics: &Metrics,
+        window: Duration,
+        deadline: Instant,
+    ) {
         metrics.draining.set(1);
         let conns = registry.all();
         let steps = (window.as_millis() / STEP.as_millis()).max(1) as usize;

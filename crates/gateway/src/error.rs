@@ -42,9 +42,10 @@ impl NodeError {
 impl From<BrokerError> for NodeError {
     fn from(e: BrokerError) -> Self {
         match e {
-            BrokerError::Unavailable(why) => {
-                NodeError::new(ErrorCode::Unavailable, format!("message store unavailable: {why}"))
-            }
+            BrokerError::Unavailable(why) => NodeError::new(
+                ErrorCode::Unavailable,
+                format!("message store unavailable: {why}"),
+            ),
         }
     }
 }

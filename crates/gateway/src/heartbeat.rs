@@ -84,7 +84,9 @@ impl Registry {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
-                    let Some(registry) = weak.upgrade() else { return };
+                    let Some(registry) = weak.upgrade() else {
+                        return;
+                    };
                     registry.check_shard(shard, now_ms(), interval_ms, timeout_ms);
                 }
             });

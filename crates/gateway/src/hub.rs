@@ -159,8 +159,7 @@ impl Hub {
         let Some(m) = r.members.iter_mut().find(|m| m.conn.id == conn_id) else {
             return;
         };
-        if let MemberState::Buffering(buffered) =
-            std::mem::replace(&mut m.state, MemberState::Live)
+        if let MemberState::Buffering(buffered) = std::mem::replace(&mut m.state, MemberState::Live)
         {
             for msg in buffered.into_iter().filter(|msg| msg.offset > last_sent) {
                 if m.conn.send_encoded(msg.frame(m.conn.codec)).is_err() {
@@ -211,7 +210,11 @@ impl Hub {
         let shard = self.shards[shard_of(room)].lock();
         let Some(r) = shard.get(room) else { return };
         let mut sent = 0;
-        for m in r.members.iter().filter(|m| m.presence && m.conn.id != except) {
+        for m in r
+            .members
+            .iter()
+            .filter(|m| m.presence && m.conn.id != except)
+        {
             if let Some(bytes) = shared.bytes(m.conn.codec) {
                 if m.conn.send_encoded(bytes).is_ok() {
                     sent += 1;

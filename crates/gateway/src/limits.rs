@@ -160,7 +160,10 @@ mod tests {
         assert!(glob_match("exact", "exact"));
         // Pathological pattern stays fast.
         let name = "a".repeat(200);
-        assert!(!glob_match(&"*a".repeat(50).to_string().replace("*a*a", "*a*b"), &name));
+        assert!(!glob_match(
+            &"*a".repeat(50).to_string().replace("*a*a", "*a*b"),
+            &name
+        ));
     }
 
     #[test]

@@ -55,7 +55,10 @@ fn main() -> ExitCode {
     };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     if config.log.json {
-        tracing_subscriber::fmt().with_env_filter(filter).json().init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .json()
+            .init();
     } else {
         tracing_subscriber::fmt()
             .with_env_filter(filter)
@@ -65,7 +68,10 @@ fn main() -> ExitCode {
     for key in unknown {
         tracing::warn!(key, "unknown configuration key ignored");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("roomcast-gateway: cannot start the runtime: {e}");

@@ -106,10 +106,12 @@ const SERVER_TYPES: [&str; 12] = [
     "error",
     "reconnect",
 ];
-/// Close codes counted by `roomcast_disconnects_total`; anything else is `other`.
+/// Close codes counted by `roomcast_disconnects_total`, then `none` (the
+/// socket ended without a close frame) and `other`.
 const CLOSE_CODES: [u16; 15] = [
-    1000, 1001, 1002, 1006, 1007, 1009, 1011, 1012, 1013, 4400, 4401, 4408, 4429, 4508, 0,
+    1000, 1001, 1002, 1005, 1007, 1009, 1011, 1012, 1013, 4400, 4401, 4408, 4429, 4508, 0,
 ];
+const CLOSE_LABELS: usize = CLOSE_CODES.len() + 1;
 
 #[derive(Default)]
 pub struct Metrics {
@@ -118,7 +120,7 @@ pub struct Metrics {
     rejected: [Counter; REJECTIONS.len()],
     frames_in: [Counter; CLIENT_TYPES.len()],
     frames_out: [Counter; SERVER_TYPES.len()],
-    disconnects: [Counter; CLOSE_CODES.len()],
+    disconnects: [Counter; CLOSE_LABELS],
     pub rooms: Gauge,
     pub subscriptions: Gauge,
     pub published: Counter,
@@ -146,7 +148,10 @@ impl Metrics {
 
     pub fn frame_in(&self, frame: Option<&ClientFrame>) {
         let i = match frame {
-            Some(f) => CLIENT_TYPES.iter().position(|t| *t == f.kind()).unwrap_or(7),
+            Some(f) => CLIENT_TYPES
+                .iter()
+                .position(|t| *t == f.kind())
+                .unwrap_or(7),
             None => 7,
         };
         self.frames_in[i].inc();
@@ -166,52 +171,198 @@ impl Metrics {
         let i = CLOSE_CODES
             .iter()
             .position(|c| *c == code)
-            .unwrap_or(CLOSE_CODES.len() - 1);
+            .unwrap_or(CLOSE_LABELS - 1);
         self.disconnects[i].inc();
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8 * 1024);
-        gauge(&mut out, "roomcast_connections", "Open WebSocket connections.", self.connections.get());
-        counter(&mut out, "roomcast_connections_accepted_total", "Connections accepted.", self.connections_accepted.get());
-        header(&mut out, "roomcast_connections_rejected_total", "Upgrades or connections turned away, by reason.", "counter");
+        gauge(
+            &mut out,
+            "roomcast_connections",
+            "Open WebSocket connections.",
+            self.connections.get(),
+        );
+        counter(
+            &mut out,
+            "roomcast_connections_accepted_total",
+            "Connections accepted.",
+            self.connections_accepted.get(),
+        );
+        header(
+            &mut out,
+            "roomcast_connections_rejected_total",
+            "Upgrades or connections turned away, by reason.",
+            "counter",
+        );
         for (i, reason) in REJECTIONS.iter().enumerate() {
-            let _ = writeln!(out, "roomcast_connections_rejected_total{{reason=\"{reason}\"}} {}", self.rejected[i].get());
+            let _ = writeln!(
+                out,
+                "roomcast_connections_rejected_total{{reason=\"{reason}\"}} {}",
+                self.rejected[i].get()
+            );
         }
-        header(&mut out, "roomcast_frames_in_total", "Client frames received, by type.", "counter");
+        header(
+            &mut out,
+            "roomcast_frames_in_total",
+            "Client frames received, by type.",
+            "counter",
+        );
         for (i, t) in CLIENT_TYPES.iter().enumerate() {
-            let _ = writeln!(out, "roomcast_frames_in_total{{type=\"{t}\"}} {}", self.frames_in[i].get());
+            let _ = writeln!(
+                out,
+                "roomcast_frames_in_total{{type=\"{t}\"}} {}",
+                self.frames_in[i].get()
+            );
         }
-        header(&mut out, "roomcast_frames_out_total", "Server frames queued to clients, by type.", "counter");
+        header(
+            &mut out,
+            "roomcast_frames_out_total",
+            "Server frames queued to clients, by type.",
+            "counter",
+        );
         for (i, t) in SERVER_TYPES.iter().enumerate() {
-            let _ = writeln!(out, "roomcast_frames_out_total{{type=\"{t}\"}} {}", self.frames_out[i].get());
+            let _ = writeln!(
+                out,
+                "roomcast_frames_out_total{{type=\"{t}\"}} {}",
+                self.frames_out[i].get()
+            );
         }
-        header(&mut out, "roomcast_disconnects_total", "Connections ended, by close code (0: no close frame).", "counter");
-        for (i, c) in CLOSE_CODES.iter().enumerate() {
-            let label = if i == CLOSE_CODES.len() - 1 { "other".to_string() } else { c.to_string() };
-            let _ = writeln!(out, "roomcast_disconnects_total{{code=\"{label}\"}} {}", self.disconnects[i].get());
+        header(
+            &mut out,
+            "roomcast_disconnects_total",
+            "Connections ended, by close code (none: no close frame).",
+            "counter",
+        );
+        for (i, counter) in self.disconnects.iter().enumerate() {
+            let label = match CLOSE_CODES.get(i) {
+                Some(0) => "none".to_string(),
+                Some(code) => code.to_string(),
+                None => "other".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "roomcast_disconnects_total{{code=\"{label}\"}} {}",
+                counter.get()
+            );
         }
-        gauge(&mut out, "roomcast_rooms", "Rooms with at least one member on this node.", self.rooms.get());
-        gauge(&mut out, "roomcast_subscriptions", "Room memberships on this node.", self.subscriptions.get());
-        counter(&mut out, "roomcast_messages_published_total", "Messages published through this node.", self.published.get());
-        counter(&mut out, "roomcast_messages_delivered_total", "Room messages queued to members on this node.", self.deliveries.get());
-        histogram(&mut out, "roomcast_publish_to_deliver_seconds", "From publish to queueing for local members.", &self.publish_to_deliver);
-        histogram(&mut out, "roomcast_broker_publish_seconds", "Broker append-and-publish latency.", &self.broker_publish);
-        counter(&mut out, "roomcast_broker_errors_total", "Broker calls that failed (nothing stored).", self.broker_errors.get());
-        counter(&mut out, "roomcast_history_reads_total", "Room history reads (joins and recoveries).", self.history_reads.get());
-        header(&mut out, "roomcast_recovery_total", "Recoveries asked for with since or resume, by outcome.", "counter");
-        let _ = writeln!(out, "roomcast_recovery_total{{outcome=\"recovered\"}} {}", self.recovered.get());
-        let _ = writeln!(out, "roomcast_recovery_total{{outcome=\"not_recovered\"}} {}", self.not_recovered.get());
-        header(&mut out, "roomcast_resumes_total", "Session resumes, by outcome.", "counter");
-        let _ = writeln!(out, "roomcast_resumes_total{{outcome=\"resumed\"}} {}", self.resumes_ok.get());
-        let _ = writeln!(out, "roomcast_resumes_total{{outcome=\"refused\"}} {}", self.resumes_failed.get());
-        counter(&mut out, "roomcast_rate_limited_total", "Frames refused by the per-connection rate limit.", self.rate_limited.get());
-        counter(&mut out, "roomcast_outbound_overflows_total", "Connections closed as slow consumers (4508).", self.outbound_overflows.get());
-        counter(&mut out, "roomcast_direct_messages_total", "Direct messages queued to local connections.", self.direct_sent.get());
-        counter(&mut out, "roomcast_api_requests_total", "HTTP API requests.", self.api_requests.get());
-        counter(&mut out, "roomcast_api_unauthorized_total", "HTTP API requests refused for a missing or wrong key.", self.api_unauthorized.get());
-        gauge(&mut out, "roomcast_draining", "1 while the node drains.", self.draining.get());
+        gauge(
+            &mut out,
+            "roomcast_rooms",
+            "Rooms with at least one member on this node.",
+            self.rooms.get(),
+        );
+        gauge(
+            &mut out,
+            "roomcast_subscriptions",
+            "Room memberships on this node.",
+            self.subscriptions.get(),
+        );
+        counter(
+            &mut out,
+            "roomcast_messages_published_total",
+            "Messages published through this node.",
+            self.published.get(),
+        );
+        counter(
+            &mut out,
+            "roomcast_messages_delivered_total",
+            "Room messages queued to members on this node.",
+            self.deliveries.get(),
+        );
+        histogram(
+            &mut out,
+            "roomcast_publish_to_deliver_seconds",
+            "From publish to queueing for local members.",
+            &self.publish_to_deliver,
+        );
+        histogram(
+            &mut out,
+            "roomcast_broker_publish_seconds",
+            "Broker append-and-publish latency.",
+            &self.broker_publish,
+        );
+        counter(
+            &mut out,
+            "roomcast_broker_errors_total",
+            "Broker calls that failed (nothing stored).",
+            self.broker_errors.get(),
+        );
+        counter(
+            &mut out,
+            "roomcast_history_reads_total",
+            "Room history reads (joins and recoveries).",
+            self.history_reads.get(),
+        );
+        header(
+            &mut out,
+            "roomcast_recovery_total",
+            "Recoveries asked for with since or resume, by outcome.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "roomcast_recovery_total{{outcome=\"recovered\"}} {}",
+            self.recovered.get()
+        );
+        let _ = writeln!(
+            out,
+            "roomcast_recovery_total{{outcome=\"not_recovered\"}} {}",
+            self.not_recovered.get()
+        );
+        header(
+            &mut out,
+            "roomcast_resumes_total",
+            "Session resumes, by outcome.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "roomcast_resumes_total{{outcome=\"resumed\"}} {}",
+            self.resumes_ok.get()
+        );
+        let _ = writeln!(
+            out,
+            "roomcast_resumes_total{{outcome=\"refused\"}} {}",
+            self.resumes_failed.get()
+        );
+        counter(
+            &mut out,
+            "roomcast_rate_limited_total",
+            "Frames refused by the per-connection rate limit.",
+            self.rate_limited.get(),
+        );
+        counter(
+            &mut out,
+            "roomcast_outbound_overflows_total",
+            "Connections closed as slow consumers (4508).",
+            self.outbound_overflows.get(),
+        );
+        counter(
+            &mut out,
+            "roomcast_direct_messages_total",
+            "Direct messages queued to local connections.",
+            self.direct_sent.get(),
+        );
+        counter(
+            &mut out,
+            "roomcast_api_requests_total",
+            "HTTP API requests.",
+            self.api_requests.get(),
+        );
+        counter(
+            &mut out,
+            "roomcast_api_unauthorized_total",
+            "HTTP API requests refused for a missing or wrong key.",
+            self.api_unauthorized.get(),
+        );
+        gauge(
+            &mut out,
+            "roomcast_draining",
+            "1 while the node drains.",
+            self.draining.get(),
+        );
         out
     }
 }

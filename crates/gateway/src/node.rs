@@ -60,7 +60,10 @@ impl Node {
             ));
         }
         let metrics = Arc::new(Metrics::default());
-        let hub = Arc::new(Hub::new(metrics.clone(), config.limits.outbound_queue_frames));
+        let hub = Arc::new(Hub::new(
+            metrics.clone(),
+            config.limits.outbound_queue_frames,
+        ));
         let memory = MemoryBroker::new(HistoryLimits {
             size: config.history.size,
             ttl: Duration::from_millis(config.history.ttl_ms),
@@ -106,7 +109,8 @@ impl Node {
     }
 
     pub fn check_room(&self, room: &str) -> Result<(), NodeError> {
-        check_room_name(room, self.config.limits.max_room_name_bytes).map_err(NodeError::bad_request)
+        check_room_name(room, self.config.limits.max_room_name_bytes)
+            .map_err(NodeError::bad_request)
     }
 
     /// Stores `data` in the room's history and delivers it to every member.

@@ -186,8 +186,14 @@ mod tests {
         let outbox = Outbox::new(2, 1024);
         outbox.push(Bytes::from_static(b"a")).unwrap();
         outbox.push(Bytes::from_static(b"b")).unwrap();
-        assert_eq!(outbox.push(Bytes::from_static(b"c")), Err(PushError::Overflow));
-        assert_eq!(outbox.push(Bytes::from_static(b"d")), Err(PushError::Closing));
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"c")),
+            Err(PushError::Overflow)
+        );
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"d")),
+            Err(PushError::Closing)
+        );
         let mut batch = Vec::new();
         let close = outbox.next(&mut batch).await.unwrap();
         assert!(batch.is_empty());
@@ -198,7 +204,10 @@ mod tests {
     async fn byte_limit_counts_too() {
         let outbox = Outbox::new(100, 10);
         outbox.push(Bytes::from(vec![0u8; 8])).unwrap();
-        assert_eq!(outbox.push(Bytes::from(vec![0u8; 8])), Err(PushError::Overflow));
+        assert_eq!(
+            outbox.push(Bytes::from(vec![0u8; 8])),
+            Err(PushError::Overflow)
+        );
     }
 
     #[tokio::test]

@@ -97,7 +97,10 @@ async fn upgrade(
 ) -> Response {
     if node.drain.is_draining() {
         node.metrics.reject(Rejection::Draining);
-        return (StatusCode::SERVICE_UNAVAILABLE, "node is draining; connect to another node\n")
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node is draining; connect to another node\n",
+        )
             .into_response();
     }
     let allowed = &node.config.websocket.allowed_origins;
@@ -128,13 +131,18 @@ async fn upgrade(
     let limits = &node.config.limits;
     let open = node.open.fetch_add(1, Ordering::Relaxed) + 1;
     let guard = OpenSocket(node.clone());
-    let ip_slot = node.per_ip.acquire(remote.ip(), limits.max_connections_per_ip);
+    let ip_slot = node
+        .per_ip
+        .acquire(remote.ip(), limits.max_connections_per_ip);
     let refuse = if open > limits.max_connections {
         node.metrics.reject(Rejection::MaxConnections);
         Some((close::TRY_AGAIN_LATER, "node at capacity"))
     } else if ip_slot.is_none() {
         node.metrics.reject(Rejection::MaxConnectionsPerIp);
-        Some((close::TRY_AGAIN_LATER, "too many connections from this address"))
+        Some((
+            close::TRY_AGAIN_LATER,
+            "too many connections from this address",
+        ))
     } else {
         None
     };

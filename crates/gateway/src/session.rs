@@ -93,7 +93,11 @@ impl SessionStore {
 
     /// Takes a parked, unexpired session out of the store if `check` accepts
     /// it; a session that fails the check stays parked.
-    pub fn take_if(&self, session: &str, check: impl FnOnce(&ParkedSession) -> bool) -> Option<ParkedSession> {
+    pub fn take_if(
+        &self,
+        session: &str,
+        check: impl FnOnce(&ParkedSession) -> bool,
+    ) -> Option<ParkedSession> {
         let mut parked = self.parked.lock();
         let p = parked.get(session)?;
         if p.expires <= Instant::now() || !check(p) {
@@ -143,10 +147,18 @@ mod tests {
     #[test]
     fn parked_sessions_expire() {
         let store = SessionStore::default();
-        store.park("s".into(), Identity::anonymous("s"), Duration::from_millis(0));
+        store.park(
+            "s".into(),
+            Identity::anonymous("s"),
+            Duration::from_millis(0),
+        );
         std::thread::sleep(Duration::from_millis(2));
         assert!(store.take("s").is_none());
-        store.park("t".into(), Identity::anonymous("t"), Duration::from_secs(60));
+        store.park(
+            "t".into(),
+            Identity::anonymous("t"),
+            Duration::from_secs(60),
+        );
         assert!(store.take("t").is_some());
         assert!(store.take("t").is_none(), "a session is resumed once");
     }

@@ -51,7 +51,13 @@ async fn join_publish_ack_and_own_message_carry_the_same_offset() {
         let room = format!("room-{codec:?}");
         let (mut c, _) = RawClient::ready(&gw.ws_url(), codec).await;
         let joined = c.request(join(1, &room)).await;
-        let ServerFrame::Joined { offset: 0, recovered: None, ref epoch, .. } = joined else {
+        let ServerFrame::Joined {
+            offset: 0,
+            recovered: None,
+            ref epoch,
+            ..
+        } = joined
+        else {
             panic!("{joined:?}")
         };
         let epoch = epoch.clone();
@@ -61,7 +67,13 @@ async fn join_publish_ack_and_own_message_carry_the_same_offset() {
         while acked.is_none() || seen.is_none() {
             match c.recv().await {
                 ServerFrame::Ack { id: 2, offset } => acked = offset,
-                ServerFrame::Message { room: r, offset, epoch: e, data, from } => {
+                ServerFrame::Message {
+                    room: r,
+                    offset,
+                    epoch: e,
+                    data,
+                    from,
+                } => {
                     assert_eq!(r, room);
                     assert_eq!(e, epoch);
                     assert_eq!(data, json!({"text": "hi"}));
@@ -73,10 +85,30 @@ async fn join_publish_ack_and_own_message_carry_the_same_offset() {
         }
         assert_eq!(acked, Some(1));
         assert_eq!(seen, Some(1));
-        let left = c.request(ClientFrame::Leave { id: Some(3), room: room.clone() }).await;
-        assert_eq!(left, ServerFrame::Left { id: Some(3), room: room.clone() });
+        let left = c
+            .request(ClientFrame::Leave {
+                id: Some(3),
+                room: room.clone(),
+            })
+            .await;
+        assert_eq!(
+            left,
+            ServerFrame::Left {
+                id: Some(3),
+                room: room.clone()
+            }
+        );
         let again = c.request(ClientFrame::Leave { id: Some(4), room }).await;
-        assert!(matches!(again, ServerFrame::Error { code: ErrorCode::NotJoined, .. }), "{again:?}");
+        assert!(
+            matches!(
+                again,
+                ServerFrame::Error {
+                    code: ErrorCode::NotJoined,
+                    ..
+                }
+            ),
+            "{again:?}"
+        );
     }
 }
 
@@ -92,7 +124,11 @@ async fn offsets_increase_strictly_and_arrive_in_order_across_codecs() {
     const N: u64 = 150;
     for i in 0..N {
         publisher
-            .send(&ClientFrame::Publish { id: None, room: "order".into(), data: json!({"i": i, "s": "é✓"}) })
+            .send(&ClientFrame::Publish {
+                id: None,
+                room: "order".into(),
+                data: json!({"i": i, "s": "é✓"}),
+            })
             .await;
     }
     for member in [&mut json_member, &mut pack_member] {
@@ -116,13 +152,33 @@ async fn send_reaches_a_user_and_a_session_as_direct() {
     let (mut bob, bob_welcome) = RawClient::ready(&gw.ws_url(), Codec::MsgPack).await;
     let (bob_session, bob_user) = session_of(&bob_welcome);
     let ack = alice
-        .request(ClientFrame::Send { id: Some(1), to: Target::user(bob_user), data: json!("to user") })
+        .request(ClientFrame::Send {
+            id: Some(1),
+            to: Target::user(bob_user),
+            data: json!("to user"),
+        })
         .await;
-    assert_eq!(ack, ServerFrame::Ack { id: 1, offset: None });
+    assert_eq!(
+        ack,
+        ServerFrame::Ack {
+            id: 1,
+            offset: None
+        }
+    );
     let ack = alice
-        .request(ClientFrame::Send { id: Some(2), to: Target::session(bob_session), data: json!("to session") })
+        .request(ClientFrame::Send {
+            id: Some(2),
+            to: Target::session(bob_session),
+            data: json!("to session"),
+        })
         .await;
-    assert_eq!(ack, ServerFrame::Ack { id: 2, offset: None });
+    assert_eq!(
+        ack,
+        ServerFrame::Ack {
+            id: 2,
+            offset: None
+        }
+    );
     for expected in ["to user", "to session"] {
         match bob.recv().await {
             ServerFrame::Direct { data, from } => {
@@ -133,9 +189,23 @@ async fn send_reaches_a_user_and_a_session_as_direct() {
         }
     }
     let bad = alice
-        .request(ClientFrame::Send { id: Some(3), to: Target::default(), data: json!(1) })
+        .request(ClientFrame::Send {
+            id: Some(3),
+            to: Target::default(),
+            data: json!(1),
+        })
         .await;
-    assert!(matches!(bad, ServerFrame::Error { id: Some(3), code: ErrorCode::BadRequest, .. }), "{bad:?}");
+    assert!(
+        matches!(
+            bad,
+            ServerFrame::Error {
+                id: Some(3),
+                code: ErrorCode::BadRequest,
+                ..
+            }
+        ),
+        "{bad:?}"
+    );
 }
 
 #[tokio::test]
@@ -144,7 +214,12 @@ async fn presence_lists_members_and_watchers_see_joins_and_leaves() {
     let (mut watcher, w) = RawClient::ready(&gw.ws_url(), Codec::Json).await;
     let (watcher_session, _) = session_of(&w);
     watcher
-        .request(ClientFrame::Join { id: Some(1), room: "p".into(), since: None, presence: Some(true) })
+        .request(ClientFrame::Join {
+            id: Some(1),
+            room: "p".into(),
+            since: None,
+            presence: Some(true),
+        })
         .await;
     let (mut other, o) = RawClient::ready(&gw.ws_url(), Codec::MsgPack).await;
     let (other_session, _) = session_of(&o);
@@ -156,8 +231,20 @@ async fn presence_lists_members_and_watchers_see_joins_and_leaves() {
         }
         f => panic!("{f:?}"),
     }
-    let listed = other.request(ClientFrame::Presence { id: Some(2), room: "p".into() }).await;
-    let ServerFrame::Presence { id: Some(2), members, .. } = listed else { panic!("{listed:?}") };
+    let listed = other
+        .request(ClientFrame::Presence {
+            id: Some(2),
+            room: "p".into(),
+        })
+        .await;
+    let ServerFrame::Presence {
+        id: Some(2),
+        members,
+        ..
+    } = listed
+    else {
+        panic!("{listed:?}")
+    };
     let mut sessions: Vec<_> = members.iter().map(|m| m.session.clone()).collect();
     sessions.sort();
     let mut expected = vec![watcher_session, other_session.clone()];
@@ -175,7 +262,10 @@ async fn ping_is_answered_with_pong_echoing_the_id() {
     let gw = Gateway::start(&[]);
     for codec in Codec::ALL {
         let (mut c, _) = RawClient::ready(&gw.ws_url(), codec).await;
-        assert_eq!(c.request(ClientFrame::Ping { id: Some(42) }).await, ServerFrame::Pong { id: Some(42) });
+        assert_eq!(
+            c.request(ClientFrame::Ping { id: Some(42) }).await,
+            ServerFrame::Pong { id: Some(42) }
+        );
     }
 }
 
@@ -185,16 +275,69 @@ async fn bad_commands_get_error_frames_and_the_connection_stays_open() {
     let (mut c, _) = RawClient::ready(&gw.ws_url(), Codec::Json).await;
     c.send_bytes(r#"{"type":"teleport","id":5}"#).await;
     let f = c.recv().await;
-    assert!(matches!(f, ServerFrame::Error { id: Some(5), code: ErrorCode::BadRequest, .. }), "{f:?}");
+    assert!(
+        matches!(
+            f,
+            ServerFrame::Error {
+                id: Some(5),
+                code: ErrorCode::BadRequest,
+                ..
+            }
+        ),
+        "{f:?}"
+    );
     c.send_bytes("not json").await;
-    assert!(matches!(c.recv().await, ServerFrame::Error { id: None, code: ErrorCode::BadRequest, .. }));
+    assert!(matches!(
+        c.recv().await,
+        ServerFrame::Error {
+            id: None,
+            code: ErrorCode::BadRequest,
+            ..
+        }
+    ));
     let f = c.request(publish(6, "nope", json!(1))).await;
-    assert!(matches!(f, ServerFrame::Error { code: ErrorCode::NotJoined, .. }), "{f:?}");
+    assert!(
+        matches!(
+            f,
+            ServerFrame::Error {
+                code: ErrorCode::NotJoined,
+                ..
+            }
+        ),
+        "{f:?}"
+    );
     let f = c.request(join(7, "bad room!")).await;
-    assert!(matches!(f, ServerFrame::Error { code: ErrorCode::BadRequest, .. }), "{f:?}");
-    let f = c.request(ClientFrame::Hello { id: Some(8), token: None, resume: None }).await;
-    assert!(matches!(f, ServerFrame::Error { code: ErrorCode::BadRequest, .. }), "{f:?}");
-    assert_eq!(c.request(ClientFrame::Ping { id: Some(9) }).await, ServerFrame::Pong { id: Some(9) });
+    assert!(
+        matches!(
+            f,
+            ServerFrame::Error {
+                code: ErrorCode::BadRequest,
+                ..
+            }
+        ),
+        "{f:?}"
+    );
+    let f = c
+        .request(ClientFrame::Hello {
+            id: Some(8),
+            token: None,
+            resume: None,
+        })
+        .await;
+    assert!(
+        matches!(
+            f,
+            ServerFrame::Error {
+                code: ErrorCode::BadRequest,
+                ..
+            }
+        ),
+        "{f:?}"
+    );
+    assert_eq!(
+        c.request(ClientFrame::Ping { id: Some(9) }).await,
+        ServerFrame::Pong { id: Some(9) }
+    );
 }
 
 #[tokio::test]
@@ -204,7 +347,20 @@ async fn too_many_rooms_is_limit_exceeded() {
     c.request(join(1, "a")).await;
     c.request(join(2, "b")).await;
     let f = c.request(join(3, "c")).await;
-    assert!(matches!(f, ServerFrame::Error { id: Some(3), code: ErrorCode::LimitExceeded, .. }), "{f:?}");
+    assert!(
+        matches!(
+            f,
+            ServerFrame::Error {
+                id: Some(3),
+                code: ErrorCode::LimitExceeded,
+                ..
+            }
+        ),
+        "{f:?}"
+    );
     // Re-joining a room already joined is not a new room.
-    assert!(matches!(c.request(join(4, "a")).await, ServerFrame::Joined { .. }));
+    assert!(matches!(
+        c.request(join(4, "a")).await,
+        ServerFrame::Joined { .. }
+    ));
 }

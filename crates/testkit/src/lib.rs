@@ -6,6 +6,7 @@
 //! leaves servers behind. Binaries are built once by `make test` before the
 //! tests start; when a test is run on its own, the harness builds them.
 
+pub mod stalled;
 pub mod ws;
 
 use std::io::{Read, Write};
@@ -212,7 +213,10 @@ pub fn wait_for_listen_line(process: &mut Process, timeout: Duration) -> SocketA
             panic!("{} exited at startup:\n{out}", process.name);
         }
         if Instant::now() >= deadline {
-            panic!("{} did not report its address in time:\n{out}", process.name);
+            panic!(
+                "{} did not report its address in time:\n{out}",
+                process.name
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -250,7 +254,11 @@ pub fn http_request(
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad response: {text}")))?;
     let body = match text.split_once("\r\n\r\n") {
-        Some((head, rest)) if head.to_ascii_lowercase().contains("transfer-encoding: chunked") => {
+        Some((head, rest))
+            if head
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: chunked") =>
+        {
             dechunk(rest)
         }
         Some((_, rest)) => rest.to_string(),

@@ -40,8 +40,8 @@ impl RawClient {
         headers: &[(&str, &str)],
         deflate: bool,
     ) -> Result<RawClient, String> {
-        let mut request = http::Request::builder()
-            .header("Sec-WebSocket-Protocol", codec.subprotocol());
+        let mut request =
+            http::Request::builder().header("Sec-WebSocket-Protocol", codec.subprotocol());
         for (k, v) in headers {
             request = request.header(*k, *v);
         }
@@ -93,7 +93,9 @@ impl RawClient {
     pub async fn next_event_within(&mut self, timeout: Duration) -> Option<Event> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let frame = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()?;
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
             let Some(frame) = frame else {
                 return Some(Event::Closed(1006));
             };
@@ -119,7 +121,9 @@ impl RawClient {
     pub async fn recv(&mut self) -> ServerFrame {
         match self.next_event().await {
             Event::Frame(f) => f,
-            Event::Closed(code) => panic!("connection closed with {code} while a frame was expected"),
+            Event::Closed(code) => {
+                panic!("connection closed with {code} while a frame was expected")
+            }
         }
     }
 
@@ -151,7 +155,10 @@ impl RawClient {
         })
         .await;
         let frame = self.recv().await;
-        assert!(matches!(frame, ServerFrame::Welcome { .. }), "expected welcome, got {frame:?}");
+        assert!(
+            matches!(frame, ServerFrame::Welcome { .. }),
+            "expected welcome, got {frame:?}"
+        );
         frame
     }
 

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use roomcast_client::{Backoff, ClientBuilder, ConnectionState, Event, Events, RoomMessage};
-use roomcast_testkit::{binary, http_request, wait_until, Gateway, Process};
+use roomcast_testkit::{http_request, wait_until, Gateway, Process};
 use serde_json::Value;
 
 /// How long a test waits for something that should happen promptly.
@@ -112,37 +112,13 @@ pub async fn http_publish(addr: SocketAddr, room: &str, data: Value) -> u64 {
         .expect("publish answer has an offset")
 }
 
-/// Starts a gateway listening on `addr` (for a restart on the same port:
-/// `Gateway::start` always picks a fresh port to wait on, even when
-/// `ROOMCAST_LISTEN` is overridden).
-pub async fn start_gateway_on(addr: SocketAddr, env: &[(&str, &str)]) -> Process {
-    let mut owned: Vec<(String, String)> = vec![
-        ("ROOMCAST_LISTEN".into(), addr.to_string()),
-        ("ROOMCAST_API__KEY".into(), "test-key".into()),
-        ("ROOMCAST_LOG__LEVEL".into(), "info,roomcast=debug".into()),
-    ];
-    owned.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    tokio::task::spawn_blocking(move || {
-        let vars: Vec<(&str, String)> =
-            owned.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-        let mut process = Process::spawn("gateway", &binary("roomcast-gateway"), &[], &vars);
-        let healthy = wait_until(Duration::from_secs(20), || {
-            assert!(
-                process.is_running(),
-                "gateway exited at startup:\n{}",
-                process.output()
-            );
-            matches!(http_request(addr, "GET", "/healthz", &[], ""), Ok((200, _)))
-        });
-        assert!(
-            healthy,
-            "gateway on {addr} not healthy:\n{}",
-            process.output()
-        );
-        process
-    })
-    .await
-    .expect("gateway start task")
+/// Starts a gateway listening on `addr` (a restart on the same port), without
+/// blocking the runtime's thread.
+pub async fn start_gateway_on(addr: SocketAddr) -> Gateway {
+    let listen = addr.to_string();
+    tokio::task::spawn_blocking(move || Gateway::start(&[("ROOMCAST_LISTEN", &listen)]))
+        .await
+        .expect("gateway start task")
 }
 
 /// `Gateway::start` without blocking the runtime's thread.
@@ -173,4 +149,26 @@ pub async fn freeze(process: &Process) {
     .await
     .expect("freeze task");
     assert!(stopped, "process {pid} did not stop");
+}
+
+/// An HS256 JWT for `user` that may join any room, valid for an hour,
+/// signed with `secret`.
+pub fn hs256_token(secret: &str, user: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+        + 3600;
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let claims = URL_SAFE_NO_PAD
+        .encode(serde_json::json!({"sub": user, "exp": exp, "rooms": ["*"]}).to_string());
+    let signing_input = format!("{header}.{claims}");
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key size");
+    mac.update(signing_input.as_bytes());
+    let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("{signing_input}.{signature}")
 }

@@ -53,7 +53,10 @@ pub async fn handle(
                 ));
             }
             let presence = presence.unwrap_or(false);
-            match node.begin_join(conn, &room, since.as_ref(), presence).await? {
+            match node
+                .begin_join(conn, &room, since.as_ref(), presence)
+                .await?
+            {
                 None => {
                     let read = node.broker.read(&room, None).await?;
                     Ok(Some(ServerFrame::Joined {

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use roomcast_protocol::{close, ClientFrame, Codec, ErrorCode, Resume, RoomStatus, ServerFrame, Since};
+use roomcast_protocol::{
+    close, ClientFrame, Codec, ErrorCode, Resume, RoomStatus, ServerFrame, Since,
+};
 use yawc::OpCode;
 
 use super::{send_now, Socket};
@@ -24,7 +26,12 @@ pub struct Established {
 
 type Refusal = (u16, &'static str);
 
-pub async fn run(node: &Arc<Node>, ws: &mut Socket, codec: Codec, bearer: Option<&str>) -> Result<Established, Refusal> {
+pub async fn run(
+    node: &Arc<Node>,
+    ws: &mut Socket,
+    codec: Codec,
+    bearer: Option<&str>,
+) -> Result<Established, Refusal> {
     let hello_timeout = Duration::from_millis(node.config.heartbeat.hello_timeout_ms);
     let payload = match tokio::time::timeout(hello_timeout, first_data_frame(ws)).await {
         Err(_) => return Err((close::TIMEOUT, "no hello in time")),
@@ -34,12 +41,21 @@ pub async fn run(node: &Arc<Node>, ws: &mut Socket, codec: Codec, bearer: Option
     let (id, token, resume) = match codec.decode::<ClientFrame>(&payload) {
         Ok(ClientFrame::Hello { id, token, resume }) => (id, token, resume),
         Ok(other) => {
-            let error = ServerFrame::error(other.id(), ErrorCode::BadRequest, "the first frame must be hello");
+            let error = ServerFrame::error(
+                other.id(),
+                ErrorCode::BadRequest,
+                "the first frame must be hello",
+            );
             send_now(ws, codec, &error).await;
             return Err((close::PROTOCOL_VIOLATION, "hello expected"));
         }
         Err(e) => {
-            send_now(ws, codec, &ServerFrame::error(e.id, ErrorCode::BadRequest, e.message)).await;
+            send_now(
+                ws,
+                codec,
+                &ServerFrame::error(e.id, ErrorCode::BadRequest, e.message),
+            )
+            .await;
             return Err((close::PROTOCOL_VIOLATION, "hello expected"));
         }
     };
@@ -51,12 +67,19 @@ pub async fn run(node: &Arc<Node>, ws: &mut Socket, codec: Codec, bearer: Option
         Ok(identity) => identity,
         Err(e) => {
             node.metrics.reject(crate::metrics::Rejection::Unauthorized);
-            send_now(ws, codec, &ServerFrame::error(id, ErrorCode::Unauthorized, e.to_string())).await;
+            send_now(
+                ws,
+                codec,
+                &ServerFrame::error(id, ErrorCode::Unauthorized, e.to_string()),
+            )
+            .await;
             return Err((close::UNAUTHORIZED, "unauthorized"));
         }
     };
 
-    let taken = resume.as_ref().and_then(|r| take_session(node, r, &identity));
+    let taken = resume
+        .as_ref()
+        .and_then(|r| take_session(node, r, &identity));
     let resumed = taken.is_some();
     if resume.is_some() {
         if resumed {
@@ -77,7 +100,8 @@ pub async fn run(node: &Arc<Node>, ws: &mut Socket, codec: Codec, bearer: Option
     if let Some(old) = node.hub.register(&conn) {
         if old.id != conn.id {
             old.forget_session.store(true, Ordering::Relaxed);
-            old.outbox.close(close::NORMAL, "session resumed on another connection");
+            old.outbox
+                .close(close::NORMAL, "session resumed on another connection");
         }
     }
 
@@ -99,7 +123,10 @@ pub async fn run(node: &Arc<Node>, ws: &mut Socket, codec: Codec, bearer: Option
                 epoch: r.epoch.clone(),
             };
             let presence = r.presence.unwrap_or(false);
-            if let Ok(Some(read)) = node.begin_join(&conn, &r.room, Some(&since), presence).await {
+            if let Ok(Some(read)) = node
+                .begin_join(&conn, &r.room, Some(&since), presence)
+                .await
+            {
                 rooms.push(r.room.clone());
                 reads.push(read);
             }
@@ -134,15 +161,27 @@ pub async fn run(node: &Arc<Node>, ws: &mut Socket, codec: Codec, bearer: Option
 
 /// Takes over the session named in `resume` when its token proves it and
 /// the user matches; returns the session id and the identity to use.
-fn take_session(node: &Node, resume: &Resume, presented: &Identity) -> Option<(Arc<str>, Identity)> {
+fn take_session(
+    node: &Node,
+    resume: &Resume,
+    presented: &Identity,
+) -> Option<(Arc<str>, Identity)> {
     let same_user = |owner: &Identity| presented.anonymous || presented.user == owner.user;
-    let proves = |owner: &Identity| node.signer.verify(&resume.token, &resume.session, &owner.user);
+    let proves = |owner: &Identity| {
+        node.signer
+            .verify(&resume.token, &resume.session, &owner.user)
+    };
     // A token, when given, brings fresh claims; anonymous resumes keep theirs.
-    let pick = |owner: Identity| if presented.anonymous { owner } else { presented.clone() };
-    if let Some(parked) = node
-        .sessions
-        .take_if(&resume.session, |p| proves(&p.identity) && same_user(&p.identity))
-    {
+    let pick = |owner: Identity| {
+        if presented.anonymous {
+            owner
+        } else {
+            presented.clone()
+        }
+    };
+    if let Some(parked) = node.sessions.take_if(&resume.session, |p| {
+        proves(&p.identity) && same_user(&p.identity)
+    }) {
         return Some((Arc::from(resume.session.as_str()), pick(parked.identity)));
     }
     let live = node.hub.by_session(&resume.session)?;

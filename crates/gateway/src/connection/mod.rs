@@ -91,7 +91,12 @@ pub async fn serve(node: Arc<Node>, mut ws: Socket, upgrade: Upgrade) {
 
 /// The main loop; returns the close code the connection ended with
 /// (0 when the socket just went away).
-async fn run_loop(node: &Arc<Node>, conn: &Arc<ConnHandle>, ws: &mut Socket, state: &mut commands::State) -> u16 {
+async fn run_loop(
+    node: &Arc<Node>,
+    conn: &Arc<ConnHandle>,
+    ws: &mut Socket,
+    state: &mut commands::State,
+) -> u16 {
     let mut batch: Vec<Outgoing> = Vec::new();
     loop {
         tokio::select! {
@@ -101,23 +106,17 @@ async fn run_loop(node: &Arc<Node>, conn: &Arc<ConnHandle>, ws: &mut Socket, sta
                     close_socket(ws, close.code, close.reason).await;
                     return close.code;
                 }
-                let write = write_batch(ws, conn.codec, batch.drain(..));
-                tokio::pin!(write);
-                tokio::select! {
-                    biased;
-                    result = &mut write => {
-                        if result.is_err() {
-                            return 0;
-                        }
-                    }
-                    close = conn.outbox.closing() => {
-                        // A close was asked for mid-write: let the batch (it may
-                        // hold the frame explaining the close) finish if the peer
-                        // reads at all; a peer that does not is dropped.
-                        match tokio::time::timeout(Duration::from_secs(2), &mut write).await {
-                            Ok(Ok(())) => {}
-                            _ => return close.code,
-                        }
+                match write_or_interrupt(ws, conn, &mut batch).await {
+                    Written::Done => {}
+                    Written::Failed => return 0,
+                    Written::Interrupted(close) => {
+                        let patience = if close.code == close::SLOW_CONSUMER {
+                            SLOW_CLOSE_PATIENCE
+                        } else {
+                            CLOSE_PATIENCE
+                        };
+                        close_socket_within(ws, close.code, close.reason, patience).await;
+                        return close.code;
                     }
                 }
             }
@@ -142,7 +141,12 @@ async fn run_loop(node: &Arc<Node>, conn: &Arc<ConnHandle>, ws: &mut Socket, sta
     }
 }
 
-async fn handle_data(node: &Arc<Node>, conn: &Arc<ConnHandle>, state: &mut commands::State, payload: &Bytes) {
+async fn handle_data(
+    node: &Arc<Node>,
+    conn: &Arc<ConnHandle>,
+    state: &mut commands::State,
+    payload: &Bytes,
+) {
     let limits = &node.config.limits;
     let decoded = conn.codec.decode::<ClientFrame>(payload);
     if !state.rate.allow(Instant::now()) {
@@ -160,7 +164,8 @@ async fn handle_data(node: &Arc<Node>, conn: &Arc<ConnHandle>, state: &mut comma
             ),
         ));
         if state.rate.strikes >= limits.rate_limit_strikes {
-            conn.outbox.close(close::RATE_LIMITED, "rate limit exceeded repeatedly");
+            conn.outbox
+                .close(close::RATE_LIMITED, "rate limit exceeded repeatedly");
         }
         return;
     }
@@ -170,7 +175,8 @@ async fn handle_data(node: &Arc<Node>, conn: &Arc<ConnHandle>, state: &mut comma
             state.bad_frames += 1;
             let _ = conn.send(&ServerFrame::error(e.id, ErrorCode::BadRequest, e.message));
             if state.bad_frames > limits.max_bad_frames {
-                conn.outbox.close(close::PROTOCOL_VIOLATION, "too many malformed frames");
+                conn.outbox
+                    .close(close::PROTOCOL_VIOLATION, "too many malformed frames");
             }
         }
         Ok(frame) => {
@@ -182,6 +188,48 @@ async fn handle_data(node: &Arc<Node>, conn: &Arc<ConnHandle>, state: &mut comma
             if let Some(reply) = reply {
                 node.metrics.frame_out(&reply);
                 let _ = conn.send(&reply);
+            }
+        }
+    }
+}
+
+/// How long a closing connection may take to accept its last frames.
+const CLOSE_PATIENCE: Duration = Duration::from_secs(2);
+/// How long a slow consumer has to read up to its 4508 close frame before
+/// the socket is dropped (its backlog was discarded; only the frames already
+/// in the socket buffer stand before the close).
+const SLOW_CLOSE_PATIENCE: Duration = Duration::from_secs(10);
+
+enum Written {
+    Done,
+    Failed,
+    Interrupted(crate::outbox::CloseRequest),
+}
+
+/// Writes a batch, unless a close is asked for meanwhile: then a slow
+/// consumer's batch is abandoned at once (between frames, so the stream stays
+/// well-formed), and any other close lets the batch finish within
+/// [`CLOSE_PATIENCE`] (it may hold the frame that explains the close).
+async fn write_or_interrupt(
+    ws: &mut Socket,
+    conn: &ConnHandle,
+    batch: &mut Vec<Outgoing>,
+) -> Written {
+    let write = write_batch(ws, conn.codec, batch.drain(..));
+    tokio::pin!(write);
+    tokio::select! {
+        biased;
+        result = &mut write => match result {
+            Ok(()) => Written::Done,
+            Err(_) => Written::Failed,
+        },
+        close = conn.outbox.closing() => {
+            if close.code == close::SLOW_CONSUMER {
+                return Written::Interrupted(close);
+            }
+            match tokio::time::timeout(CLOSE_PATIENCE, &mut write).await {
+                Ok(Ok(())) => Written::Done,
+                _ => Written::Interrupted(close),
             }
         }
     }
@@ -216,7 +264,10 @@ async fn close_for_error(ws: &mut Socket, error: yawc::WebSocketError) -> u16 {
     use yawc::WebSocketError as E;
     let (code, reason) = match error {
         E::ConnectionClosed => return 0,
-        E::FrameTooLarge => (close::TOO_LARGE, "message larger than limits.max_message_bytes"),
+        E::FrameTooLarge => (
+            close::TOO_LARGE,
+            "message larger than limits.max_message_bytes",
+        ),
         E::InvalidUTF8 => (close::INVALID_PAYLOAD, "text frame is not valid UTF-8"),
         E::ReservedBitsNotZero
         | E::ControlFrameFragmented
@@ -243,8 +294,12 @@ pub(crate) async fn send_now(ws: &mut Socket, codec: Codec, frame: &ServerFrame)
 
 /// Sends a close frame and waits briefly for the peer's answer.
 pub(crate) async fn close_socket(ws: &mut Socket, code: u16, reason: &str) {
+    close_socket_within(ws, code, reason, CLOSE_PATIENCE).await
+}
+
+async fn close_socket_within(ws: &mut Socket, code: u16, reason: &str, patience: Duration) {
     let sent = tokio::time::timeout(
-        Duration::from_secs(2),
+        patience,
         ws.send(Frame::close(CloseCode::from(code), reason)),
     )
     .await;
