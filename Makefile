@@ -7,10 +7,11 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 FUZZ_SECONDS ?= 30
 export ROOMCAST_API__KEY ?= dev-key
 
-.PHONY: run build test test-rust test-python lint fuzz fuzz-smoke deps clean help
+.PHONY: run cluster build test test-rust test-python lint fuzz fuzz-smoke deps clean help
 
 help:
 	@echo "make run         build and start one node (embedded in-memory mode)"
+	@echo "make cluster     build and start a local cluster: redis, presence, three gateways"
 	@echo "make test        everything CI checks: lint, Rust tests, Python client suite, fuzz smoke"
 	@echo "make fuzz        run each fuzz target for 10 minutes (FUZZ_SECONDS=600)"
 
@@ -25,6 +26,11 @@ run:
 	@echo "  Ctrl-C drains and stops the node."
 	@echo
 	exec $(TARGET_DIR)/release/roomcast-gateway
+
+## Build the release binaries and start a local cluster as plain processes:
+## Redis on 6390, presence on 8090, gateways on 8081-8083 (scripts/cluster.sh).
+cluster:
+	@CARGO=$(CARGO) scripts/cluster.sh
 
 build:
 	$(CARGO) build --workspace --bins

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Finds or installs the tools `make test` needs that do not come with Rust:
-# cargo-nextest (the test runner) and the Python venv of tests/python.
+# cargo-nextest (the test runner), the Python venv of tests/python, and
+# redis-server/redis-cli (real Redis in tests and `make cluster`).
 # Debian packages are installed with apt-get when missing (CI runs as root).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -18,6 +19,19 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@"
 }
 
+# Real Redis for the tests (the harness spawns its own servers on free ports)
+# and for `make cluster`. Debian: redis-server brings redis-tools (redis-cli).
+ensure_redis() {
+    command -v redis-server >/dev/null 2>&1 || apt_install redis-server redis-tools
+    command -v redis-cli >/dev/null 2>&1 || apt_install redis-tools
+}
+
+# `scripts/deps.sh redis`: only Redis (what `make cluster` needs).
+if [ "${1:-}" = redis ]; then
+    ensure_redis
+    exit 0
+fi
+
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "deps: installing cargo-nextest $NEXTEST_VERSION"
     cargo install --locked cargo-nextest --version "$NEXTEST_VERSION"
@@ -25,6 +39,8 @@ fi
 
 command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+
+ensure_redis
 
 scripts/python-venv.sh >/dev/null
 echo "deps: ok"

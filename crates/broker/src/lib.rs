@@ -9,10 +9,12 @@
 
 pub mod memory;
 pub mod message;
+pub mod redis;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use roomcast_protocol::envelope::Envelope;
 use roomcast_protocol::{Data, Member, Since};
 
 pub use message::RoomMessage;
@@ -59,9 +61,22 @@ pub enum BrokerError {
 }
 
 /// Receives the messages the broker has for rooms with local members, in
-/// offset order per room.
+/// offset order per room, and the control envelopes addressed to this node
+/// (presence events of those rooms, direct messages, disconnects).
 pub trait Delivery: Send + Sync + 'static {
     fn deliver(&self, message: Arc<RoomMessage>);
+    fn control(&self, envelope: Envelope);
+}
+
+/// Where a control envelope goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// The node with this id.
+    Node(String),
+    /// Every node.
+    AllNodes,
+    /// Every node with members in this room (presence events).
+    Room(String),
 }
 
 /// One interface, two engines (in-memory and Redis).
@@ -84,6 +99,10 @@ pub trait Broker: Send + Sync + 'static {
 
     /// The room's position and, with `since`, the messages after it.
     async fn read(&self, room: &str, since: Option<&Since>) -> Result<HistoryRead, BrokerError>;
+
+    /// Sends a control envelope (direct message, disconnect) to one node or
+    /// to all of them. Not stored.
+    async fn send_control(&self, route: Route, envelope: Envelope) -> Result<(), BrokerError>;
 
     /// Engine name for logs and `/api/stats` (`memory`, `redis`).
     fn engine(&self) -> &'static str;

@@ -19,7 +19,9 @@ use roomcast_protocol::{Data, Member, Since};
 use crate::message::now_us;
 use crate::{
     Broker, BrokerError, Delivery, HistoryLimits, HistoryRead, Position, Recovery, RoomMessage,
+    Route,
 };
+use roomcast_protocol::envelope::Envelope;
 
 const SHARDS: usize = 32;
 
@@ -231,6 +233,13 @@ impl Broker for MemoryBroker {
             position: log.position(),
             recovery: since.map(|s| log.recover(s)),
         })
+    }
+
+    async fn send_control(&self, _route: Route, envelope: Envelope) -> Result<(), BrokerError> {
+        if let Some(delivery) = self.delivery.get() {
+            delivery.control(envelope);
+        }
+        Ok(())
     }
 
     fn engine(&self) -> &'static str {

@@ -110,7 +110,7 @@ async fn send(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, NodeError> {
     let body: SendBody = parse(body)?;
-    let delivered = node.send(&body.to, body.data, None)?;
+    let delivered = node.send(&body.to, body.data, None).await?;
     Ok(Json(json!({"delivered": delivered})).into_response())
 }
 
@@ -127,7 +127,7 @@ async fn disconnect(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, NodeError> {
     let target: Target = parse(body)?;
-    let n = node.disconnect(&target)?;
+    let n = node.disconnect(&target).await?;
     Ok(Json(json!({"disconnected": n})).into_response())
 }
 

@@ -117,7 +117,9 @@ impl Authenticator {
         match (token, &self.key) {
             (None, _) | (Some(""), _) if self.anonymous => Ok(Identity::anonymous(session)),
             (None, _) | (Some(""), _) => Err(AuthError::Missing),
-            (Some(_), None) => Ok(Identity::anonymous(session)),
+            // No key to check a token against: only anonymous access is possible.
+            (Some(_), None) if self.anonymous => Ok(Identity::anonymous(session)),
+            (Some(_), None) => Err(AuthError::Invalid("no token key is configured".into())),
             (Some(token), Some((key, validation))) => {
                 let data = jsonwebtoken::decode::<Claims>(token, key, validation)
                     .map_err(|e| AuthError::Invalid(e.to_string()))?;

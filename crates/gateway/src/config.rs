@@ -57,18 +57,46 @@ pub struct NodeConfig {
     pub id: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RedisConfig {
-    /// Redis URL (`redis://host:port`). Empty: single-node in-memory mode.
-    pub url: String,
+    /// Redis URL: `redis://[user:pass@]host:port` for one server, `redis-cluster://host:port?node=host2:port2&…` for a cluster. Empty: single-node in-memory mode.
+    pub url: Secret,
+    /// A Redis command that takes longer than this fails (publish answers `unavailable`), in milliseconds.
+    pub command_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: Secret::default(),
+            command_timeout_ms: 2_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PresenceConfig {
-    /// URL of the presence service. Empty: presence is kept in this node.
+    /// URL of the presence service (`http://host:port`). Empty: presence is kept in this node (single-node mode only).
     pub url: String,
+    /// Shared key for the presence service's internal API.
+    pub key: Secret,
+    /// This node's lease at the presence service, renewed every third of it, in milliseconds.
+    pub lease_ms: u64,
+    /// How long a session handed over by a draining node keeps its presence while its client resumes elsewhere, in milliseconds.
+    pub handoff_grace_ms: u64,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig {
+            url: String::new(),
+            key: Secret::default(),
+            lease_ms: 15_000,
+            handoff_grace_ms: 30_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -361,6 +389,8 @@ impl Config {
                 self.websocket.write_buffer_bytes as u64,
             ),
             ("drain.timeout_ms", self.drain.timeout_ms),
+            ("redis.command_timeout_ms", self.redis.command_timeout_ms),
+            ("presence.lease_ms", self.presence.lease_ms),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -373,14 +403,42 @@ impl Config {
                 self.drain.window_ms, self.drain.timeout_ms
             )));
         }
-        let url = &self.redis.url;
-        let redis_scheme = url.starts_with("redis://") || url.starts_with("rediss://");
+        let url = self.redis.url.expose();
+        let redis_scheme = [
+            "redis://",
+            "rediss://",
+            "redis-cluster://",
+            "rediss-cluster://",
+        ]
+        .iter()
+        .any(|scheme| url.starts_with(scheme));
         if !url.is_empty() && !redis_scheme {
             return Err(ConfigError(
-                "redis.url must start with redis:// or rediss://".into(),
+                "redis.url must start with redis://, rediss://, redis-cluster:// or rediss-cluster://".into(),
             ));
         }
-        self.jwt_algorithm()?;
+        if !url.is_empty() && self.auth.resume_secret.expose().is_empty() {
+            return Err(ConfigError(
+                "auth.resume_secret must be set (the same on every node) when redis.url is set"
+                    .into(),
+            ));
+        }
+        if !self.presence.url.is_empty() && url.is_empty() {
+            return Err(ConfigError(
+                "presence.url needs redis.url: the presence service serves a cluster".into(),
+            ));
+        }
+        if !self.presence.url.is_empty()
+            && !(self.presence.url.starts_with("http://")
+                || self.presence.url.starts_with("https://"))
+        {
+            return Err(ConfigError("presence.url must start with http://".into()));
+        }
+        if self.jwt_algorithm()?.is_none() && self.auth.anonymous == Some(false) {
+            return Err(ConfigError(
+                "auth.anonymous is false but no auth.jwt_secret or auth.jwt_public_key is set: nobody could connect".into(),
+            ));
+        }
         if !self.node.id.is_empty()
             && !self
                 .node
@@ -439,6 +497,15 @@ impl Config {
     }
 }
 
+/// Keys whose values are secrets.
+const SECRET_KEYS: [&str; 5] = [
+    "auth.jwt_secret",
+    "auth.resume_secret",
+    "api.key",
+    "presence.key",
+    "redis.url",
+];
+
 /// Makes figment's error read as "key: problem (from source)".
 fn describe(error: figment::Error) -> String {
     error
@@ -460,7 +527,13 @@ fn describe(error: figment::Error) -> String {
             } else {
                 String::new()
             };
-            format!("{key}: {}{env_hint} [{source}]", e.kind)
+            // Never echo the value of a secret, even a mistyped one.
+            let what = if SECRET_KEYS.contains(&key.as_str()) {
+                "invalid value (not shown: it is a secret); give it as a string".to_string()
+            } else {
+                e.kind.to_string()
+            };
+            format!("{key}: {what}{env_hint} [{source}]")
         })
         .collect::<Vec<_>>()
         .join("; ")

@@ -67,8 +67,8 @@ impl Drain {
                 tokio::time::sleep(STEP).await;
             }
             for conn in chunk {
-                // Clients that were closed early wait a little longer, so the
-                // reconnects land on the other nodes spread out too.
+                // A little jitter on top of the batches, so reconnects from
+                // one batch do not land on the other nodes all at once.
                 let after_ms = rand::thread_rng().gen_range(0..=250);
                 let _ = conn.send(&ServerFrame::Reconnect {
                     reason: ReconnectReason::Shutdown,

@@ -17,7 +17,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use roomcast_broker::{Delivery, RoomMessage};
-use roomcast_protocol::{Member, ServerFrame};
+use roomcast_protocol::envelope::{Envelope, Kind};
+use roomcast_protocol::{close, Data, Member, ServerFrame, Target};
 use tokio::sync::OnceCell;
 
 use crate::handle::{ConnHandle, SharedFrame};
@@ -120,6 +121,48 @@ impl Hub {
 
     pub fn by_user(&self, user: &str) -> Vec<Arc<ConnHandle>> {
         self.users.lock().get(user).cloned().unwrap_or_default()
+    }
+
+    /// The local connections a target names (`None`: the target is malformed).
+    pub fn targets(&self, to: &Target) -> Option<Vec<Arc<ConnHandle>>> {
+        match (&to.user, &to.session) {
+            (Some(user), None) => Some(self.by_user(user)),
+            (None, Some(session)) => Some(self.by_session(session).into_iter().collect()),
+            _ => None,
+        }
+    }
+
+    /// Queues a `direct` frame to the local connections of `to`; returns how
+    /// many it reached.
+    pub fn deliver_direct(&self, to: &Target, data: Data, from: Option<Member>) -> usize {
+        let targets = self.targets(to).unwrap_or_default();
+        if targets.is_empty() {
+            return 0;
+        }
+        let frame = ServerFrame::Direct { data, from };
+        let mut shared = SharedFrame::new(&frame);
+        let mut delivered = 0;
+        for conn in targets {
+            if let Some(bytes) = shared.bytes(conn.codec) {
+                if conn.send_encoded(bytes).is_ok() {
+                    delivered += 1;
+                }
+            }
+        }
+        self.metrics.direct_sent.add(delivered as u64);
+        self.metrics.frames_out_by_kind("direct", delivered as u64);
+        delivered
+    }
+
+    /// Closes the local connections of `to` with 1000; they cannot resume.
+    pub fn disconnect(&self, to: &Target) -> usize {
+        let conns = self.targets(to).unwrap_or_default();
+        for conn in &conns {
+            conn.forget_session
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            conn.outbox.close(close::NORMAL, "disconnected by server");
+        }
+        conns.len()
     }
 
     // ---- rooms --------------------------------------------------------
@@ -231,6 +274,42 @@ impl Hub {
 }
 
 impl Delivery for Hub {
+    fn control(&self, envelope: Envelope) {
+        match envelope.kind {
+            Kind::PresenceJoin | Kind::PresenceLeave => {
+                let Some(member) = envelope.member else {
+                    return;
+                };
+                // The member's own connection is not told about itself.
+                let except = self.by_session(&member.session).map(|c| c.id).unwrap_or(0);
+                let room = envelope.room;
+                let frame = if envelope.kind == Kind::PresenceJoin {
+                    ServerFrame::PresenceJoin {
+                        room: room.clone(),
+                        member,
+                    }
+                } else {
+                    ServerFrame::PresenceLeave {
+                        room: room.clone(),
+                        member,
+                    }
+                };
+                self.presence_event(&room, &frame, except);
+            }
+            Kind::Direct => {
+                if let Some(to) = &envelope.target {
+                    self.deliver_direct(to, envelope.data.unwrap_or(Data::Null), envelope.from);
+                }
+            }
+            Kind::Disconnect => {
+                if let Some(to) = &envelope.target {
+                    self.disconnect(to);
+                }
+            }
+            Kind::Message => {}
+        }
+    }
+
     fn deliver(&self, msg: Arc<RoomMessage>) {
         let mut shard = self.shards[shard_of(&msg.room)].lock();
         let Some(room) = shard.get_mut(&*msg.room) else {

@@ -39,7 +39,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("listen: cannot bind {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
-    let node = Node::new(config)?;
+    let node = Node::new(config).await?;
     tracing::info!(
         node = %node.id,
         engine = node.broker.engine(),

@@ -8,14 +8,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use roomcast_broker::memory::MemoryBroker;
-use roomcast_broker::{Broker, HistoryLimits, HistoryRead, Recovery, RoomMessage};
-use roomcast_protocol::{Data, ErrorCode, Member, ServerFrame, Since, Target};
+use roomcast_broker::redis::RedisBroker;
+use roomcast_broker::{Broker, HistoryLimits, HistoryRead, Recovery, RoomMessage, Route};
+use roomcast_protocol::envelope::{Envelope, Kind};
+use roomcast_protocol::{Data, ErrorCode, Member, Since, Target};
 
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError};
 use crate::drain::Drain;
 use crate::error::NodeError;
-use crate::handle::{ConnHandle, SharedFrame};
+use crate::handle::ConnHandle;
 use crate::heartbeat::Registry;
 use crate::hub::{Added, Hub};
 use crate::limits::{check_room_name, PerIpCounter};
@@ -28,6 +30,7 @@ pub struct Node {
     pub hub: Arc<Hub>,
     pub broker: Arc<dyn Broker>,
     memory: Option<Arc<MemoryBroker>>,
+    pub redis: Option<Arc<RedisBroker>>,
     pub sessions: SessionStore,
     pub signer: ResumeSigner,
     pub auth: Authenticator,
@@ -43,9 +46,10 @@ pub struct Node {
 }
 
 impl Node {
-    /// Builds a node from its configuration. Needs a tokio runtime (it
-    /// starts the sweeper and heartbeat tasks).
-    pub fn new(config: Config) -> Result<Arc<Node>, ConfigError> {
+    /// Builds a node from its configuration: the in-memory engine without
+    /// `redis.url`, the Redis engine with it. Needs a tokio runtime (it
+    /// starts the sweeper, heartbeat and dispatcher tasks).
+    pub async fn new(config: Config) -> Result<Arc<Node>, ConfigError> {
         let id: Arc<str> = if config.node.id.is_empty() {
             Arc::from(format!(
                 "node-{}",
@@ -54,22 +58,32 @@ impl Node {
         } else {
             Arc::from(config.node.id.as_str())
         };
-        if !config.redis.url.is_empty() {
-            return Err(ConfigError(
-                "redis.url: the Redis broker is not part of this build yet; unset ROOMCAST_REDIS__URL for the single-node mode".into(),
-            ));
-        }
         let metrics = Arc::new(Metrics::default());
         let hub = Arc::new(Hub::new(
             metrics.clone(),
             config.limits.outbound_queue_frames,
         ));
-        let memory = MemoryBroker::new(HistoryLimits {
+        let limits = HistoryLimits {
             size: config.history.size,
             ttl: Duration::from_millis(config.history.ttl_ms),
-        });
-        memory.set_delivery(hub.clone());
-        memory.spawn_sweeper(Duration::from_secs(1));
+        };
+        let (broker, memory, redis): (Arc<dyn Broker>, _, _) = if config.redis.url.0.is_empty() {
+            let memory = MemoryBroker::new(limits);
+            memory.set_delivery(hub.clone());
+            memory.spawn_sweeper(Duration::from_secs(1));
+            (memory.clone(), Some(memory), None)
+        } else {
+            let redis = RedisBroker::connect(
+                config.redis.url.expose(),
+                &id,
+                limits,
+                Duration::from_millis(config.redis.command_timeout_ms),
+            )
+            .await
+            .map_err(ConfigError)?;
+            redis.set_delivery(hub.clone());
+            (redis.clone(), None, Some(redis))
+        };
         let registry = Arc::new(Registry::default());
         registry.spawn_tickers(
             config.ping_interval(),
@@ -80,8 +94,9 @@ impl Node {
             signer: ResumeSigner::new(config.auth.resume_secret.expose()),
             id,
             hub,
-            broker: memory.clone(),
-            memory: Some(memory),
+            broker,
+            memory,
+            redis,
             sessions: SessionStore::default(),
             registry,
             metrics,
@@ -138,30 +153,46 @@ impl Node {
         }
     }
 
-    /// Delivers a direct message; returns how many connections it reached.
-    pub fn send(&self, to: &Target, data: Data, from: Option<Member>) -> Result<usize, NodeError> {
-        let targets = match (&to.user, &to.session) {
-            (Some(user), None) => self.hub.by_user(user),
-            (None, Some(session)) => self.hub.by_session(session).into_iter().collect(),
-            _ => {
-                return Err(NodeError::bad_request(
-                    "`to` must have exactly one of `user` or `session`",
-                ))
-            }
-        };
-        let frame = ServerFrame::Direct { data, from };
-        let mut shared = SharedFrame::new(&frame);
-        let mut delivered = 0;
-        for conn in targets {
-            if let Some(bytes) = shared.bytes(conn.codec) {
-                if conn.send_encoded(bytes).is_ok() {
-                    delivered += 1;
-                }
-            }
+    /// Delivers a direct message; returns how many connections it reached
+    /// (on a cluster without a presence service: those of this node).
+    pub async fn send(
+        &self,
+        to: &Target,
+        data: Data,
+        from: Option<Member>,
+    ) -> Result<usize, NodeError> {
+        if self.hub.targets(to).is_none() {
+            return Err(NodeError::bad_request(
+                "`to` must have exactly one of `user` or `session`",
+            ));
         }
-        self.metrics.direct_sent.add(delivered as u64);
-        self.metrics.frames_out_by_kind("direct", delivered as u64);
-        Ok(delivered)
+        if self.redis.is_none() {
+            return Ok(self.hub.deliver_direct(to, data, from));
+        }
+        let local = self.hub.targets(to).map(|t| t.len()).unwrap_or(0);
+        let mut envelope = self.envelope(Kind::Direct, "");
+        envelope.data = Some(data);
+        envelope.from = from;
+        envelope.target = Some(to.clone());
+        self.broker.send_control(Route::AllNodes, envelope).await?;
+        Ok(local)
+    }
+
+    fn envelope(&self, kind: Kind, room: &str) -> Envelope {
+        Envelope::new(kind, room, &self.id, roomcast_broker::message::now_us())
+    }
+
+    /// Tells the room's members, on every node, that `member` joined or left.
+    async fn presence_changed(&self, kind: Kind, room: &str, member: Member) {
+        let mut envelope = self.envelope(kind, room);
+        envelope.member = Some(member);
+        if let Err(e) = self
+            .broker
+            .send_control(Route::Room(room.to_string()), envelope)
+            .await
+        {
+            tracing::warn!(error = %e, room, "presence event not sent");
+        }
     }
 
     /// Members of a room.
@@ -206,7 +237,7 @@ impl Node {
 
     /// Second half of a join: queue the recovered messages, release the
     /// buffered live ones, tell the room's presence watchers.
-    pub fn finish_join(&self, conn: &Arc<ConnHandle>, room: &str, read: &HistoryRead) {
+    pub async fn finish_join(&self, conn: &Arc<ConnHandle>, room: &str, read: &HistoryRead) {
         match &read.recovery {
             Some(Recovery::Recovered(missed)) => {
                 self.metrics.recovered.inc();
@@ -221,14 +252,8 @@ impl Node {
             None => {}
         }
         self.hub.activate(room, conn.id, read.position.offset);
-        self.hub.presence_event(
-            room,
-            &ServerFrame::PresenceJoin {
-                room: room.to_string(),
-                member: conn.member(),
-            },
-            conn.id,
-        );
+        self.presence_changed(Kind::PresenceJoin, room, conn.member())
+            .await;
     }
 
     /// Removes a connection from a room, telling presence watchers.
@@ -236,14 +261,8 @@ impl Node {
         if !self.remove_member(conn.id, room).await {
             return false;
         }
-        self.hub.presence_event(
-            room,
-            &ServerFrame::PresenceLeave {
-                room: room.to_string(),
-                member: conn.member(),
-            },
-            conn.id,
-        );
+        self.presence_changed(Kind::PresenceLeave, room, conn.member())
+            .await;
         true
     }
 
@@ -260,26 +279,24 @@ impl Node {
     }
 
     /// Closes the connections of a user or a session; they cannot resume.
-    pub fn disconnect(&self, to: &Target) -> Result<usize, NodeError> {
-        let conns = match (&to.user, &to.session) {
-            (Some(user), None) => self.hub.by_user(user),
-            (None, Some(session)) => {
-                self.sessions.forget(session);
-                self.hub.by_session(session).into_iter().collect()
-            }
-            _ => {
-                return Err(NodeError::new(
-                    ErrorCode::BadRequest,
-                    "give exactly one of `user` or `session`",
-                ))
-            }
-        };
-        for conn in &conns {
-            conn.forget_session.store(true, Ordering::Relaxed);
-            conn.outbox
-                .close(roomcast_protocol::close::NORMAL, "disconnected by server");
+    /// Returns how many were closed (on a cluster: on this node).
+    pub async fn disconnect(&self, to: &Target) -> Result<usize, NodeError> {
+        if self.hub.targets(to).is_none() {
+            return Err(NodeError::new(
+                ErrorCode::BadRequest,
+                "give exactly one of `user` or `session`",
+            ));
         }
-        Ok(conns.len())
+        if let Some(session) = &to.session {
+            self.sessions.forget(session);
+        }
+        let local = self.hub.disconnect(to);
+        if self.redis.is_some() {
+            let mut envelope = self.envelope(Kind::Disconnect, "");
+            envelope.target = Some(to.clone());
+            self.broker.send_control(Route::AllNodes, envelope).await?;
+        }
+        Ok(local)
     }
 
     /// Rooms known to this node (with members or with history).

@@ -2,9 +2,11 @@
 //!
 //! When a connection ends its session is parked for `session.ttl_ms`; a
 //! `hello` with `resume` takes it back if the resume token matches. The token
-//! is an HMAC of the session id and the user id under the node's (or the
-//! cluster's shared) resume secret, so it cannot be forged, and a token of one
-//! user's session is worthless for another session or user.
+//! is `<user>.<mac>`: the user id (base64url) and an HMAC of the session id
+//! and the user id under the node's (or the cluster's shared) resume secret.
+//! It cannot be forged, a token of one user's session is worthless for
+//! another session or user, and it is checked before the session store is
+//! touched, so a forged token cannot even evict a parked session.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,33 +51,39 @@ impl ResumeSigner {
     }
 
     pub fn sign(&self, session: &str, user: &str) -> String {
-        URL_SAFE_NO_PAD.encode(self.mac(session, user).finalize().into_bytes())
+        format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(user),
+            URL_SAFE_NO_PAD.encode(self.mac(session, user).finalize().into_bytes())
+        )
     }
 
-    /// Constant-time check of a token against a session and user.
-    pub fn verify(&self, token: &str, session: &str, user: &str) -> bool {
-        match URL_SAFE_NO_PAD.decode(token) {
-            Ok(raw) => self.mac(session, user).verify_slice(&raw).is_ok(),
-            Err(_) => false,
-        }
+    /// Checks a token against a session (constant-time MAC comparison);
+    /// returns the user it was issued to.
+    pub fn verify(&self, token: &str, session: &str) -> Option<String> {
+        let (user, mac) = token.split_once('.')?;
+        let user = String::from_utf8(URL_SAFE_NO_PAD.decode(user).ok()?).ok()?;
+        let mac = URL_SAFE_NO_PAD.decode(mac).ok()?;
+        self.mac(session, &user).verify_slice(&mac).ok()?;
+        Some(user)
     }
 }
 
 /// A session waiting to be resumed.
 #[derive(Clone)]
-pub struct ParkedSession {
-    pub identity: Identity,
+struct ParkedSession {
+    identity: Identity,
     expires: Instant,
 }
 
-/// Parked sessions of this node (single-node mode).
+/// Parked sessions, kept in this node (single-node mode).
 #[derive(Default)]
 pub struct SessionStore {
     parked: Mutex<HashMap<Arc<str>, ParkedSession>>,
 }
 
 impl SessionStore {
-    pub fn park(&self, session: Arc<str>, identity: Identity, ttl: Duration) {
+    pub async fn park(&self, session: Arc<str>, identity: Identity, ttl: Duration) {
         self.parked.lock().insert(
             session,
             ParkedSession {
@@ -86,24 +94,9 @@ impl SessionStore {
     }
 
     /// Takes a parked session out of the store, if it has not expired.
-    pub fn take(&self, session: &str) -> Option<ParkedSession> {
+    pub async fn take(&self, session: &str) -> Option<Identity> {
         let parked = self.parked.lock().remove(session)?;
-        (parked.expires > Instant::now()).then_some(parked)
-    }
-
-    /// Takes a parked, unexpired session out of the store if `check` accepts
-    /// it; a session that fails the check stays parked.
-    pub fn take_if(
-        &self,
-        session: &str,
-        check: impl FnOnce(&ParkedSession) -> bool,
-    ) -> Option<ParkedSession> {
-        let mut parked = self.parked.lock();
-        let p = parked.get(session)?;
-        if p.expires <= Instant::now() || !check(p) {
-            return None;
-        }
-        parked.remove(session)
+        (parked.expires > Instant::now()).then_some(parked.identity)
     }
 
     /// Forgets a session (it can no longer be resumed).
@@ -137,29 +130,27 @@ mod tests {
     fn a_resume_token_is_bound_to_its_session_and_user() {
         let signer = ResumeSigner::new("secret");
         let token = signer.sign("s1", "alice");
-        assert!(signer.verify(&token, "s1", "alice"));
-        assert!(!signer.verify(&token, "s2", "alice"));
-        assert!(!signer.verify(&token, "s1", "bob"));
-        assert!(!signer.verify("garbage!", "s1", "alice"));
-        assert!(!ResumeSigner::new("other").verify(&token, "s1", "alice"));
+        assert_eq!(signer.verify(&token, "s1").as_deref(), Some("alice"));
+        assert_eq!(signer.verify(&token, "s2"), None);
+        let (_, mac) = token.split_once('.').unwrap();
+        let as_bob = format!("{}.{mac}", URL_SAFE_NO_PAD.encode("bob"));
+        assert_eq!(signer.verify(&as_bob, "s1"), None);
+        assert_eq!(signer.verify("garbage!", "s1"), None);
+        assert_eq!(ResumeSigner::new("other").verify(&token, "s1"), None);
     }
 
-    #[test]
-    fn parked_sessions_expire() {
+    #[tokio::test]
+    async fn parked_sessions_expire() {
         let store = SessionStore::default();
-        store.park(
-            "s".into(),
-            Identity::anonymous("s"),
-            Duration::from_millis(0),
-        );
+        let short = Duration::from_millis(0);
+        store
+            .park("s".into(), Identity::anonymous("s"), short)
+            .await;
         std::thread::sleep(Duration::from_millis(2));
-        assert!(store.take("s").is_none());
-        store.park(
-            "t".into(),
-            Identity::anonymous("t"),
-            Duration::from_secs(60),
-        );
-        assert!(store.take("t").is_some());
-        assert!(store.take("t").is_none(), "a session is resumed once");
+        assert!(store.take("s").await.is_none());
+        let long = Duration::from_secs(60);
+        store.park("t".into(), Identity::anonymous("t"), long).await;
+        assert!(store.take("t").await.is_some());
+        assert!(store.take("t").await.is_none(), "a session is resumed once");
     }
 }

@@ -8,6 +8,7 @@
 //! contract: extend with optional fields and new frame types, never alter.
 
 pub mod codec;
+pub mod envelope;
 pub mod error;
 pub mod frame;
 

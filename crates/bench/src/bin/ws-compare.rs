@@ -7,7 +7,10 @@
 //! - `yawc-default`: yawc with permessage-deflate at its default settings
 //!   (context takeover both ways, level 6, no threshold, 8 KiB buffers);
 //! - `yawc-tuned`: yawc with no context takeover both ways, a shared
-//!   `DeflatePool`, a 256 B compression threshold, level 1 and 1 KiB buffers.
+//!   `DeflatePool`, a 256 B compression threshold, level 1 and 1 KiB buffers;
+//! - `yawc-plain` (diagnostic, not in the default set): yawc without
+//!   permessage-deflate and with 1 KiB buffers, to tell yawc's own cost from
+//!   deflate's.
 //!
 //! Every client in this tool is yawc (the same for all variants) and offers
 //! permessage-deflate, so the server alone decides whether it is negotiated.
@@ -136,7 +139,8 @@ commands:
           [--subs 1000] [--secs 10] [--payload-bytes 100]
           [--skip-idle] [--skip-echo] [--skip-fanout]
 
-IMPL is one of axum-default, axum-small, yawc-default, yawc-tuned.
+IMPL is one of axum-default, axum-small, yawc-default, yawc-tuned, or the
+diagnostic yawc-plain (yawc without permessage-deflate, 1 KiB buffers).
 --msg-bytes 0 makes `idle` hold connections without exchanging a message.
 Only loopback addresses are used; every run stops by itself.";
 
@@ -199,6 +203,7 @@ enum Impl {
     AxumSmall,
     YawcDefault,
     YawcTuned,
+    YawcPlain,
 }
 
 impl Impl {
@@ -210,8 +215,9 @@ impl Impl {
     ];
 
     fn parse(name: &str) -> Result<Self> {
-        Self::ALL
+        [Impl::YawcPlain]
             .into_iter()
+            .chain(Self::ALL)
             .find(|imp| imp.name() == name)
             .ok_or_else(|| format!("unknown --impl {name:?}").into())
     }
@@ -222,6 +228,7 @@ impl Impl {
             Impl::AxumSmall => "axum-small",
             Impl::YawcDefault => "yawc-default",
             Impl::YawcTuned => "yawc-tuned",
+            Impl::YawcPlain => "yawc-plain",
         }
     }
 }
@@ -239,6 +246,11 @@ fn yawc_server_options(imp: Impl, pool: DeflatePool) -> Options {
             .client_no_context_takeover()
             .with_deflate_pool(pool)
             .with_compression_threshold(TUNED_COMPRESSION_THRESHOLD)
+            .with_read_buffer_capacity(TUNED_BUFFER)
+            .with_write_buffer_capacity(TUNED_BUFFER),
+        // Diagnostic: yawc's framing alone.
+        Impl::YawcPlain => Options::default()
+            .without_compression()
             .with_read_buffer_capacity(TUNED_BUFFER)
             .with_write_buffer_capacity(TUNED_BUFFER),
         Impl::AxumDefault | Impl::AxumSmall => unreachable!("not a yawc variant"),
@@ -301,7 +313,7 @@ struct AxumState {
 
 fn router(imp: Impl) -> Router {
     match imp {
-        Impl::YawcDefault | Impl::YawcTuned => {
+        Impl::YawcDefault | Impl::YawcTuned | Impl::YawcPlain => {
             let state = Arc::new(YawcState {
                 options: yawc_server_options(imp, DeflatePool::new(TUNED_POOL_CAPACITY)),
                 hub: Hub::new(),

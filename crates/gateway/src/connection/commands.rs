@@ -80,7 +80,7 @@ pub async fn handle(
                     // `joined` must precede the recovered messages.
                     node.metrics.frame_out(&joined);
                     let _ = conn.send(&joined);
-                    node.finish_join(conn, &room, &read);
+                    node.finish_join(conn, &room, &read).await;
                     state.rooms.push(room);
                     Ok(None)
                 }
@@ -106,7 +106,7 @@ pub async fn handle(
             }))
         }
         ClientFrame::Send { id, to, data } => {
-            node.send(&to, data, Some(conn.member()))?;
+            node.send(&to, data, Some(conn.member())).await?;
             Ok(id.map(|id| ServerFrame::Ack { id, offset: None }))
         }
         ClientFrame::Presence { id, room } => {

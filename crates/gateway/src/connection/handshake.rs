@@ -33,12 +33,18 @@ pub async fn run(
     bearer: Option<&str>,
 ) -> Result<Established, Refusal> {
     let hello_timeout = Duration::from_millis(node.config.heartbeat.hello_timeout_ms);
-    let payload = match tokio::time::timeout(hello_timeout, first_data_frame(ws)).await {
+    let first = tokio::select! {
+        first = tokio::time::timeout(hello_timeout, first_data_frame(ws)) => first,
+        _ = node.drain.started() => return Err((close::RESTART, "node shutting down")),
+    };
+    let payload = match first {
         Err(_) => return Err((close::TIMEOUT, "no hello in time")),
         Ok(None) => return Err((close::NORMAL, "closed before hello")),
         Ok(Some(payload)) => payload,
     };
-    let (id, token, resume) = match codec.decode::<ClientFrame>(&payload) {
+    let decoded = codec.decode::<ClientFrame>(&payload);
+    node.metrics.frame_in(decoded.as_ref().ok());
+    let (id, token, resume) = match decoded {
         Ok(ClientFrame::Hello { id, token, resume }) => (id, token, resume),
         Ok(other) => {
             let error = ServerFrame::error(
@@ -59,7 +65,6 @@ pub async fn run(
             return Err((close::PROTOCOL_VIOLATION, "hello expected"));
         }
     };
-    node.metrics.frame_in(None);
 
     let fresh: Arc<str> = Arc::from(uuid::Uuid::new_v4().simple().to_string());
     let token = token.as_deref().or(bearer);
@@ -77,9 +82,10 @@ pub async fn run(
         }
     };
 
-    let taken = resume
-        .as_ref()
-        .and_then(|r| take_session(node, r, &identity));
+    let taken = match &resume {
+        Some(r) => take_session(node, r, &identity).await,
+        None => None,
+    };
     let resumed = taken.is_some();
     if resume.is_some() {
         if resumed {
@@ -154,41 +160,39 @@ pub async fn run(
     node.metrics.frame_out(&welcome);
     let _ = conn.send(&welcome);
     for (room, read) in rooms.iter().zip(&reads) {
-        node.finish_join(&conn, room, read);
+        node.finish_join(&conn, room, read).await;
     }
     Ok(Established { conn, rooms })
 }
 
 /// Takes over the session named in `resume` when its token proves it and
-/// the user matches; returns the session id and the identity to use.
-fn take_session(
+/// the user matches; returns the session id and the identity to use. The
+/// token is checked before the store is touched.
+async fn take_session(
     node: &Node,
     resume: &Resume,
     presented: &Identity,
 ) -> Option<(Arc<str>, Identity)> {
-    let same_user = |owner: &Identity| presented.anonymous || presented.user == owner.user;
-    let proves = |owner: &Identity| {
-        node.signer
-            .verify(&resume.token, &resume.session, &owner.user)
-    };
+    let owner = node.signer.verify(&resume.token, &resume.session)?;
+    if !presented.anonymous && *presented.user != *owner {
+        return None;
+    }
     // A token, when given, brings fresh claims; anonymous resumes keep theirs.
-    let pick = |owner: Identity| {
+    let pick = |kept: Identity| {
         if presented.anonymous {
-            owner
+            kept
         } else {
             presented.clone()
         }
     };
-    if let Some(parked) = node.sessions.take_if(&resume.session, |p| {
-        proves(&p.identity) && same_user(&p.identity)
-    }) {
-        return Some((Arc::from(resume.session.as_str()), pick(parked.identity)));
+    if let Some(parked) = node.sessions.take(&resume.session).await {
+        if *parked.user == *owner {
+            return Some((Arc::from(resume.session.as_str()), pick(parked)));
+        }
+        return None;
     }
     let live = node.hub.by_session(&resume.session)?;
-    if proves(&live.identity) && same_user(&live.identity) {
-        return Some((live.session.clone(), pick(live.identity.clone())));
-    }
-    None
+    (*live.identity.user == *owner).then(|| (live.session.clone(), pick(live.identity.clone())))
 }
 
 /// The payload of the first text or binary frame; `None` if the socket closed.

@@ -78,11 +78,13 @@ pub async fn serve(node: Arc<Node>, mut ws: Socket, upgrade: Upgrade) {
         node.leave(&conn, &room).await;
     }
     if !conn.forget_session.load(Ordering::Relaxed) {
-        node.sessions.park(
-            conn.session.clone(),
-            conn.identity.clone(),
-            Duration::from_millis(node.config.session.ttl_ms),
-        );
+        node.sessions
+            .park(
+                conn.session.clone(),
+                conn.identity.clone(),
+                Duration::from_millis(node.config.session.ttl_ms),
+            )
+            .await;
     }
     node.metrics.connections.dec();
     node.metrics.disconnect(code);
@@ -131,7 +133,8 @@ async fn run_loop(
                         handle_data(node, conn, state, frame.payload()).await;
                     }
                     OpCode::Close => {
-                        let code = frame.close_code().map(u16::from).unwrap_or(close::NORMAL);
+                        // 1005: the peer's close frame carried no code.
+                        let code = frame.close_code().map(u16::from).unwrap_or(1005);
                         return code;
                     }
                     _ => {}

@@ -1,0 +1,564 @@
+//! The Redis broker: rooms' offsets, history and fan-out across nodes.
+//!
+//! - Publish is one Lua script ([`publish.lua`](publish.lua)): next offset,
+//!   `XADD … MAXLEN ~ N` into the room's history stream, TTLs, and `PUBLISH`
+//!   (or `SPUBLISH` on a Redis Cluster) of the envelope the node encoded,
+//!   with the offset and epoch written into it by the script. A room's keys
+//!   and channel share the hash tag `{room}`, so they live in one slot.
+//! - A node subscribes to a room's channel only while it has local members.
+//!   Each node also listens on its own channel and on the all-nodes channel.
+//! - One dispatcher task reads every pub/sub message in order. It keeps, per
+//!   subscribed room, the last offset delivered: a duplicate is dropped, and a
+//!   gap (a message lost by pub/sub, a reconnect, a lagging reader) is filled
+//!   from history before the newer message goes out. Losses are counted, and
+//!   repaired, never silent.
+//! - Commands fail fast while Redis is unreachable (publish answers
+//!   `unavailable`; nothing unstored is acked); the clients reconnect and
+//!   resubscribe by themselves, and after a reconnect every room is checked
+//!   against history.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use fred::types::Message as PubsubMessage;
+use roomcast_protocol::envelope::{names, Envelope, Kind, EPOCH_LEN, EPOCH_POS, OFFSET_POS};
+use roomcast_protocol::{Data, Member, Since};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::Notify;
+
+use crate::message::now_us;
+use crate::{
+    Broker, BrokerError, Delivery, HistoryLimits, HistoryRead, Position, Recovery, RoomMessage,
+    Route,
+};
+
+const PUBLISH_LUA: &str = include_str!("publish.lua");
+const READ_LUA: &str = include_str!("read.lua");
+/// How long a room's epoch and offset outlive its last publish or read.
+const META_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Pub/sub messages buffered between fred's reader and the dispatcher.
+const PUBSUB_CAPACITY: usize = 1 << 16;
+
+/// Counters of the Redis engine, exported by the gateway as metrics.
+#[derive(Default)]
+pub struct RedisStats {
+    pub errors: AtomicU64,
+    pub reconnects: AtomicU64,
+    /// Pub/sub messages fred dropped because the dispatcher lagged.
+    pub pubsub_lost: AtomicU64,
+    /// Messages delivered from history to fill a pub/sub gap.
+    pub gap_repaired: AtomicU64,
+    /// Messages that could not be repaired (history already trimmed).
+    pub gap_unrepaired: AtomicU64,
+    pub duplicates_dropped: AtomicU64,
+}
+
+/// The last offset delivered to this node's members of one room.
+struct Cursor {
+    epoch: String,
+    last: u64,
+}
+
+pub struct RedisBroker {
+    node: Arc<str>,
+    client: Client,
+    subscriber: SubscriberClient,
+    cluster: bool,
+    publish_script: Script,
+    read_script: Script,
+    limits: HistoryLimits,
+    delivery: OnceLock<Arc<dyn Delivery>>,
+    /// Local subscription counts per room; the lock serialises
+    /// SUBSCRIBE/UNSUBSCRIBE so their order on the wire is the logical one.
+    subscriptions: tokio::sync::Mutex<HashMap<String, usize>>,
+    cursors: parking_lot::Mutex<HashMap<String, Cursor>>,
+    repair: Notify,
+    pub stats: Arc<RedisStats>,
+}
+
+fn unavailable(stats: &RedisStats, e: impl std::fmt::Display) -> BrokerError {
+    stats.errors.fetch_add(1, Relaxed);
+    BrokerError::Unavailable(e.to_string())
+}
+
+fn new_epoch() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..EPOCH_LEN].to_string()
+}
+
+fn value_bytes(v: &Value) -> Option<&[u8]> {
+    v.as_bytes()
+}
+
+impl RedisBroker {
+    /// Connects to Redis (`redis://…` for one server, `redis-cluster://…`
+    /// for a cluster). The broker keeps reconnecting by itself if Redis is
+    /// down now or later; only a malformed URL is an error here.
+    pub async fn connect(
+        url: &str,
+        node: &str,
+        limits: HistoryLimits,
+        command_timeout: Duration,
+    ) -> Result<Arc<RedisBroker>, String> {
+        let mut config = Config::from_url(url).map_err(|e| format!("redis.url: {e}"))?;
+        config.fail_fast = true;
+        let cluster = config.server.is_clustered();
+        let mut builder = Builder::from_config(config);
+        builder
+            .with_performance_config(|p| {
+                p.default_command_timeout = command_timeout;
+                p.broadcast_channel_capacity = PUBSUB_CAPACITY;
+            })
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_secs(2);
+                c.internal_command_timeout = Duration::from_secs(2);
+                c.max_command_attempts = 1;
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2));
+        let client = builder.build().map_err(|e| format!("redis.url: {e}"))?;
+        let subscriber = builder
+            .build_subscriber_client()
+            .map_err(|e| format!("redis.url: {e}"))?;
+        client.connect();
+        subscriber.connect();
+        for (name, ready) in [
+            ("commands", client.wait_for_connect().await),
+            ("pub/sub", subscriber.wait_for_connect().await),
+        ] {
+            if let Err(e) = ready {
+                tracing::warn!(error = %e, "redis {name} connection not up yet; retrying in the background");
+            }
+        }
+        subscriber.manage_subscriptions();
+
+        let broker = Arc::new(RedisBroker {
+            node: Arc::from(node),
+            client,
+            subscriber,
+            cluster,
+            publish_script: Script::from_lua(PUBLISH_LUA),
+            read_script: Script::from_lua(READ_LUA),
+            limits,
+            delivery: OnceLock::new(),
+            subscriptions: tokio::sync::Mutex::new(HashMap::new()),
+            cursors: parking_lot::Mutex::new(HashMap::new()),
+            repair: Notify::new(),
+            stats: Arc::new(RedisStats::default()),
+        });
+        for channel in [names::node_channel(node), names::ALL_NODES.to_string()] {
+            if let Err(e) = broker.channel_subscribe(&channel).await {
+                tracing::warn!(error = %e, channel, "cannot subscribe yet; fred resubscribes on reconnect");
+            }
+        }
+        broker.spawn_dispatcher();
+        broker.spawn_reconnect_watch();
+        Ok(broker)
+    }
+
+    /// Connects the broker to the node's hub. Called once at startup.
+    pub fn set_delivery(&self, delivery: Arc<dyn Delivery>) {
+        let _ = self.delivery.set(delivery);
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
+    async fn channel_subscribe(&self, channel: &str) -> Result<(), Error> {
+        if self.cluster {
+            self.subscriber.ssubscribe(channel).await
+        } else {
+            self.subscriber.subscribe(channel).await
+        }
+    }
+
+    async fn channel_unsubscribe(&self, channel: &str) -> Result<(), Error> {
+        if self.cluster {
+            self.subscriber.sunsubscribe(channel).await
+        } else {
+            self.subscriber.unsubscribe(channel).await
+        }
+    }
+
+    fn publish_command(&self) -> &'static str {
+        if self.cluster {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
+    /// Runs `read.lua`: the room's position, and the raw envelopes after
+    /// `since` (only when the epoch matches).
+    async fn read_raw(
+        &self,
+        room: &str,
+        since: Option<&Since>,
+    ) -> Result<(Position, Vec<Vec<u8>>), BrokerError> {
+        let keys = vec![names::room_meta(room), names::room_history(room)];
+        let (after, epoch) = match since {
+            Some(s) => (s.offset as i64, s.epoch.clone()),
+            None => (-1, String::new()),
+        };
+        let args: Vec<Value> = vec![
+            new_epoch().into(),
+            (META_TTL.as_millis() as i64).into(),
+            after.into(),
+            epoch.into(),
+        ];
+        let reply: Vec<Value> = self
+            .read_script
+            .evalsha_with_reload(&self.client, keys, args)
+            .await
+            .map_err(|e| unavailable(&self.stats, e))?;
+        let mut items = reply.into_iter();
+        let epoch = items
+            .next()
+            .and_then(|v| v.as_string())
+            .ok_or_else(|| unavailable(&self.stats, "read.lua: no epoch"))?;
+        let offset = items
+            .next()
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| unavailable(&self.stats, "read.lua: no offset"))?;
+        let raw = items
+            .filter_map(|v| value_bytes(&v).map(<[u8]>::to_vec))
+            .collect();
+        Ok((
+            Position {
+                offset,
+                epoch: Arc::from(epoch),
+            },
+            raw,
+        ))
+    }
+
+    fn to_message(envelope: Envelope) -> Arc<RoomMessage> {
+        Arc::new(RoomMessage::new(
+            Arc::from(envelope.room),
+            envelope.offset,
+            Arc::from(envelope.epoch),
+            envelope.data.unwrap_or(Data::Null),
+            envelope.from,
+            envelope.ts,
+        ))
+    }
+
+    /// Decodes history entries and checks they are exactly the messages
+    /// after `since` up to the position, none expired.
+    fn recover(&self, since: &Since, position: &Position, raw: Vec<Vec<u8>>) -> Recovery {
+        if since.epoch != *position.epoch || since.offset > position.offset {
+            return Recovery::NotRecoverable;
+        }
+        let missing = position.offset - since.offset;
+        if missing == 0 {
+            return Recovery::Recovered(Vec::new());
+        }
+        let mut messages = Vec::with_capacity(raw.len());
+        for bytes in raw {
+            match Envelope::decode(&bytes) {
+                Ok(env) => messages.push(Self::to_message(env)),
+                Err(e) => {
+                    tracing::error!(error = %e, "undecodable history entry");
+                    return Recovery::NotRecoverable;
+                }
+            }
+        }
+        let oldest_allowed = now_us().saturating_sub(self.limits.ttl.as_micros() as u64);
+        let complete = messages.len() as u64 == missing
+            && messages
+                .first()
+                .is_some_and(|m| m.offset == since.offset + 1)
+            && messages
+                .first()
+                .is_some_and(|m| m.published_at_us >= oldest_allowed);
+        if complete {
+            Recovery::Recovered(messages)
+        } else {
+            Recovery::NotRecoverable
+        }
+    }
+
+    fn spawn_reconnect_watch(self: &Arc<Self>) {
+        let mut reconnects = self.subscriber.reconnect_rx();
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                match reconnects.recv().await {
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return,
+                }
+                let Some(broker) = weak.upgrade() else { return };
+                broker.stats.reconnects.fetch_add(1, Relaxed);
+                tracing::info!("redis pub/sub reconnected; checking rooms against history");
+                broker.repair.notify_one();
+            }
+        });
+    }
+
+    fn spawn_dispatcher(self: &Arc<Self>) {
+        let mut messages = self.subscriber.message_rx();
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(broker) = weak.upgrade() else { return };
+                tokio::select! {
+                    received = messages.recv() => match received {
+                        Ok(message) => broker.dispatch(message).await,
+                        Err(RecvError::Lagged(n)) => {
+                            broker.stats.pubsub_lost.fetch_add(n, Relaxed);
+                            tracing::warn!(lost = n, "pub/sub reader lagged; repairing from history");
+                            broker.repair_all().await;
+                        }
+                        Err(RecvError::Closed) => return,
+                    },
+                    _ = broker.repair.notified() => broker.repair_all().await,
+                }
+            }
+        });
+    }
+
+    async fn dispatch(&self, message: PubsubMessage) {
+        let Some(bytes) = value_bytes(&message.value) else {
+            return;
+        };
+        let envelope = match Envelope::decode(bytes) {
+            Ok(env) => env,
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, channel = %message.channel, "undecodable envelope");
+                return;
+            }
+        };
+        if envelope.kind == Kind::Message {
+            self.deliver_in_order(envelope).await;
+        } else if let Some(delivery) = self.delivery.get() {
+            delivery.control(envelope);
+        }
+    }
+
+    /// Delivers a room message in offset order, filling any gap from history.
+    async fn deliver_in_order(&self, envelope: Envelope) {
+        let Some(delivery) = self.delivery.get() else {
+            return;
+        };
+        let gap_from = {
+            let mut cursors = self.cursors.lock();
+            let Some(cursor) = cursors.get_mut(&envelope.room) else {
+                return; // no longer subscribed
+            };
+            if cursor.epoch != envelope.epoch {
+                // The room's history was lost (new epoch): start over.
+                cursor.epoch = envelope.epoch.clone();
+                cursor.last = envelope.offset;
+                None
+            } else if envelope.offset <= cursor.last {
+                self.stats.duplicates_dropped.fetch_add(1, Relaxed);
+                return;
+            } else if envelope.offset == cursor.last + 1 {
+                cursor.last = envelope.offset;
+                None
+            } else {
+                Some(cursor.last)
+            }
+        };
+        match gap_from {
+            None => delivery.deliver(Self::to_message(envelope)),
+            Some(last) => {
+                let (room, epoch) = (envelope.room.clone(), envelope.epoch.clone());
+                self.fill_gap(&room, &epoch, last, Some(envelope)).await
+            }
+        }
+    }
+
+    /// Delivers what history has after `last` for `room`; `newer`, a message
+    /// that revealed the gap, is delivered in its place whatever happens.
+    async fn fill_gap(&self, room: &str, epoch: &str, last: u64, newer: Option<Envelope>) {
+        let Some(delivery) = self.delivery.get() else {
+            return;
+        };
+        let since = Since {
+            offset: last,
+            epoch: epoch.to_string(),
+        };
+        let read = self.read_raw(room, Some(&since)).await;
+        let mut to_deliver: Vec<Arc<RoomMessage>> = Vec::new();
+        match read {
+            Ok((position, raw)) if *position.epoch == *epoch => {
+                match self.recover(&since, &position, raw) {
+                    Recovery::Recovered(msgs) => {
+                        self.stats
+                            .gap_repaired
+                            .fetch_add(msgs.len() as u64, Relaxed);
+                        to_deliver = msgs;
+                    }
+                    Recovery::NotRecoverable => {
+                        let upto = newer.as_ref().map(|e| e.offset).unwrap_or(position.offset);
+                        self.stats
+                            .gap_unrepaired
+                            .fetch_add(upto.saturating_sub(last + 1), Relaxed);
+                    }
+                }
+            }
+            Ok((position, _)) => {
+                // Epoch changed under us: restart the cursor at the new position.
+                if let Some(c) = self.cursors.lock().get_mut(room) {
+                    c.epoch = position.epoch.to_string();
+                    c.last = position.offset;
+                }
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, room, "cannot fill a pub/sub gap from history"),
+        }
+        if to_deliver.is_empty() {
+            if let Some(env) = newer {
+                to_deliver.push(Self::to_message(env));
+            }
+        }
+        let mut cursors = self.cursors.lock();
+        let Some(cursor) = cursors.get_mut(room) else {
+            return;
+        };
+        for msg in to_deliver {
+            if msg.offset > cursor.last && *msg.epoch == *cursor.epoch {
+                cursor.last = msg.offset;
+                delivery.deliver(msg);
+            }
+        }
+    }
+
+    /// After a reconnect or a lag: bring every subscribed room up to date.
+    async fn repair_all(&self) {
+        let rooms: Vec<(String, String, u64)> = self
+            .cursors
+            .lock()
+            .iter()
+            .map(|(room, c)| (room.clone(), c.epoch.clone(), c.last))
+            .collect();
+        for (room, epoch, last) in rooms {
+            self.fill_gap(&room, &epoch, last, None).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn publish(
+        &self,
+        room: &str,
+        data: Data,
+        from: Option<Member>,
+    ) -> Result<Arc<RoomMessage>, BrokerError> {
+        let ts = now_us();
+        let mut envelope = Envelope::new(Kind::Message, room, &self.node, ts);
+        envelope.data = Some(data);
+        envelope.from = from;
+        let encoded = envelope.encode().map_err(|e| unavailable(&self.stats, e))?;
+        let keys = vec![
+            names::room_meta(room),
+            names::room_history(room),
+            names::room_channel(room),
+        ];
+        let args: Vec<Value> = vec![
+            Value::Bytes(encoded.into()),
+            new_epoch().into(),
+            (self.limits.size as i64).into(),
+            (self.limits.ttl.as_millis() as i64).into(),
+            (META_TTL.as_millis() as i64).into(),
+            self.publish_command().into(),
+            ((OFFSET_POS + 1) as i64).into(),
+            ((EPOCH_POS + 1) as i64).into(),
+        ];
+        let (offset, epoch): (u64, String) = self
+            .publish_script
+            .evalsha_with_reload(&self.client, keys, args)
+            .await
+            .map_err(|e| unavailable(&self.stats, e))?;
+        Ok(Arc::new(RoomMessage::new(
+            Arc::from(room),
+            offset,
+            Arc::from(epoch),
+            envelope.data.take().unwrap_or(Data::Null),
+            envelope.from.take(),
+            ts,
+        )))
+    }
+
+    async fn subscribe(&self, room: &str) -> Result<(), BrokerError> {
+        let mut subscriptions = self.subscriptions.lock().await;
+        let count = subscriptions.entry(room.to_string()).or_insert(0);
+        *count += 1;
+        if *count > 1 {
+            return Ok(());
+        }
+        let result = async {
+            self.channel_subscribe(&names::room_channel(room))
+                .await
+                .map_err(|e| unavailable(&self.stats, e))?;
+            let (position, _) = self.read_raw(room, None).await?;
+            self.cursors.lock().insert(
+                room.to_string(),
+                Cursor {
+                    epoch: position.epoch.to_string(),
+                    last: position.offset,
+                },
+            );
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            subscriptions.remove(room);
+            let _ = self.channel_unsubscribe(&names::room_channel(room)).await;
+        }
+        result
+    }
+
+    async fn unsubscribe(&self, room: &str) {
+        let mut subscriptions = self.subscriptions.lock().await;
+        let Some(count) = subscriptions.get_mut(room) else {
+            return;
+        };
+        *count -= 1;
+        if *count > 0 {
+            return;
+        }
+        subscriptions.remove(room);
+        self.cursors.lock().remove(room);
+        if let Err(e) = self.channel_unsubscribe(&names::room_channel(room)).await {
+            tracing::debug!(error = %e, room, "unsubscribe failed (resubscription will skip it)");
+        }
+    }
+
+    async fn read(&self, room: &str, since: Option<&Since>) -> Result<HistoryRead, BrokerError> {
+        let (position, raw) = self.read_raw(room, since).await?;
+        let recovery = since.map(|s| self.recover(s, &position, raw));
+        Ok(HistoryRead { position, recovery })
+    }
+
+    async fn send_control(&self, route: Route, envelope: Envelope) -> Result<(), BrokerError> {
+        let channel = match route {
+            Route::Node(node) => names::node_channel(&node),
+            Route::AllNodes => names::ALL_NODES.to_string(),
+            Route::Room(room) => names::room_channel(&room),
+        };
+        let encoded = envelope.encode().map_err(|e| unavailable(&self.stats, e))?;
+        let result: Result<i64, Error> = if self.cluster {
+            self.client
+                .spublish(channel, Value::Bytes(encoded.into()))
+                .await
+        } else {
+            self.client
+                .publish(channel, Value::Bytes(encoded.into()))
+                .await
+        };
+        result.map(|_| ()).map_err(|e| unavailable(&self.stats, e))
+    }
+
+    fn engine(&self) -> &'static str {
+        "redis"
+    }
+}

@@ -1,0 +1,184 @@
+//! The presence service's HTTP API types, shared by the server and by the
+//! gateway-side [`crate::client::PresenceClient`], so the two cannot drift.
+//!
+//! Everything is JSON. A gateway reports what happens to its connections as
+//! a stream of [`Op`]s (connect, join, leave, disconnect, handoff) in
+//! [`SyncRequest`]s; the service answers with its own incarnation and
+//! whether it needs the node's whole state again ([`SyncResponse`]).
+//! `docs/presence.md` describes every call.
+
+use serde::{Deserialize, Serialize};
+
+use roomcast_protocol::Data;
+pub use roomcast_protocol::Member;
+
+/// One change to a gateway's connections, in the order the gateway saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// A session is now held by the sending node (a new connection, or a
+    /// resumed one: ownership moves here, rooms are kept).
+    Connect {
+        session: String,
+        user: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        info: Option<Data>,
+    },
+    /// The session's connection is gone for good: it leaves all its rooms.
+    Disconnect { session: String },
+    /// The session joined a room.
+    Join { session: String, room: String },
+    /// The session left a room.
+    Leave { session: String, room: String },
+    /// The node hands the session over (drain): keep it and its rooms for
+    /// `grace_ms`, waiting for a `connect` from any node.
+    Handoff { session: String, grace_ms: u64 },
+}
+
+impl Op {
+    /// The session the op is about.
+    pub fn session(&self) -> &str {
+        match self {
+            Op::Connect { session, .. }
+            | Op::Disconnect { session }
+            | Op::Join { session, .. }
+            | Op::Leave { session, .. }
+            | Op::Handoff { session, .. } => session,
+        }
+    }
+
+    pub fn connect(session: impl Into<String>, user: impl Into<String>, info: Option<Data>) -> Op {
+        Op::Connect {
+            session: session.into(),
+            user: user.into(),
+            info,
+        }
+    }
+
+    pub fn disconnect(session: impl Into<String>) -> Op {
+        Op::Disconnect {
+            session: session.into(),
+        }
+    }
+
+    pub fn join(session: impl Into<String>, room: impl Into<String>) -> Op {
+        Op::Join {
+            session: session.into(),
+            room: room.into(),
+        }
+    }
+
+    pub fn leave(session: impl Into<String>, room: impl Into<String>) -> Op {
+        Op::Leave {
+            session: session.into(),
+            room: room.into(),
+        }
+    }
+
+    pub fn handoff(session: impl Into<String>, grace_ms: u64) -> Op {
+        Op::Handoff {
+            session: session.into(),
+            grace_ms,
+        }
+    }
+}
+
+/// `POST /v1/nodes/{node}/sync`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRequest {
+    /// Identifies this run of the node; a new one means the node restarted.
+    pub incarnation: String,
+    /// How long the node's lease lasts from now; absent: the service default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
+    /// `ops` describe every live session of the node (connect + join ops):
+    /// they replace what the service knew about it.
+    #[serde(default)]
+    pub full: bool,
+    /// Sequence number of the first op of `ops` (of the first op after the
+    /// snapshot, for a full sync). Lets the service skip ops it already
+    /// applied when a response was lost and the batch is sent again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(default)]
+    pub ops: Vec<Op>,
+}
+
+/// The answer to a sync.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncResponse {
+    /// The presence process's incarnation (changes when it restarts).
+    pub presence: String,
+    /// The service does not know this node (or knows another incarnation of
+    /// it): the ops were not applied; send a full sync.
+    pub need_full: bool,
+}
+
+/// `GET /v1/rooms/{room}/members`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersResponse {
+    pub room: String,
+    pub members: Vec<Member>,
+}
+
+/// `POST /v1/lookup`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LookupRequest {
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub sessions: Vec<String>,
+}
+
+/// Which node holds a session.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Owner {
+    pub session: String,
+    pub user: String,
+    pub node: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LookupResponse {
+    pub sessions: Vec<Owner>,
+}
+
+/// `PUT /v1/sessions/{session}`: park a session record for a later resume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParkRequest {
+    pub record: Data,
+    pub ttl_ms: u64,
+}
+
+/// `POST /v1/sessions/{session}/take`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TakeResponse {
+    pub record: Data,
+}
+
+/// Body of every non-2xx answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// `bad_request`, `unauthorized`, `not_found`, `unavailable`.
+    pub error: String,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ops_have_the_documented_json_shape() {
+        let op: Op =
+            serde_json::from_str(r#"{"op":"connect","session":"s","user":"u","info":{"n":1}}"#)
+                .unwrap();
+        assert_eq!(op, Op::connect("s", "u", Some(serde_json::json!({"n": 1}))));
+        assert_eq!(
+            serde_json::to_string(&Op::handoff("s", 500)).unwrap(),
+            r#"{"op":"handoff","session":"s","grace_ms":500}"#
+        );
+        let req: SyncRequest = serde_json::from_str(r#"{"incarnation":"i"}"#).unwrap();
+        assert!(!req.full && req.ops.is_empty() && req.lease_ms.is_none());
+    }
+}

@@ -1,0 +1,720 @@
+//! The gateway's side of the presence service: [`PresenceClient`].
+//!
+//! A gateway must never wait on presence to serve its clients, so reporting
+//! is fire-and-forget: [`PresenceClient::enqueue`] appends an [`Op`] to an
+//! in-memory queue and returns; one background task sends the queue in
+//! batches (every ~50 ms, or at once when 500 are waiting), renews the
+//! node's lease every lease/3 even when idle, keeps the ops while the
+//! service is unreachable and replays them in order when it is back.
+//!
+//! Every op gets a sequence number; a batch carries the number of its first
+//! op, so a batch re-sent after a lost response is not applied twice. When
+//! the service answers `need_full` (it restarted, or the node's lease ran
+//! out), or when the queue overflows, the task takes a snapshot of the
+//! node's live sessions through the `snapshot` callback and sends a full
+//! sync. That is correct only if the gateway changes its own state *before*
+//! enqueueing the op that reports it: then every op queued before the
+//! snapshot is reflected in it (and is dropped, except handoffs, which a
+//! snapshot cannot show and which travel with the full sync), and every op
+//! queued after it is replayed after the full sync, harmlessly.
+//!
+//! The queries (`members`, `lookup`, `park`, `take`) are plain requests with
+//! a short timeout. The HTTP client is hyper's (already in the tree through
+//! axum); the service speaks plain HTTP on an internal network, so no TLS.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use parking_lot::Mutex;
+use roomcast_protocol::Data;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::api::{
+    ErrorBody, LookupRequest, LookupResponse, Member, MembersResponse, Op, Owner, ParkRequest,
+    SyncRequest, SyncResponse, TakeResponse,
+};
+
+/// Produces connect + join ops for every live session of the node.
+pub type Snapshot = Arc<dyn Fn() -> Vec<Op> + Send + Sync>;
+
+/// Shortest and longest wait between failed syncs.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How often an outage is logged again while it lasts.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Settings of a [`PresenceClient`]; [`ClientOptions::new`] gives the defaults.
+#[derive(Clone)]
+pub struct ClientOptions {
+    /// Base URL of the service, `http://host:port`.
+    pub url: String,
+    /// The shared `presence.key`, sent as `Authorization: Bearer`.
+    pub key: Option<String>,
+    pub node_id: String,
+    /// This run of the node (a fresh random string per process start).
+    pub incarnation: String,
+    /// The node's lease; renewed every lease/3.
+    pub lease: Duration,
+    /// Timeout of `members`, `lookup`, `park` and `take`.
+    pub timeout: Duration,
+    /// Timeout of one sync request (a full sync can be large).
+    pub sync_timeout: Duration,
+    /// How long ops gather before a batch is sent.
+    pub flush_interval: Duration,
+    /// Most ops per sync request.
+    pub batch_max: usize,
+    /// Most ops kept while the service is unreachable; beyond, the queue is
+    /// dropped and replaced by a full sync.
+    pub max_queue: usize,
+}
+
+impl ClientOptions {
+    pub fn new(
+        url: impl Into<String>,
+        node_id: impl Into<String>,
+        incarnation: impl Into<String>,
+    ) -> Self {
+        ClientOptions {
+            url: url.into(),
+            key: None,
+            node_id: node_id.into(),
+            incarnation: incarnation.into(),
+            lease: Duration::from_secs(15),
+            timeout: Duration::from_secs(1),
+            sync_timeout: Duration::from_secs(5),
+            flush_interval: Duration::from_millis(50),
+            batch_max: 500,
+            max_queue: 100_000,
+        }
+    }
+}
+
+/// Why a call to the presence service failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PresenceError {
+    #[error("presence service unreachable: {0}")]
+    Unavailable(String),
+    #[error("presence service did not answer in time")]
+    Timeout,
+    #[error("presence service refused the key")]
+    Unauthorized,
+    #[error("presence service answered {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("bad answer from the presence service: {0}")]
+    Decode(String),
+}
+
+/// What the background task knows, for readiness checks and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientStatus {
+    /// The last sync succeeded.
+    pub connected: bool,
+    /// Incarnation of the presence process last answering.
+    pub presence: Option<String>,
+    /// Ops waiting to be sent.
+    pub queued: usize,
+    /// A full sync is due.
+    pub full_pending: bool,
+    /// Times the queue overflowed and was replaced by a full sync.
+    pub overflows: u64,
+}
+
+/// The ops not yet acknowledged; op `i` has sequence number `first_seq + i`.
+struct Outbox {
+    ops: VecDeque<Op>,
+    first_seq: u64,
+    next_seq: u64,
+    full_pending: bool,
+    /// Bumped on every overflow, so a full sync that started before one
+    /// does not clear the flag the overflow set.
+    overflows: u64,
+}
+
+impl Outbox {
+    /// Drops ops numbered below `seq`, returning the handoffs among them.
+    fn drop_below(&mut self, seq: u64) -> Vec<Op> {
+        let n = (seq.saturating_sub(self.first_seq) as usize).min(self.ops.len());
+        self.first_seq += n as u64;
+        self.ops
+            .drain(..n)
+            .filter(|op| matches!(op, Op::Handoff { .. }))
+            .collect()
+    }
+}
+
+struct Shared {
+    http: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+    auth: Option<HeaderValue>,
+    options: ClientOptions,
+    outbox: Mutex<Outbox>,
+    /// Wakes the idle task: ops were queued, a flush was asked, or it must stop.
+    wake: Notify,
+    /// Cuts short the task's pauses when it must stop.
+    stop: Notify,
+    urgent: AtomicBool,
+    stopped: AtomicBool,
+    /// Every op numbered below this has been applied by the service.
+    acked: AtomicU64,
+    acked_changed: Notify,
+    connected: AtomicBool,
+    presence: Mutex<Option<String>>,
+}
+
+/// Stops the background task when the last [`PresenceClient`] clone drops.
+struct StopOnDrop(Arc<Shared>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stopped.store(true, Ordering::Release);
+        self.0.wake.notify_one();
+        self.0.stop.notify_one();
+    }
+}
+
+/// The gateway's handle on the presence service. Cheap to clone.
+#[derive(Clone)]
+pub struct PresenceClient {
+    shared: Arc<Shared>,
+    _stop: Arc<StopOnDrop>,
+}
+
+impl PresenceClient {
+    /// Starts the client with default options (1 s query timeout, 50 ms
+    /// batches). Must be called inside a tokio runtime.
+    pub fn start(
+        url: impl Into<String>,
+        key: Option<String>,
+        node_id: impl Into<String>,
+        incarnation: impl Into<String>,
+        lease: Duration,
+        snapshot: Snapshot,
+    ) -> PresenceClient {
+        let mut options = ClientOptions::new(url, node_id, incarnation);
+        options.key = key;
+        options.lease = lease;
+        PresenceClient::start_with(options, snapshot)
+    }
+
+    /// Starts the client. Its first sync is a full one (the snapshot), so a
+    /// restarted gateway replaces what the service knew of its previous run.
+    pub fn start_with(options: ClientOptions, snapshot: Snapshot) -> PresenceClient {
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(8)
+            .build_http();
+        let auth = options
+            .key
+            .as_deref()
+            .filter(|k| !k.is_empty())
+            .and_then(|k| HeaderValue::from_str(&format!("Bearer {k}")).ok());
+        let shared = Arc::new(Shared {
+            http,
+            base: options.url.trim_end_matches('/').to_string(),
+            auth,
+            outbox: Mutex::new(Outbox {
+                ops: VecDeque::new(),
+                first_seq: 0,
+                next_seq: 0,
+                full_pending: true,
+                overflows: 0,
+            }),
+            options,
+            wake: Notify::new(),
+            stop: Notify::new(),
+            urgent: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            acked: AtomicU64::new(0),
+            acked_changed: Notify::new(),
+            connected: AtomicBool::new(false),
+            presence: Mutex::new(None),
+        });
+        tokio::spawn(Syncer::new(shared.clone(), snapshot).run());
+        PresenceClient {
+            _stop: Arc::new(StopOnDrop(shared.clone())),
+            shared,
+        }
+    }
+
+    /// Queues an op. Never waits on the network.
+    pub fn enqueue(&self, op: Op) {
+        let shared = &self.shared;
+        let mut outbox = shared.outbox.lock();
+        if outbox.ops.len() >= shared.options.max_queue {
+            // Too far behind to replay: start over from a snapshot.
+            outbox.ops.clear();
+            outbox.first_seq = outbox.next_seq;
+            outbox.full_pending = true;
+            outbox.overflows += 1;
+            tracing::warn!(
+                max = shared.options.max_queue,
+                "presence queue overflowed; a full sync will replace it"
+            );
+        }
+        outbox.ops.push_back(op);
+        outbox.next_seq += 1;
+        drop(outbox);
+        shared.wake.notify_one();
+    }
+
+    /// Waits until every op queued before this call has been applied by the
+    /// service and no full sync is due (for a drain: the handoffs must be
+    /// there before the exit; at startup: the first full sync is done).
+    /// False when `timeout` passed first.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        let target = self.shared.outbox.lock().next_seq;
+        self.shared.urgent.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+        let wait = async {
+            loop {
+                let changed = self.shared.acked_changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                let full_pending = self.shared.outbox.lock().full_pending;
+                if !full_pending && self.shared.acked.load(Ordering::Acquire) >= target {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
+    }
+
+    /// Stops the background task (also done when the last clone drops).
+    pub fn shutdown(&self) {
+        self.shared.stopped.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+        self.shared.stop.notify_one();
+    }
+
+    pub fn status(&self) -> ClientStatus {
+        let outbox = self.shared.outbox.lock();
+        ClientStatus {
+            connected: self.shared.connected.load(Ordering::Relaxed),
+            presence: self.shared.presence.lock().clone(),
+            queued: outbox.ops.len(),
+            full_pending: outbox.full_pending,
+            overflows: outbox.overflows,
+        }
+    }
+
+    /// Members of a room, cluster-wide.
+    pub async fn members(&self, room: &str) -> Result<Vec<Member>, PresenceError> {
+        let path = format!("/v1/rooms/{}/members", segment(room));
+        let (status, body) = self
+            .shared
+            .call(Method::GET, &path, None::<&()>, self.shared.options.timeout)
+            .await?;
+        expect_ok(status, &body)?;
+        Ok(decode::<MembersResponse>(&body)?.members)
+    }
+
+    /// Which nodes hold the given users' sessions and the given sessions.
+    pub async fn lookup(
+        &self,
+        users: &[String],
+        sessions: &[String],
+    ) -> Result<Vec<Owner>, PresenceError> {
+        let body = LookupRequest {
+            users: users.to_vec(),
+            sessions: sessions.to_vec(),
+        };
+        let (status, body) = self
+            .shared
+            .call(
+                Method::POST,
+                "/v1/lookup",
+                Some(&body),
+                self.shared.options.timeout,
+            )
+            .await?;
+        expect_ok(status, &body)?;
+        Ok(decode::<LookupResponse>(&body)?.sessions)
+    }
+
+    /// Parks a session record for `ttl` (replacing any earlier one).
+    pub async fn park(
+        &self,
+        session: &str,
+        record: Data,
+        ttl: Duration,
+    ) -> Result<(), PresenceError> {
+        let body = ParkRequest {
+            record,
+            ttl_ms: (ttl.as_millis() as u64).max(1),
+        };
+        let path = format!("/v1/sessions/{}", segment(session));
+        let (status, body) = self
+            .shared
+            .call(Method::PUT, &path, Some(&body), self.shared.options.timeout)
+            .await?;
+        expect_ok(status, &body)
+    }
+
+    /// Takes (gets and deletes, atomically) a parked record; `None` when
+    /// there is none (never parked, expired, or already taken).
+    pub async fn take(&self, session: &str) -> Result<Option<Data>, PresenceError> {
+        let path = format!("/v1/sessions/{}/take", segment(session));
+        let (status, body) = self
+            .shared
+            .call(
+                Method::POST,
+                &path,
+                None::<&()>,
+                self.shared.options.timeout,
+            )
+            .await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        expect_ok(status, &body)?;
+        Ok(Some(decode::<TakeResponse>(&body)?.record))
+    }
+}
+
+impl Shared {
+    /// One request; the status and the whole body, within `timeout`.
+    async fn call<T: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&T>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), PresenceError> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        if let Some(auth) = &self.auth {
+            request = request.header(header::AUTHORIZATION, auth.clone());
+        }
+        let payload = match body {
+            Some(body) => {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+                serde_json::to_vec(body).map_err(|e| PresenceError::Decode(e.to_string()))?
+            }
+            None => Vec::new(),
+        };
+        let request = request
+            .body(Full::new(Bytes::from(payload)))
+            .map_err(|e| PresenceError::Unavailable(format!("bad request: {e}")))?;
+        let exchange = async {
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|e| PresenceError::Unavailable(error_chain(&e)))?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| PresenceError::Unavailable(e.to_string()))?
+                .to_bytes();
+            Ok((status, body))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| PresenceError::Timeout)?
+    }
+}
+
+/// The background task: batches, renewals, full syncs, retries.
+struct Syncer {
+    shared: Arc<Shared>,
+    snapshot: Snapshot,
+    /// Handoffs taken out of the queue for a full sync that has not
+    /// succeeded yet.
+    carried: Vec<Op>,
+    next_renewal: Instant,
+    failing_since: Option<Instant>,
+    last_logged: Option<Instant>,
+}
+
+impl Syncer {
+    fn new(shared: Arc<Shared>, snapshot: Snapshot) -> Syncer {
+        Syncer {
+            shared,
+            snapshot,
+            carried: Vec::new(),
+            next_renewal: Instant::now(),
+            failing_since: None,
+            last_logged: None,
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.shared.stopped.load(Ordering::Acquire)
+    }
+
+    /// Sleeps, unless told to stop; true when it should stop.
+    async fn pause(&self, duration: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(duration) => {}
+            _ = self.shared.stop.notified() => {}
+        }
+        self.stopped()
+    }
+
+    async fn run(mut self) {
+        let renew_every = self.shared.options.lease / 3;
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            if self.stopped() {
+                return;
+            }
+            let (queued, full) = {
+                let outbox = self.shared.outbox.lock();
+                (outbox.ops.len(), outbox.full_pending)
+            };
+            let urgent = self.shared.urgent.swap(false, Ordering::AcqRel);
+            if queued == 0 && !full && !urgent {
+                let until = self.next_renewal.saturating_duration_since(Instant::now());
+                if !until.is_zero() {
+                    tokio::select! {
+                        _ = self.shared.wake.notified() => {}
+                        _ = tokio::time::sleep(until) => {}
+                    }
+                    continue;
+                }
+            } else if !full
+                && !urgent
+                && queued < self.shared.options.batch_max
+                && self.pause(self.shared.options.flush_interval).await
+            {
+                return;
+            }
+            match self.sync_once().await {
+                Ok(()) => {
+                    backoff = MIN_BACKOFF;
+                    self.next_renewal = Instant::now() + renew_every;
+                    if let Some(since) = self.failing_since.take() {
+                        tracing::info!(
+                            after_ms = since.elapsed().as_millis() as u64,
+                            "presence service reachable again"
+                        );
+                    }
+                    self.shared.connected.store(true, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.shared.connected.store(false, Ordering::Relaxed);
+                    let now = Instant::now();
+                    self.failing_since.get_or_insert(now);
+                    if self.last_logged.is_none_or(|t| now - t >= LOG_EVERY) {
+                        self.last_logged = Some(now);
+                        let queued = self.shared.outbox.lock().ops.len();
+                        tracing::warn!(error = %e, queued, "presence sync failed; ops kept for replay");
+                    }
+                    if self.pause(backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Sends one request: the full sync if due, else the next batch (or an
+    /// empty one, renewing the lease).
+    async fn sync_once(&mut self) -> Result<(), PresenceError> {
+        let full = self.shared.outbox.lock().full_pending;
+        if full {
+            self.full_sync().await
+        } else {
+            self.delta_sync().await
+        }
+    }
+
+    async fn delta_sync(&mut self) -> Result<(), PresenceError> {
+        let (seq, ops) = {
+            let outbox = self.shared.outbox.lock();
+            let n = outbox.ops.len().min(self.shared.options.batch_max);
+            (
+                outbox.first_seq,
+                outbox.ops.iter().take(n).cloned().collect::<Vec<_>>(),
+            )
+        };
+        let end = seq + ops.len() as u64;
+        let response = self.send(false, seq, ops).await?;
+        let mut outbox = self.shared.outbox.lock();
+        if response.need_full {
+            outbox.full_pending = true;
+            drop(outbox);
+            tracing::info!("presence service asks for a full sync");
+            return Ok(());
+        }
+        outbox.drop_below(end);
+        drop(outbox);
+        self.acknowledge(end);
+        Ok(())
+    }
+
+    async fn full_sync(&mut self) -> Result<(), PresenceError> {
+        // Ops numbered below `seq` changed the gateway's state before the
+        // snapshot is taken, so the snapshot shows them.
+        let (seq, overflows) = {
+            let outbox = self.shared.outbox.lock();
+            (outbox.next_seq, outbox.overflows)
+        };
+        let mut ops = (self.snapshot)();
+        {
+            let mut outbox = self.shared.outbox.lock();
+            let handoffs = outbox.drop_below(seq);
+            self.carried.extend(handoffs);
+            // Handoffs queued while the snapshot was taken travel too; the
+            // service ignores them for sessions the snapshot lists.
+            ops.extend(self.carried.iter().cloned());
+            ops.extend(
+                outbox
+                    .ops
+                    .iter()
+                    .filter(|op| matches!(op, Op::Handoff { .. }))
+                    .cloned(),
+            );
+        }
+        let sessions = ops
+            .iter()
+            .filter(|op| matches!(op, Op::Connect { .. }))
+            .count();
+        let response = self.send(true, seq, ops).await?;
+        if response.need_full {
+            return Err(PresenceError::Status {
+                status: 200,
+                message: "full sync answered with need_full".into(),
+            });
+        }
+        {
+            let mut outbox = self.shared.outbox.lock();
+            if outbox.overflows == overflows {
+                outbox.full_pending = false;
+            }
+        }
+        self.carried.clear();
+        self.acknowledge(seq);
+        tracing::info!(sessions, "full presence sync done");
+        Ok(())
+    }
+
+    async fn send(
+        &self,
+        full: bool,
+        seq: u64,
+        ops: Vec<Op>,
+    ) -> Result<SyncResponse, PresenceError> {
+        let options = &self.shared.options;
+        let request = SyncRequest {
+            incarnation: options.incarnation.clone(),
+            lease_ms: Some(options.lease.as_millis() as u64),
+            full,
+            seq: Some(seq),
+            ops,
+        };
+        let path = format!("/v1/nodes/{}/sync", segment(&options.node_id));
+        let (status, body) = self
+            .shared
+            .call(Method::POST, &path, Some(&request), options.sync_timeout)
+            .await?;
+        expect_ok(status, &body)?;
+        let response: SyncResponse = decode(&body)?;
+        let mut known = self.shared.presence.lock();
+        if known.as_deref() != Some(response.presence.as_str()) {
+            if known.is_some() {
+                tracing::info!(presence = %response.presence, "presence service restarted");
+            }
+            *known = Some(response.presence.clone());
+        }
+        Ok(response)
+    }
+
+    fn acknowledge(&self, seq: u64) {
+        self.shared.acked.fetch_max(seq, Ordering::AcqRel);
+        self.shared.acked_changed.notify_waiters();
+    }
+}
+
+fn expect_ok(status: StatusCode, body: &[u8]) -> Result<(), PresenceError> {
+    if status.is_success() {
+        return Ok(());
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        return Err(PresenceError::Unauthorized);
+    }
+    let message = serde_json::from_slice::<ErrorBody>(body)
+        .map(|e| e.message)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
+    Err(PresenceError::Status {
+        status: status.as_u16(),
+        message,
+    })
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, PresenceError> {
+    serde_json::from_slice(body).map_err(|e| PresenceError::Decode(e.to_string()))
+}
+
+/// The error and its causes, joined: hyper's top-level message alone
+/// ("client error (Connect)") does not say what went wrong.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
+}
+
+/// Percent-encodes one path segment (room and session names).
+fn segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:@=".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segments_are_percent_encoded() {
+        assert_eq!(segment("chat:lobby@x=1"), "chat:lobby@x=1");
+        assert_eq!(segment("a b/c?é"), "a%20b%2Fc%3F%C3%A9");
+    }
+
+    #[test]
+    fn dropping_acknowledged_ops_keeps_the_handoffs_for_a_full_sync() {
+        let mut outbox = Outbox {
+            ops: VecDeque::from(vec![
+                Op::connect("s1", "u", None),
+                Op::handoff("s1", 10),
+                Op::join("s2", "r"),
+            ]),
+            first_seq: 5,
+            next_seq: 8,
+            full_pending: false,
+            overflows: 0,
+        };
+        assert_eq!(outbox.drop_below(7), [Op::handoff("s1", 10)]);
+        assert_eq!(outbox.first_seq, 7);
+        assert_eq!(outbox.ops.len(), 1);
+        assert!(outbox.drop_below(3).is_empty(), "already dropped");
+        outbox.drop_below(100);
+        assert_eq!((outbox.first_seq, outbox.ops.len()), (8, 0));
+    }
+}

@@ -1,0 +1,303 @@
+//! The presence service's configuration: one typed struct with a default for
+//! every field, loaded like the gateway's with figment from (lowest to
+//! highest precedence) the defaults, a TOML file (`--config PATH` or
+//! `ROOMCAST_CONFIG`), and `ROOMCAST_…` environment variables with `__`
+//! between levels (`ROOMCAST_REDIS__URL`). A bad value stops startup with a
+//! message naming the key. `docs/presence.md` documents every key; a test
+//! checks that the page and this struct agree.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// A secret string: never printed by `Debug`, never logged.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    pub redis: RedisConfig,
+    pub presence: PresenceConfig,
+    pub lease: LeaseConfig,
+    pub events: EventsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RedisConfig {
+    /// Redis URL, required: `redis://host:port` (one server) or
+    /// `redis-cluster://host:port?node=host2:port2` (a cluster).
+    pub url: String,
+    /// The URL names a Redis Cluster: presence events go out with SPUBLISH.
+    pub cluster: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PresenceConfig {
+    /// Shared secret gateways send as `Authorization: Bearer`. Empty: no check.
+    pub key: Secret,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LeaseConfig {
+    /// Lease of a node whose sync names none, in milliseconds; also how long
+    /// after startup unknown nodes are rebuilt silently.
+    pub default_ms: u64,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig { default_ms: 15_000 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EventsConfig {
+    /// Presence events kept while Redis cannot take them; the oldest are dropped beyond.
+    pub max_queued: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            max_queued: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// Log filter (`info`, `debug`, `roomcast_presence=debug,info`, …).
+    pub level: String,
+    /// Log one JSON object per line instead of text.
+    pub json: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            json: false,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            redis: RedisConfig::default(),
+            presence: PresenceConfig::default(),
+            lease: LeaseConfig::default(),
+            events: EventsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// A configuration error, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Loads defaults, then the TOML file (if any), then `ROOMCAST_*`
+    /// variables. Also returns keys given but unknown (likely typos).
+    pub fn load(file: Option<&Path>) -> Result<(Config, Vec<String>), ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist (--config / ROOMCAST_CONFIG)",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("ROOMCAST_").split("__").ignore(&["config"]));
+        let config: Config = figment.extract().map_err(|e| ConfigError(describe(e)))?;
+        let unknown = unknown_keys(&figment);
+        config.validate()?;
+        Ok((config, unknown))
+    }
+
+    /// Checks values that have a valid type but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let url = &self.redis.url;
+        if url.is_empty() {
+            return Err(ConfigError(
+                "redis.url is required (ROOMCAST_REDIS__URL=redis://host:port)".into(),
+            ));
+        }
+        let schemes = [
+            "redis://",
+            "rediss://",
+            "redis-cluster://",
+            "rediss-cluster://",
+        ];
+        if !schemes.iter().any(|s| url.starts_with(s)) {
+            return Err(ConfigError(format!(
+                "redis.url must start with one of {}",
+                schemes.join(", ")
+            )));
+        }
+        if self.lease.default_ms == 0 {
+            return Err(ConfigError(
+                "lease.default_ms must be greater than 0".into(),
+            ));
+        }
+        if self.events.max_queued == 0 {
+            return Err(ConfigError(
+                "events.max_queued must be greater than 0".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether Redis is a cluster: configured, or implied by the URL.
+    pub fn redis_is_cluster(&self) -> bool {
+        self.redis.cluster || self.redis.url.contains("-cluster://")
+    }
+
+    pub fn default_lease(&self) -> Duration {
+        Duration::from_millis(self.lease.default_ms)
+    }
+}
+
+/// Makes figment's error read as "key: problem (from source)".
+fn describe(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = e
+                .metadata
+                .as_ref()
+                .and_then(|m| {
+                    m.source
+                        .as_ref()
+                        .map(|s| format!("{} {}", m.name, s))
+                        .or(Some(m.name.to_string()))
+                })
+                .unwrap_or_default();
+            let env_hint = if source.contains("environment") {
+                format!(" (ROOMCAST_{})", key.to_uppercase().replace('.', "__"))
+            } else {
+                String::new()
+            };
+            format!("{key}: {}{env_hint} [{source}]", e.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Keys present in the sources that the struct does not know.
+fn unknown_keys(figment: &Figment) -> Vec<String> {
+    let known = serde_json::to_value(Config::default()).unwrap_or_default();
+    let given: serde_json::Value = figment.extract().unwrap_or_default();
+    let mut out = Vec::new();
+    walk_unknown(&given, &known, "", &mut out);
+    out
+}
+
+fn walk_unknown(
+    given: &serde_json::Value,
+    known: &serde_json::Value,
+    prefix: &str,
+    out: &mut Vec<String>,
+) {
+    let (Some(given), Some(known)) = (given.as_object(), known.as_object()) else {
+        return;
+    };
+    for (key, value) in given {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match known.get(key) {
+            Some(k) => walk_unknown(value, k, &path, out),
+            None => out.push(path),
+        }
+    }
+}
+
+/// Every key of the configuration, dotted.
+pub fn all_keys() -> Vec<String> {
+    let mut out = Vec::new();
+    let value = serde_json::to_value(Config::default()).unwrap_or_default();
+    flatten("", &value, &mut out);
+    out
+}
+
+fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>) {
+    match value.as_object() {
+        Some(map) => {
+            for (k, v) in map {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&path, v, out);
+            }
+        }
+        None => out.push(prefix.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_is_documented_in_presence_md() {
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/presence.md"
+        ))
+        .expect("docs/presence.md");
+        for key in all_keys() {
+            let env = format!("ROOMCAST_{}", key.to_uppercase().replace('.', "__"));
+            assert!(doc.contains(&format!("`{key}`")), "{key} is not documented");
+            assert!(doc.contains(&env), "{env} is not documented");
+        }
+    }
+
+    #[test]
+    fn redis_url_is_required_and_named() {
+        let err = Config::default().validate().unwrap_err().to_string();
+        assert!(err.contains("redis.url"), "{err}");
+        let mut config = Config::default();
+        config.redis.url = "redis://127.0.0.1:6379".into();
+        config.validate().unwrap();
+        assert!(!config.redis_is_cluster());
+        config.redis.url = "redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001".into();
+        assert!(config.redis_is_cluster());
+    }
+}

@@ -1,0 +1,119 @@
+//! The roomcast presence service, and the client gateways use to talk to it.
+//!
+//! Gateways are the source of truth for their own connections; this service
+//! aggregates them cluster-wide: who owns which session (for direct sends),
+//! who is in which room (presence lists and `presence_join`/`presence_leave`
+//! events, emitted from here and nowhere else), node leases (a crashed
+//! node's sessions are purged), and parked session records (resume and
+//! drain handoff). Where things are, by name:
+//!
+//! - [`api`]: the JSON types of the HTTP API, shared by server and client;
+//! - [`state`]: the pure state machine with every no-flap rule;
+//! - [`server`]: routes, the key check, handlers;
+//! - [`events`]: the queue and task publishing presence envelopes;
+//! - [`store`]: parked sessions in Redis;
+//! - [`sweeper`]: lease and handoff expiry;
+//! - [`client`]: [`client::PresenceClient`], the gateway side;
+//! - [`config`], [`metrics`], [`redis`], [`shutdown`].
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod events;
+pub mod metrics;
+pub mod redis;
+pub mod server;
+pub mod shutdown;
+pub mod state;
+pub mod store;
+pub mod sweeper;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use config::Config;
+use events::{EventQueue, Publisher};
+use metrics::Metrics;
+use server::App;
+use state::State;
+use store::SessionStore;
+
+/// How long the publisher keeps trying to send queued events at exit.
+const FLUSH_AT_EXIT: Duration = Duration::from_secs(2);
+/// The process exits at the latest this long after the signal.
+const EXIT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Runs the service until SIGTERM/SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("listen: cannot bind {}: {e}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let redis = redis::Redis::connect(&config)?;
+    let metrics = Arc::new(Metrics::default());
+    let events = Arc::new(EventQueue::new(config.events.max_queued, metrics.clone()));
+    let incarnation = uuid::Uuid::new_v4().simple().to_string();
+    let app = Arc::new(App {
+        state: Mutex::new(State::new(Instant::now(), config.default_lease())),
+        events: events.clone(),
+        store: SessionStore::new(redis.clone()),
+        redis: redis.clone(),
+        metrics: metrics.clone(),
+        key_hash: server::key_hash(config.presence.key.expose()),
+        default_lease: config.default_lease(),
+        incarnation: incarnation.clone(),
+    });
+    let (trigger, shutdown) = shutdown::channel();
+    let publisher = tokio::spawn(
+        Publisher {
+            redis: redis.clone(),
+            queue: events,
+            metrics,
+        }
+        .run(shutdown.clone(), FLUSH_AT_EXIT),
+    );
+    let sweeper = tokio::spawn(sweeper::run(app.clone(), shutdown.clone()));
+    tracing::info!(
+        %incarnation,
+        cluster = redis.sharded,
+        keyed = app.key_hash.is_some(),
+        "roomcast presence listening on http://{addr}"
+    );
+    axum::serve(listener, server::router(app))
+        .with_graceful_shutdown(async {
+            wait_for_signal().await;
+            // Whatever holds a connection open, the process is gone soon.
+            std::thread::spawn(|| {
+                std::thread::sleep(EXIT_DEADLINE);
+                eprintln!("roomcast-presence: shutdown took too long; exiting");
+                std::process::exit(0);
+            });
+        })
+        .await?;
+    tracing::info!("stopping");
+    trigger.fire();
+    let _ = sweeper.await;
+    let _ = publisher.await;
+    let _ = fred::prelude::ClientLike::quit(&redis.client).await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

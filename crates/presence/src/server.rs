@@ -1,0 +1,314 @@
+//! The HTTP API: routes, the bearer-key check, and handlers that read as
+//! the happy path.
+//!
+//! The key check is one middleware over the `/v1` routes (constant time:
+//! both sides are hashed with SHA-256, then compared with `subtle`, so
+//! neither the key's bytes nor its length leak through timing). Operations
+//! (`/healthz`, `/readyz`, `/metrics`) need no key, like the gateway's.
+//! Handlers hold the state lock only for in-memory work, and queue the
+//! events it produced before releasing it; Redis is touched only by the
+//! parked-session calls, each bounded by the Redis command timeout.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, Path, Request, State as AxumState};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::api::{
+    ErrorBody, LookupRequest, LookupResponse, MembersResponse, ParkRequest, SyncRequest,
+    SyncResponse, TakeResponse,
+};
+use crate::events::EventQueue;
+use crate::metrics::{Gauges, Metrics};
+use crate::redis::Redis;
+use crate::state::{State, MAX_NAME_BYTES};
+use crate::store::SessionStore;
+
+/// Largest sync body: a full sync of a node with tens of thousands of
+/// sessions is tens of megabytes of JSON.
+pub const MAX_SYNC_BYTES: usize = 128 << 20;
+/// Largest body of the other calls (a parked record).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// Most users plus sessions one lookup may ask about.
+pub const MAX_LOOKUP: usize = 10_000;
+
+/// Everything the handlers share.
+pub struct App {
+    pub state: Mutex<State>,
+    pub events: Arc<EventQueue>,
+    pub store: SessionStore,
+    pub redis: Redis,
+    pub metrics: Arc<Metrics>,
+    /// SHA-256 of `presence.key`, when one is configured.
+    pub key_hash: Option<[u8; 32]>,
+    pub default_lease: Duration,
+    /// This process's incarnation, returned by every sync.
+    pub incarnation: String,
+}
+
+impl App {
+    /// Queues the events of a state change; call with the state lock held.
+    fn publish(&self, events: Vec<crate::state::Event>) {
+        self.events.push_all(events);
+    }
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    let v1 = Router::new()
+        .route(
+            "/v1/nodes/{node}/sync",
+            post(sync).layer(DefaultBodyLimit::max(MAX_SYNC_BYTES)),
+        )
+        .route("/v1/rooms/{room}/members", get(members))
+        .route("/v1/lookup", post(lookup))
+        .route("/v1/sessions/{session}", put(park))
+        .route("/v1/sessions/{session}/take", post(take))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .route_layer(middleware::from_fn_with_state(app.clone(), require_key));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(v1)
+        .with_state(app)
+}
+
+/// A failed call: status plus `{error, message}`.
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_request",
+            message: message.into(),
+        }
+    }
+
+    fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "unavailable",
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.code.to_string(),
+            message: self.message,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+fn hash(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Hashes the configured key, if any.
+pub fn key_hash(key: &str) -> Option<[u8; 32]> {
+    (!key.is_empty()).then(|| hash(key.as_bytes()))
+}
+
+async fn require_key(
+    AxumState(app): AxumState<Arc<App>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(expected) = &app.key_hash {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !bool::from(hash(given.as_bytes()).ct_eq(expected)) {
+            app.metrics.unauthorized.inc();
+            return ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                code: "unauthorized",
+                message: "missing or wrong presence key".into(),
+            }
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+fn check_node(node: &str) -> Result<(), ApiError> {
+    let ok = !node.is_empty()
+        && node.len() <= 128
+        && node
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "node ids are 1 to 128 letters, digits, '-', '_' or '.'",
+        ))
+    }
+}
+
+fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES || name.contains(['{', '}']) {
+        return Err(ApiError::bad_request(format!(
+            "{what} must be 1 to {MAX_NAME_BYTES} bytes without braces"
+        )));
+    }
+    Ok(())
+}
+
+async fn sync(
+    AxumState(app): AxumState<Arc<App>>,
+    Path(node): Path<String>,
+    Json(req): Json<SyncRequest>,
+) -> Result<Json<SyncResponse>, ApiError> {
+    check_node(&node)?;
+    if req.incarnation.is_empty() {
+        return Err(ApiError::bad_request("incarnation is required"));
+    }
+    let full = req.full;
+    app.metrics.sync_requests.inc();
+    let outcome = {
+        let mut state = app.state.lock();
+        let mut events = Vec::new();
+        let outcome = state.sync(&node, req, app.default_lease, Instant::now(), &mut events);
+        app.publish(events);
+        outcome
+    };
+    app.metrics.ops_applied.add(outcome.applied as u64);
+    app.metrics.ops_ignored.add(outcome.ignored as u64);
+    if outcome.need_full {
+        app.metrics.need_full.inc();
+        tracing::info!(node, "unknown node or incarnation: asking for a full sync");
+    } else if full {
+        app.metrics.full_syncs.inc();
+        if outcome.silent {
+            app.metrics.silent_syncs.inc();
+        }
+        tracing::info!(
+            node,
+            ops = outcome.applied,
+            silent = outcome.silent,
+            restarted = outcome.replaced_incarnation,
+            "full sync"
+        );
+    }
+    Ok(Json(SyncResponse {
+        presence: app.incarnation.clone(),
+        need_full: outcome.need_full,
+    }))
+}
+
+async fn members(
+    AxumState(app): AxumState<Arc<App>>,
+    Path(room): Path<String>,
+) -> Result<Json<MembersResponse>, ApiError> {
+    check_name("room", &room)?;
+    let members = app.state.lock().members(&room);
+    Ok(Json(MembersResponse { room, members }))
+}
+
+async fn lookup(
+    AxumState(app): AxumState<Arc<App>>,
+    Json(req): Json<LookupRequest>,
+) -> Result<Json<LookupResponse>, ApiError> {
+    if req.users.len() + req.sessions.len() > MAX_LOOKUP {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_LOOKUP} users and sessions per lookup"
+        )));
+    }
+    let sessions = app.state.lock().lookup(&req.users, &req.sessions);
+    Ok(Json(LookupResponse { sessions }))
+}
+
+async fn park(
+    AxumState(app): AxumState<Arc<App>>,
+    Path(session): Path<String>,
+    Json(req): Json<ParkRequest>,
+) -> Result<StatusCode, ApiError> {
+    check_name("session", &session)?;
+    if req.ttl_ms == 0 {
+        return Err(ApiError::bad_request("ttl_ms must be greater than 0"));
+    }
+    match app
+        .store
+        .park(&session, &req.record, Duration::from_millis(req.ttl_ms))
+        .await
+    {
+        Ok(()) => {
+            app.metrics.parked.inc();
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Err(e) => {
+            app.metrics.redis_errors.inc();
+            tracing::warn!(error = %e, "cannot park a session");
+            Err(ApiError::unavailable(e.to_string()))
+        }
+    }
+}
+
+async fn take(
+    AxumState(app): AxumState<Arc<App>>,
+    Path(session): Path<String>,
+) -> Result<Response, ApiError> {
+    check_name("session", &session)?;
+    match app.store.take(&session).await {
+        Ok(Some(record)) => {
+            app.metrics.taken.inc();
+            Ok(Json(TakeResponse { record }).into_response())
+        }
+        Ok(None) => {
+            app.metrics.take_misses.inc();
+            Ok(ApiError {
+                status: StatusCode::NOT_FOUND,
+                code: "not_found",
+                message: "no parked record for this session".into(),
+            }
+            .into_response())
+        }
+        Err(e) => {
+            app.metrics.redis_errors.inc();
+            tracing::warn!(error = %e, "cannot take a session");
+            Err(ApiError::unavailable(e.to_string()))
+        }
+    }
+}
+
+async fn readyz(AxumState(app): AxumState<Arc<App>>) -> Response {
+    if app.redis.is_connected() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "redis not connected").into_response()
+    }
+}
+
+async fn metrics(AxumState(app): AxumState<Arc<App>>) -> Response {
+    let gauges = Gauges {
+        counts: app.state.lock().counts(),
+        events_queued: app.events.len(),
+        redis_connected: app.redis.is_connected(),
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    (headers, app.metrics.render(&gauges)).into_response()
+}

@@ -1,0 +1,1089 @@
+//! The presence state machine: nodes and their leases, sessions and who owns
+//! them, rooms and their members, users and their sessions.
+//!
+//! It is pure: no clock (every call gets `now`), no network, no locks. Each
+//! change pushes the presence events it causes onto a `Vec<Event>` the caller
+//! publishes, so the rules that keep presence from flapping are all here and
+//! are unit-tested here:
+//!
+//! - a join of a session already in the room, a resume (a `connect` of a
+//!   known session from any node) and a handed-off session that comes back
+//!   within its grace time cause no event;
+//! - a node whose lease expires loses its sessions, with leave events,
+//!   except those in handoff grace, which follow the grace rule;
+//! - a full sync from a known node applies the difference, with events; from
+//!   a node this process does not know while it is rebuilding after its own
+//!   restart, silently (nothing changed for clients).
+//!
+//! Ops from a node about a session it does not own (any more) are ignored:
+//! a late `disconnect` from the node that handed a session over must not
+//! remove it from under the node that took it.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use roomcast_protocol::{Data, Member};
+
+use crate::api::{Op, Owner, SyncRequest};
+
+/// Longest session, user or room name accepted, in bytes.
+pub const MAX_NAME_BYTES: usize = 1024;
+
+/// A presence change to publish on the room's channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    pub room: String,
+    pub member: Member,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Join,
+    Leave,
+}
+
+/// What a sync did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncOutcome {
+    /// The node is unknown (or another incarnation): nothing was applied.
+    pub need_full: bool,
+    /// Ops that changed or confirmed state.
+    pub applied: usize,
+    /// Ops skipped: invalid, stale (from a node that does not own the
+    /// session), or already applied (a re-sent batch).
+    pub ignored: usize,
+    /// A full sync applied without events (rebuild after a restart).
+    pub silent: bool,
+    /// A full sync that replaced an older incarnation of the node.
+    pub replaced_incarnation: bool,
+}
+
+/// What a sweep did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sweep {
+    /// Nodes whose lease expired.
+    pub nodes_purged: usize,
+    /// Sessions removed because their node's lease expired.
+    pub sessions_purged: usize,
+    /// Sessions removed because their handoff grace ended.
+    pub handoffs_expired: usize,
+}
+
+/// Sizes, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub nodes: usize,
+    pub sessions: usize,
+    pub rooms: usize,
+    pub handoffs: usize,
+}
+
+#[derive(Debug)]
+struct Session {
+    user: String,
+    info: Option<Data>,
+    node: String,
+    rooms: BTreeSet<String>,
+    /// Set while the session waits, after a handoff, for a `connect`.
+    handoff_until: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct NodeState {
+    incarnation: String,
+    lease_until: Instant,
+    sessions: HashSet<String>,
+    /// Sequence number of the next op this node will send.
+    next_seq: Option<u64>,
+}
+
+/// The whole presence picture of the cluster.
+#[derive(Debug)]
+pub struct State {
+    nodes: HashMap<String, NodeState>,
+    sessions: HashMap<String, Session>,
+    rooms: HashMap<String, BTreeSet<String>>,
+    users: HashMap<String, BTreeSet<String>>,
+    handoffs: HashSet<String>,
+    /// Until then, a node never seen before is assumed to be one this
+    /// process forgot by restarting, and its full sync is applied silently.
+    rebuild_until: Instant,
+}
+
+/// The desired state of one session in a full sync.
+struct Desired {
+    user: String,
+    info: Option<Data>,
+    rooms: BTreeSet<String>,
+}
+
+impl State {
+    /// An empty state for a process started at `now`; nodes that first sync
+    /// within `rebuild_window` are rebuilt silently.
+    pub fn new(now: Instant, rebuild_window: Duration) -> State {
+        State {
+            nodes: HashMap::new(),
+            sessions: HashMap::new(),
+            rooms: HashMap::new(),
+            users: HashMap::new(),
+            handoffs: HashSet::new(),
+            rebuild_until: now + rebuild_window,
+        }
+    }
+
+    /// Applies one sync from `node`. `default_lease` is used when the
+    /// request names none.
+    pub fn sync(
+        &mut self,
+        node: &str,
+        req: SyncRequest,
+        default_lease: Duration,
+        now: Instant,
+        events: &mut Vec<Event>,
+    ) -> SyncOutcome {
+        let lease = req
+            .lease_ms
+            .map(Duration::from_millis)
+            .unwrap_or(default_lease);
+        if req.full {
+            return self.full_sync(node, req, lease, now, events);
+        }
+        let mut outcome = SyncOutcome::default();
+        let Some(state) = self.nodes.get_mut(node) else {
+            outcome.need_full = true;
+            return outcome;
+        };
+        if state.incarnation != req.incarnation {
+            outcome.need_full = true;
+            return outcome;
+        }
+        let mut ops = req.ops;
+        if let Some(seq) = req.seq {
+            let len = ops.len() as u64;
+            match state.next_seq {
+                // Ops are missing between what we applied and this batch.
+                Some(next) if seq > next => {
+                    outcome.need_full = true;
+                    return outcome;
+                }
+                Some(next) => {
+                    let skip = (next - seq).min(len) as usize;
+                    ops.drain(..skip);
+                    outcome.ignored += skip;
+                    state.next_seq = Some(next.max(seq + len));
+                }
+                None => state.next_seq = Some(seq + len),
+            }
+        }
+        state.lease_until = now + lease;
+        for op in ops {
+            if self.apply(node, op, now, true, events) {
+                outcome.applied += 1;
+            } else {
+                outcome.ignored += 1;
+            }
+        }
+        outcome
+    }
+
+    /// A full sync: `ops` describe every live session of the node.
+    fn full_sync(
+        &mut self,
+        node: &str,
+        req: SyncRequest,
+        lease: Duration,
+        now: Instant,
+        events: &mut Vec<Event>,
+    ) -> SyncOutcome {
+        let mut outcome = SyncOutcome::default();
+        match self.nodes.get_mut(node) {
+            Some(state) => {
+                if state.incarnation != req.incarnation {
+                    outcome.replaced_incarnation = true;
+                    state.incarnation = req.incarnation.clone();
+                }
+                state.lease_until = now + lease;
+                state.next_seq = req.seq;
+            }
+            None => {
+                outcome.silent = now < self.rebuild_until;
+                self.nodes.insert(
+                    node.to_string(),
+                    NodeState {
+                        incarnation: req.incarnation.clone(),
+                        lease_until: now + lease,
+                        sessions: HashSet::new(),
+                        next_seq: req.seq,
+                    },
+                );
+            }
+        }
+        let emit = !outcome.silent;
+
+        // What the node says it has, in the order it said it.
+        let mut order = Vec::new();
+        let mut desired: HashMap<String, Desired> = HashMap::new();
+        let mut handoffs = Vec::new();
+        for op in req.ops {
+            if !valid_op(&op) {
+                outcome.ignored += 1;
+                continue;
+            }
+            outcome.applied += 1;
+            match op {
+                Op::Connect {
+                    session,
+                    user,
+                    info,
+                } => {
+                    let rooms = match desired.remove(&session) {
+                        Some(d) if d.user == user => d.rooms,
+                        Some(_) => BTreeSet::new(),
+                        None => {
+                            order.push(session.clone());
+                            BTreeSet::new()
+                        }
+                    };
+                    desired.insert(session, Desired { user, info, rooms });
+                }
+                Op::Join { session, room } => match desired.get_mut(&session) {
+                    Some(d) => {
+                        d.rooms.insert(room);
+                    }
+                    None => {
+                        outcome.applied -= 1;
+                        outcome.ignored += 1;
+                    }
+                },
+                Op::Leave { session, room } => {
+                    if let Some(d) = desired.get_mut(&session) {
+                        d.rooms.remove(&room);
+                    }
+                }
+                Op::Disconnect { session } => {
+                    desired.remove(&session);
+                }
+                handoff @ Op::Handoff { .. } => handoffs.push(handoff),
+            }
+        }
+
+        // A handoff in a full sync is about a session the snapshot no
+        // longer lists (handed off while the sync was being built).
+        handoffs.retain(|op| !desired.contains_key(op.session()));
+        // Sessions the node no longer has leave, unless they wait in a
+        // handoff grace (or are being handed off by this very sync).
+        let handed: HashSet<&str> = handoffs.iter().map(Op::session).collect();
+        let gone: Vec<String> = self
+            .nodes
+            .get(node)
+            .map(|n| {
+                n.sessions
+                    .iter()
+                    .filter(|s| !desired.contains_key(*s) && !handed.contains(s.as_str()))
+                    .filter(|s| {
+                        self.sessions
+                            .get(*s)
+                            .is_some_and(|s| s.handoff_until.is_none())
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for session in gone {
+            self.remove_session(&session, emit, events);
+        }
+
+        for session in order {
+            let Some(d) = desired.remove(&session) else {
+                continue;
+            };
+            self.claim(node, &session, d.user, d.info, emit, events);
+            let current = self
+                .sessions
+                .get(&session)
+                .map(|s| s.rooms.clone())
+                .unwrap_or_default();
+            for room in current.difference(&d.rooms) {
+                self.leave_room(&session, room, emit, events);
+            }
+            for room in d.rooms.difference(&current) {
+                self.join_room(&session, room, emit, events);
+            }
+        }
+        for op in handoffs {
+            self.apply(node, op, now, emit, events);
+        }
+        outcome
+    }
+
+    /// Applies one op from `node`; false when it was ignored.
+    fn apply(
+        &mut self,
+        node: &str,
+        op: Op,
+        now: Instant,
+        emit: bool,
+        events: &mut Vec<Event>,
+    ) -> bool {
+        if !valid_op(&op) {
+            return false;
+        }
+        if let Op::Connect {
+            session,
+            user,
+            info,
+        } = op
+        {
+            self.claim(node, &session, user, info, emit, events);
+            return true;
+        }
+        // Every other op needs the sending node to own the session, and the
+        // session not to be waiting in a handoff grace.
+        let owned = self
+            .sessions
+            .get(op.session())
+            .is_some_and(|s| s.node == node && s.handoff_until.is_none());
+        if !owned {
+            return false;
+        }
+        match op {
+            Op::Connect { .. } => unreachable!("handled above"),
+            Op::Join { session, room } => self.join_room(&session, &room, emit, events),
+            Op::Leave { session, room } => self.leave_room(&session, &room, emit, events),
+            Op::Disconnect { session } => self.remove_session(&session, emit, events),
+            Op::Handoff { session, grace_ms } => {
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.handoff_until = Some(now + Duration::from_millis(grace_ms));
+                    self.handoffs.insert(session);
+                }
+            }
+        }
+        true
+    }
+
+    /// `node` now holds `session` (new, resumed, or taken over after a
+    /// handoff or a crash). Rooms of a known session are kept, silently.
+    fn claim(
+        &mut self,
+        node: &str,
+        session: &str,
+        user: String,
+        info: Option<Data>,
+        emit: bool,
+        events: &mut Vec<Event>,
+    ) {
+        if self.sessions.get(session).is_some_and(|s| s.user != user) {
+            // A session id reused by another user is another session.
+            self.remove_session(session, emit, events);
+        }
+        match self.sessions.get_mut(session) {
+            Some(s) => {
+                if s.node != node {
+                    if let Some(old) = self.nodes.get_mut(&s.node) {
+                        old.sessions.remove(session);
+                    }
+                    s.node = node.to_string();
+                }
+                s.info = info;
+                if s.handoff_until.take().is_some() {
+                    self.handoffs.remove(session);
+                }
+            }
+            None => {
+                self.sessions.insert(
+                    session.to_string(),
+                    Session {
+                        user: user.clone(),
+                        info,
+                        node: node.to_string(),
+                        rooms: BTreeSet::new(),
+                        handoff_until: None,
+                    },
+                );
+                self.users
+                    .entry(user)
+                    .or_default()
+                    .insert(session.to_string());
+            }
+        }
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.sessions.insert(session.to_string());
+        }
+    }
+
+    fn join_room(&mut self, session: &str, room: &str, emit: bool, events: &mut Vec<Event>) {
+        let Some(s) = self.sessions.get_mut(session) else {
+            return;
+        };
+        if !s.rooms.insert(room.to_string()) {
+            return;
+        }
+        self.rooms
+            .entry(room.to_string())
+            .or_default()
+            .insert(session.to_string());
+        if emit {
+            events.push(Event {
+                kind: EventKind::Join,
+                room: room.to_string(),
+                member: member(session, s),
+            });
+        }
+    }
+
+    fn leave_room(&mut self, session: &str, room: &str, emit: bool, events: &mut Vec<Event>) {
+        let Some(s) = self.sessions.get_mut(session) else {
+            return;
+        };
+        if !s.rooms.remove(room) {
+            return;
+        }
+        remove_from(&mut self.rooms, room, session);
+        if emit {
+            events.push(Event {
+                kind: EventKind::Leave,
+                room: room.to_string(),
+                member: member(session, s),
+            });
+        }
+    }
+
+    /// Forgets a session; it leaves every room it was in.
+    fn remove_session(&mut self, session: &str, emit: bool, events: &mut Vec<Event>) {
+        let Some(s) = self.sessions.remove(session) else {
+            return;
+        };
+        for room in &s.rooms {
+            remove_from(&mut self.rooms, room, session);
+            if emit {
+                events.push(Event {
+                    kind: EventKind::Leave,
+                    room: room.clone(),
+                    member: member(session, &s),
+                });
+            }
+        }
+        remove_from(&mut self.users, &s.user, session);
+        if let Some(n) = self.nodes.get_mut(&s.node) {
+            n.sessions.remove(session);
+        }
+        self.handoffs.remove(session);
+    }
+
+    /// Purges nodes whose lease expired and sessions whose handoff grace
+    /// ended, with leave events. Run every few hundred milliseconds.
+    pub fn sweep(&mut self, now: Instant, events: &mut Vec<Event>) -> Sweep {
+        let mut sweep = Sweep::default();
+        let expired: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.lease_until <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            let Some(node) = self.nodes.remove(&id) else {
+                continue;
+            };
+            sweep.nodes_purged += 1;
+            let mut sessions: Vec<String> = node.sessions.into_iter().collect();
+            sessions.sort();
+            for session in sessions {
+                let in_grace = self
+                    .sessions
+                    .get(&session)
+                    .is_some_and(|s| s.handoff_until.is_some());
+                if !in_grace {
+                    self.remove_session(&session, true, events);
+                    sweep.sessions_purged += 1;
+                }
+            }
+        }
+        let mut ended: Vec<String> = self
+            .handoffs
+            .iter()
+            .filter(|s| {
+                self.sessions
+                    .get(*s)
+                    .and_then(|s| s.handoff_until)
+                    .is_none_or(|until| until <= now)
+            })
+            .cloned()
+            .collect();
+        ended.sort();
+        for session in ended {
+            self.remove_session(&session, true, events);
+            sweep.handoffs_expired += 1;
+        }
+        sweep
+    }
+
+    /// Members of a room, sessions in handoff grace included, by session id.
+    pub fn members(&self, room: &str) -> Vec<Member> {
+        self.rooms
+            .get(room)
+            .map(|sessions| {
+                sessions
+                    .iter()
+                    .filter_map(|id| self.sessions.get(id).map(|s| member(id, s)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Owners of the given users' sessions and of the given sessions. A
+    /// session in handoff grace has no connection anywhere and is left out.
+    pub fn lookup(&self, users: &[String], sessions: &[String]) -> Vec<Owner> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        let by_user = users
+            .iter()
+            .filter_map(|u| self.users.get(u))
+            .flat_map(|set| set.iter());
+        for id in by_user.chain(sessions.iter()) {
+            let Some(s) = self.sessions.get(id) else {
+                continue;
+            };
+            if s.handoff_until.is_none() && seen.insert(id.as_str()) {
+                out.push(Owner {
+                    session: id.clone(),
+                    user: s.user.clone(),
+                    node: s.node.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    pub fn counts(&self) -> Counts {
+        Counts {
+            nodes: self.nodes.len(),
+            sessions: self.sessions.len(),
+            rooms: self.rooms.len(),
+            handoffs: self.handoffs.len(),
+        }
+    }
+}
+
+fn member(session: &str, s: &Session) -> Member {
+    Member {
+        user: s.user.clone(),
+        session: session.to_string(),
+        info: s.info.clone(),
+    }
+}
+
+fn remove_from(index: &mut HashMap<String, BTreeSet<String>>, key: &str, value: &str) {
+    if let Some(set) = index.get_mut(key) {
+        set.remove(value);
+        if set.is_empty() {
+            index.remove(key);
+        }
+    }
+}
+
+/// A name fit for a map key and, for rooms, for a Redis channel: not empty,
+/// not huge, and (rooms) without the braces of a cluster hash tag.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_NAME_BYTES && !name.contains(['{', '}'])
+}
+
+fn valid_op(op: &Op) -> bool {
+    valid_name(op.session())
+        && match op {
+            Op::Connect { user, .. } => valid_name(user),
+            Op::Join { room, .. } | Op::Leave { room, .. } => valid_name(room),
+            Op::Disconnect { .. } | Op::Handoff { .. } => true,
+        }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: Duration = Duration::from_secs(15);
+    const WINDOW: Duration = Duration::from_secs(15);
+
+    /// A state whose rebuild window is over (`t0 + 1 min` is "now").
+    fn settled() -> (State, Instant) {
+        let t0 = Instant::now();
+        (State::new(t0, WINDOW), t0 + Duration::from_secs(60))
+    }
+
+    fn sync(
+        state: &mut State,
+        node: &str,
+        inc: &str,
+        full: bool,
+        ops: Vec<Op>,
+        now: Instant,
+    ) -> (SyncOutcome, Vec<Event>) {
+        let mut events = Vec::new();
+        let req = SyncRequest {
+            incarnation: inc.into(),
+            lease_ms: None,
+            full,
+            seq: None,
+            ops,
+        };
+        let outcome = state.sync(node, req, LEASE, now, &mut events);
+        (outcome, events)
+    }
+
+    fn names(events: &[Event]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| {
+                let kind = match e.kind {
+                    EventKind::Join => "join",
+                    EventKind::Leave => "leave",
+                };
+                format!("{kind} {} {}", e.room, e.member.session)
+            })
+            .collect()
+    }
+
+    fn sessions_in(state: &State, room: &str) -> Vec<String> {
+        state.members(room).into_iter().map(|m| m.session).collect()
+    }
+
+    /// Node `a` (incarnation `a1`) known, with s1 (alice) in lobby.
+    fn with_alice_in_lobby() -> (State, Instant) {
+        let (mut state, now) = settled();
+        sync(&mut state, "a", "a1", true, vec![], now);
+        let (out, events) = sync(
+            &mut state,
+            "a",
+            "a1",
+            false,
+            vec![Op::connect("s1", "alice", None), Op::join("s1", "lobby")],
+            now,
+        );
+        assert_eq!(out.applied, 2);
+        assert_eq!(names(&events), ["join lobby s1"]);
+        (state, now)
+    }
+
+    #[test]
+    fn a_join_emits_once_and_a_repeated_join_emits_nothing() {
+        let (mut state, now) = with_alice_in_lobby();
+        let (_, events) = sync(
+            &mut state,
+            "a",
+            "a1",
+            false,
+            vec![Op::join("s1", "lobby")],
+            now,
+        );
+        assert!(events.is_empty());
+        assert_eq!(sessions_in(&state, "lobby"), ["s1"]);
+    }
+
+    #[test]
+    fn leave_and_disconnect_emit_leaves_and_forget() {
+        let (mut state, now) = with_alice_in_lobby();
+        let (_, events) = sync(
+            &mut state,
+            "a",
+            "a1",
+            false,
+            vec![
+                Op::join("s1", "kitchen"),
+                Op::leave("s1", "lobby"),
+                Op::leave("s1", "lobby"),
+                Op::disconnect("s1"),
+            ],
+            now,
+        );
+        assert_eq!(
+            names(&events),
+            ["join kitchen s1", "leave lobby s1", "leave kitchen s1"]
+        );
+        assert_eq!(state.counts().sessions, 0);
+        assert_eq!(state.counts().rooms, 0);
+        assert!(state.lookup(&["alice".into()], &[]).is_empty());
+    }
+
+    #[test]
+    fn an_unknown_node_or_incarnation_is_asked_for_a_full_sync() {
+        let (mut state, now) = settled();
+        let (out, _) = sync(
+            &mut state,
+            "a",
+            "a1",
+            false,
+            vec![Op::connect("s", "u", None)],
+            now,
+        );
+        assert!(out.need_full);
+        assert_eq!(
+            state.counts().sessions,
+            0,
+            "ops of an unknown node are not applied"
+        );
+        sync(&mut state, "a", "a1", true, vec![], now);
+        let (out, _) = sync(&mut state, "a", "a2", false, vec![], now);
+        assert!(out.need_full);
+    }
+
+    #[test]
+    fn a_handoff_taken_within_grace_by_another_node_causes_no_event() {
+        let (mut state, now) = with_alice_in_lobby();
+        sync(&mut state, "b", "b1", true, vec![], now);
+        let (_, events) = sync(
+            &mut state,
+            "a",
+            "a1",
+            false,
+            vec![Op::handoff("s1", 5_000)],
+            now,
+        );
+        assert!(events.is_empty());
+        // The draining node's own clean-up ops are ignored during grace.
+        let (out, events) = sync(
+            &mut state,
+            "a",
+            "a1",
+            false,
+            vec![Op::leave("s1", "lobby"), Op::disconnect("s1")],
+            now,
+        );
+        assert!(events.is_empty());
+        assert_eq!(out.ignored, 2);
+        assert_eq!(
+            sessions_in(&state, "lobby"),
+            ["s1"],
+            "still a member in grace"
+        );
+        assert!(
+            state.lookup(&[], &["s1".into()]).is_empty(),
+            "no connection in grace"
+        );
+
+        let later = now + Duration::from_secs(2);
+        let (_, events) = sync(
+            &mut state,
+            "b",
+            "b1",
+            false,
+            vec![Op::connect("s1", "alice", None), Op::join("s1", "lobby")],
+            later,
+        );
+        assert!(events.is_empty(), "{events:?}");
+        let mut events = Vec::new();
+        state.sweep(later + Duration::from_secs(10), &mut events);
+        // Node a's lease (15 s from `now`) has not expired yet either.
+        assert!(events.is_empty());
+        assert_eq!(
+            state.lookup(&["alice".into()], &[]),
+            [Owner {
+                session: "s1".into(),
+                user: "alice".into(),
+                node: "b".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_handoff_not_taken_in_time_leaves_its_rooms() {
+        let (mut state, now) = with_alice_in_lobby();
+        sync(
+            &mut state,
+            "a",
+            "a1",
+            false,
+            vec![Op::handoff("s1", 1_000)],
+            now,
+        );
+        let mut events = Vec::new();
+        let sweep = state.sweep(now + Duration::from_millis(999), &mut events);
+        assert_eq!(sweep.handoffs_expired, 0);
+        let sweep = state.sweep(now + Duration::from_millis(1_000), &mut events);
+        assert_eq!(sweep.handoffs_expired, 1);
+        assert_eq!(names(&events), ["leave lobby s1"]);
+        assert_eq!(state.counts().sessions, 0);
+    }
+
+    #[test]
+    fn a_crashed_nodes_sessions_are_purged_but_handed_off_ones_wait_for_their_grace() {
+        let (mut state, now) = with_alice_in_lobby();
+        sync(
+            &mut state,
+            "a",
+            "a1",
+            false,
+            vec![
+                Op::connect("s2", "bob", None),
+                Op::join("s2", "lobby"),
+                Op::handoff("s2", 30_000),
+            ],
+            now,
+        );
+        let mut events = Vec::new();
+        let sweep = state.sweep(now + LEASE, &mut events);
+        assert_eq!(sweep.nodes_purged, 1);
+        assert_eq!(sweep.sessions_purged, 1);
+        assert_eq!(names(&events), ["leave lobby s1"]);
+        assert_eq!(sessions_in(&state, "lobby"), ["s2"]);
+
+        // s2 resumes on node b within its grace: no event.
+        events.clear();
+        sync(&mut state, "b", "b1", true, vec![], now + LEASE);
+        let (_, events) = sync(
+            &mut state,
+            "b",
+            "b1",
+            false,
+            vec![Op::connect("s2", "bob", None), Op::join("s2", "lobby")],
+            now + LEASE,
+        );
+        assert!(events.is_empty());
+        assert_eq!(state.lookup(&["bob".into()], &[])[0].node, "b");
+    }
+
+    #[test]
+    fn a_resume_that_raced_a_crash_moves_ownership_without_events() {
+        let (mut state, now) = with_alice_in_lobby();
+        sync(&mut state, "b", "b1", true, vec![], now);
+        let (_, events) = sync(
+            &mut state,
+            "b",
+            "b1",
+            false,
+            vec![Op::connect("s1", "alice", None), Op::join("s1", "lobby")],
+            now,
+        );
+        assert!(events.is_empty());
+        // The old node's late ops and its lease expiry no longer touch s1.
+        let (_, events) = sync(
+            &mut state,
+            "a",
+            "a1",
+            false,
+            vec![Op::disconnect("s1")],
+            now,
+        );
+        assert!(events.is_empty());
+        let mut events = Vec::new();
+        sync(
+            &mut state,
+            "b",
+            "b1",
+            false,
+            vec![],
+            now + Duration::from_secs(10),
+        );
+        let sweep = state.sweep(now + LEASE, &mut events);
+        assert_eq!((sweep.nodes_purged, sweep.sessions_purged), (1, 0));
+        assert!(events.is_empty());
+        assert_eq!(sessions_in(&state, "lobby"), ["s1"]);
+    }
+
+    #[test]
+    fn a_restarted_presence_rebuilds_silently() {
+        let t0 = Instant::now();
+        let mut state = State::new(t0, WINDOW);
+        let now = t0 + Duration::from_secs(1);
+        let (out, _) = sync(
+            &mut state,
+            "a",
+            "a1",
+            false,
+            vec![Op::leave("s1", "lobby")],
+            now,
+        );
+        assert!(out.need_full);
+        let (out, events) = sync(
+            &mut state,
+            "a",
+            "a1",
+            true,
+            vec![
+                Op::connect("s1", "alice", Some(serde_json::json!({"name": "Alice"}))),
+                Op::join("s1", "lobby"),
+                Op::join("s1", "kitchen"),
+            ],
+            now,
+        );
+        assert!(out.silent);
+        assert!(events.is_empty());
+        let members = state.members("lobby");
+        assert_eq!(members[0].info, Some(serde_json::json!({"name": "Alice"})));
+        // Once rebuilt, the node's changes are events again.
+        let (_, events) = sync(
+            &mut state,
+            "a",
+            "a1",
+            false,
+            vec![Op::leave("s1", "lobby")],
+            now,
+        );
+        assert_eq!(names(&events), ["leave lobby s1"]);
+    }
+
+    #[test]
+    fn a_node_first_seen_after_the_rebuild_window_is_announced() {
+        let (mut state, now) = settled();
+        let (out, events) = sync(
+            &mut state,
+            "a",
+            "a1",
+            true,
+            vec![Op::connect("s1", "alice", None), Op::join("s1", "lobby")],
+            now,
+        );
+        assert!(!out.silent);
+        assert_eq!(names(&events), ["join lobby s1"]);
+    }
+
+    #[test]
+    fn a_full_sync_of_a_known_node_applies_the_difference() {
+        let (mut state, now) = with_alice_in_lobby();
+        sync(
+            &mut state,
+            "a",
+            "a1",
+            false,
+            vec![
+                Op::join("s1", "kitchen"),
+                Op::connect("s2", "bob", None),
+                Op::join("s2", "lobby"),
+                Op::connect("s3", "carol", None),
+                Op::join("s3", "lobby"),
+                Op::handoff("s3", 60_000),
+            ],
+            now,
+        );
+        let (_, events) = sync(
+            &mut state,
+            "a",
+            "a1",
+            true,
+            vec![
+                Op::connect("s1", "alice", None),
+                Op::join("s1", "lobby"),
+                Op::join("s1", "garden"),
+                Op::connect("s4", "dave", None),
+                Op::join("s4", "lobby"),
+            ],
+            now,
+        );
+        let mut got = names(&events);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "join garden s1",
+                "join lobby s4",
+                "leave kitchen s1",
+                "leave lobby s2"
+            ]
+        );
+        // s3 is in handoff grace: not in the snapshot, still a member.
+        assert_eq!(sessions_in(&state, "lobby"), ["s1", "s3", "s4"]);
+    }
+
+    #[test]
+    fn a_restarted_gateway_loses_its_old_sessions_but_keeps_resumed_ones() {
+        let (mut state, now) = with_alice_in_lobby();
+        sync(
+            &mut state,
+            "a",
+            "a1",
+            false,
+            vec![Op::connect("s2", "bob", None), Op::join("s2", "lobby")],
+            now,
+        );
+        let (out, events) = sync(
+            &mut state,
+            "a",
+            "a2",
+            true,
+            vec![Op::connect("s2", "bob", None), Op::join("s2", "lobby")],
+            now,
+        );
+        assert!(out.replaced_incarnation && !out.silent);
+        assert_eq!(names(&events), ["leave lobby s1"]);
+        let (out, _) = sync(&mut state, "a", "a1", false, vec![], now);
+        assert!(out.need_full, "the old incarnation is gone");
+    }
+
+    #[test]
+    fn a_resent_batch_is_not_applied_twice() {
+        let (mut state, now) = settled();
+        let mut events = Vec::new();
+        let req = |seq, ops| SyncRequest {
+            incarnation: "a1".into(),
+            lease_ms: None,
+            full: false,
+            seq: Some(seq),
+            ops,
+        };
+        let full = SyncRequest {
+            full: true,
+            ..req(10, vec![])
+        };
+        state.sync("a", full, LEASE, now, &mut events);
+        let batch = vec![
+            Op::connect("s1", "alice", None),
+            Op::join("s1", "lobby"),
+            Op::leave("s1", "lobby"),
+        ];
+        state.sync("a", req(10, batch.clone()), LEASE, now, &mut events);
+        assert_eq!(events.len(), 2);
+        // The response was lost; the client sends the batch again, grown.
+        let mut grown = batch;
+        grown.push(Op::join("s1", "kitchen"));
+        let out = state.sync("a", req(10, grown), LEASE, now, &mut events);
+        assert_eq!((out.applied, out.ignored), (1, 3));
+        assert_eq!(events.len(), 3);
+        // A gap means lost ops: start over.
+        let out = state.sync("a", req(20, vec![]), LEASE, now, &mut events);
+        assert!(out.need_full);
+    }
+
+    #[test]
+    fn a_reused_session_id_of_another_user_is_a_new_session() {
+        let (mut state, now) = with_alice_in_lobby();
+        let (_, events) = sync(
+            &mut state,
+            "a",
+            "a1",
+            false,
+            vec![Op::connect("s1", "mallory", None)],
+            now,
+        );
+        assert_eq!(names(&events), ["leave lobby s1"]);
+        assert!(state.members("lobby").is_empty());
+    }
+
+    #[test]
+    fn leases_are_renewed_by_syncs() {
+        let (mut state, now) = with_alice_in_lobby();
+        let mut events = Vec::new();
+        let later = now + Duration::from_secs(10);
+        sync(&mut state, "a", "a1", false, vec![], later);
+        assert_eq!(state.sweep(now + LEASE, &mut events).nodes_purged, 0);
+        assert_eq!(state.sweep(later + LEASE, &mut events).nodes_purged, 1);
+        assert_eq!(names(&events), ["leave lobby s1"]);
+    }
+
+    #[test]
+    fn invalid_ops_are_skipped() {
+        let (mut state, now) = with_alice_in_lobby();
+        let (out, events) = sync(
+            &mut state,
+            "a",
+            "a1",
+            false,
+            vec![
+                Op::join("s1", ""),
+                Op::join("s1", "a{b}"),
+                Op::join("nobody", "x"),
+            ],
+            now,
+        );
+        assert_eq!((out.applied, out.ignored), (0, 3));
+        assert!(events.is_empty());
+    }
+}

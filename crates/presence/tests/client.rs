@@ -1,0 +1,201 @@
+//! `PresenceClient`, the gateway side, against the real service: batching,
+//! replay after an outage, the full sync a restarted service asks for, and
+//! the queries.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, seen, Gateway, Listener, Presence, KEY};
+use roomcast_presence::api::Op;
+use roomcast_presence::client::{ClientOptions, PresenceClient, PresenceError};
+use roomcast_testkit::free_port;
+use roomcast_testkit::redis::RedisServer;
+use serde_json::json;
+
+fn client(presence_url: &str, node: &str, gateway: &Gateway) -> PresenceClient {
+    PresenceClient::start(
+        presence_url,
+        Some(KEY.to_string()),
+        node,
+        format!("{node}-incarnation"),
+        Duration::from_secs(15),
+        gateway.snapshot(),
+    )
+}
+
+async fn members(client: &PresenceClient, room: &str) -> Vec<String> {
+    client
+        .members(room)
+        .await
+        .map(|m| m.into_iter().map(|m| m.session).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reported_ops_show_up_in_members_lookup_and_events() {
+    let redis = RedisServer::start();
+    let presence = Presence::start(&redis.url(), &[]);
+    let mut listener = Listener::subscribe(&redis.url(), &["lobby"]).await;
+    let gateway = Gateway::default();
+    let client = client(&presence.url(), "node-a", &gateway);
+    assert!(
+        client.flush(Duration::from_secs(5)).await,
+        "first full sync"
+    );
+
+    gateway.report(&client, Op::connect("s1", "alice", Some(json!({"n": 1}))));
+    gateway.report(&client, Op::join("s1", "lobby"));
+    gateway.report(&client, Op::connect("s2", "bob", None));
+    gateway.report(&client, Op::join("s2", "lobby"));
+    assert!(client.flush(Duration::from_secs(5)).await);
+    assert_eq!(
+        listener.take(2).await,
+        [seen("join", "lobby", "s1"), seen("join", "lobby", "s2")]
+    );
+    let list = client.members("lobby").await.unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0].info, Some(json!({"n": 1})));
+    let owners = client
+        .lookup(&["alice".into()], &["s2".into()])
+        .await
+        .unwrap();
+    assert_eq!(owners.len(), 2);
+    assert!(owners.iter().all(|o| o.node == "node-a"));
+
+    client
+        .park("s1", json!({"rooms": ["lobby"]}), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        client.take("s1").await.unwrap(),
+        Some(json!({"rooms": ["lobby"]}))
+    );
+    assert_eq!(client.take("s1").await.unwrap(), None);
+
+    let status = client.status();
+    assert!(status.connected && status.queued == 0 && !status.full_pending);
+    // One full sync, then batches: far fewer requests than ops.
+    assert!(presence.metric("roomcast_presence_sync_requests_total") <= 4);
+    listener.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_ops_are_replayed_in_order_after_the_service_was_unreachable() {
+    let redis = RedisServer::start();
+    let presence = Presence::start(&redis.url(), &[]);
+    let mut listener = Listener::subscribe(&redis.url(), &["r1", "r2"]).await;
+    let gateway = Gateway::default();
+    let mut options = ClientOptions::new(presence.url(), "node-a", "a1");
+    options.key = Some(KEY.into());
+    options.sync_timeout = Duration::from_millis(300);
+    let client = PresenceClient::start_with(options, gateway.snapshot());
+    assert!(client.flush(Duration::from_secs(5)).await);
+
+    // The service stops answering (a partition, or a stalled process).
+    presence.process.signal("STOP");
+    gateway.report(&client, Op::connect("s1", "alice", None));
+    gateway.report(&client, Op::join("s1", "r1"));
+    gateway.report(&client, Op::leave("s1", "r1"));
+    gateway.report(&client, Op::join("s1", "r2"));
+    assert!(!client.flush(Duration::from_millis(1_500)).await);
+    let status = client.status();
+    assert!(!status.connected, "{status:?}");
+    assert_eq!(status.queued, 4);
+
+    presence.process.signal("CONT");
+    assert!(client.flush(Duration::from_secs(10)).await);
+    assert_eq!(
+        listener.take(3).await,
+        [
+            seen("join", "r1", "s1"),
+            seen("leave", "r1", "s1"),
+            seen("join", "r2", "s1")
+        ]
+    );
+    // Batches re-sent after a lost answer were not applied twice.
+    listener.expect_none(Duration::from_millis(500)).await;
+    assert_eq!(members(&client, "r2").await, ["s1"]);
+    assert!(members(&client, "r1").await.is_empty());
+    listener.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_service_gets_the_whole_state_back_silently() {
+    let redis = RedisServer::start();
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let mut presence = Presence::start(&redis.url(), &[("ROOMCAST_LISTEN", &listen)]);
+    let gateway = Gateway::default();
+    let client = client(&presence.url(), "node-a", &gateway);
+    for i in 0..50 {
+        let session = format!("s{i}");
+        gateway.report(&client, Op::connect(&session, format!("user{i}"), None));
+        gateway.report(&client, Op::join(&session, "lobby"));
+        if i % 2 == 0 {
+            gateway.report(&client, Op::join(&session, "kitchen"));
+        }
+    }
+    assert!(client.flush(Duration::from_secs(5)).await);
+    assert_eq!(members(&client, "lobby").await.len(), 50);
+    let before = client.status().presence.clone().unwrap();
+
+    let mut listener = Listener::subscribe(&redis.url(), &["lobby", "kitchen"]).await;
+    presence.restart();
+    // The next sync (a renewal, or a new op) gets need_full; the client
+    // sends its snapshot, and nobody hears a thing.
+    gateway.report(&client, Op::connect("s50", "user50", None));
+    let rebuilt = eventually(Duration::from_secs(10), || async {
+        members(&client, "lobby").await.len() == 50 && members(&client, "kitchen").await.len() == 25
+    })
+    .await;
+    assert!(
+        rebuilt,
+        "members after the restart: {:?}",
+        members(&client, "lobby").await
+    );
+    assert_ne!(client.status().presence.unwrap(), before);
+    listener.expect_none(Duration::from_millis(800)).await;
+    assert_eq!(presence.metric("roomcast_presence_silent_syncs_total"), 1);
+    assert!(presence.metric("roomcast_presence_need_full_total") >= 1);
+
+    // Afterwards, changes are announced again.
+    gateway.report(&client, Op::join("s50", "lobby"));
+    assert_eq!(listener.take(1).await, [seen("join", "lobby", "s50")]);
+    listener.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_fail_fast_when_the_service_is_down() {
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let gateway = Gateway::default();
+    let client = client(&url, "node-a", &gateway);
+    gateway.report(&client, Op::connect("s1", "alice", None));
+    let started = std::time::Instant::now();
+    let err = client.members("lobby").await.unwrap_err();
+    assert!(matches!(err, PresenceError::Unavailable(_)), "{err:?}");
+    assert!(matches!(
+        client.take("s1").await,
+        Err(PresenceError::Unavailable(_))
+    ));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // Not yet synced: the first sync is a full one, and the snapshot
+    // (taken at each attempt) stands for the ops queued before it.
+    let status = client.status();
+    assert!(!status.connected && status.full_pending, "{status:?}");
+
+    let redis = RedisServer::start();
+    let presence = Presence::start(&redis.url(), &[]);
+    let wrong = PresenceClient::start(
+        presence.url(),
+        Some("wrong".into()),
+        "node-b",
+        "b1",
+        Duration::from_secs(15),
+        gateway.snapshot(),
+    );
+    assert_eq!(
+        wrong.members("lobby").await,
+        Err(PresenceError::Unauthorized)
+    );
+}

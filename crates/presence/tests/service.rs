@@ -1,0 +1,356 @@
+//! The presence service over HTTP, as a real process against a real
+//! `redis-server`: syncs, members, lookups, parked sessions, leases and the
+//! presence events other nodes hear.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{seen, Listener, Presence, KEY};
+use roomcast_testkit::redis::{RedisCluster, RedisServer};
+use roomcast_testkit::{binary, Process};
+use serde_json::json;
+
+fn connect(session: &str, user: &str) -> serde_json::Value {
+    json!({"op": "connect", "session": session, "user": user})
+}
+
+fn join(session: &str, room: &str) -> serde_json::Value {
+    json!({"op": "join", "session": session, "room": room})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_members_and_lookup_show_where_sessions_live() {
+    let redis = RedisServer::start();
+    let presence = Presence::start(&redis.url(), &[]);
+
+    // An unknown node is asked for its whole state first.
+    let answer = presence.sync(
+        "node-a",
+        json!({"incarnation": "a1", "ops": [connect("s1", "alice")]}),
+    );
+    assert_eq!(answer["need_full"], true);
+    let incarnation = answer["presence"].as_str().unwrap().to_string();
+    assert!(!incarnation.is_empty());
+    let answer = presence.sync(
+        "node-a",
+        json!({"incarnation": "a1", "full": true, "ops": [
+            {"op": "connect", "session": "s1", "user": "alice", "info": {"name": "Alice"}},
+            join("s1", "lobby"),
+        ]}),
+    );
+    assert_eq!(answer, json!({"presence": incarnation, "need_full": false}));
+    presence.sync(
+        "node-b",
+        json!({"incarnation": "b1", "full": true, "ops": [
+            connect("s2", "bob"), join("s2", "lobby"), connect("s3", "alice"),
+        ]}),
+    );
+
+    let (status, body) = presence.call("GET", "/v1/rooms/lobby/members", None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"room": "lobby", "members": [
+            {"user": "alice", "session": "s1", "info": {"name": "Alice"}},
+            {"user": "bob", "session": "s2"},
+        ]})
+    );
+    assert!(presence.members("empty-room").is_empty());
+
+    let (status, body) = presence.call(
+        "POST",
+        "/v1/lookup",
+        Some(json!({"users": ["alice"], "sessions": ["s2", "nobody"]})),
+    );
+    assert_eq!(status, 200);
+    let mut owners: Vec<(String, String)> = body["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["session"].as_str().unwrap().to_string(),
+                o["node"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    owners.sort();
+    assert_eq!(
+        owners,
+        [
+            ("s1".to_string(), "node-a".to_string()),
+            ("s2".to_string(), "node-b".to_string()),
+            ("s3".to_string(), "node-b".to_string())
+        ]
+    );
+
+    // Deltas from a known node apply; the key is required.
+    presence.sync(
+        "node-a",
+        json!({"incarnation": "a1", "ops": [{"op": "leave", "session": "s1", "room": "lobby"}]}),
+    );
+    assert_eq!(presence.members("lobby"), ["s2"]);
+    let (status, body) = presence.call_with("GET", "/v1/rooms/lobby/members", None, None);
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let (status, _) = presence.call_with("GET", "/v1/rooms/lobby/members", None, Some("wrong"));
+    assert_eq!(status, 401);
+    let (status, _) = presence.call(
+        "POST",
+        "/v1/nodes/bad%20node/sync",
+        Some(json!({"incarnation": "x"})),
+    );
+    assert_eq!(status, 400);
+
+    // Operations need no key.
+    let (status, _) = presence.call_with("GET", "/healthz", None, None);
+    assert_eq!(status, 200);
+    let (status, _) = presence.call_with("GET", "/readyz", None, None);
+    assert_eq!(status, 200);
+    assert_eq!(presence.metric("roomcast_presence_nodes"), 2);
+    assert_eq!(presence.metric("roomcast_presence_sessions"), 3);
+    assert_eq!(presence.metric("roomcast_presence_rooms"), 1);
+    assert_eq!(presence.metric("roomcast_presence_need_full_total"), 1);
+    assert_eq!(presence.metric("roomcast_presence_unauthorized_total"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_session_is_taken_exactly_once_even_across_a_presence_restart() {
+    let redis = RedisServer::start();
+    let mut presence = Presence::start(&redis.url(), &[]);
+    let record = json!({"user": "alice", "rooms": [{"room": "lobby", "offset": 41}]});
+    let (status, _) = presence.call(
+        "PUT",
+        "/v1/sessions/s1",
+        Some(json!({"record": record, "ttl_ms": 60_000})),
+    );
+    assert_eq!(status, 204);
+    let ttl: i64 = redis.cmd(&["PTTL", "rc:{sess:s1}"]).parse().unwrap();
+    assert!(ttl > 50_000 && ttl <= 60_000, "PTTL {ttl}");
+
+    presence.restart();
+
+    // Eight nodes race to resume the session: exactly one gets it.
+    let addr = presence.addr;
+    let takers: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let auth = format!("Bearer {KEY}");
+                roomcast_testkit::http_request(
+                    addr,
+                    "POST",
+                    "/v1/sessions/s1/take",
+                    &[("Authorization", &auth)],
+                    "",
+                )
+                .expect("take")
+            })
+        })
+        .collect();
+    let answers: Vec<(u16, String)> = takers.into_iter().map(|t| t.join().unwrap()).collect();
+    let won: Vec<&(u16, String)> = answers.iter().filter(|(s, _)| *s == 200).collect();
+    assert_eq!(won.len(), 1, "{answers:?}");
+    assert_eq!(answers.iter().filter(|(s, _)| *s == 404).count(), 7);
+    let body: serde_json::Value = serde_json::from_str(&won[0].1).unwrap();
+    assert_eq!(body, json!({"record": record}));
+
+    // An expired record is gone too.
+    presence.call(
+        "PUT",
+        "/v1/sessions/s2",
+        Some(json!({"record": 1, "ttl_ms": 50})),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, body) = presence.call("POST", "/v1/sessions/s2/take", None);
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+    let (status, _) = presence.call(
+        "PUT",
+        "/v1/sessions/s3",
+        Some(json!({"record": 1, "ttl_ms": 0})),
+    );
+    assert_eq!(status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_lease_expires_has_its_sessions_purged_with_leave_events() {
+    let redis = RedisServer::start();
+    let presence = Presence::start(&redis.url(), &[]);
+    let mut listener = Listener::subscribe(&redis.url(), &["lobby", "kitchen"]).await;
+
+    presence.sync(
+        "node-a",
+        json!({"incarnation": "a1", "full": true, "lease_ms": 1_000}),
+    );
+    presence.sync(
+        "node-a",
+        json!({"incarnation": "a1", "lease_ms": 1_000, "ops": [
+            connect("s1", "alice"), join("s1", "lobby"), join("s1", "kitchen"),
+            connect("s2", "bob"), join("s2", "lobby"),
+        ]}),
+    );
+    assert_eq!(
+        listener.take(3).await,
+        [
+            seen("join", "lobby", "s1"),
+            seen("join", "kitchen", "s1"),
+            seen("join", "lobby", "s2")
+        ]
+    );
+    // Node a stops syncing (it crashed): after its lease, its sessions go.
+    let mut leaves = listener.take(3).await;
+    leaves.sort_by(|a, b| (&a.session, &a.room).cmp(&(&b.session, &b.room)));
+    assert_eq!(
+        leaves,
+        [
+            seen("leave", "kitchen", "s1"),
+            seen("leave", "lobby", "s1"),
+            seen("leave", "lobby", "s2")
+        ]
+    );
+    assert!(presence.members("lobby").is_empty());
+    assert_eq!(presence.metric("roomcast_presence_purges_total"), 1);
+    assert_eq!(
+        presence.metric("roomcast_presence_sessions_purged_total"),
+        2
+    );
+    // The node comes back: it is unknown now, and asked for a full sync.
+    let answer = presence.sync("node-a", json!({"incarnation": "a1"}));
+    assert_eq!(answer["need_full"], true);
+    listener.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handoff_taken_within_grace_emits_no_events_and_an_untaken_one_leaves() {
+    let redis = RedisServer::start();
+    let presence = Presence::start(&redis.url(), &[]);
+    let mut listener = Listener::subscribe(&redis.url(), &["lobby"]).await;
+    presence.sync(
+        "node-a",
+        json!({"incarnation": "a1", "full": true, "lease_ms": 1_000}),
+    );
+    presence.sync("node-b", json!({"incarnation": "b1", "full": true}));
+    presence.sync(
+        "node-a",
+        json!({"incarnation": "a1", "lease_ms": 1_000, "ops": [
+            connect("s1", "alice"), join("s1", "lobby"),
+            connect("s2", "bob"), join("s2", "lobby"),
+        ]}),
+    );
+    assert_eq!(
+        listener.take(2).await,
+        [seen("join", "lobby", "s1"), seen("join", "lobby", "s2")]
+    );
+
+    // Node a drains: hands both over, then closes the sockets (its late
+    // leave/disconnect ops must change nothing), then exits (lease ends).
+    presence.sync(
+        "node-a",
+        json!({"incarnation": "a1", "lease_ms": 1_000, "ops": [
+            {"op": "handoff", "session": "s1", "grace_ms": 10_000},
+            {"op": "handoff", "session": "s2", "grace_ms": 2_500},
+            {"op": "leave", "session": "s1", "room": "lobby"},
+            {"op": "disconnect", "session": "s1"},
+        ]}),
+    );
+    // s1's client resumes on node b within the grace.
+    presence.sync(
+        "node-b",
+        json!({"incarnation": "b1", "ops": [connect("s1", "alice"), join("s1", "lobby")]}),
+    );
+    assert_eq!(presence.members("lobby"), ["s1", "s2"]);
+    // Node a's lease expires (1 s) with no event; s2, never taken, leaves
+    // at the end of its grace (2.5 s), and only then.
+    let first = listener.next(Duration::from_secs(6)).await;
+    assert_eq!(first, Some(seen("leave", "lobby", "s2")));
+    listener.expect_none(Duration::from_millis(1_000)).await;
+    assert_eq!(presence.members("lobby"), ["s1"]);
+    assert_eq!(
+        presence.metric("roomcast_presence_handoffs_expired_total"),
+        1
+    );
+
+    let (_, body) = presence.call("POST", "/v1/lookup", Some(json!({"users": ["alice"]})));
+    assert_eq!(body["sessions"][0]["node"], "node-b");
+    listener.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_events_use_sharded_pubsub_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let presence = Presence::start(&cluster.url(), &[]);
+    let rooms = ["lobby", "kitchen", "garden", "attic"];
+    let mut listener = Listener::subscribe(&cluster.url(), &rooms).await;
+    presence.sync("node-a", json!({"incarnation": "a1", "full": true}));
+    let mut ops = vec![connect("s1", "alice")];
+    ops.extend(rooms.iter().map(|r| join("s1", r)));
+    presence.sync("node-a", json!({"incarnation": "a1", "ops": ops}));
+    let mut got: Vec<String> = listener
+        .take(rooms.len())
+        .await
+        .into_iter()
+        .map(|e| e.room)
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = rooms.iter().map(|r| r.to_string()).collect();
+    want.sort();
+    assert_eq!(got, want);
+
+    // Parked sessions work on the cluster too.
+    let (status, _) = presence.call(
+        "PUT",
+        "/v1/sessions/s1",
+        Some(json!({"record": {"a": 1}, "ttl_ms": 10_000})),
+    );
+    assert_eq!(status, 204);
+    let (status, body) = presence.call("POST", "/v1/sessions/s1/take", None);
+    assert_eq!((status, body), (200, json!({"record": {"a": 1}})));
+    listener.close().await;
+}
+
+#[test]
+fn a_missing_redis_url_stops_startup_naming_the_key() {
+    let mut process = Process::spawn(
+        "presence",
+        &binary("roomcast-presence"),
+        &[],
+        &[("ROOMCAST_LISTEN", "127.0.0.1:0".to_string())],
+    );
+    assert_eq!(process.wait_exit(Duration::from_secs(10)), Some(Some(2)));
+    assert!(
+        process.output().contains("redis.url"),
+        "{}",
+        process.output()
+    );
+
+    let mut process = Process::spawn(
+        "presence",
+        &binary("roomcast-presence"),
+        &[],
+        &[
+            ("ROOMCAST_REDIS__URL", "redis://127.0.0.1:1".to_string()),
+            ("ROOMCAST_LEASE__DEFAULT_MS", "soon".to_string()),
+        ],
+    );
+    assert_eq!(process.wait_exit(Duration::from_secs(10)), Some(Some(2)));
+    assert!(
+        process.output().contains("lease.default_ms"),
+        "{}",
+        process.output()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_service_cleanly() {
+    let redis = RedisServer::start();
+    let mut presence = Presence::start(&redis.url(), &[]);
+    presence.process.signal("TERM");
+    assert_eq!(
+        presence.process.wait_exit(Duration::from_secs(10)),
+        Some(Some(0)),
+        "{}",
+        presence.process.output()
+    );
+}
