@@ -32,6 +32,9 @@
 #                           warns about keys it does not know, and ignores them)
 #   CARGO, CARGO_TARGET_DIR as for make
 #
+# Needs bash, coreutils and redis-server/redis-cli (installed with
+# `scripts/deps.sh redis` when missing). A system Redis on 6379 is never used.
+#
 # Logs: $CLUSTER_DIR/redis.log, presence.log, gateway-1.log, … (rewritten each run).
 #
 # Examples:
@@ -69,12 +72,13 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
     scripts/deps.sh redis
 fi
 
-packages=(-p roomcast-gateway)
+packages=(roomcast-gateway)
+# The presence service is built and started when the workspace has it.
 if $CARGO pkgid -q roomcast-presence >/dev/null 2>&1; then
-    packages+=(-p roomcast-presence)
+    packages+=(roomcast-presence)
 fi
-say "building ${packages[*]//-p /} (release)"
-$CARGO build --release "${packages[@]}"
+say "building ${packages[*]} (release)"
+$CARGO build --release "${packages[@]/#/--package=}"
 GATEWAY_BIN=$TARGET_DIR/release/roomcast-gateway
 PRESENCE_BIN=$TARGET_DIR/release/roomcast-presence
 [ -x "$GATEWAY_BIN" ] || die "$GATEWAY_BIN was not built"
@@ -155,6 +159,7 @@ shutdown() {
     [ "$STOPPED" -eq 1 ] && return 0
     STOPPED=1
     trap '' INT TERM
+    [ -n "$REDIS_PID" ] || return 0
     say "stopping: gateways drain first"
     local pid
     for pid in "${GATEWAY_PIDS[@]}"; do

@@ -118,7 +118,7 @@ async fn presence(
     State(node): State<Arc<Node>>,
     Path(room): Path<String>,
 ) -> Result<Response, NodeError> {
-    let members = node.presence(&room)?;
+    let members = node.presence(&room).await?;
     Ok(Json(json!({"room": room, "members": members})).into_response())
 }
 

@@ -17,8 +17,9 @@ use roomcast_protocol::Data;
 /// Leeway for `exp` and `nbf`, in seconds, for clock skew between issuer and node.
 const LEEWAY_SECS: u64 = 5;
 
-/// An authenticated (or anonymous) user and its permissions.
-#[derive(Debug, Clone)]
+/// An authenticated (or anonymous) user and its permissions. Serializable:
+/// it is the record a parked session keeps for its resume on any node.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Identity {
     pub user: Arc<str>,
     pub info: Option<Data>,
@@ -34,6 +35,18 @@ impl Identity {
     pub fn anonymous(session: &str) -> Self {
         Identity {
             user: Arc::from(format!("anon-{session}")),
+            info: None,
+            anonymous: true,
+            rooms: Vec::new(),
+            publish: Vec::new(),
+        }
+    }
+
+    /// The anonymous identity a resume token names (its session's record
+    /// was lost with a crashed node; the token proved the user).
+    pub fn anonymous_user(user: &str) -> Self {
+        Identity {
+            user: Arc::from(user),
             info: None,
             anonymous: true,
             rooms: Vec::new(),

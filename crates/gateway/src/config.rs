@@ -428,10 +428,9 @@ impl Config {
                 "presence.url needs redis.url: the presence service serves a cluster".into(),
             ));
         }
-        if !self.presence.url.is_empty()
-            && !(self.presence.url.starts_with("http://")
-                || self.presence.url.starts_with("https://"))
-        {
+        let presence = &self.presence.url;
+        let http = presence.starts_with("http://") || presence.starts_with("https://");
+        if !presence.is_empty() && !http {
             return Err(ConfigError("presence.url must start with http://".into()));
         }
         if self.jwt_algorithm()?.is_none() && self.auth.anonymous == Some(false) {

@@ -119,6 +119,24 @@ impl Hub {
         self.sessions.lock().get(session).cloned()
     }
 
+    /// Every connection past `hello` (a snapshot).
+    pub fn connections(&self) -> Vec<Arc<ConnHandle>> {
+        self.sessions.lock().values().cloned().collect()
+    }
+
+    /// Every (session, room) membership on this node (a snapshot).
+    pub fn memberships(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            for (room, r) in shard.lock().iter() {
+                for m in &r.members {
+                    out.push((m.conn.session.to_string(), room.to_string()));
+                }
+            }
+        }
+        out
+    }
+
     pub fn by_user(&self, user: &str) -> Vec<Arc<ConnHandle>> {
         self.users.lock().get(user).cloned().unwrap_or_default()
     }
@@ -275,6 +293,9 @@ impl Hub {
 
 impl Delivery for Hub {
     fn control(&self, envelope: Envelope) {
+        if matches!(envelope.kind, Kind::Direct | Kind::Disconnect) {
+            self.metrics.control_received.inc();
+        }
         match envelope.kind {
             Kind::PresenceJoin | Kind::PresenceLeave => {
                 let Some(member) = envelope.member else {

@@ -23,6 +23,7 @@ pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod outbox;
+pub mod presence;
 pub mod server;
 pub mod session;
 
@@ -68,6 +69,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             node.drain
                 .run(&node.registry, &node.metrics, window, deadline)
                 .await;
+            // Hand-overs must reach the presence service before we go.
+            if let Some(presence) = &node.presence {
+                let left = deadline.saturating_duration_since(Instant::now());
+                presence.flush(left.min(Duration::from_secs(3))).await;
+            }
         }
     };
     axum::serve(

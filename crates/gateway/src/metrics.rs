@@ -139,6 +139,9 @@ pub struct Metrics {
     pub api_requests: Counter,
     pub api_unauthorized: Counter,
     pub draining: Gauge,
+    pub routed_to_node: Counter,
+    pub routed_to_all: Counter,
+    pub control_received: Counter,
 }
 
 impl Metrics {
@@ -362,6 +365,28 @@ impl Metrics {
             "roomcast_draining",
             "1 while the node drains.",
             self.draining.get(),
+        );
+        header(
+            &mut out,
+            "roomcast_control_routed_total",
+            "Direct messages and disconnects sent to other nodes, by route.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "roomcast_control_routed_total{{route=\"owner\"}} {}",
+            self.routed_to_node.get()
+        );
+        let _ = writeln!(
+            out,
+            "roomcast_control_routed_total{{route=\"all\"}} {}",
+            self.routed_to_all.get()
+        );
+        counter(
+            &mut out,
+            "roomcast_control_received_total",
+            "Direct messages and disconnects this node received from the cluster.",
+            self.control_received.get(),
         );
         out
     }

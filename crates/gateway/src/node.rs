@@ -23,6 +23,8 @@ use crate::hub::{Added, Hub};
 use crate::limits::{check_room_name, PerIpCounter};
 use crate::metrics::Metrics;
 use crate::session::{ResumeSigner, SessionStore};
+use roomcast_presence::api::Op;
+use roomcast_presence::client::PresenceClient;
 
 pub struct Node {
     pub config: Config,
@@ -32,6 +34,8 @@ pub struct Node {
     memory: Option<Arc<MemoryBroker>>,
     pub redis: Option<Arc<RedisBroker>>,
     pub sessions: SessionStore,
+    /// The presence service's client (cluster); `None`: presence is local.
+    pub presence: Option<PresenceClient>,
     pub signer: ResumeSigner,
     pub auth: Authenticator,
     pub registry: Arc<Registry>,
@@ -84,6 +88,11 @@ impl Node {
             redis.set_delivery(hub.clone());
             (redis.clone(), None, Some(redis))
         };
+        let presence = crate::presence::start(&config, &id, &hub);
+        let sessions = match &presence {
+            Some(client) => SessionStore::remote(client.clone()),
+            None => SessionStore::default(),
+        };
         let registry = Arc::new(Registry::default());
         registry.spawn_tickers(
             config.ping_interval(),
@@ -97,7 +106,8 @@ impl Node {
             broker,
             memory,
             redis,
-            sessions: SessionStore::default(),
+            sessions,
+            presence,
             registry,
             metrics,
             drain: Drain::default(),
@@ -154,7 +164,8 @@ impl Node {
     }
 
     /// Delivers a direct message; returns how many connections it reached
-    /// (on a cluster without a presence service: those of this node).
+    /// (or, on a cluster, how many sessions the presence service knows for
+    /// the target). Only the nodes that own those sessions are sent to.
     pub async fn send(
         &self,
         to: &Target,
@@ -169,13 +180,40 @@ impl Node {
         if self.redis.is_none() {
             return Ok(self.hub.deliver_direct(to, data, from));
         }
-        let local = self.hub.targets(to).map(|t| t.len()).unwrap_or(0);
         let mut envelope = self.envelope(Kind::Direct, "");
         envelope.data = Some(data);
         envelope.from = from;
         envelope.target = Some(to.clone());
-        self.broker.send_control(Route::AllNodes, envelope).await?;
-        Ok(local)
+        self.route(to, envelope).await
+    }
+
+    /// Sends a control envelope to the nodes owning `to`'s sessions, as the
+    /// presence service knows them; to every node when it cannot tell.
+    async fn route(&self, to: &Target, envelope: Envelope) -> Result<usize, NodeError> {
+        let owners = match &self.presence {
+            Some(presence) => {
+                let users: Vec<String> = to.user.iter().cloned().collect();
+                let sessions: Vec<String> = to.session.iter().cloned().collect();
+                presence.lookup(&users, &sessions).await.ok()
+            }
+            None => None,
+        };
+        let Some(owners) = owners else {
+            let local = self.hub.targets(to).map(|t| t.len()).unwrap_or(0);
+            self.metrics.routed_to_all.inc();
+            self.broker.send_control(Route::AllNodes, envelope).await?;
+            return Ok(local);
+        };
+        let mut nodes: Vec<&str> = owners.iter().map(|o| o.node.as_str()).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        for node in nodes {
+            self.metrics.routed_to_node.inc();
+            self.broker
+                .send_control(Route::Node(node.to_string()), envelope.clone())
+                .await?;
+        }
+        Ok(owners.len())
     }
 
     fn envelope(&self, kind: Kind, room: &str) -> Envelope {
@@ -195,10 +233,49 @@ impl Node {
         }
     }
 
-    /// Members of a room.
-    pub fn presence(&self, room: &str) -> Result<Vec<Member>, NodeError> {
+    /// Members of a room, on every node.
+    pub async fn presence(&self, room: &str) -> Result<Vec<Member>, NodeError> {
         self.check_room(room)?;
-        Ok(self.hub.members(room))
+        match &self.presence {
+            None => Ok(self.hub.members(room)),
+            Some(presence) => presence
+                .members(room)
+                .await
+                .map_err(|e| NodeError::new(ErrorCode::Unavailable, e.to_string())),
+        }
+    }
+
+    /// A connection passed `hello`.
+    pub fn connected(&self, conn: &ConnHandle) {
+        if let Some(presence) = &self.presence {
+            presence.enqueue(Op::connect(
+                conn.session.to_string(),
+                conn.user().to_string(),
+                conn.identity.info.clone(),
+            ));
+        }
+    }
+
+    /// A connection ended: it leaves its rooms. While the node drains, its
+    /// session is handed over (its presence is kept for the grace time, so
+    /// a client that resumes elsewhere causes no leave and no join).
+    pub async fn closed(&self, conn: &Arc<ConnHandle>, rooms: Vec<String>) {
+        for room in &rooms {
+            self.remove_member(conn.id, room).await;
+        }
+        match &self.presence {
+            Some(presence) if self.drain.is_draining() => presence.enqueue(Op::handoff(
+                conn.session.to_string(),
+                self.config.presence.handoff_grace_ms,
+            )),
+            Some(presence) => presence.enqueue(Op::disconnect(conn.session.to_string())),
+            None => {
+                for room in rooms {
+                    self.presence_changed(Kind::PresenceLeave, &room, conn.member())
+                        .await;
+                }
+            }
+        }
     }
 
     /// First half of a join: become a (buffering) member, make sure the
@@ -252,8 +329,13 @@ impl Node {
             None => {}
         }
         self.hub.activate(room, conn.id, read.position.offset);
-        self.presence_changed(Kind::PresenceJoin, room, conn.member())
-            .await;
+        match &self.presence {
+            Some(presence) => presence.enqueue(Op::join(conn.session.to_string(), room)),
+            None => {
+                self.presence_changed(Kind::PresenceJoin, room, conn.member())
+                    .await
+            }
+        }
     }
 
     /// Removes a connection from a room, telling presence watchers.
@@ -261,8 +343,13 @@ impl Node {
         if !self.remove_member(conn.id, room).await {
             return false;
         }
-        self.presence_changed(Kind::PresenceLeave, room, conn.member())
-            .await;
+        match &self.presence {
+            Some(presence) => presence.enqueue(Op::leave(conn.session.to_string(), room)),
+            None => {
+                self.presence_changed(Kind::PresenceLeave, room, conn.member())
+                    .await
+            }
+        }
         true
     }
 
@@ -290,13 +377,12 @@ impl Node {
         if let Some(session) = &to.session {
             self.sessions.forget(session);
         }
-        let local = self.hub.disconnect(to);
-        if self.redis.is_some() {
-            let mut envelope = self.envelope(Kind::Disconnect, "");
-            envelope.target = Some(to.clone());
-            self.broker.send_control(Route::AllNodes, envelope).await?;
+        if self.redis.is_none() {
+            return Ok(self.hub.disconnect(to));
         }
-        Ok(local)
+        let mut envelope = self.envelope(Kind::Disconnect, "");
+        envelope.target = Some(to.clone());
+        self.route(to, envelope).await
     }
 
     /// Rooms known to this node (with members or with history).

@@ -76,14 +76,31 @@ struct ParkedSession {
     expires: Instant,
 }
 
-/// Parked sessions, kept in this node (single-node mode).
+/// Parked sessions: in this node (single-node mode), or in the presence
+/// service's store (Redis), where any node of the cluster finds them.
 #[derive(Default)]
 pub struct SessionStore {
     parked: Mutex<HashMap<Arc<str>, ParkedSession>>,
+    remote: Option<roomcast_presence::client::PresenceClient>,
 }
 
 impl SessionStore {
+    /// A store kept by the presence service.
+    pub fn remote(client: roomcast_presence::client::PresenceClient) -> Self {
+        SessionStore {
+            parked: Mutex::default(),
+            remote: Some(client),
+        }
+    }
+
     pub async fn park(&self, session: Arc<str>, identity: Identity, ttl: Duration) {
+        if let Some(remote) = &self.remote {
+            let record = serde_json::to_value(&identity).unwrap_or_default();
+            if let Err(e) = remote.park(&session, record, ttl).await {
+                tracing::warn!(error = %e, "session not parked; its resume will start fresh");
+            }
+            return;
+        }
         self.parked.lock().insert(
             session,
             ParkedSession {
@@ -95,6 +112,10 @@ impl SessionStore {
 
     /// Takes a parked session out of the store, if it has not expired.
     pub async fn take(&self, session: &str) -> Option<Identity> {
+        if let Some(remote) = &self.remote {
+            let record = remote.take(session).await.ok()??;
+            return serde_json::from_value(record).ok();
+        }
         let parked = self.parked.lock().remove(session)?;
         (parked.expires > Instant::now()).then_some(parked.identity)
     }

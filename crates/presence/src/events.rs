@@ -10,6 +10,7 @@
 //! oldest are dropped and counted), and are published once it is back.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,6 +42,8 @@ pub struct EventQueue {
     queue: Mutex<VecDeque<Stamped>>,
     notify: Notify,
     capacity: usize,
+    /// Events taken by the publisher and not yet confirmed or put back.
+    in_flight: AtomicUsize,
     metrics: Arc<Metrics>,
 }
 
@@ -50,6 +53,7 @@ impl EventQueue {
             queue: Mutex::new(VecDeque::new()),
             notify: Notify::new(),
             capacity,
+            in_flight: AtomicUsize::new(0),
             metrics,
         }
     }
@@ -73,23 +77,33 @@ impl EventQueue {
         self.notify.notify_one();
     }
 
+    /// Events not published yet: queued, or being published.
     pub fn len(&self) -> usize {
-        self.queue.lock().len()
+        self.queue.lock().len() + self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// True when nothing is queued (events may still be in flight).
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.queue.lock().is_empty()
     }
 
     fn take_batch(&self) -> Vec<Stamped> {
         let mut queue = self.queue.lock();
         let n = queue.len().min(BATCH);
+        self.in_flight.store(n, Ordering::Relaxed);
         queue.drain(..n).collect()
     }
 
-    /// Puts back, at the front and in order, events that were not published.
+    /// The batch in flight was published.
+    fn done(&self) {
+        self.in_flight.store(0, Ordering::Relaxed);
+    }
+
+    /// Puts back, at the front and in order, events that were not published
+    /// (the rest of the batch in flight was).
     fn requeue(&self, events: Vec<Stamped>) {
         let mut queue = self.queue.lock();
+        self.in_flight.store(0, Ordering::Relaxed);
         for event in events.into_iter().rev() {
             queue.push_front(event);
         }
@@ -166,52 +180,61 @@ impl Publisher {
     /// Publishes one batch in a pipeline; puts back what failed (from the
     /// first failure on, to keep the order). True when all went out.
     async fn publish(&self, batch: Vec<Stamped>) -> bool {
-        let pipeline = self.redis.client.pipeline();
-        let mut queued = 0;
-        for stamped in &batch {
-            let bytes = match envelope(&stamped.event, stamped.ts).encode() {
-                Ok(bytes) => Bytes::from(bytes),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot encode a presence event; dropped");
-                    continue;
-                }
-            };
-            let channel = names::room_channel(&stamped.event.room);
-            let result: Result<(), _> = if self.redis.sharded {
-                pipeline.spublish(channel, bytes).await
-            } else {
-                pipeline.publish(channel, bytes).await
-            };
-            if let Err(e) = result {
-                tracing::error!(error = %e, "cannot queue a publish");
-            }
-            queued += 1;
-        }
-        if queued == 0 {
+        // Encoding our own envelope cannot fail; if it ever does, the event
+        // is dropped here rather than retried forever.
+        let batch: Vec<(Stamped, Bytes)> = batch
+            .into_iter()
+            .filter_map(
+                |stamped| match envelope(&stamped.event, stamped.ts).encode() {
+                    Ok(bytes) => Some((stamped, Bytes::from(bytes))),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot encode a presence event; dropped");
+                        None
+                    }
+                },
+            )
+            .collect();
+        if batch.is_empty() {
+            self.queue.done();
             return true;
         }
-        let results: Vec<Result<Value, _>> = pipeline.try_all().await;
-        let failed = results.iter().position(|r| r.is_err());
-        let published = failed.unwrap_or(results.len());
-        self.metrics.events_published.add(published as u64);
-        match failed {
-            None if results.len() == batch.len() => true,
-            None => {
-                // Fewer answers than commands: treat the rest as not sent.
-                self.metrics.redis_errors.inc();
-                self.queue
-                    .requeue(batch.into_iter().skip(published).collect());
-                false
-            }
-            Some(i) => {
-                if let Some(Err(e)) = results.get(i) {
-                    tracing::warn!(error = %e, connected = self.redis.client.is_connected(), "publishing presence events failed; will retry");
-                }
-                self.metrics.redis_errors.inc();
-                self.queue.requeue(batch.into_iter().skip(i).collect());
-                false
-            }
+        let pipeline = self.redis.client.pipeline();
+        for (stamped, bytes) in &batch {
+            let channel = names::room_channel(&stamped.event.room);
+            // Queuing into a pipeline only buffers; errors come from try_all.
+            let _: Result<(), _> = if self.redis.sharded {
+                pipeline.spublish(channel, bytes.clone()).await
+            } else {
+                pipeline.publish(channel, bytes.clone()).await
+            };
         }
+        let results: Vec<Result<Value, _>> = pipeline.try_all().await;
+        let first_failure = results
+            .iter()
+            .position(|r| r.is_err())
+            .or((results.len() < batch.len()).then_some(results.len()));
+        let Some(failed) = first_failure else {
+            self.metrics.events_published.add(batch.len() as u64);
+            self.queue.done();
+            return true;
+        };
+        self.metrics.events_published.add(failed as u64);
+        self.metrics.redis_errors.inc();
+        if let Some(Err(e)) = results.get(failed) {
+            tracing::warn!(
+                error = %e,
+                connected = self.redis.client.is_connected(),
+                "publishing presence events failed; will retry"
+            );
+        }
+        self.queue.requeue(
+            batch
+                .into_iter()
+                .skip(failed)
+                .map(|(stamped, _)| stamped)
+                .collect(),
+        );
+        false
     }
 }
 

@@ -31,6 +31,7 @@ pub mod sweeper;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fred::prelude::ClientLike;
 use parking_lot::Mutex;
 
 use config::Config;
@@ -42,6 +43,8 @@ use store::SessionStore;
 
 /// How long the publisher keeps trying to send queued events at exit.
 const FLUSH_AT_EXIT: Duration = Duration::from_secs(2);
+/// How long startup waits for the first Redis connection.
+const REDIS_AT_START: Duration = Duration::from_secs(2);
 /// The process exits at the latest this long after the signal.
 const EXIT_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -52,6 +55,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("listen: cannot bind {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
     let redis = redis::Redis::connect(&config)?;
+    // Give Redis a moment, so a fresh process is ready when it says it
+    // listens; but serve anyway (membership needs no Redis) if it is down.
+    let connected = tokio::time::timeout(REDIS_AT_START, redis.client.wait_for_connect()).await;
+    if !matches!(connected, Ok(Ok(()))) {
+        tracing::warn!(url = %config.redis.url, "redis not reachable yet; serving anyway, retrying in the background");
+    }
     let metrics = Arc::new(Metrics::default());
     let events = Arc::new(EventQueue::new(config.events.max_queued, metrics.clone()));
     let incarnation = uuid::Uuid::new_v4().simple().to_string();
@@ -96,7 +105,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     trigger.fire();
     let _ = sweeper.await;
     let _ = publisher.await;
-    let _ = fred::prelude::ClientLike::quit(&redis.client).await;
+    let _ = redis.client.quit().await;
     Ok(())
 }
 

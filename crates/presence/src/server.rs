@@ -37,6 +37,8 @@ use crate::store::SessionStore;
 pub const MAX_SYNC_BYTES: usize = 128 << 20;
 /// Largest body of the other calls (a parked record).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// Longest a session record may stay parked: 30 days.
+pub const MAX_PARK_MS: u64 = 30 * 24 * 3600 * 1000;
 /// Most users plus sessions one lookup may ask about.
 pub const MAX_LOOKUP: usize = 10_000;
 
@@ -244,8 +246,10 @@ async fn park(
     Json(req): Json<ParkRequest>,
 ) -> Result<StatusCode, ApiError> {
     check_name("session", &session)?;
-    if req.ttl_ms == 0 {
-        return Err(ApiError::bad_request("ttl_ms must be greater than 0"));
+    if req.ttl_ms == 0 || req.ttl_ms > MAX_PARK_MS {
+        return Err(ApiError::bad_request(format!(
+            "ttl_ms must be between 1 and {MAX_PARK_MS}"
+        )));
     }
     match app
         .store

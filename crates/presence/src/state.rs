@@ -28,6 +28,13 @@ use crate::api::{Op, Owner, SyncRequest};
 
 /// Longest session, user or room name accepted, in bytes.
 pub const MAX_NAME_BYTES: usize = 1024;
+/// Longest lease or handoff grace honoured; longer ones are cut to this.
+pub const MAX_DURATION: Duration = Duration::from_secs(3600);
+
+/// A peer-given number of milliseconds, bounded so `now + it` cannot overflow.
+fn bounded_ms(ms: u64) -> Duration {
+    Duration::from_millis(ms).min(MAX_DURATION)
+}
 
 /// A presence change to publish on the room's channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,10 +149,7 @@ impl State {
         now: Instant,
         events: &mut Vec<Event>,
     ) -> SyncOutcome {
-        let lease = req
-            .lease_ms
-            .map(Duration::from_millis)
-            .unwrap_or(default_lease);
+        let lease = req.lease_ms.map(bounded_ms).unwrap_or(default_lease);
         if req.full {
             return self.full_sync(node, req, lease, now, events);
         }
@@ -354,7 +358,7 @@ impl State {
             Op::Disconnect { session } => self.remove_session(&session, emit, events),
             Op::Handoff { session, grace_ms } => {
                 if let Some(s) = self.sessions.get_mut(&session) {
-                    s.handoff_until = Some(now + Duration::from_millis(grace_ms));
+                    s.handoff_until = Some(now + bounded_ms(grace_ms));
                     self.handoffs.insert(session);
                 }
             }
@@ -984,6 +988,40 @@ mod tests {
     }
 
     #[test]
+    fn a_handoff_carried_by_a_full_sync_applies_only_to_sessions_it_does_not_list() {
+        let (mut state, now) = with_alice_in_lobby();
+        sync(
+            &mut state,
+            "a",
+            "a1",
+            false,
+            vec![Op::connect("s2", "bob", None), Op::join("s2", "lobby")],
+            now,
+        );
+        // s2 was handed off while the snapshot was built; s1's handoff is
+        // older than its (re)connect, which the snapshot shows.
+        let (_, events) = sync(
+            &mut state,
+            "a",
+            "a1",
+            true,
+            vec![
+                Op::connect("s1", "alice", None),
+                Op::join("s1", "lobby"),
+                Op::handoff("s1", 1_000),
+                Op::handoff("s2", 1_000),
+            ],
+            now,
+        );
+        assert!(events.is_empty(), "{events:?}");
+        assert_eq!(state.counts().handoffs, 1);
+        assert_eq!(state.lookup(&[], &["s1".into(), "s2".into()]).len(), 1);
+        let mut events = Vec::new();
+        state.sweep(now + Duration::from_secs(1), &mut events);
+        assert_eq!(names(&events), ["leave lobby s2"]);
+    }
+
+    #[test]
     fn a_restarted_gateway_loses_its_old_sessions_but_keeps_resumed_ones() {
         let (mut state, now) = with_alice_in_lobby();
         sync(
@@ -1066,6 +1104,22 @@ mod tests {
         assert_eq!(state.sweep(now + LEASE, &mut events).nodes_purged, 0);
         assert_eq!(state.sweep(later + LEASE, &mut events).nodes_purged, 1);
         assert_eq!(names(&events), ["leave lobby s1"]);
+    }
+
+    #[test]
+    fn absurd_leases_and_graces_are_bounded() {
+        let (mut state, now) = with_alice_in_lobby();
+        let mut events = Vec::new();
+        let req = SyncRequest {
+            incarnation: "a1".into(),
+            lease_ms: Some(u64::MAX),
+            full: false,
+            seq: None,
+            ops: vec![Op::handoff("s1", u64::MAX)],
+        };
+        state.sync("a", req, LEASE, now, &mut events);
+        let sweep = state.sweep(now + MAX_DURATION, &mut events);
+        assert_eq!((sweep.nodes_purged, sweep.handoffs_expired), (1, 1));
     }
 
     #[test]

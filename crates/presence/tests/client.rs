@@ -93,7 +93,7 @@ async fn queued_ops_are_replayed_in_order_after_the_service_was_unreachable() {
     assert!(client.flush(Duration::from_secs(5)).await);
 
     // The service stops answering (a partition, or a stalled process).
-    presence.process.signal("STOP");
+    presence.pause();
     gateway.report(&client, Op::connect("s1", "alice", None));
     gateway.report(&client, Op::join("s1", "r1"));
     gateway.report(&client, Op::leave("s1", "r1"));
@@ -103,7 +103,7 @@ async fn queued_ops_are_replayed_in_order_after_the_service_was_unreachable() {
     assert!(!status.connected, "{status:?}");
     assert_eq!(status.queued, 4);
 
-    presence.process.signal("CONT");
+    presence.resume();
     assert!(client.flush(Duration::from_secs(10)).await);
     assert_eq!(
         listener.take(3).await,
@@ -126,8 +126,10 @@ async fn a_restarted_service_gets_the_whole_state_back_silently() {
     let port = free_port().to_string();
     let listen = format!("127.0.0.1:{port}");
     let mut presence = Presence::start(&redis.url(), &[("ROOMCAST_LISTEN", &listen)]);
+    let mut listener = Listener::subscribe(&redis.url(), &["lobby", "kitchen"]).await;
     let gateway = Gateway::default();
     let client = client(&presence.url(), "node-a", &gateway);
+    assert!(client.flush(Duration::from_secs(5)).await);
     for i in 0..50 {
         let session = format!("s{i}");
         gateway.report(&client, Op::connect(&session, format!("user{i}"), None));
@@ -139,8 +141,9 @@ async fn a_restarted_service_gets_the_whole_state_back_silently() {
     assert!(client.flush(Duration::from_secs(5)).await);
     assert_eq!(members(&client, "lobby").await.len(), 50);
     let before = client.status().presence.clone().unwrap();
+    // Every join was announced once (and nothing else is on its way).
+    assert_eq!(listener.take(75).await.len(), 75);
 
-    let mut listener = Listener::subscribe(&redis.url(), &["lobby", "kitchen"]).await;
     presence.restart();
     // The next sync (a renewal, or a new op) gets need_full; the client
     // sends its snapshot, and nobody hears a thing.

@@ -108,8 +108,10 @@ async fn sync_members_and_lookup_show_where_sessions_live() {
     // Operations need no key.
     let (status, _) = presence.call_with("GET", "/healthz", None, None);
     assert_eq!(status, 200);
-    let (status, _) = presence.call_with("GET", "/readyz", None, None);
-    assert_eq!(status, 200);
+    let ready = roomcast_testkit::wait_until(Duration::from_secs(5), || {
+        presence.call_with("GET", "/readyz", None, None).0 == 200
+    });
+    assert!(ready, "readyz");
     assert_eq!(presence.metric("roomcast_presence_nodes"), 2);
     assert_eq!(presence.metric("roomcast_presence_sessions"), 3);
     assert_eq!(presence.metric("roomcast_presence_rooms"), 1);
@@ -308,6 +310,50 @@ async fn presence_events_use_sharded_pubsub_on_a_redis_cluster() {
     let (status, body) = presence.call("POST", "/v1/sessions/s1/take", None);
     assert_eq!((status, body), (200, json!({"record": {"a": 1}})));
     listener.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_wait_for_redis_to_come_back_and_requests_never_block_on_it() {
+    let mut redis = RedisServer::start();
+    let presence = Presence::start(&redis.url(), &[]);
+    presence.sync("node-a", json!({"incarnation": "a1", "full": true}));
+    redis.stop();
+
+    let started = std::time::Instant::now();
+    presence.sync(
+        "node-a",
+        json!({"incarnation": "a1", "ops": [
+            connect("s1", "alice"), join("s1", "lobby"), join("s1", "kitchen"),
+            {"op": "disconnect", "session": "s1"},
+        ]}),
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "sync waited on Redis"
+    );
+    let (status, body) = presence.call("POST", "/v1/sessions/s1/take", None);
+    assert_eq!((status, body["error"].as_str()), (503, Some("unavailable")));
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(presence.metric("roomcast_presence_events_queued"), 4);
+    assert_eq!(
+        presence.metric("roomcast_presence_events_published_total"),
+        0
+    );
+    assert_eq!(presence.metric("roomcast_presence_redis_connected"), 0);
+    assert!(presence.metric("roomcast_presence_redis_errors_total") >= 1);
+    let (status, _) = presence.call_with("GET", "/readyz", None, None);
+    assert_eq!(status, 503);
+
+    redis.restart();
+    let drained = roomcast_testkit::wait_until(Duration::from_secs(15), || {
+        presence.metric("roomcast_presence_events_queued") == 0
+    });
+    assert!(drained, "{}", presence.process.output());
+    assert_eq!(
+        presence.metric("roomcast_presence_events_published_total"),
+        4
+    );
+    assert_eq!(presence.metric("roomcast_presence_events_dropped_total"), 0);
 }
 
 #[test]

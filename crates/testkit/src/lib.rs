@@ -195,6 +195,35 @@ impl Gateway {
     }
 }
 
+/// A running `roomcast-presence` on a free loopback port.
+pub struct PresenceService {
+    pub process: Process,
+    pub addr: SocketAddr,
+}
+
+impl PresenceService {
+    /// Starts the presence service against `redis_url`, binding port 0
+    /// unless `env` sets `ROOMCAST_LISTEN`.
+    pub fn start(redis_url: &str, env: &[(&str, &str)]) -> PresenceService {
+        let mut vars: Vec<(&str, String)> = vec![
+            ("ROOMCAST_LISTEN", "127.0.0.1:0".to_string()),
+            ("ROOMCAST_REDIS__URL", redis_url.to_string()),
+            ("ROOMCAST_LOG__LEVEL", "info".to_string()),
+        ];
+        for (k, v) in env {
+            vars.retain(|(key, _)| key != k);
+            vars.push((k, v.to_string()));
+        }
+        let mut process = Process::spawn("presence", &binary("roomcast-presence"), &[], &vars);
+        let addr = wait_for_listen_line(&mut process, Duration::from_secs(20));
+        PresenceService { process, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
 /// Reads the `listening on http://ADDR` line a server logs at startup.
 pub fn wait_for_listen_line(process: &mut Process, timeout: Duration) -> SocketAddr {
     const MARK: &str = "listening on http://";

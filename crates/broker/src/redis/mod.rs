@@ -106,7 +106,8 @@ impl RedisBroker {
         command_timeout: Duration,
     ) -> Result<Arc<RedisBroker>, String> {
         let mut config = Config::from_url(url).map_err(|e| format!("redis.url: {e}"))?;
-        config.fail_fast = true;
+        // Keep retrying the first connection too: a node may start before Redis.
+        config.fail_fast = false;
         let cluster = config.server.is_clustered();
         let mut builder = Builder::from_config(config);
         builder
@@ -126,12 +127,19 @@ impl RedisBroker {
             .map_err(|e| format!("redis.url: {e}"))?;
         client.connect();
         subscriber.connect();
+        let first_wait = Duration::from_secs(5);
         for (name, ready) in [
-            ("commands", client.wait_for_connect().await),
-            ("pub/sub", subscriber.wait_for_connect().await),
+            (
+                "commands",
+                tokio::time::timeout(first_wait, client.wait_for_connect()).await,
+            ),
+            (
+                "pub/sub",
+                tokio::time::timeout(first_wait, subscriber.wait_for_connect()).await,
+            ),
         ] {
-            if let Err(e) = ready {
-                tracing::warn!(error = %e, "redis {name} connection not up yet; retrying in the background");
+            if !matches!(ready, Ok(Ok(()))) {
+                tracing::warn!("redis {name} connection not up yet; retrying in the background");
             }
         }
         subscriber.manage_subscriptions();
@@ -185,6 +193,17 @@ impl RedisBroker {
         }
     }
 
+    /// Fails at once while the command connection is down (fred would queue
+    /// the command until the reconnect or the timeout): an outage must answer
+    /// `unavailable` fast, not hold publishers for the timeout.
+    fn ensure_connected(&self) -> Result<(), BrokerError> {
+        if self.client.is_connected() {
+            Ok(())
+        } else {
+            Err(unavailable(&self.stats, "not connected to Redis"))
+        }
+    }
+
     fn publish_command(&self) -> &'static str {
         if self.cluster {
             "SPUBLISH"
@@ -200,6 +219,7 @@ impl RedisBroker {
         room: &str,
         since: Option<&Since>,
     ) -> Result<(Position, Vec<Vec<u8>>), BrokerError> {
+        self.ensure_connected()?;
         let keys = vec![names::room_meta(room), names::room_history(room)];
         let (after, epoch) = match since {
             Some(s) => (s.offset as i64, s.epoch.clone()),
@@ -453,6 +473,7 @@ impl Broker for RedisBroker {
         data: Data,
         from: Option<Member>,
     ) -> Result<Arc<RoomMessage>, BrokerError> {
+        self.ensure_connected()?;
         let ts = now_us();
         let mut envelope = Envelope::new(Kind::Message, room, &self.node, ts);
         envelope.data = Some(data);
@@ -545,6 +566,7 @@ impl Broker for RedisBroker {
             Route::AllNodes => names::ALL_NODES.to_string(),
             Route::Room(room) => names::room_channel(&room),
         };
+        self.ensure_connected()?;
         let encoded = envelope.encode().map_err(|e| unavailable(&self.stats, e))?;
         let result: Result<i64, Error> = if self.cluster {
             self.client

@@ -114,7 +114,7 @@ pub async fn handle(
                 node.check_room(&room)?;
                 return Err(not_joined(&room, "asking for the presence of"));
             }
-            let members = node.presence(&room)?;
+            let members = node.presence(&room).await?;
             Ok(Some(ServerFrame::Presence { id, room, members }))
         }
         ClientFrame::Ping { id } => Ok(Some(ServerFrame::Pong { id })),

@@ -87,6 +87,9 @@ pub async fn run(
         None => None,
     };
     let resumed = taken.is_some();
+    if let Some(r) = &resume {
+        tracing::info!(session = %r.session, resumed, "resume asked");
+    }
     if resume.is_some() {
         if resumed {
             node.metrics.resumes_ok.inc();
@@ -191,8 +194,26 @@ async fn take_session(
         }
         return None;
     }
-    let live = node.hub.by_session(&resume.session)?;
-    (*live.identity.user == *owner).then(|| (live.session.clone(), pick(live.identity.clone())))
+    if let Some(live) = node.hub.by_session(&resume.session) {
+        return (*live.identity.user == *owner)
+            .then(|| (live.session.clone(), pick(live.identity.clone())));
+    }
+    // Cluster: a session the presence service still knows (its node crashed
+    // and its lease has not run out yet) resumes on the token's word.
+    let presence = node.presence.as_ref()?;
+    let owners = presence
+        .lookup(&[], std::slice::from_ref(&resume.session))
+        .await
+        .ok()?;
+    owners
+        .iter()
+        .any(|o| o.session == resume.session && o.user == owner)
+        .then(|| {
+            (
+                Arc::from(resume.session.as_str()),
+                pick(Identity::anonymous_user(&owner)),
+            )
+        })
 }
 
 /// The payload of the first text or binary frame; `None` if the socket closed.

@@ -60,6 +60,7 @@ pub async fn serve(node: Arc<Node>, mut ws: Socket, upgrade: Upgrade) {
     node.metrics.connections.inc();
     node.metrics.connections_accepted.inc();
     let slot = node.registry.insert(conn.clone());
+    node.connected(&conn);
     tracing::debug!(session = %conn.session, user = %conn.user(), remote = %upgrade.remote, "connected");
 
     let mut state = commands::State {
@@ -72,11 +73,8 @@ pub async fn serve(node: Arc<Node>, mut ws: Socket, upgrade: Upgrade) {
     };
     let code = run_loop(&node, &conn, &mut ws, &mut state).await;
 
-    node.registry.remove(slot);
     node.hub.unregister(&conn);
-    for room in std::mem::take(&mut state.rooms) {
-        node.leave(&conn, &room).await;
-    }
+    node.closed(&conn, std::mem::take(&mut state.rooms)).await;
     if !conn.forget_session.load(Ordering::Relaxed) {
         node.sessions
             .park(
@@ -86,6 +84,9 @@ pub async fn serve(node: Arc<Node>, mut ws: Socket, upgrade: Upgrade) {
             )
             .await;
     }
+    // Last: the drain waits for the registry to empty, then flushes the
+    // presence ops queued above.
+    node.registry.remove(slot);
     node.metrics.connections.dec();
     node.metrics.disconnect(code);
     tracing::debug!(session = %conn.session, code, "disconnected");

@@ -62,6 +62,27 @@ impl Presence {
         format!("http://{}", self.addr)
     }
 
+    /// Freezes the process (SIGSTOP) and waits until the kernel says it is
+    /// stopped: its sockets stay open, nothing is answered.
+    pub fn pause(&self) {
+        self.process.signal("STOP");
+        let pid = self.process.pid();
+        let stopped = roomcast_testkit::wait_until(Duration::from_secs(5), || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, rest)| rest.trim_start().starts_with('T'))
+                })
+                .unwrap_or(false)
+        });
+        assert!(stopped, "presence {pid} did not stop");
+    }
+
+    pub fn resume(&self) {
+        self.process.signal("CONT");
+    }
+
     /// A JSON call with the key; (status, body as JSON or Null).
     pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         self.call_with(method, path, body, Some(KEY))
@@ -164,7 +185,12 @@ impl Listener {
     pub async fn subscribe(redis_url: &str, rooms: &[&str]) -> Listener {
         let config = fred::prelude::Config::from_url(redis_url).expect("redis url");
         let sharded = config.server.is_clustered();
-        let client = Builder::from_config(config).build().expect("redis client");
+        // fred hands messages over through a broadcast channel (32 by
+        // default): make room for bursts, so none is lost to a lag.
+        let client = Builder::from_config(config)
+            .with_performance_config(|p| p.broadcast_channel_capacity = 100_000)
+            .build()
+            .expect("redis client");
         client.init().await.expect("connect to redis");
         let rx = client.message_rx();
         for room in rooms {
@@ -180,10 +206,10 @@ impl Listener {
 
     /// The next presence event, within `timeout`.
     pub async fn next(&mut self, timeout: Duration) -> Option<Seen> {
-        let message = tokio::time::timeout(timeout, self.rx.recv())
-            .await
-            .ok()?
-            .ok()?;
+        let message = match tokio::time::timeout(timeout, self.rx.recv()).await.ok()? {
+            Ok(message) => message,
+            Err(e) => panic!("subscriber lost messages: {e}"),
+        };
         let bytes = message.value.as_bytes().expect("binary message");
         let env = Envelope::decode(bytes).expect("an envelope");
         assert_eq!(env.node, "presence");
@@ -231,11 +257,14 @@ impl Listener {
     }
 }
 
+/// session → (user, rooms).
+type Sessions = BTreeMap<String, (String, Vec<String>)>;
+
 /// A model of a gateway's connections: updated first, then reported, as a
 /// real gateway must, so `snapshot()` always reflects every queued op.
 #[derive(Clone, Default)]
 pub struct Gateway {
-    sessions: Arc<Mutex<BTreeMap<String, (String, Vec<String>)>>>,
+    sessions: Arc<Mutex<Sessions>>,
 }
 
 impl Gateway {

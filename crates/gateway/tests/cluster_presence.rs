@@ -1,0 +1,367 @@
+//! A cluster with the presence service: cluster-wide presence, direct sends
+//! routed only to owning nodes, crash and drain with no loss and no
+//! duplicate, no presence flap on drain, and presence surviving the
+//! restart of its own service.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use roomcast_client::{Backoff, Client, Event};
+use roomcast_protocol::{ClientFrame, Codec, ServerFrame, Target};
+use roomcast_testkit::redis::RedisServer;
+use roomcast_testkit::ws::{join, RawClient};
+use roomcast_testkit::{http_request, wait_until, Gateway, PresenceService};
+use serde_json::json;
+
+const KEY: (&str, &str) = ("Authorization", "Bearer test-key");
+
+struct Cluster {
+    redis: RedisServer,
+    presence: PresenceService,
+    nodes: Vec<Gateway>,
+}
+
+fn gateway(redis: &str, presence: &str, id: &str) -> Gateway {
+    Gateway::start(&[
+        ("ROOMCAST_REDIS__URL", redis),
+        ("ROOMCAST_PRESENCE__URL", presence),
+        ("ROOMCAST_PRESENCE__LEASE_MS", "3000"),
+        ("ROOMCAST_PRESENCE__HANDOFF_GRACE_MS", "15000"),
+        ("ROOMCAST_NODE__ID", id),
+        ("ROOMCAST_AUTH__RESUME_SECRET", "presence-test-secret"),
+        ("ROOMCAST_DRAIN__WINDOW_MS", "1000"),
+        ("ROOMCAST_DRAIN__TIMEOUT_MS", "8000"),
+        ("ROOMCAST_HISTORY__SIZE", "2000"),
+    ])
+}
+
+fn cluster(nodes: usize) -> Cluster {
+    let redis = RedisServer::start();
+    let presence = PresenceService::start(&redis.url(), &[]);
+    let nodes = (0..nodes)
+        .map(|i| gateway(&redis.url(), &presence.url(), &format!("node-{i}")))
+        .collect();
+    Cluster {
+        redis,
+        presence,
+        nodes,
+    }
+}
+
+fn metric(gw: &Gateway, line_prefix: &str) -> u64 {
+    let (_, text) = http_request(gw.addr, "GET", "/metrics", &[], "").unwrap();
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn presence_sessions(gw: &Gateway, room: &str) -> HashSet<String> {
+    let (status, body) =
+        http_request(gw.addr, "GET", &format!("/api/presence/{room}"), &[KEY], "").unwrap();
+    if status != 200 {
+        return HashSet::new();
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["session"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn session(welcome: &ServerFrame) -> (String, String) {
+    match welcome {
+        ServerFrame::Welcome { session, user, .. } => (session.clone(), user.clone()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_lists_every_node_and_direct_sends_go_only_to_the_owning_node() {
+    let c = cluster(3);
+    let mut sessions = HashSet::new();
+    let mut clients = Vec::new();
+    for gw in &c.nodes {
+        let (mut client, welcome) = RawClient::ready(&gw.ws_url(), Codec::Json).await;
+        client.request(join(1, "p")).await;
+        sessions.insert(session(&welcome).0);
+        clients.push((client, welcome));
+    }
+    // Any node lists the members of all nodes.
+    for gw in &c.nodes {
+        assert!(
+            wait_until(Duration::from_secs(5), || presence_sessions(gw, "p")
+                == sessions),
+            "presence on {} is {:?}, want {:?}",
+            gw.addr,
+            presence_sessions(gw, "p"),
+            sessions
+        );
+    }
+    let (bob_session, bob_user) = session(&clients[1].1);
+    let alice = &mut clients[0].0;
+    for to in [Target::user(bob_user), Target::session(bob_session)] {
+        let ack = alice
+            .request(ClientFrame::Send {
+                id: Some(7),
+                to,
+                data: json!("psst"),
+            })
+            .await;
+        assert_eq!(
+            ack,
+            ServerFrame::Ack {
+                id: 7,
+                offset: None
+            }
+        );
+    }
+    let bob = &mut clients[1].0;
+    for _ in 0..2 {
+        let data = bob
+            .recv_until(|f| match f {
+                ServerFrame::Direct { data, .. } => Some(data.clone()),
+                _ => None,
+            })
+            .await;
+        assert_eq!(data, json!("psst"));
+    }
+    // Published only to the owner's channel: node 1 got both, node 2 none.
+    let (_, text) = http_request(c.nodes[0].addr, "GET", "/metrics", &[], "").unwrap();
+    let routed: Vec<&str> = text.lines().filter(|l| l.contains("routed")).collect();
+    assert_eq!(
+        metric(
+            &c.nodes[0],
+            "roomcast_control_routed_total{route=\"owner\"}"
+        ),
+        2,
+        "{routed:?}"
+    );
+    assert_eq!(
+        metric(&c.nodes[0], "roomcast_control_routed_total{route=\"all\"}"),
+        0
+    );
+    assert_eq!(metric(&c.nodes[1], "roomcast_control_received_total"), 2);
+    assert_eq!(metric(&c.nodes[2], "roomcast_control_received_total"), 0);
+}
+
+/// A client-library client that records every room message offset.
+async fn recording_client(
+    urls: Vec<String>,
+    room: &'static str,
+) -> (Client, tokio::task::JoinHandle<Vec<u64>>, String) {
+    let (client, mut events) = Client::builder()
+        .urls(urls)
+        .backoff(Backoff {
+            base: Duration::from_millis(50),
+            cap: Duration::from_millis(500),
+            max_attempts: None,
+        })
+        .connect()
+        .await
+        .expect("connect");
+    client.join(room).await.expect("join");
+    let session = client.session().map(|s| s.session).unwrap_or_default();
+    let recorder = tokio::spawn(async move {
+        let mut offsets = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_secs(3), events.recv()).await {
+                Ok(Some(Event::Message(m))) => {
+                    offsets.push(m.offset);
+                    if m.data == json!("end") {
+                        break;
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        offsets
+    });
+    (client, recorder, session)
+}
+
+/// Publishes `n` messages over the API of `gw` (then an "end" marker).
+async fn publish_steadily(addr: std::net::SocketAddr, room: &str, n: usize) {
+    for i in 0..n {
+        let body = format!(r#"{{"room":"{room}","data":{i}}}"#);
+        let (status, text) = http_request(addr, "POST", "/api/publish", &[KEY], &body).unwrap();
+        assert_eq!(status, 200, "{text}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let body = format!(r#"{{"room":"{room}","data":"end"}}"#);
+    http_request(addr, "POST", "/api/publish", &[KEY], &body).unwrap();
+}
+
+fn assert_exactly_once(offsets: &[u64], total: u64, who: &str) {
+    let expected: Vec<u64> = (1..=total).collect();
+    assert_eq!(offsets, &expected[..], "{who}: lost or duplicated messages");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_s_clients_resume_elsewhere_with_nothing_lost_and_its_ghosts_leave_presence()
+{
+    let mut c = cluster(3);
+    let urls: Vec<String> = c.nodes.iter().map(|g| g.ws_url()).collect();
+    let (mut watcher, _) = RawClient::ready(&c.nodes[1].ws_url(), Codec::Json).await;
+    watcher
+        .request(ClientFrame::Join {
+            id: Some(1),
+            room: "crash".into(),
+            since: None,
+            presence: Some(true),
+        })
+        .await;
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(recording_client(urls.clone(), "crash").await);
+    }
+    // A connection that will die with the node and never come back.
+    let (mut ghost, ghost_welcome) = RawClient::ready(&urls[0], Codec::Json).await;
+    ghost.request(join(1, "crash")).await;
+    let (ghost_session, _) = session(&ghost_welcome);
+
+    let publisher = tokio::spawn(publish_steadily(c.nodes[1].addr, "crash", 300));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    c.nodes[0].process.signal("KILL");
+    let killed_at = Instant::now();
+    ghost.abort();
+    publisher.await.unwrap();
+
+    // The clients stay connected (alive) until the end of the test.
+    let mut alive = Vec::new();
+    for (i, (client, recorder, _)) in clients.into_iter().enumerate() {
+        let offsets = recorder.await.unwrap();
+        assert_exactly_once(&offsets, 301, &format!("client {i}"));
+        alive.push(client);
+    }
+    // The ghost leaves presence once the dead node's lease (3 s) runs out.
+    let left = watcher
+        .recv_until(|f| match f {
+            ServerFrame::PresenceLeave { member, .. } if member.session == ghost_session => {
+                Some(())
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(left, ());
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(10),
+        "leave took {:?}",
+        killed_at.elapsed()
+    );
+    c.nodes.remove(0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_s_clients_resume_elsewhere_without_loss_and_without_presence_flap() {
+    let mut c = cluster(3);
+    let urls: Vec<String> = c.nodes.iter().map(|g| g.ws_url()).collect();
+    let (mut watcher, _) = RawClient::ready(&c.nodes[2].ws_url(), Codec::Json).await;
+    watcher
+        .request(ClientFrame::Join {
+            id: Some(1),
+            room: "drain".into(),
+            since: None,
+            presence: Some(true),
+        })
+        .await;
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(recording_client(urls.clone(), "drain").await);
+    }
+    let drained: HashSet<String> = clients.iter().map(|(_, _, s)| s.clone()).collect();
+    // Let the joins' presence events pass before the drain.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while watcher
+        .next_event_within(Duration::from_millis(200))
+        .await
+        .is_some()
+    {}
+
+    let publisher = tokio::spawn(publish_steadily(c.nodes[1].addr, "drain", 300));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    c.nodes[0].process.signal("TERM");
+    publisher.await.unwrap();
+    assert!(
+        c.nodes[0]
+            .process
+            .wait_exit(Duration::from_secs(10))
+            .is_some(),
+        "drained node did not exit"
+    );
+
+    // The clients stay connected (alive) until the end of the test.
+    let mut alive = Vec::new();
+    for (i, (client, recorder, _)) in clients.into_iter().enumerate() {
+        let offsets = recorder.await.unwrap();
+        assert_exactly_once(&offsets, 301, &format!("client {i}"));
+        alive.push(client);
+    }
+    // No leave (and no re-join) for the handed-over sessions.
+    while let Some(event) = watcher.next_event_within(Duration::from_millis(1500)).await {
+        if let roomcast_testkit::ws::Event::Frame(
+            frame @ (ServerFrame::PresenceLeave { .. } | ServerFrame::PresenceJoin { .. }),
+        ) = &event
+        {
+            let (ServerFrame::PresenceLeave { member, .. }
+            | ServerFrame::PresenceJoin { member, .. }) = frame
+            else {
+                continue;
+            };
+            assert!(
+                !drained.contains(&member.session),
+                "presence flapped: {frame:?}"
+            );
+        }
+    }
+    let present = presence_sessions(&c.nodes[1], "drain");
+    assert!(
+        drained.is_subset(&present),
+        "handed-over sessions missing from presence"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_goes_on_while_the_presence_service_restarts_and_presence_comes_back() {
+    let mut c = cluster(2);
+    let (mut member, welcome) = RawClient::ready(&c.nodes[1].ws_url(), Codec::Json).await;
+    member.request(join(1, "up")).await;
+    let (member_session, _) = session(&welcome);
+    assert!(wait_until(Duration::from_secs(5), || presence_sessions(
+        &c.nodes[0],
+        "up"
+    )
+    .contains(&member_session)));
+
+    let addr = c.presence.addr;
+    c.presence.process.signal("KILL");
+    for (i, next) in (0..20).zip(1u64..) {
+        let body = format!(r#"{{"room":"up","data":{i}}}"#);
+        let (status, _) =
+            http_request(c.nodes[0].addr, "POST", "/api/publish", &[KEY], &body).unwrap();
+        assert_eq!(status, 200);
+        let offset = member
+            .recv_until(|f| match f {
+                ServerFrame::Message { offset, .. } => Some(*offset),
+                _ => None,
+            })
+            .await;
+        assert_eq!(offset, next);
+    }
+    let restarted_at = Instant::now();
+    c.presence = PresenceService::start(&c.redis.url(), &[("ROOMCAST_LISTEN", &addr.to_string())]);
+    assert!(
+        wait_until(Duration::from_secs(10), || presence_sessions(
+            &c.nodes[0],
+            "up"
+        )
+        .contains(&member_session)),
+        "presence not rebuilt within 10 s"
+    );
+    assert!(restarted_at.elapsed() < Duration::from_secs(10));
+}
