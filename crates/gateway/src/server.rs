@@ -39,7 +39,8 @@ pub fn websocket_options(config: &Config) -> Options {
             .server_no_context_takeover()
             .client_no_context_takeover()
             .with_compression_threshold(ws.compression_threshold)
-            .with_deflate_pool(DeflatePool::new(64));
+            // About one state per worker thread; more would only hold idle memory.
+            .with_deflate_pool(DeflatePool::new(16));
     } else {
         options = options.without_compression();
     }
@@ -73,11 +74,28 @@ async fn ready(State(node): State<Arc<Node>>) -> Response {
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        node.metrics.render(),
-    )
-        .into_response()
+    let mut text = node.metrics.render();
+    if let Some(redis) = &node.redis {
+        render_redis(&mut text, &redis.stats);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// The Redis engine's counters, in the same exposition.
+fn render_redis(out: &mut String, stats: &roomcast_broker::redis::RedisStats) {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let families = [
+        ("roomcast_redis_errors_total", "Redis commands that failed.", &stats.errors),
+        ("roomcast_redis_reconnects_total", "Reconnections of the pub/sub connection.", &stats.reconnects),
+        ("roomcast_pubsub_lost_total", "Pub/sub messages dropped because the dispatcher lagged (then repaired from history).", &stats.pubsub_lost),
+        ("roomcast_pubsub_gap_repaired_total", "Messages delivered from history to fill a pub/sub gap.", &stats.gap_repaired),
+        ("roomcast_pubsub_gap_unrepaired_total", "Messages of a pub/sub gap no longer in history (members missed them).", &stats.gap_unrepaired),
+        ("roomcast_pubsub_duplicates_dropped_total", "Pub/sub messages dropped as already delivered.", &stats.duplicates_dropped),
+    ];
+    for (name, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Relaxed));
+    }
 }
 
 /// Counts a socket as open from the upgrade until its task ends.

@@ -1,0 +1,458 @@
+// The JS client against a real gateway: run with
+//   node --experimental-websocket --test clients/js/test/
+// (Node 20 has a global WebSocket only with that flag.)
+
+import assert from 'node:assert/strict';
+import { createHmac } from 'node:crypto';
+import net from 'node:net';
+import { test } from 'node:test';
+
+import { Backoff, connect, Positions, RoomcastClient, RoomcastError } from '../roomcast.js';
+import { sleep, startGateway, waitFor } from './gateway.mjs';
+
+const FAST = { base: 50, cap: 500 };
+
+/** Everything a client reports, in order. */
+function record(client) {
+  const rec = { messages: [], directs: [], states: [], presence: [], failed: [], notices: [], errors: [] };
+  client.on('message', (m) => rec.messages.push(m));
+  client.on('direct', (m) => rec.directs.push(m));
+  client.on('state', (s) => rec.states.push(s));
+  client.on('presence_join', (p) => rec.presence.push({ kind: 'join', ...p }));
+  client.on('presence_leave', (p) => rec.presence.push({ kind: 'leave', ...p }));
+  client.on('recovery_failed', (r) => rec.failed.push(r));
+  client.on('reconnect', (r) => rec.notices.push(r));
+  client.on('server_error', (e) => rec.errors.push(e));
+  return rec;
+}
+
+/** A started client with its recorder; closed after the test. */
+async function client(t, options) {
+  const c = new RoomcastClient({ backoff: FAST, ...options });
+  const rec = record(c);
+  t.after(() => c.close());
+  await c.connect();
+  return [c, rec];
+}
+
+async function gateway(t, options) {
+  const gw = await startGateway(options);
+  t.after(() => gw.stop());
+  return gw;
+}
+
+const texts = (messages) => messages.map((m) => m.data.text);
+
+async function expectError(promise, code) {
+  await assert.rejects(promise, (error) => {
+    assert.ok(error instanceof RoomcastError, `a RoomcastError, got ${error}`);
+    assert.equal(error.code, code);
+    return true;
+  });
+}
+
+function freePort() {
+  return new Promise((resolve) => {
+    const server = net.createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+function jwt(secret, claims) {
+  const b64 = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
+  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64(claims)}`;
+  return `${body}.${createHmac('sha256', secret).update(body).digest('base64url')}`;
+}
+
+test('join, publish, ack and the own message', async (t) => {
+  const gw = await gateway(t);
+  const [c, rec] = await client(t, { url: gw.wsUrl });
+  assert.equal(c.state, 'connected');
+  assert.deepEqual(
+    rec.states.map((s) => s.state),
+    ['connecting', 'connected'],
+  );
+  assert.equal(rec.states[1].resumed, false);
+  const session = c.session;
+  assert.match(session.user, /^anon-/);
+  assert.ok(session.pingIntervalMs > 0);
+
+  const joined = await c.join('lobby');
+  assert.equal(joined.room, 'lobby');
+  assert.equal(joined.offset, 0);
+  assert.equal(typeof joined.epoch, 'string');
+  assert.equal(joined.recovered, undefined);
+  assert.deepEqual(c.rooms, ['lobby']);
+
+  const offset = await c.publish('lobby', { text: 'hi' });
+  assert.equal(offset, 1);
+  await waitFor(() => rec.messages.length === 1, { what: 'the own message' });
+  assert.deepEqual(rec.messages[0], {
+    room: 'lobby',
+    offset: 1,
+    epoch: joined.epoch,
+    data: { text: 'hi' },
+    from: { user: session.user, session: session.session },
+    replayed: false,
+  });
+  assert.equal(await c.publish('lobby', { text: 'again' }), 2);
+  assert.ok((await c.ping()) >= 0);
+  await waitFor(() => rec.messages.length === 2);
+  assert.deepEqual(c.position('lobby'), { offset: 2, epoch: joined.epoch });
+});
+
+test('two clients exchange messages in one order', async (t) => {
+  const gw = await gateway(t);
+  const [a, recA] = await client(t, { url: gw.wsUrl });
+  const [b, recB] = await client(t, { url: gw.wsUrl });
+  await a.join('chat');
+  await b.join('chat');
+  const sent = [];
+  for (let i = 0; i < 5; i++) {
+    sent.push(await a.publish('chat', { text: `a${i}` }));
+    sent.push(await b.publish('chat', { text: `b${i}` }));
+  }
+  assert.deepEqual(sent, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+  await waitFor(() => recA.messages.length === 10 && recB.messages.length === 10, { what: '10 messages each' });
+  const expected = ['a0', 'b0', 'a1', 'b1', 'a2', 'b2', 'a3', 'b3', 'a4', 'b4'];
+  assert.deepEqual(texts(recA.messages), expected);
+  assert.deepEqual(texts(recB.messages), expected);
+  assert.deepEqual(
+    recB.messages.map((m) => m.offset),
+    sent,
+  );
+  assert.equal(recB.messages[0].from.user, a.session.user);
+  assert.equal(recB.messages[1].from.user, b.session.user);
+  // A message published over the HTTP API reaches both, without `from`.
+  await gw.publish('chat', { text: 'backend' });
+  await waitFor(() => recA.messages.length === 11 && recB.messages.length === 11);
+  assert.equal(recB.messages[10].offset, 11);
+  assert.equal(recB.messages[10].from, undefined);
+});
+
+test('presence list and presence events', async (t) => {
+  const gw = await gateway(t);
+  const [a, recA] = await client(t, { url: gw.wsUrl });
+  const [b] = await client(t, { url: gw.wsUrl });
+  await a.join('room', { presence: true });
+  await b.join('room');
+  await waitFor(() => recA.presence.length === 1, { what: 'presence_join' });
+  const bMember = { user: b.session.user, session: b.session.session };
+  assert.deepEqual(recA.presence[0], { kind: 'join', room: 'room', member: bMember });
+
+  const members = await a.presence('room');
+  const sessions = members.map((m) => m.session).sort();
+  assert.deepEqual(sessions, [a.session.session, b.session.session].sort());
+
+  await b.leave('room');
+  assert.deepEqual(b.rooms, []);
+  await waitFor(() => recA.presence.length === 2, { what: 'presence_leave' });
+  assert.deepEqual(recA.presence[1], { kind: 'leave', room: 'room', member: bMember });
+  assert.deepEqual(
+    (await a.presence('room')).map((m) => m.session),
+    [a.session.session],
+  );
+});
+
+test('direct messages to a user and to a session', async (t) => {
+  const gw = await gateway(t);
+  const [a] = await client(t, { url: gw.wsUrl });
+  const [b, recB] = await client(t, { url: gw.wsUrl });
+  await a.sendToUser(b.session.user, { text: 'to the user' });
+  await a.send({ session: b.session.session }, { text: 'to the session' });
+  await waitFor(() => recB.directs.length === 2, { what: 'two direct messages' });
+  const from = { user: a.session.user, session: a.session.session };
+  assert.deepEqual(recB.directs, [
+    { data: { text: 'to the user' }, from },
+    { data: { text: 'to the session' }, from },
+  ]);
+  // Nobody there: accepted all the same (direct messages are not stored).
+  await a.sendToUser('nobody', { text: 'lost' });
+});
+
+test('an error frame rejects the command with its code', async (t) => {
+  const gw = await gateway(t);
+  const [c, rec] = await client(t, { url: gw.wsUrl });
+  await expectError(c.publish('elsewhere', { text: 'x' }), 'not_joined');
+  await expectError(c.join('bad room!'), 'bad_request');
+  await expectError(c.leave('never-joined'), 'not_joined');
+  await expectError(c.send({}, { text: 'x' }), 'bad_request');
+  assert.deepEqual(c.rooms, []);
+  // The connection stays usable.
+  await c.join('ok');
+  assert.equal(await c.publish('ok', 1), 1);
+  assert.deepEqual(
+    rec.states.map((s) => s.state),
+    ['connecting', 'connected'],
+  );
+  await c.close();
+  assert.equal(c.state, 'disconnected');
+  await expectError(c.publish('ok', 2), 'closed');
+});
+
+test('a dropped connection resumes: missed messages arrive once, in order', async (t) => {
+  const gw = await gateway(t);
+  const [a] = await client(t, { url: gw.wsUrl });
+  const [b, recB] = await client(t, { url: gw.wsUrl });
+  await a.join('r');
+  await b.join('r', { presence: true });
+  for (const text of ['m1', 'm2']) await a.publish('r', { text });
+  await waitFor(() => recB.messages.length === 2);
+  const session = b.session.session;
+
+  assert.ok(b.dropConnectionForTest(500));
+  assert.equal(b.state, 'reconnecting');
+  assert.equal(b.stateInfo.cause.kind, 'dropped_for_test');
+  await expectError(b.publish('r', { text: 'while away' }), 'disconnected');
+  for (const text of ['m3', 'm4', 'm5']) await a.publish('r', { text });
+  await gw.publish('r', { text: 'm6' });
+
+  await b.waitConnected();
+  const connected = recB.states.at(-1);
+  assert.equal(connected.resumed, true);
+  assert.equal(b.session.session, session, 'the same session');
+  assert.deepEqual(connected.restored, { resumed: ['r'], rejoined: [] });
+  await a.publish('r', { text: 'm7' });
+  await waitFor(() => recB.messages.length === 7, { what: 'seven messages' });
+  await sleep(100);
+  assert.deepEqual(texts(recB.messages), ['m1', 'm2', 'm3', 'm4', 'm5', 'm6', 'm7']);
+  assert.deepEqual(
+    recB.messages.map((m) => m.offset),
+    [1, 2, 3, 4, 5, 6, 7],
+  );
+  assert.deepEqual(
+    recB.messages.map((m) => m.replayed),
+    [false, false, true, true, true, true, false],
+  );
+  assert.deepEqual(recB.failed, []);
+  // The resumed room still has presence events.
+  const [c] = await client(t, { url: gw.wsUrl });
+  await c.join('r');
+  await waitFor(() => recB.presence.some((p) => p.member.session === c.session.session), { what: 'presence_join' });
+});
+
+test('an expired session: the rooms are joined again with since and recovered', async (t) => {
+  const gw = await gateway(t, { env: { ROOMCAST_SESSION__TTL_MS: '100' } });
+  const [a] = await client(t, { url: gw.wsUrl });
+  const [b, recB] = await client(t, { url: gw.wsUrl });
+  await a.join('r');
+  await b.join('r');
+  await a.publish('r', { text: 'm1' });
+  await waitFor(() => recB.messages.length === 1);
+  const oldSession = b.session.session;
+
+  b.dropConnectionForTest(1200);
+  for (const text of ['m2', 'm3', 'm4']) await a.publish('r', { text });
+  await b.waitConnected();
+  const connected = recB.states.at(-1);
+  assert.equal(connected.resumed, false);
+  assert.notEqual(b.session.session, oldSession);
+  assert.deepEqual(connected.restored, { resumed: [], rejoined: ['r'] });
+  await a.publish('r', { text: 'm5' });
+  await waitFor(() => recB.messages.length === 5, { what: 'five messages' });
+  await sleep(100);
+  assert.deepEqual(texts(recB.messages), ['m1', 'm2', 'm3', 'm4', 'm5']);
+  assert.deepEqual(
+    recB.messages.map((m) => m.replayed),
+    [false, true, true, true, false],
+  );
+  assert.deepEqual(recB.failed, [], 'history had everything');
+});
+
+test('a restarted node: new epoch, recovery_failed, then live messages again', async (t) => {
+  let gw = await startGateway();
+  t.after(() => gw.stop());
+  const [a, recA] = await client(t, { url: gw.wsUrl });
+  const [b, recB] = await client(t, { url: gw.wsUrl });
+  const first = await a.join('r');
+  await b.join('r');
+  for (const text of ['before1', 'before2', 'before3']) await a.publish('r', { text });
+  await waitFor(() => recB.messages.length === 3);
+
+  await gw.stop('SIGKILL');
+  await waitFor(() => a.state === 'reconnecting' && b.state === 'reconnecting', { what: 'both reconnecting' });
+  assert.equal(a.stateInfo.cause.kind, 'lost');
+  await expectError(a.publish('r', { text: 'nowhere' }), 'disconnected');
+  gw = await gw.restart();
+
+  await Promise.all([a.waitConnected(), b.waitConnected()]);
+  for (const rec of [recA, recB]) {
+    const connected = rec.states.filter((s) => s.state === 'connected').at(-1);
+    assert.equal(connected.resumed, false, 'the new node knows no session');
+    assert.deepEqual(connected.restored.rejoined, ['r']);
+  }
+  await waitFor(() => recA.failed.length === 1 && recB.failed.length === 1, { what: 'recovery_failed' });
+  const epoch = recB.failed[0].epoch;
+  assert.notEqual(epoch, first.epoch, 'a new epoch');
+  assert.deepEqual(recB.failed[0], { room: 'r', offset: 0, epoch });
+
+  // Offsets start again at 1 in the new epoch and are not taken for duplicates.
+  assert.equal(await a.publish('r', { text: 'after1' }), 1);
+  assert.equal(await b.publish('r', { text: 'after2' }), 2);
+  await waitFor(() => recA.messages.length === 5 && recB.messages.length === 5, { what: 'five messages each' });
+  await sleep(100);
+  for (const rec of [recA, recB]) {
+    assert.deepEqual(texts(rec.messages), ['before1', 'before2', 'before3', 'after1', 'after2']);
+    assert.deepEqual(
+      rec.messages.map((m) => [m.epoch === epoch, m.offset]),
+      [
+        [false, 1],
+        [false, 2],
+        [false, 3],
+        [true, 1],
+        [true, 2],
+      ],
+    );
+  }
+  assert.deepEqual(a.position('r'), { offset: 2, epoch });
+});
+
+test('a draining node: the reconnect notice sets the delay, the client comes back', async (t) => {
+  let gw = await startGateway({ env: { ROOMCAST_DRAIN__WINDOW_MS: '200', ROOMCAST_DRAIN__TIMEOUT_MS: '3000' } });
+  t.after(() => gw.stop());
+  const [c, rec] = await client(t, { url: gw.wsUrl });
+  await c.join('r');
+  await gw.stop('SIGTERM');
+  await waitFor(() => rec.notices.length === 1, { what: 'the reconnect notice' });
+  assert.equal(rec.notices[0].reason, 'shutdown');
+  const reconnecting = rec.states.find((s) => s.state === 'reconnecting');
+  assert.equal(reconnecting.cause.kind, 'closed');
+  assert.equal(reconnecting.cause.code, 1012);
+  assert.equal(reconnecting.delay, rec.notices[0].afterMs);
+  gw = await gw.restart();
+  await c.waitConnected();
+  await waitFor(() => c.rooms.includes('r') && c.position('r'), { what: 'the room back' });
+  assert.equal(await c.publish('r', { text: 'back' }), 1);
+});
+
+test('heartbeat watchdog: probes keep a quiet connection, silence replaces it', async (t) => {
+  const gw = await gateway(t, {
+    env: { ROOMCAST_HEARTBEAT__PING_INTERVAL_MS: '300', ROOMCAST_HEARTBEAT__PONG_TIMEOUT_MS: '2000' },
+  });
+  t.after(() => gw.resume());
+  const [c, rec] = await client(t, { url: gw.wsUrl, heartbeatSlack: 200, connectTimeout: 1000 });
+  assert.equal(c.session.pingIntervalMs, 300);
+  await c.join('r');
+  await sleep(1500); // five intervals without traffic: the probes answer
+  assert.deepEqual(
+    rec.states.map((s) => s.state),
+    ['connecting', 'connected'],
+  );
+
+  gw.pause(); // the socket stays open but nothing arrives any more
+  const frozen = Date.now();
+  await waitFor(() => c.state === 'reconnecting', { timeoutMs: 4000, what: 'the watchdog' });
+  const noticed = Date.now() - frozen;
+  assert.equal(c.stateInfo.cause.kind, 'heartbeat');
+  assert.ok(noticed >= 400 && noticed < 2500, `noticed after ${noticed} ms`);
+  gw.resume();
+  await c.waitConnected();
+  assert.equal(rec.states.filter((s) => s.state === 'connected').at(-1).resumed, true);
+});
+
+test('several URLs: a dead one is skipped', async (t) => {
+  const gw = await gateway(t);
+  const dead = `ws://127.0.0.1:${await freePort()}/ws`;
+  const [c, rec] = await client(t, { urls: [dead, gw.wsUrl] });
+  assert.equal(c.session.url, gw.wsUrl);
+  const kinds = rec.states.map((s) => (s.state === 'reconnecting' ? `${s.state}:${s.cause.kind}` : s.state));
+  assert.deepEqual(kinds, ['connecting', 'reconnecting:connect_failed', 'connecting', 'connected']);
+  assert.equal(rec.states[0].url, dead);
+  assert.equal(rec.states[2].attempt, 2);
+});
+
+test('tokens: a callback is asked at every connection, a refused token stops the client', async (t) => {
+  const secret = 'test-secret-test-secret-test-secret';
+  const gw = await gateway(t, { env: { ROOMCAST_AUTH__JWT_SECRET: secret } });
+  const exp = Math.floor(Date.now() / 1000) + 600;
+  let asked = 0;
+  const [c] = await client(t, {
+    url: gw.wsUrl,
+    getToken: async () => {
+      asked += 1;
+      return jwt(secret, { sub: 'alice', exp, rooms: ['*'] });
+    },
+  });
+  assert.equal(c.session.user, 'alice');
+  assert.equal(asked, 1);
+  c.dropConnectionForTest(0);
+  await c.waitConnected();
+  assert.equal(asked, 2);
+  assert.equal(c.stateInfo.resumed, true);
+
+  const fixed = new RoomcastClient({ url: gw.wsUrl, token: jwt('wrong', { sub: 'eve', exp }), backoff: FAST });
+  const recFixed = record(fixed);
+  await expectError(fixed.connect(), 'unauthorized');
+  assert.equal(fixed.state, 'disconnected');
+  assert.equal(recFixed.states.filter((s) => s.state === 'connecting').length, 1, 'a fixed token is tried once');
+
+  let refused = 0;
+  const provided = new RoomcastClient({
+    url: gw.wsUrl,
+    backoff: FAST,
+    getToken: () => {
+      refused += 1;
+      return jwt('wrong', { sub: 'eve', exp });
+    },
+  });
+  await expectError(provided.connect(), 'unauthorized');
+  assert.equal(refused, 2, 'a callback gets one more chance');
+});
+
+test('a client that cannot connect gives up after maxAttempts', async () => {
+  const dead = `ws://127.0.0.1:${await freePort()}/ws`;
+  const c = new RoomcastClient({ url: dead, backoff: { base: 10, cap: 20, maxAttempts: 3 } });
+  const rec = record(c);
+  await expectError(c.connect(), 'gave_up');
+  assert.equal(rec.states.filter((s) => s.state === 'connecting').length, 3);
+  assert.equal(c.state, 'disconnected');
+  assert.equal(c.stateInfo.error.code, 'gave_up');
+});
+
+test('connect() helper and a missing WebSocket constructor', async (t) => {
+  const gw = await gateway(t);
+  const c = await connect({ url: gw.wsUrl });
+  t.after(() => c.close());
+  assert.equal(c.state, 'connected');
+  assert.throws(() => new RoomcastClient({ url: gw.wsUrl, WebSocket: {} }), TypeError);
+  assert.throws(() => new RoomcastClient({ url: 'http://example.invalid/ws', WebSocket: class {} }), TypeError);
+});
+
+test('backoff: exponential ceiling, full jitter, attempt limit', () => {
+  const b = new Backoff({ base: 100, cap: 2000, maxAttempts: 5 });
+  assert.deepEqual(
+    [0, 1, 2, 3, 4, 5, 6, 7].map((n) => b.ceiling(n)),
+    [100, 200, 400, 800, 1600, 2000, 2000, 2000],
+  );
+  assert.equal(b.ceiling(100_000), 2000);
+  assert.equal(b.delay(3, () => 0), 0);
+  assert.equal(b.delay(3, () => 0.5), 400);
+  const samples = Array.from({ length: 4000 }, () => b.delay(3) / 800);
+  assert.ok(Math.min(...samples) < 0.02 && Math.max(...samples) > 0.98);
+  const mean = samples.reduce((x, y) => x + y) / samples.length;
+  assert.ok(mean > 0.45 && mean < 0.55, `mean ${mean}`);
+  assert.ok(!b.exhausted(4) && b.exhausted(5));
+  assert.ok(!new Backoff().exhausted(1e9));
+  assert.equal(new Backoff({ base: 0 }).delay(5), 0);
+});
+
+test('positions: duplicates dropped per room, reset by a new epoch', () => {
+  const p = new Positions();
+  const delivered = (room, epoch, offsets) => offsets.filter((o) => p.admit(room, epoch, o) !== 'duplicate');
+  assert.deepEqual(delivered('r', 'e1', [1, 2, 3, 2, 3, 4, 1, 5, 5]), [1, 2, 3, 4, 5]);
+  assert.deepEqual(delivered('other', 'e1', [1, 2]), [1, 2]);
+  assert.equal(p.admit('r', 'e2', 1), 'restart');
+  assert.deepEqual(delivered('r', 'e2', [1, 2]), [2]);
+  p.advanceTo('r', { offset: 10, epoch: 'e2' });
+  p.advanceTo('r', { offset: 4, epoch: 'e2' });
+  assert.deepEqual(p.get('r'), { offset: 10, epoch: 'e2' });
+  p.replayFrom('r', { offset: 3, epoch: 'e2' });
+  assert.deepEqual(delivered('r', 'e2', [4, 10, 11]), [11]);
+  p.replayFrom('r', { offset: 3, epoch: 'e3' });
+  assert.deepEqual(delivered('r', 'e3', [3, 4]), [4]);
+  p.remove('r');
+  assert.equal(p.get('r'), undefined);
+});

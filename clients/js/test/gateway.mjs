@@ -1,0 +1,167 @@
+// Starts and stops real roomcast-gateway processes for the tests.
+//
+// The binary is $ROOMCAST_GATEWAY_BIN, else <repo>/target/debug/roomcast-gateway
+// (`make build` builds it). Each gateway runs single-node and in-memory on a
+// loopback port: port 0 picks a free one, read back from the log line
+// "listening on http://ADDR". Every process started here is killed when the
+// test process exits, whatever happened.
+
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+export const API_KEY = 'test-key';
+const START_TIMEOUT_MS = 15_000;
+
+export function gatewayBin() {
+  return process.env.ROOMCAST_GATEWAY_BIN || path.join(REPO, 'target', 'debug', 'roomcast-gateway');
+}
+
+const alive = new Set();
+process.on('exit', () => {
+  for (const child of alive) child.kill('SIGKILL');
+});
+
+export class Gateway {
+  constructor({ port = 0, env = {} } = {}) {
+    this.requestedPort = port;
+    this.extraEnv = env;
+    this.proc = null;
+    this.addr = null;
+    this.log = [];
+  }
+
+  get port() {
+    return Number(this.addr.split(':').pop());
+  }
+
+  get wsUrl() {
+    return `ws://${this.addr}/ws`;
+  }
+
+  get httpUrl() {
+    return `http://${this.addr}`;
+  }
+
+  /** Starts the process and waits for its listening line. */
+  async start() {
+    const bin = gatewayBin();
+    if (!existsSync(bin)) throw new Error(`gateway binary ${bin} not found: run make build`);
+    // A clean environment: inherited ROOMCAST_* settings must not change what is tested.
+    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('ROOMCAST_')));
+    Object.assign(env, {
+      ROOMCAST_LISTEN: `127.0.0.1:${this.requestedPort}`,
+      ROOMCAST_API__KEY: API_KEY,
+      ROOMCAST_LOG__LEVEL: 'info',
+      ...this.extraEnv,
+    });
+    const proc = spawn(bin, [], { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    this.proc = proc;
+    alive.add(proc);
+    this.exited = new Promise((resolve) => {
+      proc.on('exit', (code, signal) => {
+        alive.delete(proc);
+        resolve({ code, signal });
+      });
+    });
+    this.addr = await new Promise((resolve, reject) => {
+      let buffered = '';
+      const timer = setTimeout(() => {
+        reject(new Error(`gateway did not report its address within ${START_TIMEOUT_MS} ms:\n${this.tail()}`));
+      }, START_TIMEOUT_MS);
+      const onData = (chunk) => {
+        buffered += chunk.toString();
+        let nl;
+        while ((nl = buffered.indexOf('\n')) >= 0) {
+          const line = buffered.slice(0, nl);
+          buffered = buffered.slice(nl + 1);
+          this.log.push(line);
+          const match = /listening on http:\/\/(\S+)/.exec(line);
+          if (match) {
+            clearTimeout(timer);
+            resolve(match[1]);
+          }
+        }
+      };
+      proc.stdout.on('data', onData);
+      proc.stderr.on('data', (chunk) => this.log.push(...chunk.toString().split('\n').filter(Boolean)));
+      this.exited.then(({ code, signal }) => {
+        clearTimeout(timer);
+        reject(new Error(`gateway exited (${code ?? signal}) before listening:\n${this.tail()}`));
+      });
+    });
+    return this;
+  }
+
+  tail(lines = 30) {
+    return this.log.slice(-lines).join('\n');
+  }
+
+  /** Stops the process with `signal` (SIGKILL: a crash) and waits for it to exit. */
+  async stop(signal = 'SIGKILL', timeoutMs = 10_000) {
+    if (!this.proc || this.proc.exitCode !== null || this.proc.signalCode !== null) return;
+    this.proc.kill(signal);
+    const timer = setTimeout(() => this.proc.kill('SIGKILL'), timeoutMs);
+    await this.exited;
+    clearTimeout(timer);
+  }
+
+  /** Freezes (SIGSTOP) or thaws (SIGCONT) the process: its sockets stay open but silent. */
+  pause() {
+    this.proc.kill('SIGSTOP');
+  }
+
+  resume() {
+    this.proc.kill('SIGCONT');
+  }
+
+  /** Starts a new gateway on the same port (the old one must be stopped). */
+  async restart(env = this.extraEnv) {
+    const port = this.port;
+    let lastError;
+    for (let i = 0; i < 20; i++) {
+      const next = new Gateway({ port, env });
+      try {
+        await next.start();
+        return next;
+      } catch (error) {
+        lastError = error; // the port may take a moment to be free again
+        await sleep(100);
+      }
+    }
+    throw lastError;
+  }
+
+  /** POST /api/publish. */
+  async publish(room, data) {
+    const response = await fetch(`${this.httpUrl}/api/publish`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${API_KEY}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ room, data }),
+      signal: AbortSignal.timeout(5000),
+    });
+    if (!response.ok) throw new Error(`publish: HTTP ${response.status}: ${await response.text()}`);
+    return response.json();
+  }
+}
+
+export async function startGateway(options) {
+  return new Gateway(options).start();
+}
+
+export function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Polls `predicate` until it is truthy; fails after `timeoutMs`. */
+export async function waitFor(predicate, { timeoutMs = 5000, what = 'condition' } = {}) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await predicate();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(10);
+  }
+}

@@ -1,0 +1,11 @@
+#!/bin/sh
+# Entry point of the roomcast image: runs the given command (roomcast-gateway
+# by default, or roomcast-presence) as PID 1, after raising the soft limit on
+# open files to the hard limit the container runtime allows. Every WebSocket
+# connection is one file descriptor, and some runtimes start containers with
+# a soft limit of 1024.
+hard=$(ulimit -H -n 2>/dev/null) || hard=""
+if [ -n "$hard" ]; then
+    ulimit -S -n "$hard" 2>/dev/null || true
+fi
+exec "$@"
