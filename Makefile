@@ -33,7 +33,7 @@ cluster:
 	@CARGO=$(CARGO) scripts/cluster.sh
 
 build:
-	$(CARGO) build --workspace --bins
+	$(CARGO) build --workspace --all-targets
 
 ## Everything CI checks. Installs what it needs (Python venv, cargo-nextest, cargo-fuzz).
 test: deps lint test-rust test-python fuzz-smoke

@@ -510,7 +510,16 @@ export class RoomcastClient {
       this._write(conn, hello);
     };
     ws.onmessage = (event) => this._onRaw(conn, event.data);
-    ws.onerror = () => {}; // a close event follows
+    ws.onerror = () => {
+      // Browsers follow an error with a close event (which has the code);
+      // some implementations (Node 20's) do not when the connection could
+      // not be opened at all, so do not wait for it then.
+      if (!conn.opened) {
+        this._fail(conn, { kind: 'connect_failed', message: `could not connect to ${url}` });
+      } else {
+        setTimeout(() => this._fail(conn, { kind: 'lost', message: 'socket error' }), 1000);
+      }
+    };
     ws.onclose = (event) => {
       if (!conn.opened) {
         this._fail(conn, { kind: 'connect_failed', message: `could not connect to ${url} (close ${event.code})` });

@@ -251,6 +251,7 @@ test('an expired session: the rooms are joined again with since and recovered', 
   assert.equal(connected.resumed, false);
   assert.notEqual(b.session.session, oldSession);
   assert.deepEqual(connected.restored, { resumed: [], rejoined: ['r'] });
+  await waitFor(() => recB.messages.length === 4, { what: 'the replay' });
   await a.publish('r', { text: 'm5' });
   await waitFor(() => recB.messages.length === 5, { what: 'five messages' });
   await sleep(100);
@@ -273,8 +274,9 @@ test('a restarted node: new epoch, recovery_failed, then live messages again', a
   await waitFor(() => recB.messages.length === 3);
 
   await gw.stop('SIGKILL');
-  await waitFor(() => a.state === 'reconnecting' && b.state === 'reconnecting', { what: 'both reconnecting' });
-  assert.equal(a.stateInfo.cause.kind, 'lost');
+  const down = (rec) => rec.states.find((s) => s.state === 'reconnecting');
+  await waitFor(() => down(recA) && down(recB), { what: 'both reconnecting' });
+  assert.equal(down(recA).cause.kind, 'lost');
   await expectError(a.publish('r', { text: 'nowhere' }), 'disconnected');
   gw = await gw.restart();
 

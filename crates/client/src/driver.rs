@@ -776,16 +776,7 @@ async fn greet(
 }
 
 /// The same command with `id` set.
-fn with_id(frame: ClientFrame, new_id: u64) -> ClientFrame {
-    let mut frame = frame;
-    match &mut frame {
-        ClientFrame::Hello { id, .. }
-        | ClientFrame::Join { id, .. }
-        | ClientFrame::Leave { id, .. }
-        | ClientFrame::Publish { id, .. }
-        | ClientFrame::Send { id, .. }
-        | ClientFrame::Presence { id, .. }
-        | ClientFrame::Ping { id } => *id = Some(new_id),
-    }
+fn with_id(mut frame: ClientFrame, new_id: u64) -> ClientFrame {
+    frame.set_id(Some(new_id));
     frame
 }

@@ -14,6 +14,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod connection;
+pub mod demo;
 pub mod drain;
 pub mod error;
 pub mod handle;

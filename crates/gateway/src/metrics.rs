@@ -89,23 +89,9 @@ const REJECTIONS: [&str; 6] = [
     "unauthorized",
 ];
 
-const CLIENT_TYPES: [&str; 8] = [
-    "hello", "join", "leave", "publish", "send", "presence", "ping", "invalid",
-];
-const SERVER_TYPES: [&str; 12] = [
-    "welcome",
-    "joined",
-    "left",
-    "message",
-    "direct",
-    "presence_join",
-    "presence_leave",
-    "presence",
-    "ack",
-    "pong",
-    "error",
-    "reconnect",
-];
+/// Client frame types counted by `roomcast_frames_in_total`, then `invalid`.
+const CLIENT_TYPES: usize = ClientFrame::KINDS.len() + 1;
+const SERVER_TYPES: [&str; 12] = ServerFrame::KINDS;
 /// Close codes counted by `roomcast_disconnects_total`, then `none` (the
 /// socket ended without a close frame) and `other`.
 const CLOSE_CODES: [u16; 15] = [
@@ -118,7 +104,7 @@ pub struct Metrics {
     pub connections: Gauge,
     pub connections_accepted: Counter,
     rejected: [Counter; REJECTIONS.len()],
-    frames_in: [Counter; CLIENT_TYPES.len()],
+    frames_in: [Counter; CLIENT_TYPES],
     frames_out: [Counter; SERVER_TYPES.len()],
     disconnects: [Counter; CLOSE_LABELS],
     pub rooms: Gauge,
@@ -151,11 +137,11 @@ impl Metrics {
 
     pub fn frame_in(&self, frame: Option<&ClientFrame>) {
         let i = match frame {
-            Some(f) => CLIENT_TYPES
+            Some(f) => ClientFrame::KINDS
                 .iter()
                 .position(|t| *t == f.kind())
-                .unwrap_or(7),
-            None => 7,
+                .unwrap_or(CLIENT_TYPES - 1),
+            None => CLIENT_TYPES - 1,
         };
         self.frames_in[i].inc();
     }
@@ -212,7 +198,8 @@ impl Metrics {
             "Client frames received, by type.",
             "counter",
         );
-        for (i, t) in CLIENT_TYPES.iter().enumerate() {
+        let client_types = ClientFrame::KINDS.iter().chain(std::iter::once(&"invalid"));
+        for (i, t) in client_types.enumerate() {
             let _ = writeln!(
                 out,
                 "roomcast_frames_in_total{{type=\"{t}\"}} {}",

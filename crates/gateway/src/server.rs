@@ -55,12 +55,13 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(metrics))
         .route("/", get(index))
         .nest("/api", crate::api::router(node.clone()))
+        .merge(crate::demo::router())
         .with_state(node)
 }
 
 async fn index(State(node): State<Arc<Node>>) -> String {
     format!(
-        "roomcast gateway {}\nWebSocket: /ws (subprotocols roomcast.v1.json, roomcast.v1.msgpack)\nAPI: /api/publish /api/send /api/presence/{{room}} /api/disconnect /api/stats\nOps: /healthz /readyz /metrics\n",
+        "roomcast gateway {}\nWebSocket: /ws (subprotocols roomcast.v1.json, roomcast.v1.msgpack)\nAPI: /api/publish /api/send /api/presence/{{room}} /api/disconnect /api/stats\nOps: /healthz /readyz /metrics\nDemo chat: /demo/\n",
         node.id
     )
 }
@@ -86,15 +87,43 @@ fn render_redis(out: &mut String, stats: &roomcast_broker::redis::RedisStats) {
     use std::fmt::Write;
     use std::sync::atomic::Ordering::Relaxed;
     let families = [
-        ("roomcast_redis_errors_total", "Redis commands that failed.", &stats.errors),
-        ("roomcast_redis_reconnects_total", "Reconnections of the pub/sub connection.", &stats.reconnects),
-        ("roomcast_pubsub_lost_total", "Pub/sub messages dropped because the dispatcher lagged (then repaired from history).", &stats.pubsub_lost),
-        ("roomcast_pubsub_gap_repaired_total", "Messages delivered from history to fill a pub/sub gap.", &stats.gap_repaired),
-        ("roomcast_pubsub_gap_unrepaired_total", "Messages of a pub/sub gap no longer in history (members missed them).", &stats.gap_unrepaired),
-        ("roomcast_pubsub_duplicates_dropped_total", "Pub/sub messages dropped as already delivered.", &stats.duplicates_dropped),
+        (
+            "roomcast_redis_errors_total",
+            "Redis commands that failed.",
+            &stats.errors,
+        ),
+        (
+            "roomcast_redis_reconnects_total",
+            "Reconnections of the pub/sub connection.",
+            &stats.reconnects,
+        ),
+        (
+            "roomcast_pubsub_lost_total",
+            "Pub/sub messages dropped because the dispatcher lagged (then repaired from history).",
+            &stats.pubsub_lost,
+        ),
+        (
+            "roomcast_pubsub_gap_repaired_total",
+            "Messages delivered from history to fill a pub/sub gap.",
+            &stats.gap_repaired,
+        ),
+        (
+            "roomcast_pubsub_gap_unrepaired_total",
+            "Messages of a pub/sub gap no longer in history (members missed them).",
+            &stats.gap_unrepaired,
+        ),
+        (
+            "roomcast_pubsub_duplicates_dropped_total",
+            "Pub/sub messages dropped as already delivered.",
+            &stats.duplicates_dropped,
+        ),
     ];
     for (name, help, value) in families {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            value.load(Relaxed)
+        );
     }
 }
 

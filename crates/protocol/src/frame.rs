@@ -153,6 +153,24 @@ impl ClientFrame {
         }
     }
 
+    /// Every client frame `type`, in the order of the contract.
+    pub const KINDS: [&'static str; 7] = [
+        "hello", "join", "leave", "publish", "send", "presence", "ping",
+    ];
+
+    /// Sets the `id` the reply will carry.
+    pub fn set_id(&mut self, new_id: Option<u64>) {
+        match self {
+            ClientFrame::Hello { id, .. }
+            | ClientFrame::Join { id, .. }
+            | ClientFrame::Leave { id, .. }
+            | ClientFrame::Publish { id, .. }
+            | ClientFrame::Send { id, .. }
+            | ClientFrame::Presence { id, .. }
+            | ClientFrame::Ping { id } => *id = new_id,
+        }
+    }
+
     /// The frame's `type`, as on the wire.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -246,6 +264,40 @@ pub enum ServerFrame {
 }
 
 impl ServerFrame {
+    /// Every server frame `type`, in the order of the contract.
+    pub const KINDS: [&'static str; 12] = [
+        "welcome",
+        "joined",
+        "left",
+        "message",
+        "direct",
+        "presence_join",
+        "presence_leave",
+        "presence",
+        "ack",
+        "pong",
+        "error",
+        "reconnect",
+    ];
+
+    /// The `id` of the client command this frame answers, if it answers one.
+    pub fn reply_id(&self) -> Option<u64> {
+        match self {
+            ServerFrame::Welcome { id, .. }
+            | ServerFrame::Joined { id, .. }
+            | ServerFrame::Left { id, .. }
+            | ServerFrame::Presence { id, .. }
+            | ServerFrame::Pong { id }
+            | ServerFrame::Error { id, .. } => *id,
+            ServerFrame::Ack { id, .. } => Some(*id),
+            ServerFrame::Message { .. }
+            | ServerFrame::Direct { .. }
+            | ServerFrame::PresenceJoin { .. }
+            | ServerFrame::PresenceLeave { .. }
+            | ServerFrame::Reconnect { .. } => None,
+        }
+    }
+
     /// The frame's `type`, as on the wire.
     pub fn kind(&self) -> &'static str {
         match self {

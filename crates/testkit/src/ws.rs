@@ -173,27 +173,13 @@ impl RawClient {
     pub async fn request(&mut self, frame: ClientFrame) -> ServerFrame {
         let id = frame.id().expect("request needs an id");
         self.send(&frame).await;
-        self.recv_until(|f| (reply_id(f) == Some(id)).then(|| f.clone()))
+        self.recv_until(|f| (f.reply_id() == Some(id)).then(|| f.clone()))
             .await
     }
 
     /// Drops the TCP connection without a close handshake.
     pub fn abort(self) {
         drop(self);
-    }
-}
-
-/// The `id` a server frame answers, if any.
-pub fn reply_id(frame: &ServerFrame) -> Option<u64> {
-    match frame {
-        ServerFrame::Welcome { id, .. }
-        | ServerFrame::Joined { id, .. }
-        | ServerFrame::Left { id, .. }
-        | ServerFrame::Presence { id, .. }
-        | ServerFrame::Pong { id }
-        | ServerFrame::Error { id, .. } => *id,
-        ServerFrame::Ack { id, .. } => Some(*id),
-        _ => None,
     }
 }
 
