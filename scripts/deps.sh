@@ -32,6 +32,21 @@ if [ "${1:-}" = redis ]; then
     exit 0
 fi
 
+# `scripts/deps.sh chromium`: Debian's Chromium for the demo's browser test
+# (scripts/test-js.sh); no browser is ever downloaded any other way.
+if [ "${1:-}" = chromium ]; then
+    [ -x /usr/bin/chromium ] || apt_install chromium
+    exit 0
+fi
+
+# `scripts/deps.sh docker-compose`: Debian's docker-compose, which
+# `make test-deploy` uses to validate docker-compose.yml (no Docker engine
+# needed).
+if [ "${1:-}" = docker-compose ]; then
+    command -v docker-compose >/dev/null 2>&1 || apt_install docker-compose
+    exit 0
+fi
+
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "deps: installing cargo-nextest $NEXTEST_VERSION"
     cargo install --locked cargo-nextest --version "$NEXTEST_VERSION"

@@ -38,7 +38,7 @@ after(async () => {
 });
 
 /** Opens the demo in a fresh context (its own storage) and joins `room` as `name`. */
-async function openChat(url, name, room) {
+async function openChat(url, name, room, joinShot = null) {
   const context = await browser.newContext({ viewport: { width: 1100, height: 720 }, deviceScaleFactor: 1 });
   const page = await context.newPage();
   const problems = [];
@@ -52,6 +52,7 @@ async function openChat(url, name, room) {
   await page.goto(url, { timeout: WAIT });
   await page.fill('#name', name);
   await page.fill('#room', room);
+  if (joinShot) await page.screenshot({ path: joinShot });
   await page.click('#join');
   await page.waitForSelector('#chat-view:not([hidden])', { timeout: WAIT });
   await waitState(page, 'connected');
@@ -103,7 +104,8 @@ test('two pages chat across a lost socket and a node restart', { timeout: 120_00
   const url = `${gateway.httpUrl}/demo/`;
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS, headless: true, timeout: 30_000 });
 
-  const alice = await openChat(url, 'Alice', 'demo-room');
+  mkdirSync(SHOTS, { recursive: true });
+  const alice = await openChat(url, 'Alice', 'demo-room', path.join(SHOTS, 'join.png'));
   const bob = await openChat(url, 'Bob', 'demo-room');
   const both = [alice, bob];
 
@@ -174,7 +176,6 @@ test('two pages chat across a lost socket and a node restart', { timeout: 120_00
   assert.equal(await alice.page.textContent('#fact-reconnects'), '1');
   assert.equal(await bob.page.textContent('#fact-reconnects'), '2');
 
-  mkdirSync(SHOTS, { recursive: true });
   await alice.page.screenshot({ path: path.join(SHOTS, 'demo.png') });
   await bob.page.screenshot({ path: path.join(SHOTS, 'demo-bob.png') });
 });

@@ -84,11 +84,13 @@ pub enum Route {
 pub trait Broker: Send + Sync + 'static {
     /// Appends `data` to the room's history with the next offset and delivers
     /// it to every node with members. An `Ok` means the message is stored.
+    /// `trace` is the W3C `traceparent` of the publishing span, if traced.
     async fn publish(
         &self,
         room: &str,
         data: Data,
         from: Option<Member>,
+        trace: Option<String>,
     ) -> Result<Arc<RoomMessage>, BrokerError>;
 
     /// Starts delivering the room's messages to this node (first local member).

@@ -184,20 +184,24 @@ impl Broker for MemoryBroker {
         room: &str,
         data: Data,
         from: Option<Member>,
+        trace: Option<String>,
     ) -> Result<Arc<RoomMessage>, BrokerError> {
         let (name, log) = self.log(room);
         let mut log = log.lock();
         let now = Instant::now();
         log.last_offset += 1;
         log.touched = now;
-        let message = Arc::new(RoomMessage::new(
-            name,
-            log.last_offset,
-            log.epoch.clone(),
-            data,
-            from,
-            now_us(),
-        ));
+        let message = Arc::new(
+            RoomMessage::new(
+                name,
+                log.last_offset,
+                log.epoch.clone(),
+                data,
+                from,
+                now_us(),
+            )
+            .with_trace(trace),
+        );
         log.entries.push_back((now, message.clone()));
         log.trim(&self.limits, now);
         if log.subscribers > 0 {
@@ -271,7 +275,7 @@ mod tests {
     async fn offsets_start_at_one_and_increase_by_one() {
         let b = broker(10, 60_000);
         for expected in 1..=5 {
-            let m = b.publish("r", json!(expected), None).await.unwrap();
+            let m = b.publish("r", json!(expected), None, None).await.unwrap();
             assert_eq!(m.offset, expected);
         }
     }
@@ -280,7 +284,7 @@ mod tests {
     async fn recovery_returns_exactly_the_missed_messages() {
         let b = broker(10, 60_000);
         for i in 1..=6 {
-            b.publish("r", json!(i), None).await.unwrap();
+            b.publish("r", json!(i), None, None).await.unwrap();
         }
         let s = since(&b, "r", 3).await;
         let read = b.read("r", Some(&s)).await.unwrap();
@@ -297,7 +301,7 @@ mod tests {
     async fn a_gap_evicted_from_history_is_not_recoverable() {
         let b = broker(3, 60_000);
         for i in 1..=6 {
-            b.publish("r", json!(i), None).await.unwrap();
+            b.publish("r", json!(i), None, None).await.unwrap();
         }
         let s = since(&b, "r", 2).await;
         let read = b.read("r", Some(&s)).await.unwrap();
@@ -310,7 +314,7 @@ mod tests {
     #[tokio::test]
     async fn another_epoch_or_a_future_offset_is_not_recoverable() {
         let b = broker(10, 60_000);
-        b.publish("r", json!(1), None).await.unwrap();
+        b.publish("r", json!(1), None, None).await.unwrap();
         let bad_epoch = Since {
             offset: 0,
             epoch: "other".into(),
@@ -325,7 +329,7 @@ mod tests {
     #[tokio::test]
     async fn expired_messages_leave_history() {
         let b = broker(10, 30);
-        b.publish("r", json!(1), None).await.unwrap();
+        b.publish("r", json!(1), None, None).await.unwrap();
         tokio::time::sleep(Duration::from_millis(60)).await;
         let s = since(&b, "r", 0).await;
         let read = b.read("r", Some(&s)).await.unwrap();

@@ -20,6 +20,9 @@ pub struct RoomMessage {
     /// Wall-clock publish time in microseconds since the Unix epoch, for the
     /// publish-to-deliver latency metric.
     pub published_at_us: u64,
+    /// W3C `traceparent` of the publish, when it was traced: the receiving
+    /// node's delivery span becomes its child.
+    pub trace: Option<String>,
     encoded: [OnceLock<Bytes>; 2],
 }
 
@@ -53,8 +56,15 @@ impl RoomMessage {
             data,
             from,
             published_at_us,
+            trace: None,
             encoded: [OnceLock::new(), OnceLock::new()],
         }
+    }
+
+    /// The same message with the publish's trace context.
+    pub fn with_trace(mut self, trace: Option<String>) -> Self {
+        self.trace = trace;
+        self
     }
 
     /// The encoded `message` frame for `codec`, built on first use.

@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tracing::Instrument;
 
 use crate::error::NodeError;
 use crate::node::Node;
@@ -33,6 +34,7 @@ pub fn router(node: Arc<Node>) -> Router<Arc<Node>> {
         .route("/stats", get(stats))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(node, require_key))
+        .layer(middleware::from_fn(trace_request))
 }
 
 impl IntoResponse for NodeError {
@@ -43,6 +45,29 @@ impl IntoResponse for NodeError {
         )
             .into_response()
     }
+}
+
+/// A span per API request, child of the caller's `traceparent` if it sent one.
+async fn trace_request(request: Request, next: Next) -> Response {
+    if !crate::telemetry::enabled() {
+        return next.run(request).await;
+    }
+    let span = tracing::info_span!(
+        "api",
+        method = %request.method(),
+        path = %request.uri().path(),
+        status = tracing::field::Empty
+    );
+    if let Some(parent) = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+    {
+        crate::telemetry::set_remote_parent(&span, parent);
+    }
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("status", response.status().as_u16());
+    response
 }
 
 async fn require_key(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {

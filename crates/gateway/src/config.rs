@@ -48,6 +48,34 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     pub drain: DrainConfig,
     pub log: LogConfig,
+    pub tracing: TracingConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TracingConfig {
+    /// Export traces over OTLP. Also on when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) is set.
+    pub enabled: bool,
+    /// OTLP endpoint. Empty: `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`, else `http://127.0.0.1:4317` (gRPC) or `:4318` (HTTP).
+    pub endpoint: String,
+    /// `grpc` or `http/protobuf`. Empty: `OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`, else `grpc`.
+    pub protocol: String,
+    /// Share of new traces sampled, 0.0 to 1.0 (a sampled parent's children always are).
+    pub sample_ratio: f64,
+    /// Service name in traces. Empty: `OTEL_SERVICE_NAME`, else `roomcast-gateway`.
+    pub service_name: String,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            enabled: false,
+            endpoint: String::new(),
+            protocol: String::new(),
+            sample_ratio: 1.0,
+            service_name: String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -297,6 +325,7 @@ impl Default for Config {
             websocket: WebSocketConfig::default(),
             drain: DrainConfig::default(),
             log: LogConfig::default(),
+            tracing: TracingConfig::default(),
         }
     }
 }
@@ -396,6 +425,16 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError(format!("{key} must be greater than 0")));
             }
+        }
+        if !(0.0..=1.0).contains(&self.tracing.sample_ratio) {
+            return Err(ConfigError(
+                "tracing.sample_ratio must be between 0.0 and 1.0".into(),
+            ));
+        }
+        if !["", "grpc", "http/protobuf", "http"].contains(&self.tracing.protocol.as_str()) {
+            return Err(ConfigError(
+                "tracing.protocol must be grpc or http/protobuf".into(),
+            ));
         }
         if self.drain.window_ms >= self.drain.timeout_ms {
             return Err(ConfigError(format!(

@@ -291,8 +291,23 @@ impl Hub {
     }
 }
 
+/// The span of a delivery whose publish was traced on another node (none
+/// when this node does not trace, or the publish was not sampled).
+fn remote_span(kind: &'static str, trace: Option<&str>, room: &str) -> tracing::Span {
+    match trace {
+        Some(parent) if crate::telemetry::enabled() => {
+            let span = tracing::info_span!("deliver", kind, room);
+            crate::telemetry::set_remote_parent(&span, parent);
+            span
+        }
+        _ => tracing::Span::none(),
+    }
+}
+
 impl Delivery for Hub {
     fn control(&self, envelope: Envelope) {
+        let span = remote_span("control", envelope.trace.as_deref(), &envelope.room);
+        let _entered = span.enter();
         if matches!(envelope.kind, Kind::Direct | Kind::Disconnect) {
             self.metrics.control_received.inc();
         }
@@ -332,6 +347,8 @@ impl Delivery for Hub {
     }
 
     fn deliver(&self, msg: Arc<RoomMessage>) {
+        let span = remote_span("message", msg.trace.as_deref(), &msg.room);
+        let _entered = span.enter();
         let mut shard = self.shards[shard_of(&msg.room)].lock();
         let Some(room) = shard.get_mut(&*msg.room) else {
             return;

@@ -27,6 +27,7 @@ pub mod outbox;
 pub mod presence;
 pub mod server;
 pub mod session;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use roomcast_gateway::config::Config;
-use tracing_subscriber::EnvFilter;
+use roomcast_gateway::telemetry;
 
 const USAGE: &str = "usage: roomcast-gateway [--config PATH]
 
@@ -45,29 +45,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = EnvFilter::try_new(&config.log.level);
-    let filter = match filter {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("roomcast-gateway: configuration error: log.level: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    if config.log.json {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .json()
-            .init();
-    } else {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_ansi(ansi)
-            .init();
-    }
-    for key in unknown {
-        tracing::warn!(key, "unknown configuration key ignored");
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -78,7 +55,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(roomcast_gateway::run(config)) {
+    // Logging and tracing first (the gRPC exporter needs the runtime).
+    let telemetry = match runtime.block_on(async { telemetry::init(&config, "roomcast-gateway") }) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("roomcast-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for key in unknown {
+        tracing::warn!(key, "unknown configuration key ignored");
+    }
+    let result = runtime.block_on(roomcast_gateway::run(config));
+    drop(telemetry);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("roomcast-gateway: {e}");

@@ -23,8 +23,10 @@ use crate::hub::{Added, Hub};
 use crate::limits::{check_room_name, PerIpCounter};
 use crate::metrics::Metrics;
 use crate::session::{ResumeSigner, SessionStore};
+use crate::telemetry;
 use roomcast_presence::api::Op;
 use roomcast_presence::client::PresenceClient;
+use tracing::Instrument;
 
 pub struct Node {
     pub config: Config,
@@ -146,13 +148,24 @@ impl Node {
         from: Option<Member>,
     ) -> Result<Arc<RoomMessage>, NodeError> {
         self.check_room(room)?;
+        let span = if telemetry::enabled() {
+            tracing::info_span!("publish", room, node = %self.id, offset = tracing::field::Empty)
+        } else {
+            tracing::Span::none()
+        };
         let started = Instant::now();
-        let result = self.broker.publish(room, data, from).await;
+        let result = async {
+            let trace = telemetry::current_traceparent();
+            self.broker.publish(room, data, from, trace).await
+        }
+        .instrument(span.clone())
+        .await;
         self.metrics
             .broker_publish
             .observe_us(started.elapsed().as_micros() as u64);
         match result {
             Ok(message) => {
+                span.record("offset", message.offset);
                 self.metrics.published.inc();
                 Ok(message)
             }
@@ -180,11 +193,21 @@ impl Node {
         if self.redis.is_none() {
             return Ok(self.hub.deliver_direct(to, data, from));
         }
-        let mut envelope = self.envelope(Kind::Direct, "");
-        envelope.data = Some(data);
-        envelope.from = from;
-        envelope.target = Some(to.clone());
-        self.route(to, envelope).await
+        let span = if telemetry::enabled() {
+            tracing::info_span!("send", node = %self.id)
+        } else {
+            tracing::Span::none()
+        };
+        async {
+            let mut envelope = self.envelope(Kind::Direct, "");
+            envelope.data = Some(data);
+            envelope.from = from;
+            envelope.target = Some(to.clone());
+            envelope.trace = telemetry::current_traceparent();
+            self.route(to, envelope).await
+        }
+        .instrument(span)
+        .await
     }
 
     /// Sends a control envelope to the nodes owning `to`'s sessions, as the
@@ -194,7 +217,11 @@ impl Node {
             Some(presence) => {
                 let users: Vec<String> = to.user.iter().cloned().collect();
                 let sessions: Vec<String> = to.session.iter().cloned().collect();
-                presence.lookup(&users, &sessions).await.ok()
+                presence
+                    .lookup(&users, &sessions)
+                    .instrument(presence_span("presence.lookup"))
+                    .await
+                    .ok()
             }
             None => None,
         };
@@ -240,6 +267,7 @@ impl Node {
             None => Ok(self.hub.members(room)),
             Some(presence) => presence
                 .members(room)
+                .instrument(presence_span("presence.members"))
                 .await
                 .map_err(|e| NodeError::new(ErrorCode::Unavailable, e.to_string())),
         }
@@ -391,5 +419,14 @@ impl Node {
             Some(m) => m.room_count(),
             None => self.hub.room_count(),
         }
+    }
+}
+
+/// A span around a call to the presence service (none when not tracing).
+fn presence_span(name: &'static str) -> tracing::Span {
+    if telemetry::enabled() {
+        tracing::info_span!("presence", call = name)
+    } else {
+        tracing::Span::none()
     }
 }

@@ -258,14 +258,17 @@ impl RedisBroker {
     }
 
     fn to_message(envelope: Envelope) -> Arc<RoomMessage> {
-        Arc::new(RoomMessage::new(
-            Arc::from(envelope.room),
-            envelope.offset,
-            Arc::from(envelope.epoch),
-            envelope.data.unwrap_or(Data::Null),
-            envelope.from,
-            envelope.ts,
-        ))
+        Arc::new(
+            RoomMessage::new(
+                Arc::from(envelope.room),
+                envelope.offset,
+                Arc::from(envelope.epoch),
+                envelope.data.unwrap_or(Data::Null),
+                envelope.from,
+                envelope.ts,
+            )
+            .with_trace(envelope.trace),
+        )
     }
 
     /// Decodes history entries and checks they are exactly the messages
@@ -472,12 +475,14 @@ impl Broker for RedisBroker {
         room: &str,
         data: Data,
         from: Option<Member>,
+        trace: Option<String>,
     ) -> Result<Arc<RoomMessage>, BrokerError> {
         self.ensure_connected()?;
         let ts = now_us();
         let mut envelope = Envelope::new(Kind::Message, room, &self.node, ts);
         envelope.data = Some(data);
         envelope.from = from;
+        envelope.trace = trace;
         let encoded = envelope.encode().map_err(|e| unavailable(&self.stats, e))?;
         let keys = vec![
             names::room_meta(room),
@@ -499,14 +504,17 @@ impl Broker for RedisBroker {
             .evalsha_with_reload(&self.client, keys, args)
             .await
             .map_err(|e| unavailable(&self.stats, e))?;
-        Ok(Arc::new(RoomMessage::new(
-            Arc::from(room),
-            offset,
-            Arc::from(epoch),
-            envelope.data.take().unwrap_or(Data::Null),
-            envelope.from.take(),
-            ts,
-        )))
+        Ok(Arc::new(
+            RoomMessage::new(
+                Arc::from(room),
+                offset,
+                Arc::from(epoch),
+                envelope.data.take().unwrap_or(Data::Null),
+                envelope.from.take(),
+                ts,
+            )
+            .with_trace(envelope.trace.take()),
+        ))
     }
 
     async fn subscribe(&self, room: &str) -> Result<(), BrokerError> {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use roomcast_protocol::{close, ClientFrame, Codec, ErrorCode, ServerFrame};
+use tracing::Instrument;
 use yawc::close::CloseCode;
 use yawc::{Frame, HttpStream, OpCode, WebSocket};
 
@@ -48,7 +49,15 @@ pub async fn serve(node: Arc<Node>, mut ws: Socket, upgrade: Upgrade) {
         return;
     }
     let codec = upgrade.codec;
-    let established = match handshake::run(&node, &mut ws, codec, upgrade.bearer.as_deref()).await {
+    let hello_span = if crate::telemetry::enabled() {
+        tracing::info_span!("hello", node = %node.id, remote = %upgrade.remote)
+    } else {
+        tracing::Span::none()
+    };
+    let established = match handshake::run(&node, &mut ws, codec, upgrade.bearer.as_deref())
+        .instrument(hello_span)
+        .await
+    {
         Ok(established) => established,
         Err((code, reason)) => {
             node.metrics.disconnect(code);
@@ -187,7 +196,14 @@ async fn handle_data(
             node.metrics.frame_in(Some(&frame));
             state.bad_frames = 0;
             let id = frame.id();
-            let reply = commands::handle(node, conn, state, frame).await;
+            let span = if crate::telemetry::enabled() {
+                tracing::info_span!("command", kind = frame.kind(), session = %conn.session)
+            } else {
+                tracing::Span::none()
+            };
+            let reply = commands::handle(node, conn, state, frame)
+                .instrument(span)
+                .await;
             let reply = reply.unwrap_or_else(|e| Some(ServerFrame::error(id, e.code, e.message)));
             if let Some(reply) = reply {
                 node.metrics.frame_out(&reply);
