@@ -203,7 +203,7 @@ test('a dropped connection resumes: missed messages arrive once, in order', asyn
   await waitFor(() => recB.messages.length === 2);
   const session = b.session.session;
 
-  assert.ok(b.dropConnectionForTest(500));
+  assert.ok(b.dropConnectionForTest(800));
   assert.equal(b.state, 'reconnecting');
   assert.equal(b.stateInfo.cause.kind, 'dropped_for_test');
   await expectError(b.publish('r', { text: 'while away' }), 'disconnected');

@@ -79,6 +79,22 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     if let Some(redis) = &node.redis {
         render_redis(&mut text, &redis.stats);
     }
+    if let Some(presence) = &node.presence {
+        use std::fmt::Write;
+        let status = presence.status();
+        let _ = writeln!(
+            text,
+            "# HELP roomcast_presence_queue_depth Presence updates waiting to reach the presence service.\n\
+             # TYPE roomcast_presence_queue_depth gauge\nroomcast_presence_queue_depth {}\n\
+             # HELP roomcast_presence_reachable 1 while the last sync with the presence service succeeded.\n\
+             # TYPE roomcast_presence_reachable gauge\nroomcast_presence_reachable {}\n\
+             # HELP roomcast_presence_queue_overflows_total Times the update queue overflowed and a full sync replaced it.\n\
+             # TYPE roomcast_presence_queue_overflows_total counter\nroomcast_presence_queue_overflows_total {}",
+            status.queued,
+            u8::from(status.connected),
+            status.overflows
+        );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
