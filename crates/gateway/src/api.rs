@@ -70,8 +70,54 @@ async fn trace_request(request: Request, next: Next) -> Response {
     response
 }
 
+/// Failed key checks per address, in one-minute windows: a client guessing
+/// keys gets 429 once it used up its failures, until the window ends.
+#[derive(Default)]
+pub struct KeyFailures {
+    windows:
+        parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, (std::time::Instant, u32)>>,
+}
+
+const FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl KeyFailures {
+    /// True when `ip` may try again; counts a failure when `failed`.
+    fn check(&self, ip: std::net::IpAddr, failed: bool, max: u32) -> bool {
+        let now = std::time::Instant::now();
+        let mut windows = self.windows.lock();
+        if windows.len() > 10_000 {
+            windows.retain(|_, (start, _)| now.duration_since(*start) < FAILURE_WINDOW);
+        }
+        let entry = windows.entry(ip).or_insert((now, 0));
+        if now.duration_since(entry.0) >= FAILURE_WINDOW {
+            *entry = (now, 0);
+        }
+        if entry.1 >= max {
+            return false;
+        }
+        if failed {
+            entry.1 += 1;
+        }
+        true
+    }
+}
+
 async fn require_key(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
     node.metrics.api_requests.inc();
+    let ip = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let max = node.config.api.max_key_failures_per_minute;
+    if !node.api_failures.check(ip, false, max) {
+        node.metrics.api_unauthorized.inc();
+        return NodeError::new(
+            ErrorCode::RateLimited,
+            "too many requests with a wrong API key; try again later",
+        )
+        .into_response();
+    }
     let expected = node.config.api.key.expose();
     let given = request
         .headers()
@@ -84,6 +130,7 @@ async fn require_key(State(node): State<Arc<Node>>, request: Request, next: Next
         .into();
     if expected.is_empty() || !matches {
         node.metrics.api_unauthorized.inc();
+        node.api_failures.check(ip, true, max);
         let message = if expected.is_empty() {
             "the API is disabled: no api.key is configured"
         } else {

@@ -142,11 +142,22 @@ pub struct AuthConfig {
     pub resume_secret: Secret,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ApiConfig {
     /// Bearer key for `/api`. Empty: the API answers 401 to every call.
     pub key: Secret,
+    /// Requests with a missing or wrong key one address may make per minute; past it the address gets 429 until the minute is over.
+    pub max_key_failures_per_minute: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            key: Secret::default(),
+            max_key_failures_per_minute: 10,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -46,6 +46,8 @@ pub struct Node {
     pub per_ip: Arc<PerIpCounter>,
     /// Sockets open on this node, including those still before `hello`.
     pub open: AtomicUsize,
+    /// Failed API key checks per address.
+    pub api_failures: crate::api::KeyFailures,
     /// WebSocket settings shared by every connection (one deflate pool).
     pub ws_options: yawc::Options,
     next_conn: AtomicU64,
@@ -115,6 +117,7 @@ impl Node {
             drain: Drain::default(),
             per_ip: Arc::new(PerIpCounter::default()),
             open: AtomicUsize::new(0),
+            api_failures: crate::api::KeyFailures::default(),
             ws_options: crate::server::websocket_options(&config),
             next_conn: AtomicU64::new(1),
             config,

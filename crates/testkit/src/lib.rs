@@ -6,6 +6,7 @@
 //! leaves servers behind. Binaries are built once by `make test` before the
 //! tests start; when a test is run on its own, the harness builds them.
 
+pub mod proxy;
 pub mod redis;
 pub mod stalled;
 pub mod ws;

@@ -52,6 +52,11 @@ impl StalledClient {
         }
     }
 
+    /// Sends raw bytes (hand-built frames, for protocol-abuse tests).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes).await;
+    }
+
     /// Sends one more text frame.
     pub async fn send_text(&mut self, text: &str) {
         let _ = self.stream.write_all(&masked_text(text.as_bytes())).await;
@@ -106,8 +111,13 @@ impl StalledClient {
 }
 
 fn masked_text(payload: &[u8]) -> Vec<u8> {
+    masked_frame(0x81, payload)
+}
+
+/// A masked client frame: `first` is the FIN/RSV/opcode byte.
+pub fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
     let mask = [0x37u8, 0xfa, 0x21, 0x3d];
-    let mut out = vec![0x81];
+    let mut out = vec![first];
     match payload.len() {
         n if n < 126 => out.push(0x80 | n as u8),
         n if n <= u16::MAX as usize => {

@@ -1,0 +1,132 @@
+//! A TCP proxy the test controls, put between a node and a dependency
+//! (Redis) to stall the link (bytes stop flowing, sockets stay open: what a
+//! network partition looks like) or cut it (every connection reset, new
+//! ones refused), then heal it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+const FLOWING: u8 = 0;
+const STALLED: u8 = 1;
+const CUT: u8 = 2;
+
+pub struct TcpProxy {
+    pub addr: SocketAddr,
+    state: Arc<AtomicU8>,
+    changed: watch::Sender<u8>,
+}
+
+impl TcpProxy {
+    /// Listens on a free loopback port and forwards to `upstream`. Runs on
+    /// the current tokio runtime until dropped with it.
+    pub async fn start(upstream: SocketAddr) -> TcpProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let state = Arc::new(AtomicU8::new(FLOWING));
+        let (changed, watcher) = watch::channel(FLOWING);
+        let accept_state = state.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if accept_state.load(Ordering::Acquire) == CUT {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (state, watcher) = (accept_state.clone(), watcher.clone());
+                tokio::spawn(pipe(client, server, state, watcher));
+            }
+        });
+        TcpProxy {
+            addr,
+            state,
+            changed,
+        }
+    }
+
+    fn set(&self, state: u8) {
+        self.state.store(state, Ordering::Release);
+        let _ = self.changed.send(state);
+    }
+
+    /// Bytes stop flowing both ways; connections stay open.
+    pub fn stall(&self) {
+        self.set(STALLED);
+    }
+
+    /// Every connection is reset and new ones are refused.
+    pub fn cut(&self) {
+        self.set(CUT);
+    }
+
+    /// Back to forwarding.
+    pub fn heal(&self) {
+        self.set(FLOWING);
+    }
+}
+
+async fn pipe(
+    client: TcpStream,
+    server: TcpStream,
+    state: Arc<AtomicU8>,
+    mut watcher: watch::Receiver<u8>,
+) {
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let mut a = [0u8; 16 * 1024];
+    let mut b = [0u8; 16 * 1024];
+    loop {
+        match state.load(Ordering::Acquire) {
+            CUT => return,
+            STALLED => {
+                // Hold everything until the state changes.
+                if watcher.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            _ => {}
+        }
+        tokio::select! {
+            n = cr.read(&mut a) => match n {
+                Ok(0) | Err(_) => return,
+                Ok(n) => if !forward(&state, &mut watcher, &mut sw, &a[..n]).await { return },
+            },
+            n = sr.read(&mut b) => match n {
+                Ok(0) | Err(_) => return,
+                Ok(n) => if !forward(&state, &mut watcher, &mut cw, &b[..n]).await { return },
+            },
+            _ = watcher.changed() => {}
+        }
+    }
+}
+
+/// Writes `bytes` once the link flows; false when the link was cut.
+async fn forward(
+    state: &AtomicU8,
+    watcher: &mut watch::Receiver<u8>,
+    out: &mut tokio::net::tcp::OwnedWriteHalf,
+    bytes: &[u8],
+) -> bool {
+    loop {
+        match state.load(Ordering::Acquire) {
+            CUT => return false,
+            STALLED => {
+                if tokio::time::timeout(Duration::from_secs(120), watcher.changed())
+                    .await
+                    .is_err()
+                {
+                    return false;
+                }
+            }
+            _ => return out.write_all(bytes).await.is_ok(),
+        }
+    }
+}
