@@ -4,10 +4,11 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+SOAK_MINUTES ?= 30
 FUZZ_SECONDS ?= 30
 export ROOMCAST_API__KEY ?= dev-key
 
-.PHONY: run cluster build test test-rust test-python test-js test-deploy test-k6 lint fuzz fuzz-smoke deps clean help
+.PHONY: run cluster soak build test test-rust test-python test-js test-deploy test-k6 lint fuzz fuzz-smoke deps clean help
 
 help:
 	@echo "make run         build and start one node (embedded in-memory mode)"
@@ -88,3 +89,8 @@ fuzz:
 clean:
 	$(CARGO) clean
 	rm -rf .venv .venv-deploy fuzz/target
+
+## Churn against a two-node cluster for SOAK_MINUTES (30): RSS, fds, tasks, lost acks.
+soak:
+	$(CARGO) build --release -p roomcast-gateway -p roomcast-presence -p roomcast-bench
+	ROOMCAST_BIN_DIR=$(TARGET_DIR)/release $(TARGET_DIR)/release/soak --minutes $(SOAK_MINUTES) --out $(TARGET_DIR)/soak/soak.json

@@ -31,7 +31,10 @@ pub fn check(bytes: &[u8]) {
     let again = back
         .encode()
         .unwrap_or_else(|e| panic!("a re-decoded envelope does not encode: {e}\n{back:?}"));
-    assert_eq!(again, encoded, "encoding is not a fixed point after one round");
+    assert_eq!(
+        again, encoded,
+        "encoding is not a fixed point after one round"
+    );
 
     // What the publish script does: write the offset it assigns and the
     // room's epoch into the head, then store and publish those bytes.
@@ -45,7 +48,10 @@ pub fn check(bytes: &[u8]) {
     let mut want = back;
     want.offset = offset;
     want.epoch = epoch.to_string();
-    assert_eq!(read, want, "patching the head changed more than offset and epoch");
+    assert_eq!(
+        read, want,
+        "patching the head changed more than offset and epoch"
+    );
 }
 
 /// The head `encode` documents: an 11-entry map whose first two entries are
@@ -67,7 +73,10 @@ fn check_head(encoded: &[u8], env: &Envelope) {
     if env.epoch.len() == EPOCH_LEN {
         assert_eq!(epoch, env.epoch.as_bytes(), "epoch bytes");
     } else {
-        assert_eq!(epoch, [b'0'; EPOCH_LEN], "a short or long epoch is not zeros");
+        assert_eq!(
+            epoch, [b'0'; EPOCH_LEN],
+            "a short or long epoch is not zeros"
+        );
     }
 }
 

@@ -82,12 +82,13 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     let (mut pi, mut ni) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ni < n.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
+        // A `*` is a wildcard even where the name has a `*` too.
+        if pi < p.len() && p[pi] == b'*' {
             star = Some((pi, ni));
             pi += 1;
+        } else if pi < p.len() && (p[pi] == b'?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
         } else if let Some((sp, sn)) = star {
             pi = sp + 1;
             ni = sn + 1;
@@ -164,6 +165,19 @@ mod tests {
             &"*a".repeat(50).to_string().replace("*a*a", "*a*b"),
             &name
         ));
+    }
+
+    #[test]
+    fn a_star_in_the_name_does_not_hide_a_star_in_the_pattern() {
+        // Found by the jwt_claims fuzz target: the pattern's `*` was first
+        // taken as a literal against a `*` in the name, and never as a
+        // wildcard. Room names cannot contain `*` (check_room_name), so the
+        // gateway never met it, but the matcher is wrong for such names.
+        assert!(glob_match("*", "*a"));
+        assert!(glob_match("a*", "a*a"));
+        assert!(glob_match("*?", "*"));
+        assert!(glob_match("*b*#*", "news:*\",\"*b*#*\"]"));
+        assert!(!glob_match("*b", "*a"));
     }
 
     #[test]

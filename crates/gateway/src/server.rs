@@ -76,6 +76,16 @@ async fn ready(State(node): State<Arc<Node>>) -> Response {
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let mut text = node.metrics.render();
+    {
+        use std::fmt::Write;
+        let tasks = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        let _ = writeln!(
+            text,
+            "# HELP roomcast_tasks Tasks alive in the node's runtime.\n# TYPE roomcast_tasks gauge\nroomcast_tasks {tasks}"
+        );
+    }
     if let Some(redis) = &node.redis {
         render_redis(&mut text, &redis.stats);
     }

@@ -45,7 +45,15 @@ static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
 /// Path of a workspace binary in the debug profile. Each binary is built
 /// (`cargo build -p NAME --bin NAME`, a no-op when fresh) once per test
 /// process, unless `ROOMCAST_TEST_NO_BUILD` is set (`make test` builds first).
+///
+/// `ROOMCAST_BIN_DIR` points at another folder of binaries (a release
+/// build, for soak runs); nothing is built then.
 pub fn binary(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("ROOMCAST_BIN_DIR") {
+        let path = PathBuf::from(dir).join(name);
+        assert!(path.exists(), "{} does not exist", path.display());
+        return path;
+    }
     let path = target_dir().join("debug").join(name);
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
     if !built.iter().any(|b| b == name) && std::env::var_os("ROOMCAST_TEST_NO_BUILD").is_none() {
@@ -80,6 +88,9 @@ impl Process {
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         let mut cmd = Command::new(program);
+        // The harness's own settings are not the child's configuration.
+        cmd.env_remove("ROOMCAST_BIN_DIR")
+            .env_remove("ROOMCAST_TEST_NO_BUILD");
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
