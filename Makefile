@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 SOAK_MINUTES ?= 30
-FUZZ_SECONDS ?= 30
+FUZZ_SECONDS ?= 15
 export ROOMCAST_API__KEY ?= dev-key
 
 .PHONY: run cluster soak build test test-rust test-python test-js test-deploy test-k6 lint fuzz fuzz-smoke deps clean help
@@ -84,7 +84,7 @@ fuzz-smoke:
 	scripts/fuzz-smoke.sh $(FUZZ_SECONDS)
 
 fuzz:
-	scripts/fuzz-smoke.sh $(or $(filter-out 30,$(FUZZ_SECONDS)),600)
+	scripts/fuzz-smoke.sh $(or $(filter-out 15,$(FUZZ_SECONDS)),600)
 
 clean:
 	$(CARGO) clean

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the frame-decoder fuzz targets under fuzz/ and runs each for a fixed
-# time on the stable toolchain; exits non-zero when a target crashes (or fails
-# to build). See docs/fuzzing.md.
+# Builds the fuzz targets under fuzz/ (every one `cargo fuzz list` reports:
+# frame_decode_json, frame_decode_msgpack, envelope_decode, jwt_claims) and
+# runs each for a fixed time on the stable toolchain; exits non-zero when a
+# target crashes (or fails to build). See docs/fuzzing.md.
 #
 #   scripts/fuzz-smoke.sh [SECONDS]        # default 60 s per target
 #

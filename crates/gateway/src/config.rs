@@ -92,6 +92,8 @@ pub struct RedisConfig {
     pub url: Secret,
     /// A Redis command that takes longer than this fails (publish answers `unavailable`), in milliseconds.
     pub command_timeout_ms: u64,
+    /// PEM file of the CA that signed the Redis server's certificate (with a `rediss://` URL). Empty: the system roots.
+    pub tls_ca_file: String,
 }
 
 impl Default for RedisConfig {
@@ -99,6 +101,7 @@ impl Default for RedisConfig {
         RedisConfig {
             url: Secret::default(),
             command_timeout_ms: 2_000,
+            tls_ca_file: String::new(),
         }
     }
 }

@@ -81,8 +81,13 @@ impl Node {
             memory.spawn_sweeper(Duration::from_secs(1));
             (memory.clone(), Some(memory), None)
         } else {
-            let redis = RedisBroker::connect(
+            let redis_config = roomcast_broker::redis::redis_config(
                 config.redis.url.expose(),
+                &config.redis.tls_ca_file,
+            )
+            .map_err(ConfigError)?;
+            let redis = RedisBroker::connect(
+                redis_config,
                 &id,
                 limits,
                 Duration::from_millis(config.redis.command_timeout_ms),

@@ -51,6 +51,8 @@ pub struct RedisConfig {
     pub url: String,
     /// The URL names a Redis Cluster: presence events go out with SPUBLISH.
     pub cluster: bool,
+    /// PEM file of the CA that signed the Redis server's certificate (with a `rediss://` URL). Empty: the system roots.
+    pub tls_ca_file: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

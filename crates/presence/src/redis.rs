@@ -32,8 +32,9 @@ impl Redis {
     pub fn connect(config: &Config) -> Result<Redis, ConfigError> {
         let sharded = config.redis_is_cluster();
         let url = cluster_url(&config.redis.url, sharded);
-        let mut redis_config = fred::prelude::Config::from_url(&url)
-            .map_err(|e| ConfigError(format!("redis.url: {e}")))?;
+        let mut redis_config =
+            roomcast_broker::redis::redis_config(&url, &config.redis.tls_ca_file)
+                .map_err(ConfigError)?;
         // Keep trying when Redis is down at startup instead of failing.
         redis_config.fail_fast = false;
         let client = Builder::from_config(redis_config)

@@ -95,17 +95,50 @@ fn value_bytes(v: &Value) -> Option<&[u8]> {
     v.as_bytes()
 }
 
+/// The fred configuration for a Redis URL: `redis://` or `rediss://` (TLS)
+/// for one server, `redis-cluster://` or `rediss-cluster://` for a cluster;
+/// a password goes in the URL (`redis://:pass@host:port` or
+/// `redis://user:pass@…`, AUTH or ACL). With TLS the server's certificate is
+/// checked against the system roots, or against the CA in `tls_ca_file`
+/// (PEM) when one is given. Shared by the gateway and the presence service.
+pub fn redis_config(url: &str, tls_ca_file: &str) -> Result<Config, String> {
+    let mut config = Config::from_url(url).map_err(|e| format!("redis.url: {e}"))?;
+    if tls_ca_file.is_empty() {
+        return Ok(config);
+    }
+    if !config.uses_tls() {
+        return Err("redis.tls_ca_file needs a rediss:// (TLS) redis.url".into());
+    }
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(tls_ca_file)
+        .map_err(|e| format!("redis.tls_ca_file: cannot read {tls_ca_file}: {e}"))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("redis.tls_ca_file: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("redis.tls_ca_file: {e}"))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("redis.tls_ca_file: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.tls = Some(fred::types::config::TlsConnector::from(client).into());
+    Ok(config)
+}
+
 impl RedisBroker {
-    /// Connects to Redis (`redis://…` for one server, `redis-cluster://…`
-    /// for a cluster). The broker keeps reconnecting by itself if Redis is
-    /// down now or later; only a malformed URL is an error here.
+    /// Connects to Redis with a configuration from [`redis_config`]. The
+    /// broker keeps reconnecting by itself if Redis is down now or later.
     pub async fn connect(
-        url: &str,
+        mut config: Config,
         node: &str,
         limits: HistoryLimits,
         command_timeout: Duration,
     ) -> Result<Arc<RedisBroker>, String> {
-        let mut config = Config::from_url(url).map_err(|e| format!("redis.url: {e}"))?;
         // Keep retrying the first connection too: a node may start before Redis.
         config.fail_fast = false;
         let cluster = config.server.is_clustered();
