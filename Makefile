@@ -8,7 +8,7 @@ SOAK_MINUTES ?= 30
 FUZZ_SECONDS ?= 15
 export ROOMCAST_API__KEY ?= dev-key
 
-.PHONY: run cluster soak build test test-rust test-python test-js test-deploy test-k6 lint fuzz fuzz-smoke deps clean help
+.PHONY: run cluster soak chaos build test test-rust test-python test-js test-deploy test-k6 lint fuzz fuzz-smoke deps clean help
 
 help:
 	@echo "make run         build and start one node (embedded in-memory mode)"
@@ -94,3 +94,8 @@ clean:
 soak:
 	$(CARGO) build --release -p roomcast-gateway -p roomcast-presence -p roomcast-bench
 	ROOMCAST_BIN_DIR=$(TARGET_DIR)/release $(TARGET_DIR)/release/soak --minutes $(SOAK_MINUTES) --out $(TARGET_DIR)/soak/soak.json
+
+## Long fault scenarios: 1,000 clients that stop reading while 50 keep receiving.
+chaos:
+	$(CARGO) build --release -p roomcast-gateway -p roomcast-bench
+	ROOMCAST_BIN_DIR=$(TARGET_DIR)/release $(TARGET_DIR)/release/chaos slow-consumers

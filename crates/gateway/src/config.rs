@@ -371,10 +371,33 @@ impl Config {
             figment = figment.merge(Toml::file(path));
         }
         figment = figment.merge(Env::prefixed("ROOMCAST_").split("__").ignore(&["config"]));
-        let config: Config = figment.extract().map_err(|e| ConfigError(describe(e)))?;
+        let mut config: Config = figment.extract().map_err(|e| ConfigError(describe(e)))?;
         let unknown = unknown_keys(&figment);
+        config.read_secret_files()?;
         config.validate()?;
         Ok((config, unknown))
+    }
+
+    /// A secret given as `file:/path` is read from that file (trailing
+    /// newline trimmed): the way mounted secrets (Kubernetes, Docker) reach
+    /// the node without appearing in its environment or config file.
+    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        let secrets: [(&str, &mut Secret); 5] = [
+            ("auth.jwt_secret", &mut self.auth.jwt_secret),
+            ("auth.resume_secret", &mut self.auth.resume_secret),
+            ("api.key", &mut self.api.key),
+            ("presence.key", &mut self.presence.key),
+            ("redis.url", &mut self.redis.url),
+        ];
+        for (key, secret) in secrets {
+            if let Some(path) = secret.0.strip_prefix("file:") {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!("{key}: cannot read secret file {path}: {e}"))
+                })?;
+                secret.0 = text.trim_end_matches(['\n', '\r']).to_string();
+            }
+        }
+        Ok(())
     }
 
     /// Checks values that have a valid type but make no sense.
@@ -664,6 +687,20 @@ mod tests {
             assert!(doc.contains(&format!("`{key}`")), "{key} is not documented");
             assert!(doc.contains(&env), "{env} is not documented");
         }
+    }
+
+    #[test]
+    fn secrets_can_come_from_files() {
+        let path = std::env::temp_dir().join(format!("roomcast-secret-{}", std::process::id()));
+        std::fs::write(&path, "from-a-file\n").unwrap();
+        let mut config = Config::default();
+        config.api.key = Secret(format!("file:{}", path.display()));
+        config.read_secret_files().unwrap();
+        assert_eq!(config.api.key.expose(), "from-a-file");
+        config.auth.jwt_secret = Secret("file:/nonexistent/roomcast".into());
+        let err = config.read_secret_files().unwrap_err().to_string();
+        assert!(err.contains("auth.jwt_secret"), "{err}");
+        let _ = std::fs::remove_file(path);
     }
 
     #[test]
