@@ -38,8 +38,28 @@ pub struct CloseRequest {
 struct State {
     queue: VecDeque<Outgoing>,
     bytes: usize,
-    waker: Option<Waker>,
+    /// The writer waiting for something to write ([`Outbox::next`]).
+    data_waker: Option<Waker>,
+    /// The writer stuck in a write, waiting only for a close
+    /// ([`Outbox::closing`]): new frames must not wake it (a stalled
+    /// reader would otherwise cost a wake-up per message).
+    close_waker: Option<Waker>,
     close: Option<CloseRequest>,
+}
+
+impl State {
+    fn wake_all(&mut self) -> (Option<Waker>, Option<Waker>) {
+        (self.data_waker.take(), self.close_waker.take())
+    }
+}
+
+fn wake(wakers: (Option<Waker>, Option<Waker>)) {
+    if let Some(w) = wakers.0 {
+        w.wake();
+    }
+    if let Some(w) = wakers.1 {
+        w.wake();
+    }
 }
 
 pub struct Outbox {
@@ -66,7 +86,8 @@ impl Outbox {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 bytes: 0,
-                waker: None,
+                data_waker: None,
+                close_waker: None,
                 close: None,
             }),
             max_frames,
@@ -76,7 +97,7 @@ impl Outbox {
 
     /// Queues an encoded frame.
     pub fn push(&self, frame: Bytes) -> Result<(), PushError> {
-        let waker;
+        let wakers;
         let result;
         {
             let mut s = self.state.lock();
@@ -91,16 +112,15 @@ impl Outbox {
                     reason: "slow consumer: outbound queue overflow",
                 });
                 result = Err(PushError::Overflow);
+                wakers = s.wake_all();
             } else {
                 s.bytes += frame.len();
                 s.queue.push_back(Outgoing::Frame(frame));
                 result = Ok(());
+                wakers = (s.data_waker.take(), None);
             }
-            waker = s.waker.take();
         }
-        if let Some(w) = waker {
-            w.wake();
-        }
+        wake(wakers);
         result
     }
 
@@ -112,7 +132,7 @@ impl Outbox {
                 return;
             }
             s.queue.push_back(Outgoing::Ping);
-            s.waker.take()
+            s.data_waker.take()
         };
         if let Some(w) = waker {
             w.wake();
@@ -122,16 +142,14 @@ impl Outbox {
     /// Asks the connection to close with `code` once what is queued is written.
     /// The first close asked for wins.
     pub fn close(&self, code: u16, reason: &'static str) {
-        let waker = {
+        let wakers = {
             let mut s = self.state.lock();
             if s.close.is_none() {
                 s.close = Some(CloseRequest { code, reason });
             }
-            s.waker.take()
+            s.wake_all()
         };
-        if let Some(w) = waker {
-            w.wake();
-        }
+        wake(wakers);
     }
 
     pub fn is_closing(&self) -> bool {
@@ -155,7 +173,7 @@ impl Outbox {
             if let Some(close) = &s.close {
                 return Poll::Ready(Some(close.clone()));
             }
-            s.waker = Some(cx.waker().clone());
+            s.data_waker = Some(cx.waker().clone());
             Poll::Pending
         })
         .await
@@ -168,7 +186,7 @@ impl Outbox {
             match &s.close {
                 Some(close) => Poll::Ready(close.clone()),
                 None => {
-                    s.waker = Some(cx.waker().clone());
+                    s.close_waker = Some(cx.waker().clone());
                     Poll::Pending
                 }
             }
