@@ -276,8 +276,10 @@ async fn main() {
     for t in tasks {
         let _ = t.await;
     }
-    // Quiesce: churners gone, witnesses catch up.
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    // Quiesce: churners gone, witnesses catch up, and idle keep-alive
+    // connections (the presence client's pool closes them after 30 s) are
+    // gone, so what is left over is a leak, not a pool.
+    tokio::time::sleep(Duration::from_secs(40)).await;
     let finals: Vec<Sample> = nodes.iter().map(|g| sample(g, started)).collect();
 
     let acked = acked.lock().unwrap().clone();
