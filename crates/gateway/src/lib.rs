@@ -52,7 +52,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = {
         let node = node.clone();
         async move {
-            wait_for_signal().await;
+            roomcast_service::wait_for_signal().await;
             let timeout = Duration::from_millis(node.config.drain.timeout_ms);
             let deadline = Instant::now() + timeout;
             // Whatever happens, the process is gone by the drain timeout.
@@ -63,7 +63,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             });
             node.drain.start();
             tokio::spawn(async {
-                wait_for_signal().await;
+                roomcast_service::wait_for_signal().await;
                 eprintln!("second signal; exiting now");
                 std::process::exit(1);
             });
@@ -86,22 +86,4 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .await?;
     let _: Arc<Node> = node;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -10,8 +10,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 /// A secret string: never printed by `Debug`, never logged.
@@ -131,19 +129,8 @@ impl Config {
     /// Loads defaults, then the TOML file (if any), then `ROOMCAST_*`
     /// variables. Also returns keys given but unknown (likely typos).
     pub fn load(file: Option<&Path>) -> Result<(Config, Vec<String>), ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(path) = file {
-            if !path.exists() {
-                return Err(ConfigError(format!(
-                    "config file {} does not exist (--config / ROOMCAST_CONFIG)",
-                    path.display()
-                )));
-            }
-            figment = figment.merge(Toml::file(path));
-        }
-        figment = figment.merge(Env::prefixed("ROOMCAST_").split("__").ignore(&["config"]));
-        let config: Config = figment.extract().map_err(|e| ConfigError(describe(e)))?;
-        let unknown = unknown_keys(&figment);
+        let (config, unknown): (Config, _) =
+            roomcast_service::load(file, &["presence.key", "redis.url"]).map_err(ConfigError)?;
         config.validate()?;
         Ok((config, unknown))
     }
@@ -191,86 +178,12 @@ impl Config {
     }
 }
 
-/// Makes figment's error read as "key: problem (from source)".
-fn describe(error: figment::Error) -> String {
-    error
-        .into_iter()
-        .map(|e| {
-            let key = e.path.join(".");
-            let source = e
-                .metadata
-                .as_ref()
-                .and_then(|m| {
-                    m.source
-                        .as_ref()
-                        .map(|s| format!("{} {}", m.name, s))
-                        .or(Some(m.name.to_string()))
-                })
-                .unwrap_or_default();
-            let env_hint = if source.contains("environment") {
-                format!(" (ROOMCAST_{})", key.to_uppercase().replace('.', "__"))
-            } else {
-                String::new()
-            };
-            format!("{key}: {}{env_hint} [{source}]", e.kind)
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// Keys present in the sources that the struct does not know.
-fn unknown_keys(figment: &Figment) -> Vec<String> {
-    let known = serde_json::to_value(Config::default()).unwrap_or_default();
-    let given: serde_json::Value = figment.extract().unwrap_or_default();
-    let mut out = Vec::new();
-    walk_unknown(&given, &known, "", &mut out);
-    out
-}
-
-fn walk_unknown(
-    given: &serde_json::Value,
-    known: &serde_json::Value,
-    prefix: &str,
-    out: &mut Vec<String>,
-) {
-    let (Some(given), Some(known)) = (given.as_object(), known.as_object()) else {
-        return;
-    };
-    for (key, value) in given {
-        let path = if prefix.is_empty() {
-            key.clone()
-        } else {
-            format!("{prefix}.{key}")
-        };
-        match known.get(key) {
-            Some(k) => walk_unknown(value, k, &path, out),
-            None => out.push(path),
-        }
-    }
-}
-
 /// Every key of the configuration, dotted.
 pub fn all_keys() -> Vec<String> {
-    let mut out = Vec::new();
-    let value = serde_json::to_value(Config::default()).unwrap_or_default();
-    flatten("", &value, &mut out);
-    out
-}
-
-fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>) {
-    match value.as_object() {
-        Some(map) => {
-            for (k, v) in map {
-                let path = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&path, v, out);
-            }
-        }
-        None => out.push(prefix.to_string()),
-    }
+    roomcast_service::all_keys::<Config>()
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect()
 }
 
 #[cfg(test)]

@@ -92,7 +92,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     axum::serve(listener, server::router(app))
         .with_graceful_shutdown(async {
-            wait_for_signal().await;
+            roomcast_service::wait_for_signal().await;
             // Whatever holds a connection open, the process is gone soon.
             std::thread::spawn(|| {
                 std::thread::sleep(EXIT_DEADLINE);
@@ -107,22 +107,4 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = publisher.await;
     let _ = redis.client.quit().await;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -1,7 +1,6 @@
 //! `roomcast-presence`: loads the configuration, sets up logging, runs the
 //! presence service until SIGTERM/SIGINT.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use roomcast_presence::config::Config;
@@ -14,31 +13,10 @@ then ROOMCAST_* environment variables (ROOMCAST_REDIS__URL=redis://…).
 See docs/presence.md.";
 
 fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
-    let mut file = std::env::var_os("ROOMCAST_CONFIG").map(PathBuf::from);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--config" | "-c" => match args.next() {
-                Some(path) => file = Some(PathBuf::from(path)),
-                None => {
-                    eprintln!("--config needs a path\n\n{USAGE}");
-                    return ExitCode::from(2);
-                }
-            },
-            "--help" | "-h" => {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            "--version" | "-V" => {
-                println!("roomcast-presence {}", env!("CARGO_PKG_VERSION"));
-                return ExitCode::SUCCESS;
-            }
-            other => {
-                eprintln!("unknown argument {other:?}\n\n{USAGE}");
-                return ExitCode::from(2);
-            }
-        }
-    }
+    let file = match roomcast_service::parse_cli("roomcast-presence", USAGE) {
+        roomcast_service::Cli::Run { config } => config,
+        roomcast_service::Cli::Exit(code) => return code,
+    };
     let (config, unknown) = match Config::load(file.as_deref()) {
         Ok(loaded) => loaded,
         Err(e) => {

@@ -1,0 +1,177 @@
+//! What every roomcast process (the gateway, the presence service) shares:
+//! its command line, how it loads its typed configuration, and how it learns
+//! it must stop.
+//!
+//! Configuration comes from the type's defaults, then a TOML file
+//! (`--config PATH` or `ROOMCAST_CONFIG`), then `ROOMCAST_…` environment
+//! variables with `__` between levels. Errors name the key (and its
+//! environment variable) and never echo the value of a secret; keys no field
+//! knows are returned so the process can warn about likely typos.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// What the command line asked for.
+pub enum Cli {
+    /// Run, with this configuration file (if any).
+    Run { config: Option<PathBuf> },
+    /// `--help`/`--version` was answered, or the arguments were wrong.
+    Exit(ExitCode),
+}
+
+/// Parses `[--config PATH] | --help | --version` for the binary `name`.
+pub fn parse_cli(name: &str, usage: &str) -> Cli {
+    let mut args = std::env::args().skip(1);
+    let mut config = std::env::var_os("ROOMCAST_CONFIG").map(PathBuf::from);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--config" | "-c" => match args.next() {
+                Some(path) => config = Some(PathBuf::from(path)),
+                None => {
+                    eprintln!("--config needs a path\n\n{usage}");
+                    return Cli::Exit(ExitCode::from(2));
+                }
+            },
+            "--help" | "-h" => {
+                println!("{usage}");
+                return Cli::Exit(ExitCode::SUCCESS);
+            }
+            "--version" | "-V" => {
+                println!("{name} {}", env!("CARGO_PKG_VERSION"));
+                return Cli::Exit(ExitCode::SUCCESS);
+            }
+            other => {
+                eprintln!("unknown argument {other:?}\n\n{usage}");
+                return Cli::Exit(ExitCode::from(2));
+            }
+        }
+    }
+    Cli::Run { config }
+}
+
+/// Loads `T`: defaults, then `file`, then `ROOMCAST_*` variables. Returns
+/// the configuration and the keys no field knows. `secrets` are keys whose
+/// values an error must never show.
+pub fn load<T>(file: Option<&Path>, secrets: &[&str]) -> Result<(T, Vec<String>), String>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(format!(
+                "config file {} does not exist (--config / ROOMCAST_CONFIG)",
+                path.display()
+            ));
+        }
+        figment = figment.merge(Toml::file(path));
+    }
+    figment = figment.merge(Env::prefixed("ROOMCAST_").split("__").ignore(&["config"]));
+    let config: T = figment.extract().map_err(|e| describe(e, secrets))?;
+    let known = serde_json::to_value(T::default()).unwrap_or_default();
+    let given: serde_json::Value = figment.extract().unwrap_or_default();
+    let mut unknown = Vec::new();
+    walk_unknown(&given, &known, "", &mut unknown);
+    Ok((config, unknown))
+}
+
+/// Makes figment's error read as "key: problem (ENV_VAR) [source]".
+fn describe(error: figment::Error, secrets: &[&str]) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| match &m.source {
+                    Some(s) => format!("{} {}", m.name, s),
+                    None => m.name.to_string(),
+                })
+                .unwrap_or_default();
+            let env_hint = if source.contains("environment") {
+                format!(" (ROOMCAST_{})", key.to_uppercase().replace('.', "__"))
+            } else {
+                String::new()
+            };
+            let what = if secrets.contains(&key.as_str()) {
+                "invalid value (not shown: it is a secret); give it as a string".to_string()
+            } else {
+                e.kind.to_string()
+            };
+            format!("{key}: {what}{env_hint} [{source}]")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn walk_unknown(
+    given: &serde_json::Value,
+    known: &serde_json::Value,
+    prefix: &str,
+    out: &mut Vec<String>,
+) {
+    let (Some(given), Some(known)) = (given.as_object(), known.as_object()) else {
+        return;
+    };
+    for (key, value) in given {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match known.get(key) {
+            Some(k) => walk_unknown(value, k, &path, out),
+            None => out.push(path),
+        }
+    }
+}
+
+/// Every key of `T`'s configuration, dotted, with its default value as JSON
+/// text: what a configuration page is checked against.
+pub fn all_keys<T: Serialize + Default>() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let value = serde_json::to_value(T::default()).unwrap_or_default();
+    flatten("", &value, &mut out);
+    out
+}
+
+fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match value.as_object() {
+        Some(map) => {
+            for (k, v) in map {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&path, v, out);
+            }
+        }
+        None => out.push((prefix.to_string(), value.to_string())),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
