@@ -32,7 +32,7 @@ use http::{header, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use parking_lot::Mutex;
 use roomcast_protocol::Data;
 use serde::de::DeserializeOwned;
@@ -210,6 +210,8 @@ impl PresenceClient {
     /// restarted gateway replaces what the service knew of its previous run.
     pub fn start_with(options: ClientOptions, snapshot: Snapshot) -> PresenceClient {
         let http = Client::builder(TokioExecutor::new())
+            // Without a timer the pool never closes idle connections.
+            .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(8)
             .build_http();
