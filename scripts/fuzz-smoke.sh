@@ -35,6 +35,11 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 fuzz_args=(--fuzz-dir fuzz --sanitizer "$sanitizer")
+# CI keeps its cargo target dir outside the clone; build the fuzzers there
+# too, so a fresh clone does not rebuild them from cold.
+if [[ -n ${CARGO_TARGET_DIR:-} && $sanitizer == none ]]; then
+    fuzz_args+=(--target-dir "$CARGO_TARGET_DIR/fuzz")
+fi
 if [[ $sanitizer != none ]]; then
     # cargo-fuzz passes -Zsanitizer=<name>; stable rustc takes -Z flags only
     # with RUSTC_BOOTSTRAP. A separate target dir keeps both builds warm.
