@@ -9,11 +9,13 @@
 #   scripts/python-venv.sh                      # -> /work/main/.venv/bin/python
 #   ROOMCAST_VENV=/tmp/venv scripts/python-venv.sh
 #   PYTHON=python3.11 scripts/python-venv.sh
+#   ROOMCAST_VENV_REQUIREMENTS=path/requirements.txt   (another suite's pins)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${ROOMCAST_VENV:-$root/.venv}"
-req="$root/tests/python/requirements.txt"
+# Another suite passes its own venv and requirements (scripts/deploy-venv.sh).
+req="${ROOMCAST_VENV_REQUIREMENTS:-$root/tests/python/requirements.txt}"
 stamp="$venv/.requirements.stamp"
 base_python="${PYTHON:-python3}"
 
