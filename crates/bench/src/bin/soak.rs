@@ -277,9 +277,10 @@ async fn main() {
         let _ = t.await;
     }
     // Quiesce: churners gone, witnesses catch up, and idle keep-alive
-    // connections (the presence client's pool closes them after 30 s) are
-    // gone, so what is left over is a leak, not a pool.
-    tokio::time::sleep(Duration::from_secs(40)).await;
+    // connections to the presence service are reaped (30 s idle timeout;
+    // hyper's reaper runs on that period, so allow two), so what is left
+    // over is a leak, not a pool.
+    tokio::time::sleep(Duration::from_secs(70)).await;
     let finals: Vec<Sample> = nodes.iter().map(|g| sample(g, started)).collect();
 
     let acked = acked.lock().unwrap().clone();
@@ -336,6 +337,9 @@ async fn main() {
         "{}",
         serde_json::to_string_pretty(&summary).unwrap_or_default()
     );
+    // `process::exit` skips destructors: stop every child process first.
+    drop(nodes);
+    drop(presence);
     drop(redis);
     std::process::exit(if ok { 0 } else { 1 });
 }
