@@ -89,23 +89,8 @@ impl Default for EventsConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct LogConfig {
-    /// Log filter (`info`, `debug`, `roomcast_presence=debug,info`, …).
-    pub level: String,
-    /// Log one JSON object per line instead of text.
-    pub json: bool,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            level: "info".into(),
-            json: false,
-        }
-    }
-}
+/// Logging settings, the same for every roomcast process.
+pub use roomcast_service::LogConfig;
 
 impl Default for Config {
     fn default() -> Self {

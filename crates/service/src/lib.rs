@@ -16,6 +16,25 @@ use figment::Figment;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+/// Logging settings of every roomcast process (`log.level`, `log.json`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// Log filter (`info`, `debug`, `roomcast_gateway=debug,info`, …).
+    pub level: String,
+    /// Log one JSON object per line instead of text.
+    pub json: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            json: false,
+        }
+    }
+}
+
 /// What the command line asked for.
 pub enum Cli {
     /// Run, with this configuration file (if any).
