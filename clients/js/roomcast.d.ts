@@ -224,6 +224,8 @@ export declare class RoomcastClient {
   sendToUser(user: string, data: Json): Promise<void>;
   sendToSession(session: string, data: Json): Promise<void>;
   presence(room: string): Promise<Member[]>;
+  /** Calls `method` on the application's backend; resolves to its answer's `data`. */
+  rpc(method: string, data?: Json): Promise<Json>;
   /** Round-trip time in ms. */
   ping(): Promise<number>;
 }

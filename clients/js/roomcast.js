@@ -778,7 +778,7 @@ export class RoomcastClient {
       default:
         break;
     }
-    if (frame.id != null && ['joined', 'left', 'presence', 'pong', 'ack', 'error'].includes(frame.type)) {
+    if (frame.id != null && ['joined', 'left', 'presence', 'pong', 'ack', 'error', 'rpc_result'].includes(frame.type)) {
       this._onReply(frame.id, frame);
     } else {
       this._emit('unmatched', frame);
@@ -991,6 +991,14 @@ export class RoomcastClient {
   /** The members of `room`: `[{user, session, info?}]`. */
   presence(room) {
     return this._request({ type: 'presence', room }, (reply) => reply.members ?? []);
+  }
+
+  /**
+   * Calls `method` on the application's backend (the node's RPC proxy);
+   * resolves to the backend's `data`, rejects with its error.
+   */
+  rpc(method, data = null) {
+    return this._request({ type: 'rpc', method, data }, (reply) => reply.data ?? null);
   }
 
   /** A protocol `ping`; resolves to the round-trip time in ms. */

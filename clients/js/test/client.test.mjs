@@ -193,6 +193,40 @@ test('an error frame rejects the command with its code', async (t) => {
   await expectError(c.publish('ok', 2), 'closed');
 });
 
+/** Starts examples/backend/backend.py; resolves to its base URL. */
+async function hookBackend(t) {
+  const { spawn } = await import('node:child_process');
+  const { REPO } = await import('./gateway.mjs');
+  const proc = spawn('python3', [`${REPO}/examples/backend/backend.py`, '--port', '0', '--slow-seconds', '3'], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  t.after(() => proc.kill('SIGKILL'));
+  return new Promise((resolve, reject) => {
+    let out = '';
+    proc.stdout.on('data', (chunk) => {
+      out += chunk;
+      const m = out.match(/listening on (http:\/\/\S+)/);
+      if (m) resolve(m[1]);
+    });
+    proc.on('exit', (code) => reject(new Error(`backend exited with ${code}: ${out}`)));
+  });
+}
+
+test('rpc: the backend answers, its errors reject with their code', async (t) => {
+  const backend = await hookBackend(t);
+  const gw = await gateway(t, {
+    env: { ROOMCAST_PROXY__RPC__URL: `${backend}/rpc`, ROOMCAST_PROXY__RPC__TIMEOUT_MS: '300' },
+  });
+  const [c] = await client(t, { url: gw.wsUrl });
+  assert.deepEqual(await c.rpc('echo', { hello: ['world'] }), { hello: ['world'] });
+  assert.equal(await c.rpc('math:add', { a: 20, b: 22 }), 42);
+  await expectError(c.rpc('fail'), 'bad_request');
+  await expectError(c.rpc('slow'), 'unavailable');
+  // Still connected and usable.
+  await c.join('after-rpc');
+  assert.equal(await c.publish('after-rpc', 1), 1);
+});
+
 test('a dropped connection resumes: missed messages arrive once, in order', async (t) => {
   const gw = await gateway(t);
   const [a] = await client(t, { url: gw.wsUrl });

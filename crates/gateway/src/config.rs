@@ -6,6 +6,7 @@
 //! message naming the key. `docs/configuration.md` documents every key; a
 //! test checks that the page and this struct agree.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -47,6 +48,75 @@ pub struct Config {
     pub drain: DrainConfig,
     pub log: LogConfig,
     pub tracing: TracingConfig,
+    pub proxy: ProxyConfig,
+    pub webhooks: WebhookConfig,
+}
+
+/// Calls to the application's backend before the node acts (`docs/hooks.md`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProxyConfig {
+    /// Sent as `Authorization: Bearer` on every proxy call, so the backend knows the caller. Empty: no header.
+    pub key: Secret,
+    /// Headers of the upgrade request passed to the connect proxy (lower-case names).
+    pub forward_headers: Vec<String>,
+    /// Proxy calls in flight at once on this node; more wait for a slot within their timeout.
+    pub max_in_flight: usize,
+    /// Extra attempts of a connect or join call after a connection error or a 5xx, within its timeout.
+    pub retries: u32,
+    pub connect: ProxyEndpoint,
+    pub join: ProxyEndpoint,
+    pub publish: ProxyEndpoint,
+    pub rpc: ProxyEndpoint,
+    /// Per room namespace (the part of a room name, or an RPC method, before the first `:`): endpoints that replace the ones above.
+    pub namespaces: BTreeMap<String, NamespaceProxy>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            key: Secret::default(),
+            forward_headers: Vec::new(),
+            max_in_flight: 256,
+            retries: 1,
+            connect: ProxyEndpoint::default(),
+            join: ProxyEndpoint::default(),
+            publish: ProxyEndpoint::default(),
+            rpc: ProxyEndpoint::default(),
+            namespaces: BTreeMap::new(),
+        }
+    }
+}
+
+/// One proxy endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProxyEndpoint {
+    /// `http://` or `https://` URL the node POSTs to. Empty: no proxy (the node decides alone).
+    pub url: String,
+    /// Deadline of the whole call, retries included, in milliseconds.
+    pub timeout_ms: u64,
+    /// When the call fails (no answer, error status, bad body): true acts as if no proxy were set, false refuses.
+    pub fail_open: bool,
+}
+
+impl Default for ProxyEndpoint {
+    fn default() -> Self {
+        ProxyEndpoint {
+            url: String::new(),
+            timeout_ms: 1_000,
+            fail_open: false,
+        }
+    }
+}
+
+/// A namespace's own endpoints; an absent one means the top-level endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NamespaceProxy {
+    pub join: Option<ProxyEndpoint>,
+    pub publish: Option<ProxyEndpoint>,
+    pub rpc: Option<ProxyEndpoint>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -303,6 +373,8 @@ impl Default for DrainConfig {
     }
 }
 
+/// Webhooks: a single node sends its own; in a cluster the presence service does.
+pub use roomcast_hooks::webhook::WebhookConfig;
 /// Logging settings, the same for every roomcast process.
 pub use roomcast_service::LogConfig;
 
@@ -323,6 +395,8 @@ impl Default for Config {
             drain: DrainConfig::default(),
             log: LogConfig::default(),
             tracing: TracingConfig::default(),
+            proxy: ProxyConfig::default(),
+            webhooks: WebhookConfig::default(),
         }
     }
 }
@@ -355,19 +429,21 @@ impl Config {
     /// newline trimmed): the way mounted secrets (Kubernetes, Docker) reach
     /// the node without appearing in its environment or config file.
     fn read_secret_files(&mut self) -> Result<(), ConfigError> {
-        let secrets: [(&str, &mut Secret); 5] = [
-            ("auth.jwt_secret", &mut self.auth.jwt_secret),
-            ("auth.resume_secret", &mut self.auth.resume_secret),
-            ("api.key", &mut self.api.key),
-            ("presence.key", &mut self.presence.key),
-            ("redis.url", &mut self.redis.url),
+        let secrets: [(&str, &mut String); 7] = [
+            ("proxy.key", &mut self.proxy.key.0),
+            ("webhooks.secret", &mut self.webhooks.secret),
+            ("auth.jwt_secret", &mut self.auth.jwt_secret.0),
+            ("auth.resume_secret", &mut self.auth.resume_secret.0),
+            ("api.key", &mut self.api.key.0),
+            ("presence.key", &mut self.presence.key.0),
+            ("redis.url", &mut self.redis.url.0),
         ];
         for (key, secret) in secrets {
-            if let Some(path) = secret.0.strip_prefix("file:") {
+            if let Some(path) = secret.strip_prefix("file:") {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     ConfigError(format!("{key}: cannot read secret file {path}: {e}"))
                 })?;
-                secret.0 = text.trim_end_matches(['\n', '\r']).to_string();
+                *secret = text.trim_end_matches(['\n', '\r']).to_string();
             }
         }
         Ok(())
@@ -430,6 +506,7 @@ impl Config {
             ("drain.timeout_ms", self.drain.timeout_ms),
             ("redis.command_timeout_ms", self.redis.command_timeout_ms),
             ("presence.lease_ms", self.presence.lease_ms),
+            ("proxy.max_in_flight", self.proxy.max_in_flight as u64),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -487,6 +564,13 @@ impl Config {
                 "auth.anonymous is false but no auth.jwt_secret or auth.jwt_public_key is set: nobody could connect".into(),
             ));
         }
+        self.validate_proxy()?;
+        self.webhooks.validate("webhooks").map_err(ConfigError)?;
+        if !self.webhooks.url.is_empty() && !self.presence.url.is_empty() {
+            return Err(ConfigError(
+                "webhooks.url: in a cluster the presence service sends webhooks; set webhooks.* there, not on the gateways".into(),
+            ));
+        }
         if !self.node.id.is_empty()
             && !self
                 .node
@@ -497,6 +581,49 @@ impl Config {
             return Err(ConfigError(
                 "node.id may contain only letters, digits, '-', '_' and '.'".into(),
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_proxy(&self) -> Result<(), ConfigError> {
+        let p = &self.proxy;
+        let mut endpoints: Vec<(String, &ProxyEndpoint)> = vec![
+            ("proxy.connect".into(), &p.connect),
+            ("proxy.join".into(), &p.join),
+            ("proxy.publish".into(), &p.publish),
+            ("proxy.rpc".into(), &p.rpc),
+        ];
+        for (ns, n) in &p.namespaces {
+            if ns.is_empty() || ns.contains(':') {
+                return Err(ConfigError(format!(
+                    "proxy.namespaces.{ns:?}: a namespace is a non-empty name without ':'"
+                )));
+            }
+            for (call, e) in [("join", &n.join), ("publish", &n.publish), ("rpc", &n.rpc)] {
+                if let Some(e) = e {
+                    endpoints.push((format!("proxy.namespaces.{ns}.{call}"), e));
+                }
+            }
+        }
+        for (key, e) in endpoints {
+            let http = e.url.starts_with("http://") || e.url.starts_with("https://");
+            if !e.url.is_empty() && (!http || e.url.parse::<http::Uri>().is_err()) {
+                return Err(ConfigError(format!(
+                    "{key}.url must be an http:// or https:// URL"
+                )));
+            }
+            if e.timeout_ms == 0 {
+                return Err(ConfigError(format!(
+                    "{key}.timeout_ms must be greater than 0"
+                )));
+            }
+        }
+        for h in &p.forward_headers {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return Err(ConfigError(format!(
+                    "proxy.forward_headers: {h:?} is not a header name"
+                )));
+            }
         }
         Ok(())
     }
@@ -546,7 +673,9 @@ impl Config {
 }
 
 /// Keys whose values are secrets.
-const SECRET_KEYS: [&str; 5] = [
+const SECRET_KEYS: [&str; 7] = [
+    "proxy.key",
+    "webhooks.secret",
     "auth.jwt_secret",
     "auth.resume_secret",
     "api.key",

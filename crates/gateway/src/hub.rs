@@ -48,7 +48,11 @@ struct Room {
 /// What [`Hub::add_member`] found.
 pub enum Added {
     /// Added in buffering state; await `subscribed` before reading history.
-    New { subscribed: Arc<OnceCell<()>> },
+    /// `first`: the room had no member on this node before.
+    New {
+        subscribed: Arc<OnceCell<()>>,
+        first: bool,
+    },
     /// The connection was already a member.
     Already,
 }
@@ -188,6 +192,7 @@ impl Hub {
     /// Adds `conn` to `room` in buffering state.
     pub fn add_member(&self, room: &str, conn: &Arc<ConnHandle>, presence: bool) -> Added {
         let mut shard = self.shards[shard_of(room)].lock();
+        let first = !shard.contains_key(room);
         let entry = match shard.get_mut(room) {
             Some(r) => r,
             None => {
@@ -209,6 +214,7 @@ impl Hub {
         self.metrics.subscriptions.inc();
         Added::New {
             subscribed: entry.subscribed.clone(),
+            first,
         }
     }
 

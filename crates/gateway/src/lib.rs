@@ -21,10 +21,12 @@ pub mod handle;
 pub mod heartbeat;
 pub mod hub;
 pub mod limits;
+pub mod live;
 pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod presence;
+pub mod proxy;
 pub mod server;
 pub mod session;
 pub mod telemetry;
@@ -37,12 +39,13 @@ use config::Config;
 use node::Node;
 
 /// Runs a node until it has drained after SIGTERM/SIGINT.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(config: Config, file: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("listen: cannot bind {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
-    let node = Node::new(config).await?;
+    let node = Node::new(config, file).await?;
+    live::spawn_watcher(&node);
     tracing::info!(
         node = %node.id,
         engine = node.broker.engine(),

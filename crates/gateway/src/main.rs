@@ -44,7 +44,7 @@ fn main() -> ExitCode {
     for key in unknown {
         tracing::warn!(key, "unknown configuration key ignored");
     }
-    let result = runtime.block_on(roomcast_gateway::run(config));
+    let result = runtime.block_on(roomcast_gateway::run(config, file));
     drop(telemetry);
     match result {
         Ok(()) => ExitCode::SUCCESS,

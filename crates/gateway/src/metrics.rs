@@ -91,11 +91,11 @@ const REJECTIONS: [&str; 6] = [
 
 /// Client frame types counted by `roomcast_frames_in_total`, then `invalid`.
 const CLIENT_TYPES: usize = ClientFrame::KINDS.len() + 1;
-const SERVER_TYPES: [&str; 12] = ServerFrame::KINDS;
+const SERVER_TYPES: [&str; 13] = ServerFrame::KINDS;
 /// Close codes counted by `roomcast_disconnects_total`, then `none` (the
 /// socket ended without a close frame) and `other`.
-const CLOSE_CODES: [u16; 15] = [
-    1000, 1001, 1002, 1005, 1007, 1009, 1011, 1012, 1013, 4400, 4401, 4408, 4429, 4508, 0,
+const CLOSE_CODES: [u16; 16] = [
+    1000, 1001, 1002, 1005, 1007, 1009, 1011, 1012, 1013, 4400, 4401, 4403, 4408, 4429, 4508, 0,
 ];
 const CLOSE_LABELS: usize = CLOSE_CODES.len() + 1;
 
@@ -128,7 +128,15 @@ pub struct Metrics {
     pub routed_to_node: Counter,
     pub routed_to_all: Counter,
     pub control_received: Counter,
+    /// Proxy calls by call and result (`allow`, `deny`, `failure`).
+    proxy_calls: [[Counter; 3]; 4],
+    proxy_duration: [Histogram; 4],
+    /// Configuration reloads: applied, refused.
+    pub reloads_applied: Counter,
+    pub reloads_refused: Counter,
 }
+
+const PROXY_RESULTS: [&str; 3] = ["allow", "deny", "failure"];
 
 impl Metrics {
     pub fn reject(&self, why: Rejection) {
@@ -154,6 +162,21 @@ impl Metrics {
         if let Some(i) = SERVER_TYPES.iter().position(|t| *t == kind) {
             self.frames_out[i].add(n);
         }
+    }
+
+    pub fn proxy_call(
+        &self,
+        call: crate::proxy::Call,
+        verdict: &crate::proxy::Verdict,
+        took: std::time::Duration,
+    ) {
+        let result = match verdict {
+            crate::proxy::Verdict::Allow(_) => 0,
+            crate::proxy::Verdict::Deny { .. } => 1,
+            crate::proxy::Verdict::Failed { .. } => 2,
+        };
+        self.proxy_calls[call as usize][result].inc();
+        self.proxy_duration[call as usize].observe_us(took.as_micros() as u64);
     }
 
     pub fn disconnect(&self, code: u16) {
@@ -375,6 +398,53 @@ impl Metrics {
             "Direct messages and disconnects this node received from the cluster.",
             self.control_received.get(),
         );
+        header(
+            &mut out,
+            "roomcast_proxy_calls_total",
+            "Calls to the application's backend, by call and result.",
+            "counter",
+        );
+        for call in crate::proxy::Call::ALL {
+            for (i, result) in PROXY_RESULTS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "roomcast_proxy_calls_total{{call=\"{}\",result=\"{result}\"}} {}",
+                    call.name(),
+                    self.proxy_calls[call as usize][i].get()
+                );
+            }
+        }
+        header(
+            &mut out,
+            "roomcast_proxy_duration_seconds",
+            "Duration of calls to the application's backend, retries included.",
+            "histogram",
+        );
+        for call in crate::proxy::Call::ALL {
+            let label = format!("call=\"{}\"", call.name());
+            histogram_series(
+                &mut out,
+                "roomcast_proxy_duration_seconds",
+                &label,
+                &self.proxy_duration[call as usize],
+            );
+        }
+        header(
+            &mut out,
+            "roomcast_config_reloads_total",
+            "Configuration reloads (SIGHUP or file change), by result.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "roomcast_config_reloads_total{{result=\"applied\"}} {}",
+            self.reloads_applied.get()
+        );
+        let _ = writeln!(
+            out,
+            "roomcast_config_reloads_total{{result=\"refused\"}} {}",
+            self.reloads_refused.get()
+        );
         out
     }
 }
@@ -395,13 +465,27 @@ fn gauge(out: &mut String, name: &str, help: &str, v: i64) {
 
 fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
     header(out, name, help, "histogram");
+    histogram_series(out, name, "", h);
+}
+
+/// One histogram's series; `labels` (`a="b"`) are added to each.
+fn histogram_series(out: &mut String, name: &str, labels: &str, h: &Histogram) {
+    let (sep, braces) = if labels.is_empty() {
+        ("", String::new())
+    } else {
+        (",", format!("{{{labels}}}"))
+    };
     let mut cumulative = 0;
     for (i, b) in BUCKETS.iter().enumerate() {
         cumulative += h.buckets[i].load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
     }
     let count = h.count.load(Relaxed);
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-    let _ = writeln!(out, "{name}_sum {}", h.sum_us.load(Relaxed) as f64 / 1e6);
-    let _ = writeln!(out, "{name}_count {count}");
+    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+    let _ = writeln!(
+        out,
+        "{name}_sum{braces} {}",
+        h.sum_us.load(Relaxed) as f64 / 1e6
+    );
+    let _ = writeln!(out, "{name}_count{braces} {count}");
 }

@@ -24,12 +24,18 @@ use crate::limits::{check_room_name, PerIpCounter};
 use crate::metrics::Metrics;
 use crate::session::{ResumeSigner, SessionStore};
 use crate::telemetry;
+use roomcast_hooks::webhook::{EndReason, WebhookEvent};
 use roomcast_presence::api::Op;
 use roomcast_presence::client::PresenceClient;
 use tracing::Instrument;
 
 pub struct Node {
+    /// The configuration the node started with. What may change while it
+    /// runs (limits, proxies, log level) is read from [`Node::live`].
     pub config: Config,
+    pub live: crate::live::LiveConfig,
+    /// Webhooks of a single node (a cluster's come from the presence service).
+    pub webhooks: Option<roomcast_hooks::webhook::Webhooks>,
     pub id: Arc<str>,
     pub hub: Arc<Hub>,
     pub broker: Arc<dyn Broker>,
@@ -57,7 +63,10 @@ impl Node {
     /// Builds a node from its configuration: the in-memory engine without
     /// `redis.url`, the Redis engine with it. Needs a tokio runtime (it
     /// starts the sweeper, heartbeat and dispatcher tasks).
-    pub async fn new(config: Config) -> Result<Arc<Node>, ConfigError> {
+    pub async fn new(
+        config: Config,
+        file: Option<std::path::PathBuf>,
+    ) -> Result<Arc<Node>, ConfigError> {
         let id: Arc<str> = if config.node.id.is_empty() {
             Arc::from(format!(
                 "node-{}",
@@ -107,7 +116,14 @@ impl Node {
             config.ping_interval(),
             Duration::from_millis(config.heartbeat.pong_timeout_ms),
         );
+        let live = crate::live::LiveConfig::new(config.clone(), file, &id);
+        let webhooks = roomcast_hooks::webhook::Webhooks::start(
+            config.webhooks.clone(),
+            roomcast_hooks::http::Backend::new(),
+        );
         let node = Arc::new(Node {
+            live,
+            webhooks,
             auth: Authenticator::from_config(&config)?,
             signer: ResumeSigner::new(config.auth.resume_secret.expose()),
             id,
@@ -144,7 +160,7 @@ impl Node {
     }
 
     pub fn check_room(&self, room: &str) -> Result<(), NodeError> {
-        check_room_name(room, self.config.limits.max_room_name_bytes)
+        check_room_name(room, self.live.get().config.limits.max_room_name_bytes)
             .map_err(NodeError::bad_request)
     }
 
@@ -296,8 +312,11 @@ impl Node {
     /// session is handed over (its presence is kept for the grace time, so
     /// a client that resumes elsewhere causes no leave and no join).
     pub async fn closed(&self, conn: &Arc<ConnHandle>, rooms: Vec<String>) {
+        let mut vacated = Vec::new();
         for room in &rooms {
-            self.remove_member(conn.id, room).await;
+            if self.remove_member(conn.id, room).await == Some(true) {
+                vacated.push(room.as_str());
+            }
         }
         match &self.presence {
             Some(presence) if self.drain.is_draining() => presence.enqueue(Op::handoff(
@@ -306,6 +325,14 @@ impl Node {
             )),
             Some(presence) => presence.enqueue(Op::disconnect(conn.session.to_string())),
             None => {
+                for room in &rooms {
+                    self.webhook(|| {
+                        WebhookEvent::presence_leave(room, &**conn.user(), &*conn.session)
+                    });
+                    if vacated.contains(&room.as_str()) {
+                        self.webhook(|| WebhookEvent::room_vacated(room));
+                    }
+                }
                 for room in rooms {
                     self.presence_changed(Kind::PresenceLeave, &room, conn.member())
                         .await;
@@ -326,7 +353,12 @@ impl Node {
     ) -> Result<Option<HistoryRead>, NodeError> {
         let subscribed = match self.hub.add_member(room, conn, presence) {
             Added::Already => return Ok(None),
-            Added::New { subscribed } => subscribed,
+            Added::New { subscribed, first } => {
+                if first {
+                    self.webhook(|| WebhookEvent::room_occupied(room));
+                }
+                subscribed
+            }
         };
         let broker = self.broker.clone();
         let name = room.to_string();
@@ -342,7 +374,9 @@ impl Node {
             Ok(read) => Ok(Some(read)),
             Err(e) => {
                 self.metrics.broker_errors.inc();
-                self.remove_member(conn.id, room).await;
+                if self.remove_member(conn.id, room).await == Some(true) {
+                    self.webhook(|| WebhookEvent::room_vacated(room));
+                }
                 Err(e.into())
             }
         }
@@ -368,6 +402,7 @@ impl Node {
         match &self.presence {
             Some(presence) => presence.enqueue(Op::join(conn.session.to_string(), room)),
             None => {
+                self.webhook(|| WebhookEvent::presence_join(room, &**conn.user(), &*conn.session));
                 self.presence_changed(Kind::PresenceJoin, room, conn.member())
                     .await
             }
@@ -376,12 +411,16 @@ impl Node {
 
     /// Removes a connection from a room, telling presence watchers.
     pub async fn leave(&self, conn: &Arc<ConnHandle>, room: &str) -> bool {
-        if !self.remove_member(conn.id, room).await {
+        let Some(now_empty) = self.remove_member(conn.id, room).await else {
             return false;
-        }
+        };
         match &self.presence {
             Some(presence) => presence.enqueue(Op::leave(conn.session.to_string(), room)),
             None => {
+                self.webhook(|| WebhookEvent::presence_leave(room, &**conn.user(), &*conn.session));
+                if now_empty {
+                    self.webhook(|| WebhookEvent::room_vacated(room));
+                }
                 self.presence_changed(Kind::PresenceLeave, room, conn.member())
                     .await
             }
@@ -389,15 +428,28 @@ impl Node {
         true
     }
 
-    async fn remove_member(&self, conn_id: u64, room: &str) -> bool {
-        match self.hub.remove_member(room, conn_id) {
-            None => false,
-            Some(now_empty) => {
-                if now_empty {
-                    self.broker.unsubscribe(room).await;
-                }
-                true
-            }
+    /// Removes a member; `None` if it was not one, else whether the room is
+    /// now empty on this node (it is then unsubscribed).
+    async fn remove_member(&self, conn_id: u64, room: &str) -> Option<bool> {
+        let now_empty = self.hub.remove_member(room, conn_id)?;
+        if now_empty {
+            self.broker.unsubscribe(room).await;
+        }
+        Some(now_empty)
+    }
+
+    /// Queues a webhook event (single node with webhooks configured).
+    fn webhook(&self, event: impl FnOnce() -> WebhookEvent) {
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.push(event());
+        }
+    }
+
+    /// A session's connection ended and no other took it over (single
+    /// node; in a cluster the presence service decides this).
+    pub fn session_ended(&self, user: &str, session: &str) {
+        if self.presence.is_none() {
+            self.webhook(|| WebhookEvent::session_end(user, session, EndReason::Closed));
         }
     }
 

@@ -76,6 +76,9 @@ async fn ready(State(node): State<Arc<Node>>) -> Response {
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let mut text = node.metrics.render();
+    if let Some(webhooks) = &node.webhooks {
+        webhooks.stats().render(&mut text);
+    }
     {
         use std::fmt::Write;
         let tasks = tokio::runtime::Handle::current()
@@ -201,7 +204,18 @@ async fn upgrade(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_string);
 
-    let limits = &node.config.limits;
+    let live = node.live.get();
+    let limits = &live.config.limits;
+    // Headers the connect proxy is to see, taken now (the socket keeps none).
+    let forwarded: Vec<(String, String)> = live
+        .proxy
+        .forward_headers()
+        .iter()
+        .filter_map(|name| {
+            let value = headers.get(name.as_str())?.to_str().ok()?;
+            Some((name.to_ascii_lowercase(), value.to_string()))
+        })
+        .collect();
     let open = node.open.fetch_add(1, Ordering::Relaxed) + 1;
     let guard = OpenSocket(node.clone());
     let ip_slot = node
@@ -241,6 +255,7 @@ async fn upgrade(
                     codec,
                     remote,
                     bearer,
+                    headers: forwarded,
                     refuse,
                     ip_slot,
                 };

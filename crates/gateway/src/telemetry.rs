@@ -29,6 +29,19 @@ use crate::config::{Config, ConfigError};
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
+type SetFilter = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+/// Swaps the log filter of the installed subscriber (set by [`init`]).
+static LOG_FILTER: std::sync::OnceLock<SetFilter> = std::sync::OnceLock::new();
+
+/// Changes the log filter (`log.level`) of the running process.
+pub fn set_log_level(level: &str) -> Result<(), String> {
+    let filter = EnvFilter::try_new(level).map_err(|e| format!("log.level: {e}"))?;
+    match LOG_FILTER.get() {
+        Some(set) => set(filter),
+        None => Ok(()),
+    }
+}
+
 /// True when spans are exported: only then does the node create them.
 pub fn enabled() -> bool {
     ENABLED.load(Relaxed)
@@ -96,6 +109,10 @@ fn export_settings(config: &Config, default_service: &str) -> Option<Export> {
 pub fn init(config: &Config, default_service: &str) -> Result<Telemetry, ConfigError> {
     let filter = EnvFilter::try_new(&config.log.level)
         .map_err(|e| ConfigError(format!("log.level: {e}")))?;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let _ = LOG_FILTER.set(Box::new(move |f| {
+        handle.reload(f).map_err(|e| format!("log.level: {e}"))
+    }));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let fmt = if config.log.json {
         tracing_subscriber::fmt::layer().json().boxed()

@@ -12,6 +12,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// The `[webhooks]` section: where and how presence changes are told to
+/// the application's backend (`docs/hooks.md`).
+pub use roomcast_hooks::webhook::WebhookConfig;
+
 /// A secret string: never printed by `Debug`, never logged.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -29,6 +33,9 @@ impl Secret {
     }
 }
 
+/// Keys whose values are secrets: an error never shows them.
+const SECRET_KEYS: [&str; 3] = ["presence.key", "redis.url", "webhooks.secret"];
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
@@ -38,6 +45,7 @@ pub struct Config {
     pub presence: PresenceConfig,
     pub lease: LeaseConfig,
     pub events: EventsConfig,
+    pub webhooks: WebhookConfig,
     pub log: LogConfig,
 }
 
@@ -100,6 +108,7 @@ impl Default for Config {
             presence: PresenceConfig::default(),
             lease: LeaseConfig::default(),
             events: EventsConfig::default(),
+            webhooks: WebhookConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -115,7 +124,7 @@ impl Config {
     /// variables. Also returns keys given but unknown (likely typos).
     pub fn load(file: Option<&Path>) -> Result<(Config, Vec<String>), ConfigError> {
         let (config, unknown): (Config, _) =
-            roomcast_service::load(file, &["presence.key", "redis.url"]).map_err(ConfigError)?;
+            roomcast_service::load(file, &SECRET_KEYS).map_err(ConfigError)?;
         config.validate()?;
         Ok((config, unknown))
     }
@@ -150,6 +159,7 @@ impl Config {
                 "events.max_queued must be greater than 0".into(),
             ));
         }
+        self.webhooks.validate("webhooks").map_err(ConfigError)?;
         Ok(())
     }
 
@@ -199,5 +209,22 @@ mod tests {
         assert!(!config.redis_is_cluster());
         config.redis.url = "redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001".into();
         assert!(config.redis_is_cluster());
+    }
+
+    #[test]
+    fn webhooks_are_off_by_default_and_checked_when_on() {
+        let mut config = Config::default();
+        config.redis.url = "redis://127.0.0.1:6379".into();
+        assert!(!config.webhooks.enabled());
+        config.webhooks.url = "http://backend:9000/webhook".into();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("webhooks.secret must be set"), "{err}");
+        config.webhooks.secret = "s3cret".into();
+        config.validate().unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        config.webhooks.events = vec!["presence_join".into(), "nope".into()];
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("webhooks.events"), "{err}");
     }
 }

@@ -8,6 +8,8 @@
 //! batches on one connection, so a room's join and leave cannot swap. When
 //! Redis is down the events wait (up to `events.max_queued`; beyond, the
 //! oldest are dropped and counted), and are published once it is back.
+//! The other events of the state (rooms occupied and vacated, sessions
+//! ended) are for the webhooks only: they are not queued here.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,7 +25,7 @@ use tokio::sync::Notify;
 use crate::metrics::Metrics;
 use crate::redis::Redis;
 use crate::shutdown::Shutdown;
-use crate::state::{Event, EventKind};
+use crate::state::Event;
 
 /// Events published per pipelined batch.
 const BATCH: usize = 256;
@@ -58,16 +60,21 @@ impl EventQueue {
         }
     }
 
-    /// Queues events, in order, stamped with the current time. Never waits
-    /// on Redis. Call it while holding the state lock, so events of
-    /// concurrent requests queue in the order the state produced them.
+    /// Queues the presence joins and leaves among `events`, in order,
+    /// stamped with the current time. Never waits on Redis. Call it while
+    /// holding the state lock, so events of concurrent requests queue in the
+    /// order the state produced them.
     pub fn push_all(&self, events: Vec<Event>) {
-        if events.is_empty() {
+        let mut events = events
+            .into_iter()
+            .filter(|e| matches!(e, Event::Join { .. } | Event::Leave { .. }))
+            .peekable();
+        if events.peek().is_none() {
             return;
         }
         let ts = now_micros();
         let mut queue = self.queue.lock();
-        queue.extend(events.into_iter().map(|event| Stamped { event, ts }));
+        queue.extend(events.map(|event| Stamped { event, ts }));
         let dropped = queue.len().saturating_sub(self.capacity);
         if dropped > 0 {
             queue.drain(..dropped);
@@ -115,15 +122,17 @@ impl EventQueue {
     }
 }
 
-/// The envelope announcing `event`.
-pub fn envelope(event: &Event, ts: u64) -> Envelope {
-    let kind = match event.kind {
-        EventKind::Join => Kind::PresenceJoin,
-        EventKind::Leave => Kind::PresenceLeave,
+/// The envelope announcing a presence join or leave; `None` for the other
+/// events (they are not published on room channels).
+pub fn envelope(event: &Event, ts: u64) -> Option<Envelope> {
+    let (kind, room, member) = match event {
+        Event::Join { room, member } => (Kind::PresenceJoin, room, member),
+        Event::Leave { room, member } => (Kind::PresenceLeave, room, member),
+        _ => return None,
     };
-    let mut env = Envelope::new(kind, &event.room, NODE, ts);
-    env.member = Some(event.member.clone());
-    env
+    let mut env = Envelope::new(kind, room, NODE, ts);
+    env.member = Some(member.clone());
+    Some(env)
 }
 
 /// The task that drains the queue into Redis.
@@ -182,25 +191,26 @@ impl Publisher {
     async fn publish(&self, batch: Vec<Stamped>) -> bool {
         // Encoding our own envelope cannot fail; if it ever does, the event
         // is dropped here rather than retried forever.
-        let batch: Vec<(Stamped, Bytes)> = batch
+        let batch: Vec<(Stamped, String, Bytes)> = batch
             .into_iter()
-            .filter_map(
-                |stamped| match envelope(&stamped.event, stamped.ts).encode() {
-                    Ok(bytes) => Some((stamped, Bytes::from(bytes))),
+            .filter_map(|stamped| {
+                let envelope = envelope(&stamped.event, stamped.ts)?;
+                match envelope.encode() {
+                    Ok(bytes) => Some((stamped, envelope.room, Bytes::from(bytes))),
                     Err(e) => {
                         tracing::error!(error = %e, "cannot encode a presence event; dropped");
                         None
                     }
-                },
-            )
+                }
+            })
             .collect();
         if batch.is_empty() {
             self.queue.done();
             return true;
         }
         let pipeline = self.redis.client.pipeline();
-        for (stamped, bytes) in &batch {
-            let channel = names::room_channel(&stamped.event.room);
+        for (_, room, bytes) in &batch {
+            let channel = names::room_channel(room);
             // Queuing into a pipeline only buffers; errors come from try_all.
             let _: Result<(), _> = if self.redis.sharded {
                 pipeline.spublish(channel, bytes.clone()).await
@@ -231,7 +241,7 @@ impl Publisher {
             batch
                 .into_iter()
                 .skip(failed)
-                .map(|(stamped, _)| stamped)
+                .map(|(stamped, _, _)| stamped)
                 .collect(),
         );
         false
@@ -251,8 +261,7 @@ mod tests {
     use roomcast_protocol::Member;
 
     fn event(room: &str) -> Event {
-        Event {
-            kind: EventKind::Leave,
+        Event::Leave {
             room: room.into(),
             member: Member {
                 user: "u".into(),
@@ -262,23 +271,60 @@ mod tests {
         }
     }
 
+    fn room(stamped: Stamped) -> String {
+        match stamped.event {
+            Event::Join { room, .. } | Event::Leave { room, .. } => room,
+            other => panic!("not a presence event: {other:?}"),
+        }
+    }
+
     #[test]
     fn a_full_queue_drops_the_oldest_and_counts_them() {
         let metrics = Arc::new(Metrics::default());
         let queue = EventQueue::new(3, metrics.clone());
         queue.push_all((0..5).map(|i| event(&format!("r{i}"))).collect());
         assert_eq!(metrics.events_dropped.get(), 2);
-        let rooms: Vec<String> = queue
-            .take_batch()
-            .into_iter()
-            .map(|s| s.event.room)
-            .collect();
+        let rooms: Vec<String> = queue.take_batch().into_iter().map(room).collect();
         assert_eq!(rooms, ["r2", "r3", "r4"]);
     }
 
     #[test]
+    fn only_joins_and_leaves_are_queued_for_redis() {
+        let metrics = Arc::new(Metrics::default());
+        let queue = EventQueue::new(10, metrics);
+        let member = Member {
+            user: "u".into(),
+            session: "s".into(),
+            info: None,
+        };
+        queue.push_all(vec![
+            Event::Occupied { room: "r".into() },
+            Event::Join {
+                room: "r".into(),
+                member: member.clone(),
+            },
+            event("r"),
+            Event::Vacated { room: "r".into() },
+            Event::SessionEnd {
+                member,
+                reason: crate::state::EndReason::Closed,
+            },
+        ]);
+        assert_eq!(queue.len(), 2);
+        let kinds: Vec<Kind> = queue
+            .take_batch()
+            .iter()
+            .map(|s| envelope(&s.event, 0).unwrap().kind)
+            .collect();
+        assert_eq!(kinds, [Kind::PresenceJoin, Kind::PresenceLeave]);
+        assert!(envelope(&Event::Vacated { room: "r".into() }, 0).is_none());
+        queue.push_all(vec![Event::Occupied { room: "x".into() }]);
+        assert!(queue.is_empty());
+    }
+
+    #[test]
     fn the_envelope_decodes_as_a_presence_event() {
-        let env = envelope(&event("lobby"), 7);
+        let env = envelope(&event("lobby"), 7).unwrap();
         let back = Envelope::decode(&env.encode().unwrap()).unwrap();
         assert_eq!(back.kind, Kind::PresenceLeave);
         assert_eq!(back.room, "lobby");

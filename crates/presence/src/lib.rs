@@ -11,6 +11,8 @@
 //! - [`state`]: the pure state machine with every no-flap rule;
 //! - [`server`]: routes, the key check, handlers;
 //! - [`events`]: the queue and task publishing presence envelopes;
+//! - [`webhooks`]: the state's events as webhooks to the application's
+//!   backend (rooms occupied and vacated, sessions ended, joins, leaves);
 //! - [`store`]: parked sessions in Redis;
 //! - [`sweeper`]: lease and handoff expiry;
 //! - [`client`]: [`client::PresenceClient`], the gateway side;
@@ -27,12 +29,14 @@ pub mod shutdown;
 pub mod state;
 pub mod store;
 pub mod sweeper;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fred::prelude::ClientLike;
 use parking_lot::Mutex;
+use roomcast_hooks::webhook::Webhooks;
 
 use config::Config;
 use events::{EventQueue, Publisher};
@@ -41,7 +45,8 @@ use server::App;
 use state::State;
 use store::SessionStore;
 
-/// How long the publisher keeps trying to send queued events at exit.
+/// How long the publisher (and the webhooks) keep trying to send queued
+/// events at exit.
 const FLUSH_AT_EXIT: Duration = Duration::from_secs(2);
 /// How long startup waits for the first Redis connection.
 const REDIS_AT_START: Duration = Duration::from_secs(2);
@@ -59,14 +64,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // listens; but serve anyway (membership needs no Redis) if it is down.
     let connected = tokio::time::timeout(REDIS_AT_START, redis.client.wait_for_connect()).await;
     if !matches!(connected, Ok(Ok(()))) {
-        tracing::warn!(url = %config.redis.url, "redis not reachable yet; serving anyway, retrying in the background");
+        tracing::warn!(url = %roomcast_service::redact_url(&config.redis.url), "redis not reachable yet; serving anyway, retrying in the background");
     }
     let metrics = Arc::new(Metrics::default());
     let events = Arc::new(EventQueue::new(config.events.max_queued, metrics.clone()));
+    let webhooks = Webhooks::start(
+        config.webhooks.clone(),
+        roomcast_hooks::http::Backend::new(),
+    );
     let incarnation = uuid::Uuid::new_v4().simple().to_string();
     let app = Arc::new(App {
         state: Mutex::new(State::new(Instant::now(), config.default_lease())),
         events: events.clone(),
+        webhooks: webhooks.clone(),
         store: SessionStore::new(redis.clone()),
         redis: redis.clone(),
         metrics: metrics.clone(),
@@ -88,6 +98,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         %incarnation,
         cluster = redis.sharded,
         keyed = app.key_hash.is_some(),
+        webhooks = webhooks.is_some(),
         "roomcast presence listening on http://{addr}"
     );
     axum::serve(listener, server::router(app))
@@ -104,7 +115,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("stopping");
     trigger.fire();
     let _ = sweeper.await;
-    let _ = publisher.await;
+    let flush_webhooks = async {
+        if let Some(webhooks) = &webhooks {
+            webhooks.shutdown(FLUSH_AT_EXIT).await;
+        }
+    };
+    let (_, _) = tokio::join!(publisher, flush_webhooks);
     let _ = redis.client.quit().await;
     Ok(())
 }

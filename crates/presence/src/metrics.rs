@@ -3,10 +3,13 @@
 //! Plain atomics bumped on the request path; gauges (nodes, sessions,
 //! rooms, queued events) are read from the state at scrape time rather than
 //! kept in step with it, so they cannot drift. Every name starts with
-//! `roomcast_presence_`.
+//! `roomcast_presence_`, except the webhooks' (`roomcast_webhook_`), which
+//! are named as on a gateway that sends its own.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use roomcast_hooks::webhook::WebhookStats;
 
 use crate::state::Counts;
 
@@ -53,6 +56,8 @@ pub struct Gauges {
     pub counts: Counts,
     pub events_queued: usize,
     pub redis_connected: bool,
+    /// The webhooks' counters (zero when they are off).
+    pub webhooks: WebhookStats,
 }
 
 impl Metrics {
@@ -168,6 +173,41 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE roomcast_presence_{name} counter");
             let _ = writeln!(out, "roomcast_presence_{name} {}", counter.get());
         }
+        gauges.webhooks.render(&mut out);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_counters_are_rendered_with_their_own_prefix() {
+        let gauges = Gauges {
+            counts: Counts::default(),
+            events_queued: 0,
+            redis_connected: true,
+            webhooks: WebhookStats {
+                events_sent: 7,
+                batches_sent: 2,
+                failures: 3,
+                dropped: 1,
+                queued: 4,
+            },
+        };
+        let text = Metrics::default().render(&gauges);
+        for line in [
+            "roomcast_webhook_events_sent_total 7",
+            "roomcast_webhook_batches_sent_total 2",
+            "roomcast_webhook_failures_total 3",
+            "roomcast_webhook_events_dropped_total 1",
+            "roomcast_webhook_events_queued 4",
+            "# TYPE roomcast_webhook_failures_total counter",
+            "# TYPE roomcast_webhook_events_queued gauge",
+            "roomcast_presence_redis_connected 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
     }
 }

@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use parking_lot::Mutex;
+use roomcast_hooks::webhook::Webhooks;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -29,7 +30,7 @@ use crate::api::{
 use crate::events::EventQueue;
 use crate::metrics::{Gauges, Metrics};
 use crate::redis::Redis;
-use crate::state::{State, MAX_NAME_BYTES};
+use crate::state::{Event, State, MAX_NAME_BYTES};
 use crate::store::SessionStore;
 
 /// Largest sync body: a full sync of a node with tens of thousands of
@@ -46,6 +47,8 @@ pub const MAX_LOOKUP: usize = 10_000;
 pub struct App {
     pub state: Mutex<State>,
     pub events: Arc<EventQueue>,
+    /// The backend's webhooks, when `webhooks.url` is set.
+    pub webhooks: Option<Webhooks>,
     pub store: SessionStore,
     pub redis: Redis,
     pub metrics: Arc<Metrics>,
@@ -57,8 +60,18 @@ pub struct App {
 }
 
 impl App {
-    /// Queues the events of a state change; call with the state lock held.
-    fn publish(&self, events: Vec<crate::state::Event>) {
+    /// Queues the events of a state change, for the webhooks and (joins and
+    /// leaves) for Redis; call with the state lock held, so they queue in
+    /// the order the state produced them. Never waits.
+    pub fn publish(&self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        if let Some(webhooks) = &self.webhooks {
+            for event in &events {
+                webhooks.push(crate::webhooks::webhook_event(event));
+            }
+        }
         self.events.push_all(events);
     }
 }
@@ -308,6 +321,11 @@ async fn metrics(AxumState(app): AxumState<Arc<App>>) -> Response {
         counts: app.state.lock().counts(),
         events_queued: app.events.len(),
         redis_connected: app.redis.is_connected(),
+        webhooks: app
+            .webhooks
+            .as_ref()
+            .map(Webhooks::stats)
+            .unwrap_or_default(),
     };
     let mut headers = HeaderMap::new();
     headers.insert(

@@ -2,9 +2,11 @@
 //! them, rooms and their members, users and their sessions.
 //!
 //! It is pure: no clock (every call gets `now`), no network, no locks. Each
-//! change pushes the presence events it causes onto a `Vec<Event>` the caller
-//! publishes, so the rules that keep presence from flapping are all here and
-//! are unit-tested here:
+//! change pushes the events it causes onto a `Vec<Event>`, in the order they
+//! happened: presence joins and leaves (published on the room's channel),
+//! and, for the webhooks, rooms occupied and vacated and sessions ended. The
+//! caller publishes them, so the rules that keep presence from flapping are
+//! all here and are unit-tested here:
 //!
 //! - a join of a session already in the room, a resume (a `connect` of a
 //!   known session from any node) and a handed-off session that comes back
@@ -13,7 +15,11 @@
 //!   except those in handoff grace, which follow the grace rule;
 //! - a full sync from a known node applies the difference, with events; from
 //!   a node this process does not know while it is rebuilding after its own
-//!   restart, silently (nothing changed for clients).
+//!   restart, silently (nothing changed for clients);
+//! - a room is occupied by its first member and vacated by its last, across
+//!   all nodes; a session ends when it is disconnected (`closed`), when its
+//!   handoff grace runs out (`expired`) or when its node's lease does
+//!   (`node_lost`), never when it is resumed.
 //!
 //! Ops from a node about a session it does not own (any more) are ignored:
 //! a late `disconnect` from the node that handed a session over must not
@@ -36,18 +42,32 @@ fn bounded_ms(ms: u64) -> Duration {
     Duration::from_millis(ms).min(MAX_DURATION)
 }
 
-/// A presence change to publish on the room's channel.
+/// A change of the presence picture. `Join` and `Leave` are published on
+/// the room's channel; every kind goes to the webhooks.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    pub kind: EventKind,
-    pub room: String,
-    pub member: Member,
+pub enum Event {
+    /// `member` entered `room`.
+    Join { room: String, member: Member },
+    /// `member` left `room` (it left, ended, or was purged).
+    Leave { room: String, member: Member },
+    /// `room` got its first member, cluster-wide (just before its `Join`).
+    Occupied { room: String },
+    /// `room` lost its last member (just after its `Leave`).
+    Vacated { room: String },
+    /// `member`'s session is gone for good (after its `Leave`s).
+    SessionEnd { member: Member, reason: EndReason },
 }
 
+/// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
-    Join,
-    Leave,
+pub enum EndReason {
+    /// Its node disconnected it, or stopped listing it in a full sync.
+    Closed,
+    /// It was handed off and no node took it within the grace time.
+    Expired,
+    /// Its node was lost: the lease expired, or the node restarted (a new
+    /// incarnation) without it.
+    NodeLost,
 }
 
 /// What a sync did.
@@ -294,8 +314,13 @@ impl State {
                     .collect()
             })
             .unwrap_or_default();
+        let reason = if outcome.replaced_incarnation {
+            EndReason::NodeLost
+        } else {
+            EndReason::Closed
+        };
         for session in gone {
-            self.remove_session(&session, emit, events);
+            self.remove_session(&session, reason, emit, events);
         }
 
         for session in order {
@@ -355,7 +380,9 @@ impl State {
             Op::Connect { .. } => unreachable!("handled above"),
             Op::Join { session, room } => self.join_room(&session, &room, emit, events),
             Op::Leave { session, room } => self.leave_room(&session, &room, emit, events),
-            Op::Disconnect { session } => self.remove_session(&session, emit, events),
+            Op::Disconnect { session } => {
+                self.remove_session(&session, EndReason::Closed, emit, events)
+            }
             Op::Handoff { session, grace_ms } => {
                 if let Some(s) = self.sessions.get_mut(&session) {
                     s.handoff_until = Some(now + bounded_ms(grace_ms));
@@ -379,7 +406,7 @@ impl State {
     ) {
         if self.sessions.get(session).is_some_and(|s| s.user != user) {
             // A session id reused by another user is another session.
-            self.remove_session(session, emit, events);
+            self.remove_session(session, EndReason::Closed, emit, events);
         }
         match self.sessions.get_mut(session) {
             Some(s) => {
@@ -423,13 +450,16 @@ impl State {
         if !s.rooms.insert(room.to_string()) {
             return;
         }
-        self.rooms
-            .entry(room.to_string())
-            .or_default()
-            .insert(session.to_string());
+        let members = self.rooms.entry(room.to_string()).or_default();
+        let first = members.is_empty();
+        members.insert(session.to_string());
         if emit {
-            events.push(Event {
-                kind: EventKind::Join,
+            if first {
+                events.push(Event::Occupied {
+                    room: room.to_string(),
+                });
+            }
+            events.push(Event::Join {
                 room: room.to_string(),
                 member: member(session, s),
             });
@@ -443,30 +473,48 @@ impl State {
         if !s.rooms.remove(room) {
             return;
         }
-        remove_from(&mut self.rooms, room, session);
+        let vacated = remove_from(&mut self.rooms, room, session);
         if emit {
-            events.push(Event {
-                kind: EventKind::Leave,
+            events.push(Event::Leave {
                 room: room.to_string(),
                 member: member(session, s),
             });
+            if vacated {
+                events.push(Event::Vacated {
+                    room: room.to_string(),
+                });
+            }
         }
     }
 
-    /// Forgets a session; it leaves every room it was in.
-    fn remove_session(&mut self, session: &str, emit: bool, events: &mut Vec<Event>) {
+    /// Forgets a session; it leaves every room it was in, then ends.
+    fn remove_session(
+        &mut self,
+        session: &str,
+        reason: EndReason,
+        emit: bool,
+        events: &mut Vec<Event>,
+    ) {
         let Some(s) = self.sessions.remove(session) else {
             return;
         };
         for room in &s.rooms {
-            remove_from(&mut self.rooms, room, session);
+            let vacated = remove_from(&mut self.rooms, room, session);
             if emit {
-                events.push(Event {
-                    kind: EventKind::Leave,
+                events.push(Event::Leave {
                     room: room.clone(),
                     member: member(session, &s),
                 });
+                if vacated {
+                    events.push(Event::Vacated { room: room.clone() });
+                }
             }
+        }
+        if emit {
+            events.push(Event::SessionEnd {
+                member: member(session, &s),
+                reason,
+            });
         }
         remove_from(&mut self.users, &s.user, session);
         if let Some(n) = self.nodes.get_mut(&s.node) {
@@ -476,7 +524,8 @@ impl State {
     }
 
     /// Purges nodes whose lease expired and sessions whose handoff grace
-    /// ended, with leave events. Run every few hundred milliseconds.
+    /// ended, with leave (and vacated, and session end) events. Run every
+    /// few hundred milliseconds.
     pub fn sweep(&mut self, now: Instant, events: &mut Vec<Event>) -> Sweep {
         let mut sweep = Sweep::default();
         let expired: Vec<String> = self
@@ -498,7 +547,7 @@ impl State {
                     .get(&session)
                     .is_some_and(|s| s.handoff_until.is_some());
                 if !in_grace {
-                    self.remove_session(&session, true, events);
+                    self.remove_session(&session, EndReason::NodeLost, true, events);
                     sweep.sessions_purged += 1;
                 }
             }
@@ -516,7 +565,7 @@ impl State {
             .collect();
         ended.sort();
         for session in ended {
-            self.remove_session(&session, true, events);
+            self.remove_session(&session, EndReason::Expired, true, events);
             sweep.handoffs_expired += 1;
         }
         sweep
@@ -577,13 +626,16 @@ fn member(session: &str, s: &Session) -> Member {
     }
 }
 
-fn remove_from(index: &mut HashMap<String, BTreeSet<String>>, key: &str, value: &str) {
-    if let Some(set) = index.get_mut(key) {
-        set.remove(value);
-        if set.is_empty() {
-            index.remove(key);
-        }
+/// Removes `value` from `key`'s set; true when that emptied (and removed) it.
+fn remove_from(index: &mut HashMap<String, BTreeSet<String>>, key: &str, value: &str) -> bool {
+    let Some(set) = index.get_mut(key) else {
+        return false;
+    };
+    if !set.remove(value) || !set.is_empty() {
+        return false;
     }
+    index.remove(key);
+    true
 }
 
 /// A name fit for a map key and, for rooms, for a Redis channel: not empty,
@@ -634,17 +686,30 @@ mod tests {
         (outcome, events)
     }
 
+    /// The presence events (joins and leaves) only.
     fn names(events: &[Event]) -> Vec<String> {
         events
             .iter()
-            .map(|e| {
-                let kind = match e.kind {
-                    EventKind::Join => "join",
-                    EventKind::Leave => "leave",
-                };
-                format!("{kind} {} {}", e.room, e.member.session)
-            })
+            .filter(|e| matches!(e, Event::Join { .. } | Event::Leave { .. }))
+            .map(describe)
             .collect()
+    }
+
+    /// Every event, in order.
+    fn all(events: &[Event]) -> Vec<String> {
+        events.iter().map(describe).collect()
+    }
+
+    fn describe(event: &Event) -> String {
+        match event {
+            Event::Join { room, member } => format!("join {room} {}", member.session),
+            Event::Leave { room, member } => format!("leave {room} {}", member.session),
+            Event::Occupied { room } => format!("occupied {room}"),
+            Event::Vacated { room } => format!("vacated {room}"),
+            Event::SessionEnd { member, reason } => {
+                format!("end {} {reason:?}", member.session)
+            }
+        }
     }
 
     fn sessions_in(state: &State, room: &str) -> Vec<String> {
@@ -1068,13 +1133,13 @@ mod tests {
             Op::leave("s1", "lobby"),
         ];
         state.sync("a", req(10, batch.clone()), LEASE, now, &mut events);
-        assert_eq!(events.len(), 2);
+        assert_eq!(names(&events).len(), 2);
         // The response was lost; the client sends the batch again, grown.
         let mut grown = batch;
         grown.push(Op::join("s1", "kitchen"));
         let out = state.sync("a", req(10, grown), LEASE, now, &mut events);
         assert_eq!((out.applied, out.ignored), (1, 3));
-        assert_eq!(events.len(), 3);
+        assert_eq!(names(&events).len(), 3);
         // A gap means lost ops: start over.
         let out = state.sync("a", req(20, vec![]), LEASE, now, &mut events);
         assert!(out.need_full);
@@ -1139,5 +1204,269 @@ mod tests {
         );
         assert_eq!((out.applied, out.ignored), (0, 3));
         assert!(events.is_empty());
+    }
+
+    #[test]
+    fn the_first_member_occupies_a_room_and_the_last_vacates_it_across_nodes() {
+        let (mut state, now) = settled();
+        sync(&mut state, "a", "a1", true, vec![], now);
+        sync(&mut state, "b", "b1", true, vec![], now);
+        let (_, events) = sync(
+            &mut state,
+            "a",
+            "a1",
+            false,
+            vec![Op::connect("s1", "alice", None), Op::join("s1", "lobby")],
+            now,
+        );
+        assert_eq!(all(&events), ["occupied lobby", "join lobby s1"]);
+        // Another node's session joins the occupied room: a join only.
+        let (_, events) = sync(
+            &mut state,
+            "b",
+            "b1",
+            false,
+            vec![Op::connect("s2", "bob", None), Op::join("s2", "lobby")],
+            now,
+        );
+        assert_eq!(all(&events), ["join lobby s2"]);
+        let (_, events) = sync(
+            &mut state,
+            "a",
+            "a1",
+            false,
+            vec![Op::leave("s1", "lobby")],
+            now,
+        );
+        assert_eq!(all(&events), ["leave lobby s1"]);
+        let (_, events) = sync(
+            &mut state,
+            "b",
+            "b1",
+            false,
+            vec![Op::leave("s2", "lobby"), Op::join("s2", "lobby")],
+            now,
+        );
+        assert_eq!(
+            all(&events),
+            [
+                "leave lobby s2",
+                "vacated lobby",
+                "occupied lobby",
+                "join lobby s2"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_disconnect_leaves_every_room_then_ends_the_session_as_closed() {
+        let (mut state, now) = with_alice_in_lobby();
+        let (_, events) = sync(
+            &mut state,
+            "a",
+            "a1",
+            false,
+            vec![
+                Op::connect("s2", "bob", None),
+                Op::join("s2", "lobby"),
+                Op::join("s1", "kitchen"),
+                Op::disconnect("s1"),
+                // A session in no room ends too.
+                Op::connect("s3", "carol", None),
+                Op::disconnect("s3"),
+            ],
+            now,
+        );
+        assert_eq!(
+            all(&events),
+            [
+                "join lobby s2",
+                "occupied kitchen",
+                "join kitchen s1",
+                "leave kitchen s1",
+                "vacated kitchen",
+                "leave lobby s1",
+                "end s1 Closed",
+                "end s3 Closed",
+            ]
+        );
+        // A second disconnect of a forgotten session: nothing.
+        let (_, events) = sync(
+            &mut state,
+            "a",
+            "a1",
+            false,
+            vec![Op::disconnect("s1")],
+            now,
+        );
+        assert!(events.is_empty());
+    }
+
+    #[test]
+    fn a_session_resumed_within_its_grace_never_ends() {
+        let (mut state, now) = with_alice_in_lobby();
+        sync(&mut state, "b", "b1", true, vec![], now);
+        let mut events = Vec::new();
+        let (_, handoff) = sync(
+            &mut state,
+            "a",
+            "a1",
+            false,
+            vec![Op::handoff("s1", 1_000)],
+            now,
+        );
+        events.extend(handoff);
+        let (_, resume) = sync(
+            &mut state,
+            "b",
+            "b1",
+            false,
+            vec![Op::connect("s1", "alice", None), Op::join("s1", "lobby")],
+            now + Duration::from_millis(500),
+        );
+        events.extend(resume);
+        // Past the grace, and past node a's lease: still nothing.
+        sync(&mut state, "b", "b1", false, vec![], now + LEASE);
+        state.sweep(now + LEASE + Duration::from_secs(1), &mut events);
+        assert!(events.is_empty(), "{:?}", all(&events));
+        assert_eq!(sessions_in(&state, "lobby"), ["s1"]);
+    }
+
+    #[test]
+    fn a_grace_that_runs_out_ends_the_session_as_expired() {
+        let (mut state, now) = with_alice_in_lobby();
+        sync(
+            &mut state,
+            "a",
+            "a1",
+            false,
+            vec![Op::handoff("s1", 1_000)],
+            now,
+        );
+        let mut events = Vec::new();
+        state.sweep(now + Duration::from_millis(1_000), &mut events);
+        assert_eq!(
+            all(&events),
+            ["leave lobby s1", "vacated lobby", "end s1 Expired"]
+        );
+    }
+
+    #[test]
+    fn a_lost_node_ends_its_sessions_as_node_lost_and_handed_off_ones_as_expired() {
+        let (mut state, now) = with_alice_in_lobby();
+        sync(&mut state, "b", "b1", true, vec![], now);
+        sync(
+            &mut state,
+            "b",
+            "b1",
+            false,
+            vec![Op::connect("s9", "zed", None), Op::join("s9", "lobby")],
+            now,
+        );
+        sync(
+            &mut state,
+            "a",
+            "a1",
+            false,
+            vec![
+                Op::connect("s2", "bob", None),
+                Op::join("s2", "attic"),
+                Op::handoff("s2", 20_000),
+            ],
+            now,
+        );
+        // Node b stays alive; node a's lease runs out.
+        sync(&mut state, "b", "b1", false, vec![], now + LEASE);
+        let mut events = Vec::new();
+        let sweep = state.sweep(now + LEASE, &mut events);
+        assert_eq!((sweep.nodes_purged, sweep.sessions_purged), (1, 1));
+        assert_eq!(all(&events), ["leave lobby s1", "end s1 NodeLost"]);
+        events.clear();
+        state.sweep(now + Duration::from_secs(20), &mut events);
+        assert_eq!(
+            all(&events),
+            ["leave attic s2", "vacated attic", "end s2 Expired"]
+        );
+    }
+
+    #[test]
+    fn a_full_sync_ends_what_the_node_no_longer_lists_closed_or_node_lost_after_a_restart() {
+        let (mut state, now) = with_alice_in_lobby();
+        sync(
+            &mut state,
+            "a",
+            "a1",
+            false,
+            vec![Op::connect("s2", "bob", None), Op::join("s2", "lobby")],
+            now,
+        );
+        let (_, events) = sync(
+            &mut state,
+            "a",
+            "a1",
+            true,
+            vec![Op::connect("s1", "alice", None), Op::join("s1", "lobby")],
+            now,
+        );
+        assert_eq!(all(&events), ["leave lobby s2", "end s2 Closed"]);
+        let (_, events) = sync(&mut state, "a", "a2", true, vec![], now);
+        assert_eq!(
+            all(&events),
+            ["leave lobby s1", "vacated lobby", "end s1 NodeLost"]
+        );
+    }
+
+    #[test]
+    fn a_reused_session_id_ends_the_old_session() {
+        let (mut state, now) = with_alice_in_lobby();
+        let (_, events) = sync(
+            &mut state,
+            "a",
+            "a1",
+            false,
+            vec![Op::connect("s1", "mallory", None), Op::join("s1", "lobby")],
+            now,
+        );
+        assert_eq!(
+            all(&events),
+            [
+                "leave lobby s1",
+                "vacated lobby",
+                "end s1 Closed",
+                "occupied lobby",
+                "join lobby s1"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_silent_rebuild_emits_nothing_and_later_joins_see_the_rooms_occupied() {
+        let t0 = Instant::now();
+        let mut state = State::new(t0, WINDOW);
+        let now = t0 + Duration::from_secs(1);
+        let (out, events) = sync(
+            &mut state,
+            "a",
+            "a1",
+            true,
+            vec![Op::connect("s1", "alice", None), Op::join("s1", "lobby")],
+            now,
+        );
+        assert!(out.silent);
+        assert!(events.is_empty());
+        // A node first seen after the window is announced, into a room
+        // that is already occupied.
+        let later = t0 + WINDOW + Duration::from_secs(1);
+        sync(&mut state, "a", "a1", false, vec![], later);
+        let (out, events) = sync(
+            &mut state,
+            "b",
+            "b1",
+            true,
+            vec![Op::connect("s2", "bob", None), Op::join("s2", "lobby")],
+            later,
+        );
+        assert!(!out.silent);
+        assert_eq!(all(&events), ["join lobby s2"]);
     }
 }

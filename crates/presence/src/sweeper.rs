@@ -1,5 +1,6 @@
 //! The sweeper: every ~500 ms, purge nodes whose lease expired and sessions
-//! whose handoff grace ended, and queue the leave events that causes.
+//! whose handoff grace ended, and queue the events that causes (leaves,
+//! rooms vacated, sessions ended).
 //!
 //! It is the only place time moves the state forward; everything else
 //! changes it in answer to a gateway's sync.
@@ -24,7 +25,7 @@ pub async fn run(app: Arc<App>, mut shutdown: Shutdown) {
             let mut state = app.state.lock();
             let mut events = Vec::new();
             let sweep = state.sweep(Instant::now(), &mut events);
-            app.events.push_all(events);
+            app.publish(events);
             sweep
         };
         if sweep.nodes_purged > 0 {

@@ -74,6 +74,8 @@ pub mod close {
     pub const PROTOCOL_VIOLATION: u16 = 4400;
     /// Missing, invalid or expired token.
     pub const UNAUTHORIZED: u16 = 4401;
+    /// The application's backend refused the connection (connect proxy).
+    pub const FORBIDDEN: u16 = 4403;
     /// No `hello` in time, or heartbeat lost.
     pub const TIMEOUT: u16 = 4408;
     /// Rate limit exceeded repeatedly.

@@ -137,6 +137,15 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
+    /// A call to the application's backend (an addition to PROTOCOL.md):
+    /// answered with `rpc_result` or `error`.
+    Rpc {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        method: String,
+        #[serde(default)]
+        data: Data,
+    },
 }
 
 impl ClientFrame {
@@ -149,13 +158,14 @@ impl ClientFrame {
             | ClientFrame::Publish { id, .. }
             | ClientFrame::Send { id, .. }
             | ClientFrame::Presence { id, .. }
-            | ClientFrame::Ping { id } => *id,
+            | ClientFrame::Ping { id }
+            | ClientFrame::Rpc { id, .. } => *id,
         }
     }
 
     /// Every client frame `type`, in the order of the contract.
-    pub const KINDS: [&'static str; 7] = [
-        "hello", "join", "leave", "publish", "send", "presence", "ping",
+    pub const KINDS: [&'static str; 8] = [
+        "hello", "join", "leave", "publish", "send", "presence", "ping", "rpc",
     ];
 
     /// Sets the `id` the reply will carry.
@@ -167,7 +177,8 @@ impl ClientFrame {
             | ClientFrame::Publish { id, .. }
             | ClientFrame::Send { id, .. }
             | ClientFrame::Presence { id, .. }
-            | ClientFrame::Ping { id } => *id = new_id,
+            | ClientFrame::Ping { id }
+            | ClientFrame::Rpc { id, .. } => *id = new_id,
         }
     }
 
@@ -181,6 +192,7 @@ impl ClientFrame {
             ClientFrame::Send { .. } => "send",
             ClientFrame::Presence { .. } => "presence",
             ClientFrame::Ping { .. } => "ping",
+            ClientFrame::Rpc { .. } => "rpc",
         }
     }
 }
@@ -261,11 +273,18 @@ pub enum ServerFrame {
         reason: ReconnectReason,
         after_ms: u64,
     },
+    /// The backend's answer to an `rpc` (an addition to PROTOCOL.md).
+    RpcResult {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        #[serde(default)]
+        data: Data,
+    },
 }
 
 impl ServerFrame {
     /// Every server frame `type`, in the order of the contract.
-    pub const KINDS: [&'static str; 12] = [
+    pub const KINDS: [&'static str; 13] = [
         "welcome",
         "joined",
         "left",
@@ -278,6 +297,7 @@ impl ServerFrame {
         "pong",
         "error",
         "reconnect",
+        "rpc_result",
     ];
 
     /// The `id` of the client command this frame answers, if it answers one.
@@ -288,7 +308,8 @@ impl ServerFrame {
             | ServerFrame::Left { id, .. }
             | ServerFrame::Presence { id, .. }
             | ServerFrame::Pong { id }
-            | ServerFrame::Error { id, .. } => *id,
+            | ServerFrame::Error { id, .. }
+            | ServerFrame::RpcResult { id, .. } => *id,
             ServerFrame::Ack { id, .. } => Some(*id),
             ServerFrame::Message { .. }
             | ServerFrame::Direct { .. }
@@ -313,6 +334,7 @@ impl ServerFrame {
             ServerFrame::Pong { .. } => "pong",
             ServerFrame::Error { .. } => "error",
             ServerFrame::Reconnect { .. } => "reconnect",
+            ServerFrame::RpcResult { .. } => "rpc_result",
         }
     }
 

@@ -27,12 +27,12 @@ use serde_json::Value;
 // ---------------------------------------------------------------------------
 
 /// Client → server `type`s, in the order of PROTOCOL.md.
-const CLIENT_TYPES: [&str; 7] = [
-    "hello", "join", "leave", "publish", "send", "presence", "ping",
+const CLIENT_TYPES: [&str; 8] = [
+    "hello", "join", "leave", "publish", "send", "presence", "ping", "rpc",
 ];
 
 /// Server → client `type`s, in the order of PROTOCOL.md.
-const SERVER_TYPES: [&str; 12] = [
+const SERVER_TYPES: [&str; 13] = [
     "welcome",
     "joined",
     "left",
@@ -45,6 +45,7 @@ const SERVER_TYPES: [&str; 12] = [
     "pong",
     "error",
     "reconnect",
+    "rpc_result",
 ];
 
 /// Index of a client frame's variant in [`CLIENT_TYPES`].
@@ -61,6 +62,7 @@ fn client_index(frame: &ClientFrame) -> usize {
         ClientFrame::Send { .. } => 4,
         ClientFrame::Presence { .. } => 5,
         ClientFrame::Ping { .. } => 6,
+        ClientFrame::Rpc { .. } => 7,
     }
 }
 
@@ -80,6 +82,7 @@ fn server_index(frame: &ServerFrame) -> usize {
         ServerFrame::Pong { .. } => 9,
         ServerFrame::Error { .. } => 10,
         ServerFrame::Reconnect { .. } => 11,
+        ServerFrame::RpcResult { .. } => 12,
     }
 }
 
@@ -204,6 +207,11 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
         (opt_id(), target(), data()).prop_map(|(id, to, data)| ClientFrame::Send { id, to, data }),
         (opt_id(), text()).prop_map(|(id, room)| ClientFrame::Presence { id, room }),
         opt_id().prop_map(|id| ClientFrame::Ping { id }),
+        (opt_id(), text(), data()).prop_map(|(id, method, data)| ClientFrame::Rpc {
+            id,
+            method,
+            data
+        }),
     ]
 }
 
@@ -277,6 +285,7 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
             any::<u64>()
         )
             .prop_map(|(reason, after_ms)| ServerFrame::Reconnect { reason, after_ms }),
+        (opt_id(), data()).prop_map(|(id, data)| ServerFrame::RpcResult { id, data }),
     ]
 }
 

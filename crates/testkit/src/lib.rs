@@ -236,6 +236,65 @@ impl PresenceService {
     }
 }
 
+/// The example application backend (`examples/backend/backend.py`): it
+/// answers the proxies and records the calls and webhooks it receives.
+pub struct HookBackend {
+    pub process: Process,
+    pub addr: SocketAddr,
+}
+
+impl HookBackend {
+    /// Starts the backend on a free port; `webhook_secret` is what it checks
+    /// webhook signatures with, `slow_seconds` how long its "slow" answers take.
+    pub fn start(webhook_secret: &str, slow_seconds: f64) -> HookBackend {
+        let script = workspace_root().join("examples/backend/backend.py");
+        let script = script.to_string_lossy().to_string();
+        let slow = slow_seconds.to_string();
+        let args = [
+            script.as_str(),
+            "--port",
+            "0",
+            "--webhook-secret",
+            webhook_secret,
+            "--slow-seconds",
+            slow.as_str(),
+        ];
+        let mut process = Process::spawn("backend", &PathBuf::from("python3"), &args, &[]);
+        let addr = wait_for_listen_line(&mut process, Duration::from_secs(20));
+        HookBackend { process, addr }
+    }
+
+    /// `http://host:port` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// GET `path` (`/calls`, `/webhooks`) as JSON.
+    pub fn get(&self, path: &str) -> serde_json::Value {
+        let (status, body) = http_request(self.addr, "GET", path, &[], "").expect("backend GET");
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).expect("backend JSON")
+    }
+
+    /// POST a control request (`/control/reset`, `/control/webhook-failures`).
+    pub fn control(&self, path: &str, body: &str) {
+        let (status, text) =
+            http_request(self.addr, "POST", path, &[], body).expect("backend POST");
+        assert_eq!(status, 200, "{path}: {text}");
+    }
+
+    /// The proxy calls of one kind (`connect`, `join`, `publish`, `rpc`) seen so far.
+    pub fn calls(&self, kind: &str) -> Vec<serde_json::Value> {
+        self.get("/calls")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c["kind"] == kind)
+            .collect()
+    }
+}
+
 /// Reads the `listening on http://ADDR` line a server logs at startup.
 pub fn wait_for_listen_line(process: &mut Process, timeout: Duration) -> SocketAddr {
     const MARK: &str = "listening on http://";

@@ -19,6 +19,10 @@ pub struct State {
     pub rate: RateLimiter,
     /// Undecodable frames in a row.
     pub bad_frames: u32,
+    /// The limits in force (refreshed when the configuration is reloaded).
+    pub limits: crate::config::LimitsConfig,
+    /// The live configuration's generation `limits` came from.
+    pub generation: u64,
 }
 
 pub async fn handle(
@@ -36,19 +40,24 @@ pub async fn handle(
             presence,
         } => {
             node.check_room(&room)?;
-            if !conn.identity.may_join(&room) {
+            let backend_allowed = if state.rooms.contains(&room) {
+                false
+            } else {
+                crate::proxy::join(node, conn, &room).await?
+            };
+            if !backend_allowed && !conn.identity.may_join(&room) {
                 return Err(NodeError::new(
                     ErrorCode::Forbidden,
                     format!("the token does not allow joining {room}"),
                 ));
             }
             let already = state.rooms.contains(&room);
-            if !already && state.rooms.len() >= node.config.limits.max_rooms_per_connection {
+            if !already && state.rooms.len() >= state.limits.max_rooms_per_connection {
                 return Err(NodeError::new(
                     ErrorCode::LimitExceeded,
                     format!(
                         "a connection may be in at most {} rooms",
-                        node.config.limits.max_rooms_per_connection
+                        state.limits.max_rooms_per_connection
                     ),
                 ));
             }
@@ -99,6 +108,7 @@ pub async fn handle(
                 node.check_room(&room)?;
                 return Err(not_joined(&room, "publishing to"));
             }
+            let data = crate::proxy::publish(node, conn, &room, data).await?;
             let message = node.publish(&room, data, Some(conn.member())).await?;
             Ok(id.map(|id| ServerFrame::Ack {
                 id,
@@ -118,6 +128,10 @@ pub async fn handle(
             Ok(Some(ServerFrame::Presence { id, room, members }))
         }
         ClientFrame::Ping { id } => Ok(Some(ServerFrame::Pong { id })),
+        ClientFrame::Rpc { id, method, data } => {
+            let data = crate::proxy::rpc(node, conn, &method, data).await?;
+            Ok(Some(ServerFrame::RpcResult { id, data }))
+        }
     }
 }
 

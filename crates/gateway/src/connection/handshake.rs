@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use roomcast_protocol::{
-    close, ClientFrame, Codec, ErrorCode, Resume, RoomStatus, ServerFrame, Since,
-};
+use roomcast_protocol::{close, ClientFrame, ErrorCode, Resume, RoomStatus, ServerFrame, Since};
 use yawc::OpCode;
 
-use super::{send_now, Socket};
+use std::borrow::Cow;
+
+use super::{send_now, Socket, Upgrade};
 use crate::auth::Identity;
 use crate::handle::ConnHandle;
 use crate::node::Node;
@@ -24,22 +24,24 @@ pub struct Established {
     pub rooms: Vec<String>,
 }
 
-type Refusal = (u16, &'static str);
+/// The close code and reason a connection is refused with.
+pub type Refusal = (u16, Cow<'static, str>);
 
 pub async fn run(
     node: &Arc<Node>,
     ws: &mut Socket,
-    codec: Codec,
-    bearer: Option<&str>,
+    upgrade: &Upgrade,
 ) -> Result<Established, Refusal> {
+    let codec = upgrade.codec;
+    let bearer = upgrade.bearer.as_deref();
     let hello_timeout = Duration::from_millis(node.config.heartbeat.hello_timeout_ms);
     let first = tokio::select! {
         first = tokio::time::timeout(hello_timeout, first_data_frame(ws)) => first,
-        _ = node.drain.started() => return Err((close::RESTART, "node shutting down")),
+        _ = node.drain.started() => return Err((close::RESTART, "node shutting down".into())),
     };
     let payload = match first {
-        Err(_) => return Err((close::TIMEOUT, "no hello in time")),
-        Ok(None) => return Err((close::NORMAL, "closed before hello")),
+        Err(_) => return Err((close::TIMEOUT, "no hello in time".into())),
+        Ok(None) => return Err((close::NORMAL, "closed before hello".into())),
         Ok(Some(payload)) => payload,
     };
     let decoded = codec.decode::<ClientFrame>(&payload);
@@ -53,7 +55,7 @@ pub async fn run(
                 "the first frame must be hello",
             );
             send_now(ws, codec, &error).await;
-            return Err((close::PROTOCOL_VIOLATION, "hello expected"));
+            return Err((close::PROTOCOL_VIOLATION, "hello expected".into()));
         }
         Err(e) => {
             send_now(
@@ -62,7 +64,7 @@ pub async fn run(
                 &ServerFrame::error(e.id, ErrorCode::BadRequest, e.message),
             )
             .await;
-            return Err((close::PROTOCOL_VIOLATION, "hello expected"));
+            return Err((close::PROTOCOL_VIOLATION, "hello expected".into()));
         }
     };
 
@@ -78,9 +80,19 @@ pub async fn run(
                 &ServerFrame::error(id, ErrorCode::Unauthorized, e.to_string()),
             )
             .await;
-            return Err((close::UNAUTHORIZED, "unauthorized"));
+            return Err((close::UNAUTHORIZED, "unauthorized".into()));
         }
     };
+    let identity =
+        match crate::proxy::connect(node, upgrade, token, identity, resume.is_some()).await {
+            Ok(identity) => identity,
+            Err((code, message, close_code)) => {
+                node.metrics.reject(crate::metrics::Rejection::Unauthorized);
+                let reason = close_reason(&message);
+                send_now(ws, codec, &ServerFrame::error(id, code, message)).await;
+                return Err((close_code, reason.into()));
+            }
+        };
 
     let taken = match &resume {
         Some(r) => take_session(node, r, &identity).await,
@@ -98,7 +110,7 @@ pub async fn run(
         }
     }
     let (session, identity) = taken.unwrap_or((fresh, identity));
-    let limits = &node.config.limits;
+    let limits = &node.live.get().config.limits.clone();
     let conn = Arc::new(ConnHandle::new(
         node.next_conn_id(),
         session,
@@ -214,6 +226,15 @@ async fn take_session(
                 pick(Identity::anonymous_user(&owner)),
             )
         })
+}
+
+/// A close reason fits in 123 bytes; cut at a character boundary.
+fn close_reason(message: &str) -> String {
+    let mut end = message.len().min(120);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message[..end].to_string()
 }
 
 /// The payload of the first text or binary frame; `None` if the socket closed.

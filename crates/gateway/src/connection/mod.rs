@@ -35,33 +35,34 @@ pub struct Upgrade {
     pub remote: SocketAddr,
     /// Token from `Authorization: Bearer` on the upgrade request.
     pub bearer: Option<String>,
+    /// The upgrade's headers named in `proxy.forward_headers`.
+    pub headers: Vec<(String, String)>,
     /// Refuse right after the upgrade with this close (over capacity).
     pub refuse: Option<(u16, &'static str)>,
     pub ip_slot: Option<IpSlot>,
 }
 
 /// Runs one connection to its end.
-pub async fn serve(node: Arc<Node>, mut ws: Socket, upgrade: Upgrade) {
-    let _ip_slot = upgrade.ip_slot;
+pub async fn serve(node: Arc<Node>, mut ws: Socket, mut upgrade: Upgrade) {
+    let _ip_slot = upgrade.ip_slot.take();
     if let Some((code, reason)) = upgrade.refuse {
         node.metrics.disconnect(code);
         close_socket(&mut ws, code, reason).await;
         return;
     }
-    let codec = upgrade.codec;
     let hello_span = if crate::telemetry::enabled() {
         tracing::info_span!("hello", node = %node.id, remote = %upgrade.remote)
     } else {
         tracing::Span::none()
     };
-    let established = match handshake::run(&node, &mut ws, codec, upgrade.bearer.as_deref())
+    let established = match handshake::run(&node, &mut ws, &upgrade)
         .instrument(hello_span)
         .await
     {
         Ok(established) => established,
         Err((code, reason)) => {
             node.metrics.disconnect(code);
-            close_socket(&mut ws, code, reason).await;
+            close_socket(&mut ws, code, &reason).await;
             return;
         }
     };
@@ -72,13 +73,14 @@ pub async fn serve(node: Arc<Node>, mut ws: Socket, upgrade: Upgrade) {
     node.connected(&conn);
     tracing::debug!(session = %conn.session, user = %conn.user(), remote = %upgrade.remote, "connected");
 
+    let generation = node.live.generation();
+    let limits = node.live.get().config.limits.clone();
     let mut state = commands::State {
         rooms: established.rooms,
-        rate: RateLimiter::new(
-            node.config.limits.messages_per_second,
-            node.config.limits.message_burst,
-        ),
+        rate: RateLimiter::new(limits.messages_per_second, limits.message_burst),
         bad_frames: 0,
+        limits,
+        generation,
     };
     let code = run_loop(&node, &conn, &mut ws, &mut state).await;
 
@@ -92,6 +94,11 @@ pub async fn serve(node: Arc<Node>, mut ws: Socket, upgrade: Upgrade) {
                 Duration::from_millis(node.config.session.ttl_ms),
             )
             .await;
+    }
+    if node.hub.by_session(&conn.session).is_none() {
+        // Not taken over by a newer connection: the session's presence
+        // ended (as a cluster's presence service decides on `disconnect`).
+        node.session_ended(conn.user(), &conn.session);
     }
     // Last: the drain waits for the registry to empty, then flushes the
     // presence ops queued above.
@@ -160,7 +167,16 @@ async fn handle_data(
     state: &mut commands::State,
     payload: &Bytes,
 ) {
-    let limits = &node.config.limits;
+    let generation = node.live.generation();
+    if generation != state.generation {
+        // The configuration was reloaded: new limits from this frame on.
+        state.generation = generation;
+        state.limits = node.live.get().config.limits.clone();
+        state
+            .rate
+            .reconfigure(state.limits.messages_per_second, state.limits.message_burst);
+    }
+    let limits = &state.limits;
     let decoded = conn.codec.decode::<ClientFrame>(payload);
     if !state.rate.allow(Instant::now()) {
         node.metrics.rate_limited.inc();
