@@ -223,6 +223,20 @@ impl Client {
         }
     }
 
+    /// Calls `method` on the application's backend through the node's RPC
+    /// proxy (`docs/hooks.md`); resolves to the backend's `data`.
+    pub async fn rpc(&self, method: impl Into<String>, data: Data) -> Result<Data, Error> {
+        let frame = ClientFrame::Rpc {
+            id: None,
+            method: method.into(),
+            data,
+        };
+        match self.request(frame).await? {
+            ServerFrame::RpcResult { data, .. } => Ok(data),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// A protocol `ping`; resolves to the round-trip time.
     pub async fn ping(&self) -> Result<Duration, Error> {
         let started = Instant::now();

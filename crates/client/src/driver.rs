@@ -517,6 +517,7 @@ impl Driver {
             | ServerFrame::Left { id: Some(id), .. }
             | ServerFrame::Presence { id: Some(id), .. }
             | ServerFrame::Pong { id: Some(id) }
+            | ServerFrame::RpcResult { id: Some(id), .. }
             | ServerFrame::Ack { id, .. }
             | ServerFrame::Error { id: Some(id), .. } => self.on_reply(id, frame),
             ServerFrame::Error {

@@ -237,3 +237,26 @@ async fn a_closed_client_refuses_commands() {
         "the stream ends after the stop"
     );
 }
+
+#[tokio::test]
+async fn rpc_returns_the_backends_data_or_its_error() {
+    let backend = tokio::task::spawn_blocking(|| roomcast_testkit::HookBackend::start("x", 3.0))
+        .await
+        .unwrap();
+    let url = backend.url("/rpc");
+    let gw = tokio::task::spawn_blocking(move || {
+        roomcast_testkit::Gateway::start(&[("ROOMCAST_PROXY__RPC__URL", url.as_str())])
+    })
+    .await
+    .unwrap();
+    let (client, _events) = quick_client(&[gw.ws_url()]).connect().await.unwrap();
+    assert_eq!(
+        client
+            .rpc("math:add", json!({"a": 1, "b": 2}))
+            .await
+            .unwrap(),
+        json!(3)
+    );
+    let err = client.rpc("fail", json!(null)).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
+}
