@@ -24,7 +24,7 @@ fn value(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no series {series}"))
 }
 
-const FAMILIES: [&str; 24] = [
+const FAMILIES: [&str; 27] = [
     "roomcast_connections",
     "roomcast_connections_accepted_total",
     "roomcast_connections_rejected_total",
@@ -49,6 +49,9 @@ const FAMILIES: [&str; 24] = [
     "roomcast_draining",
     "roomcast_control_routed_total",
     "roomcast_control_received_total",
+    "roomcast_proxy_calls_total",
+    "roomcast_proxy_duration_seconds",
+    "roomcast_config_reloads_total",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
