@@ -8,7 +8,7 @@ SOAK_MINUTES ?= 30
 FUZZ_SECONDS ?= 15
 export ROOMCAST_API__KEY ?= dev-key
 
-.PHONY: run cluster soak chaos build test test-rust test-python test-js test-deploy test-k6 lint fuzz fuzz-smoke deps clean help
+.PHONY: run cluster soak chaos bench bench-smoke build test test-rust test-python test-js test-deploy test-k6 lint fuzz fuzz-smoke deps clean help
 
 help:
 	@echo "make run         build and start one node (embedded in-memory mode)"
@@ -16,6 +16,9 @@ help:
 	@echo "make test        everything CI checks: lint, Rust tests, Python client suite, fuzz smoke"
 	@echo "make fuzz        run each fuzz target for 10 minutes (FUZZ_SECONDS=600)"
 	@echo "make test-deploy check docker-compose.yml and the Helm chart; make test-k6: k6 smoke"
+	@echo "make bench       roomcast vs Socket.IO vs socketioxide (idle, fanout, cross, storm, broadcast);"
+	@echo "                 rewrites docs/benchmarks.md; BENCH_* variables scale it down (see the Makefile)"
+	@echo "make bench-smoke a 20-second load-generator run against one node; fails on any loss"
 
 ## Build the release binaries and start one single-node gateway.
 run:
@@ -39,7 +42,7 @@ build:
 	$(CARGO) build --workspace --all-targets
 
 ## Everything CI checks. Installs what it needs (Python venv, cargo-nextest, cargo-fuzz).
-test: deps lint test-rust test-python test-js fuzz-smoke test-deploy test-k6
+test: deps lint test-rust test-python test-js fuzz-smoke test-deploy test-k6 bench-smoke
 	@echo "make test: all checks passed"
 
 deps:
@@ -99,3 +102,39 @@ soak:
 chaos:
 	$(CARGO) build --release -p roomcast-gateway -p roomcast-bench
 	ROOMCAST_BIN_DIR=$(TARGET_DIR)/release $(TARGET_DIR)/release/chaos slow-consumers
+
+## The comparison of issue #8: roomcast, Socket.IO 4.8 + redis-adapter and
+## socketioxide + redis, each as nodes behind a Redis of its own, driven by
+## roomcast-bench worker processes; rewrites docs/benchmarks.md (and writes
+## target/bench/results.json). At full size it takes about half an hour and
+## wants a quiet machine. Every size can be lowered, for example:
+##   BENCH_SERVERS=roomcast BENCH_SCENARIOS=idle,storm BENCH_IDLE_CONNS=2000 \
+##   BENCH_STORM_CLIENTS=1000 make bench
+## Variables (defaults = the issue's targets): BENCH_SERVERS (all),
+## BENCH_SCENARIOS (idle,fanout,cross,storm,broadcast); idle: BENCH_IDLE_CONNS
+## (18000), _ROOM_SIZE (10), _MSG_BYTES (2048, over the compression threshold), _QUIET_SECS (60); fanout:
+## BENCH_FANOUT_NODES (2), _ROOMS (10), _MEMBERS (100), _PUBLISHERS (10),
+## _RATES (100,...,6400 publishes/s), _SECS (5), _PAYLOAD_BYTES (100),
+## _SLO_P99_MS (10); cross: BENCH_CROSS_MEMBERS (1000 per room, 10 rooms),
+## _RATES (100); broadcast: BENCH_BROADCAST_CONNS (100000), _NODES (6),
+## _COUNT (5); storm: BENCH_STORM_CLIENTS (10000), _ROOMS (100), _RATE (200),
+## _DRAIN (0: kill -9); BENCH_<SCENARIO>_DEFLATE=0 turns permessage-deflate
+## off for one scenario (BENCH_NO_DEFLATE=1 for all); BENCH_WORKERS,
+## BENCH_THREADS (load generator); BENCH_MIN_FREE_MIB (1536: a run stops when
+## the machine has less memory left); BENCH_DOC (docs/benchmarks.md),
+## BENCH_OUT (target/bench/results.json). Other ROOMCAST_* variables reach
+## the roomcast nodes, e.g. ROOMCAST_WEBSOCKET__COMPRESSION_THRESHOLD=1024.
+BENCH_DOC ?= docs/benchmarks.md
+BENCH_OUT ?= $(TARGET_DIR)/bench/results.json
+bench:
+	$(CARGO) build --release -p roomcast-gateway -p roomcast-presence -p roomcast-bench
+	CARGO=$(CARGO) scripts/bench-peers.sh
+	ROOMCAST_BIN_DIR=$(TARGET_DIR)/release $(TARGET_DIR)/release/roomcast-bench suite \
+	  --doc $(BENCH_DOC) --out $(BENCH_OUT)
+
+## A short run of the load generator alone against one roomcast node
+## (in-memory mode, debug build from `make build`): 200 members, 5
+## publishers, two rounds; fails if anything is lost or nothing delivered.
+bench-smoke: build
+	ROOMCAST_BIN_DIR=$(TARGET_DIR)/debug timeout 120 $(TARGET_DIR)/debug/roomcast-bench smoke \
+	  --max-secs 90 --out $(TARGET_DIR)/bench/smoke.json

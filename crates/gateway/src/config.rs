@@ -347,7 +347,7 @@ impl Default for WebSocketConfig {
     fn default() -> Self {
         WebSocketConfig {
             compression: true,
-            compression_threshold: 256,
+            compression_threshold: 1024,
             read_buffer_bytes: 1024,
             write_buffer_bytes: 1024,
             allowed_origins: Vec::new(),

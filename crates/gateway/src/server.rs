@@ -248,7 +248,6 @@ async fn upgrade(
         );
     }
     tokio::spawn(async move {
-        let _guard = guard;
         match upgraded.await {
             Ok(ws) => {
                 let upgrade = Upgrade {
@@ -259,7 +258,12 @@ async fn upgrade(
                     refuse,
                     ip_slot,
                 };
-                connection::serve(node, ws, upgrade).await;
+                // A task of its own: this one (sized for the upgrade
+                // future as well) ends here and its memory is freed.
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    connection::serve(node, ws, upgrade).await;
+                });
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }

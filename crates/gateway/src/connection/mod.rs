@@ -55,7 +55,10 @@ pub async fn serve(node: Arc<Node>, mut ws: Socket, mut upgrade: Upgrade) {
     } else {
         tracing::Span::none()
     };
-    let established = match handshake::run(&node, &mut ws, &upgrade)
+    // The handshake, the command handler and the close path are boxed:
+    // they run briefly, and inline they would make every idle
+    // connection's task as large as the largest of them.
+    let established = match Box::pin(handshake::run(&node, &mut ws, &upgrade))
         .instrument(hello_span)
         .await
     {
@@ -85,15 +88,14 @@ pub async fn serve(node: Arc<Node>, mut ws: Socket, mut upgrade: Upgrade) {
     let code = run_loop(&node, &conn, &mut ws, &mut state).await;
 
     node.hub.unregister(&conn);
-    node.closed(&conn, std::mem::take(&mut state.rooms)).await;
+    Box::pin(node.closed(&conn, std::mem::take(&mut state.rooms))).await;
     if !conn.forget_session.load(Ordering::Relaxed) {
-        node.sessions
-            .park(
-                conn.session.clone(),
-                conn.identity.clone(),
-                Duration::from_millis(node.config.session.ttl_ms),
-            )
-            .await;
+        Box::pin(node.sessions.park(
+            conn.session.clone(),
+            conn.identity.clone(),
+            Duration::from_millis(node.config.session.ttl_ms),
+        ))
+        .await;
     }
     if node.hub.by_session(&conn.session).is_none() {
         // Not taken over by a newer connection: the session's presence
@@ -217,7 +219,7 @@ async fn handle_data(
             } else {
                 tracing::Span::none()
             };
-            let reply = commands::handle(node, conn, state, frame)
+            let reply = Box::pin(commands::handle(node, conn, state, frame))
                 .instrument(span)
                 .await;
             let reply = reply.unwrap_or_else(|e| Some(ServerFrame::error(id, e.code, e.message)));

@@ -1,0 +1,212 @@
+//! `roomcast-bench`: roomcast's load generator, and the side-by-side
+//! comparison with Socket.IO and socketioxide behind `make bench`.
+//!
+//! It starts the servers itself (see `roomcast_bench::peers`), drives them
+//! from worker processes (itself, re-executed as `roomcast-bench worker`,
+//! one per 15,000 connections), prints Markdown tables and writes JSON.
+//! Loopback only; every run is bounded by `--max-secs`, and every process it
+//! started is stopped when it ends, on success, error, panic or Ctrl-C.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use roomcast_bench::args::Args;
+use roomcast_bench::peers::ServerKind;
+use roomcast_bench::report::{Outcome, RunReport};
+use roomcast_bench::scenario::{smoke, suite, Common};
+use roomcast_bench::{system, worker};
+
+const USAGE: &str = "\
+usage: roomcast-bench <command> [--flag value]...
+
+commands (each flag also reads the BENCH_* variable named in brackets):
+  idle       [--conns 18000] [--room-size 10] [--msg-bytes 2048] [--quiet-secs 60]
+             [--settle-secs 5] [--standalone]                      (BENCH_IDLE_*)
+  fanout     [--nodes 2] [--rooms 10] [--members 100] [--publishers 10]
+             [--rates 100,200,...,6400] [--secs 5] [--warmup-secs 1]
+             [--payload-bytes 100] [--placement spread|cross] [--slo-p99-ms 10]
+             [--no-sweep] [--standalone]                           (BENCH_FANOUT_*)
+  cross      fanout with publishers on node 1 and members on node 2
+             [--rooms 10] [--members 1000] [--publishers 10] [--rates 100]
+             [--secs 10] [--slo-p99-ms 5]                          (BENCH_CROSS_*)
+  broadcast  one room of every connection over many nodes
+             [--conns 100000] [--nodes 6] [--count 5] [--interval-secs 2]
+                                                                   (BENCH_BROADCAST_*)
+  storm      [--clients 10000] [--rooms 100] [--rate 200] [--drain]
+             [--before-secs 2] [--after-secs 3] [--backoff-base-ms 250]
+             [--backoff-cap-ms 2000] [--give-up-secs 30]           (BENCH_STORM_*)
+  smoke      a short fanout against one roomcast node; fails on loss (make bench-smoke)
+  suite      every scenario for every server, then --doc FILE     (make bench)
+             [--scenarios idle,fanout,cross,storm,broadcast] (BENCH_SCENARIOS)
+
+common flags:
+  --server roomcast|socketio|socketioxide|all[,…]  servers to run (BENCH_SERVERS;
+                                   default roomcast, suite: all)
+  --out FILE                       write the results as JSON
+  --doc FILE                       suite: rewrite this Markdown file (docs/benchmarks.md)
+  --workers N                      worker processes (default: one per 15,000 connections)
+  --threads N                      runtime threads per worker (1)
+  --connect-concurrency N          connections each worker sets up at once (128)
+  --no-deflate                     do not offer or enable permessage-deflate
+                                   (fanout, cross, broadcast: --deflate 0|1 for that
+                                   scenario alone, BENCH_<SCENARIO>_DEFLATE)
+  --max-secs N                     stop everything after this long (3600)
+
+The servers' binaries come from ROOMCAST_BIN_DIR (default: this executable's
+folder); the peers need scripts/bench-peers.sh first. Other ROOMCAST_*
+variables in the environment reach the roomcast nodes (the benchmark's own
+settings win). A run stops when the machine has less than BENCH_MIN_FREE_MIB
+(1536) MiB of memory available.";
+
+fn main() {
+    let mut argv = std::env::args().skip(1);
+    let command = argv.next().unwrap_or_else(|| "help".into());
+    if command == "worker" {
+        std::process::exit(worker::main());
+    }
+    if matches!(command.as_str(), "help" | "--help" | "-h") {
+        println!("{USAGE}");
+        return;
+    }
+    default_bin_dir();
+    let args = match Args::parse(argv) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("roomcast-bench: {e}\n\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = runtime.block_on(async {
+        let max_secs: u64 = args.num("max-secs", "BENCH_MAX_SECS", 3600).unwrap_or(3600);
+        // Whatever happens, the run's future is dropped before this block
+        // ends, and with it every deployment and worker it started.
+        tokio::select! {
+            result = run(&command, &args) => match result {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("roomcast-bench: {e:#}");
+                    1
+                }
+            },
+            signal = interrupted() => {
+                eprintln!("roomcast-bench: {signal}; stopping everything");
+                130
+            }
+            _ = tokio::time::sleep(Duration::from_secs(max_secs)) => {
+                eprintln!("roomcast-bench: --max-secs ({max_secs} s) reached; stopping everything");
+                1
+            }
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    std::process::exit(code);
+}
+
+/// Release runs keep the gateway next to this executable: use it unless
+/// `ROOMCAST_BIN_DIR` says otherwise.
+fn default_bin_dir() {
+    if std::env::var_os("ROOMCAST_BIN_DIR").is_some() {
+        return;
+    }
+    let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(PathBuf::from))
+    else {
+        return;
+    };
+    if dir.join("roomcast-gateway").exists() {
+        // Single-threaded here: no runtime has started yet.
+        std::env::set_var("ROOMCAST_BIN_DIR", dir);
+    }
+}
+
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupted",
+        _ = term.recv() => "terminated",
+    }
+}
+
+async fn run(command: &str, args: &Args) -> Result<i32> {
+    let common = Common::from_args(args)?;
+    let line = std::iter::once("roomcast-bench".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut report = RunReport::new(line);
+    let out = args.get("out", "BENCH_OUT").map(PathBuf::from);
+    let code = match command {
+        "smoke" => {
+            let (result, problems) = smoke::run(args, &common).await?;
+            report.outcomes.push(Outcome::Fanout(result));
+            print!("{}", report.markdown());
+            if problems.is_empty() {
+                println!("bench-smoke: passed");
+                0
+            } else {
+                for p in &problems {
+                    println!("bench-smoke: FAILED: {p}");
+                }
+                1
+            }
+        }
+        "suite" => {
+            suite::run(args, &common, &mut report).await?;
+            report.load_average_at_end = system::load_average();
+            print!("{}", report.markdown());
+            if let Some(doc) = args.get("doc", "BENCH_DOC") {
+                let text = report.document(&suite::overrides());
+                std::fs::write(&doc, text).map_err(|e| anyhow!("writing {doc}: {e}"))?;
+                eprintln!("wrote {doc}");
+            }
+            for t in report.targets() {
+                eprintln!(
+                    "target {}: {} — {}",
+                    t.number,
+                    match t.met {
+                        Some(true) => "met",
+                        Some(false) => "MISSED",
+                        None => "not run",
+                    },
+                    t.measured
+                );
+            }
+            i32::from(!report.failures.is_empty())
+        }
+        "idle" | "fanout" | "cross" | "broadcast" | "storm" => {
+            let servers =
+                ServerKind::parse_list(&args.string("server", "BENCH_SERVERS", "roomcast"))?;
+            for kind in servers {
+                match suite::run_one(command, kind, args, &common).await {
+                    Ok(outcome) => report.outcomes.push(outcome),
+                    Err(e) => {
+                        eprintln!("{command} with {}: FAILED: {e:#}", kind.label());
+                        report
+                            .failures
+                            .push((format!("{command} / {}", kind.label()), format!("{e:#}")));
+                    }
+                }
+            }
+            report.load_average_at_end = system::load_average();
+            print!("{}", report.markdown());
+            i32::from(!report.failures.is_empty())
+        }
+        other => bail!("unknown command {other:?}\n\n{USAGE}"),
+    };
+    if let Some(path) = out {
+        report.write_json(&path)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(code)
+}
