@@ -162,7 +162,15 @@ async fn run(command: &str, args: &Args) -> Result<i32> {
             }
         }
         "suite" => {
-            suite::run(args, &common, &mut report).await?;
+            let doc = args.get("doc", "BENCH_DOC");
+            let mut write_doc = |report: &RunReport| {
+                if let Some(doc) = &doc {
+                    if let Err(e) = std::fs::write(doc, report.document(&suite::overrides())) {
+                        eprintln!("writing {doc}: {e}");
+                    }
+                }
+            };
+            suite::run(args, &common, &mut report, &mut write_doc).await?;
             report.load_average_at_end = system::load_average();
             print!("{}", report.markdown());
             if let Some(doc) = args.get("doc", "BENCH_DOC") {

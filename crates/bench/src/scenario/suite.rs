@@ -16,7 +16,14 @@ use crate::report::{Outcome, RunReport};
 /// The scenarios, in the order they run.
 pub const SCENARIOS: [&str; 5] = ["idle", "fanout", "cross", "storm", "broadcast"];
 
-pub async fn run(args: &Args, common: &Common, report: &mut RunReport) -> Result<()> {
+/// Runs the suite; `progress` sees the report after every scenario (the
+/// document is rewritten then, so a run cut short keeps what it measured).
+pub async fn run(
+    args: &Args,
+    common: &Common,
+    report: &mut RunReport,
+    progress: &mut dyn FnMut(&RunReport),
+) -> Result<()> {
     let servers = ServerKind::parse_list(&args.string("servers", "BENCH_SERVERS", "all"))?;
     let scenarios = args.string("scenarios", "BENCH_SCENARIOS", &SCENARIOS.join(","));
     for scenario in scenarios.split(',').filter(|s| !s.is_empty()) {
@@ -31,6 +38,7 @@ pub async fn run(args: &Args, common: &Common, report: &mut RunReport) -> Result
                         .push((format!("{scenario} / {}", kind.label()), format!("{e:#}")));
                 }
             }
+            progress(report);
         }
     }
     Ok(())
