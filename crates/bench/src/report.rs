@@ -427,9 +427,10 @@ const METHOD: &str = "\
 - **Memory** is the server process's VmRSS (`/proc/PID/status`) before the
   connections and after they are set up; **CPU** is utime + stime from
   `/proc/PID/stat` over the window, as a percentage of one core.
-- **Fan-out** rates are swept upwards; a server's figure is the best round
-  with p99 ≤ the objective, no loss, and at least 95 % of the offered rate
-  delivered.
+- **Fan-out** rates are swept upwards while the server keeps up (at least
+  95 % of the offered rate delivered, no loss, p99 under 1 s); a server's
+  figure is the best round with p99 ≤ the objective, and the last rounds show
+  its capacity.
 - **Storm**: node A is killed while publishers on node B keep publishing;
   clients come back with exponential backoff and full jitter (roomcast: a
   resume with the room's offset and epoch; Socket.IO has no resume with the
