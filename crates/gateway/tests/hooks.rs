@@ -42,6 +42,27 @@ async fn hello(gw: &Gateway, token: Option<&str>) -> (RawClient, ServerFrame) {
     (c, first)
 }
 
+/// `call` proxied to `url` with a 300 ms timeout, failing closed, except
+/// in the `lenient` namespace, which fails open.
+fn strict_and_lenient(call: &str, url: &str) -> String {
+    format!(
+        "[proxy.{call}]\nurl = \"{url}\"\ntimeout_ms = 300\n\
+         [proxy.namespaces.lenient.{call}]\nurl = \"{url}\"\ntimeout_ms = 300\nfail_open = true\n"
+    )
+}
+
+/// The next `message` of a room whose name starts with `prefix`: its data
+/// and offset.
+async fn next_message(c: &mut RawClient, prefix: &str) -> (Value, u64) {
+    c.recv_until(|f| match f {
+        ServerFrame::Message {
+            room, data, offset, ..
+        } if room.starts_with(prefix) => Some((data.clone(), *offset)),
+        _ => None,
+    })
+    .await
+}
+
 fn error_of(frame: &ServerFrame) -> (ErrorCode, String) {
     match frame {
         ServerFrame::Error { code, message, .. } => (*code, message.clone()),
@@ -204,23 +225,9 @@ async fn connect_proxy_timeout_fails_closed_or_open_as_configured() {
 #[tokio::test]
 async fn join_proxy_allows_denies_times_out_and_namespaces_override() {
     let backend = HookBackend::start("unused", SLOW_S);
-    let (gw, _file) = start(
-        "join",
-        &format!(
-            r#"
-[proxy.join]
-url = "{join}"
-timeout_ms = 300
-[proxy.namespaces.open.join]
-url = ""
-[proxy.namespaces.lenient.join]
-url = "{join}"
-timeout_ms = 300
-fail_open = true
-"#,
-            join = backend.url("/join")
-        ),
-    );
+    let config = strict_and_lenient("join", &backend.url("/join"))
+        + "[proxy.namespaces.open.join]\nurl = \"\"\n";
+    let (gw, _file) = start("join", &config);
     let (mut c, _) = RawClient::ready(&gw.ws_url(), Codec::Json).await;
 
     let joined = c.request(join(1, "chat:general")).await;
@@ -257,21 +264,8 @@ fail_open = true
 #[tokio::test]
 async fn publish_proxy_transforms_denies_and_fails_as_configured() {
     let backend = HookBackend::start("unused", SLOW_S);
-    let (gw, _file) = start(
-        "publish",
-        &format!(
-            r#"
-[proxy.publish]
-url = "{publish}"
-timeout_ms = 300
-[proxy.namespaces.lenient.publish]
-url = "{publish}"
-timeout_ms = 300
-fail_open = true
-"#,
-            publish = backend.url("/publish")
-        ),
-    );
+    let config = strict_and_lenient("publish", &backend.url("/publish"));
+    let (gw, _file) = start("publish", &config);
     let (mut a, _) = RawClient::ready(&gw.ws_url(), Codec::Json).await;
     let (mut b, _) = RawClient::ready(&gw.ws_url(), Codec::MsgPack).await;
     for c in [&mut a, &mut b] {
@@ -295,14 +289,7 @@ fail_open = true
         "{ack:?}"
     );
     let moderated = json!({"shout": "HELLO", "moderated": true});
-    let got = b
-        .recv_until(|f| match f {
-            ServerFrame::Message {
-                room, data, offset, ..
-            } if room == "game:1" => Some((data.clone(), *offset)),
-            _ => None,
-        })
-        .await;
+    let got = next_message(&mut b, "game:1").await;
     assert_eq!(got, (moderated.clone(), 1));
     let call = backend.calls("publish").pop().unwrap();
     assert_eq!(call["body"]["data"], json!({"shout": "hello"}));
@@ -327,14 +314,7 @@ fail_open = true
         ),
         "{ack:?}"
     );
-    let got = b
-        .recv_until(|f| match f {
-            ServerFrame::Message {
-                room, data, offset, ..
-            } if room == "game:1" => Some((data.clone(), *offset)),
-            _ => None,
-        })
-        .await;
+    let got = next_message(&mut b, "game:1").await;
     assert_eq!(got, (json!("plain"), 2), "a denied message was delivered");
 
     // Timeout: refused (fail closed) or published unchanged (fail open).
@@ -351,14 +331,7 @@ fail_open = true
         ),
         "{ack:?}"
     );
-    let got = b
-        .recv_until(|f| match f {
-            ServerFrame::Message { room, data, .. } if room.starts_with("lenient") => {
-                Some(data.clone())
-            }
-            _ => None,
-        })
-        .await;
+    let (got, _) = next_message(&mut b, "lenient").await;
     assert_eq!(got, json!("y"));
 
     // Publishes through the HTTP API are the backend's own: not proxied.
