@@ -192,15 +192,15 @@ impl Hub {
     /// Adds `conn` to `room` in buffering state.
     pub fn add_member(&self, room: &str, conn: &Arc<ConnHandle>, presence: bool) -> Added {
         let mut shard = self.shards[shard_of(room)].lock();
-        let first = !shard.contains_key(room);
-        let entry = match shard.get_mut(room) {
-            Some(r) => r,
+        let (entry, first) = match shard.get_mut(room) {
+            Some(r) => (r, false),
             None => {
                 self.metrics.rooms.inc();
-                shard.entry(Arc::from(room)).or_insert_with(|| Room {
+                let r = shard.entry(Arc::from(room)).or_insert_with(|| Room {
                     members: Vec::new(),
                     subscribed: Arc::new(OnceCell::new()),
-                })
+                });
+                (r, true)
             }
         };
         if entry.members.iter().any(|m| m.conn.id == conn.id) {

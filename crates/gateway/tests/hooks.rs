@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use roomcast_protocol::{ClientFrame, Codec, ErrorCode, ServerFrame};
-use roomcast_testkit::ws::{join, publish, Event, RawClient};
+use roomcast_testkit::ws::{ack_offset, join, publish, Event, RawClient};
 use roomcast_testkit::{http_request, wait_until, Gateway, HookBackend};
 use serde_json::{json, Value};
 
@@ -49,18 +49,6 @@ fn strict_and_lenient(call: &str, url: &str) -> String {
         "[proxy.{call}]\nurl = \"{url}\"\ntimeout_ms = 300\n\
          [proxy.namespaces.lenient.{call}]\nurl = \"{url}\"\ntimeout_ms = 300\nfail_open = true\n"
     )
-}
-
-/// The next `message` of a room whose name starts with `prefix`: its data
-/// and offset.
-async fn next_message(c: &mut RawClient, prefix: &str) -> (Value, u64) {
-    c.recv_until(|f| match f {
-        ServerFrame::Message {
-            room, data, offset, ..
-        } if room.starts_with(prefix) => Some((data.clone(), *offset)),
-        _ => None,
-    })
-    .await
 }
 
 fn error_of(frame: &ServerFrame) -> (ErrorCode, String) {
@@ -278,18 +266,9 @@ async fn publish_proxy_transforms_denies_and_fails_as_configured() {
     let ack = a
         .request(publish(10, "game:1", json!({"shout": "hello"})))
         .await;
-    assert!(
-        matches!(
-            ack,
-            ServerFrame::Ack {
-                offset: Some(1),
-                ..
-            }
-        ),
-        "{ack:?}"
-    );
+    assert_eq!(ack_offset(&ack), Some(1), "{ack:?}");
     let moderated = json!({"shout": "HELLO", "moderated": true});
-    let got = next_message(&mut b, "game:1").await;
+    let got = b.next_message("game:1").await;
     assert_eq!(got, (moderated.clone(), 1));
     let call = backend.calls("publish").pop().unwrap();
     assert_eq!(call["body"]["data"], json!({"shout": "hello"}));
@@ -304,34 +283,16 @@ async fn publish_proxy_transforms_denies_and_fails_as_configured() {
         (ErrorCode::Forbidden, "illegal move".to_string())
     );
     let ack = a.request(publish(12, "game:1", json!("plain"))).await;
-    assert!(
-        matches!(
-            ack,
-            ServerFrame::Ack {
-                offset: Some(2),
-                ..
-            }
-        ),
-        "{ack:?}"
-    );
-    let got = next_message(&mut b, "game:1").await;
+    assert_eq!(ack_offset(&ack), Some(2), "{ack:?}");
+    let got = b.next_message("game:1").await;
     assert_eq!(got, (json!("plain"), 2), "a denied message was delivered");
 
     // Timeout: refused (fail closed) or published unchanged (fail open).
     let refused = a.request(publish(13, "game:slow", json!("x"))).await;
     assert_eq!(error_of(&refused).0, ErrorCode::Unavailable);
     let ack = a.request(publish(14, "lenient:slow", json!("y"))).await;
-    assert!(
-        matches!(
-            ack,
-            ServerFrame::Ack {
-                offset: Some(1),
-                ..
-            }
-        ),
-        "{ack:?}"
-    );
-    let (got, _) = next_message(&mut b, "lenient").await;
+    assert_eq!(ack_offset(&ack), Some(1), "{ack:?}");
+    let (got, _) = b.next_message("lenient").await;
     assert_eq!(got, json!("y"));
 
     // Publishes through the HTTP API are the backend's own: not proxied.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use roomcast_protocol::{ClientFrame, Codec, ErrorCode, ServerFrame};
 use roomcast_testkit::redis::redis_binary;
-use roomcast_testkit::ws::{join, RawClient};
+use roomcast_testkit::ws::{ack_offset, join, RawClient};
 use roomcast_testkit::{free_port, wait_until, Gateway, PresenceService, Process};
 use serde_json::json;
 
@@ -153,22 +153,8 @@ async fn nodes_talk_to_redis_over_tls_with_a_password() {
             data: json!("over tls"),
         })
         .await;
-    assert!(
-        matches!(
-            ack,
-            ServerFrame::Ack {
-                offset: Some(1),
-                ..
-            }
-        ),
-        "{ack:?}"
-    );
-    let data = member
-        .recv_until(|f| match f {
-            ServerFrame::Message { data, .. } => Some(data.clone()),
-            _ => None,
-        })
-        .await;
+    assert_eq!(ack_offset(&ack), Some(1), "{ack:?}");
+    let (data, _) = member.next_message("").await;
     assert_eq!(data, json!("over tls"));
     // The password never reaches the logs.
     assert!(!a.process.output().contains(PASSWORD), "password logged");

@@ -11,7 +11,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use roomcast_protocol::{ClientFrame, Codec, ServerFrame};
 use roomcast_testkit::redis::RedisServer;
-use roomcast_testkit::ws::{join, RawClient};
+use roomcast_testkit::ws::{ack_offset, join, RawClient};
 use roomcast_testkit::{wait_until, Gateway, PresenceService};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -129,20 +129,9 @@ async fn a_publish_on_one_node_and_its_delivery_on_another_are_one_trace() {
             data: json!("hi"),
         })
         .await;
-    assert!(
-        matches!(
-            ack,
-            ServerFrame::Ack {
-                offset: Some(1),
-                ..
-            }
-        ),
-        "{ack:?}"
-    );
-    let got = member
-        .recv_until(|f| matches!(f, ServerFrame::Message { .. }).then_some(()))
-        .await;
-    assert_eq!(got, ());
+    assert_eq!(ack_offset(&ack), Some(1), "{ack:?}");
+    let (got, _) = member.next_message("traced").await;
+    assert_eq!(got, json!("hi"));
 
     let linked = wait_until(Duration::from_secs(15), || {
         let spans = spans.lock().unwrap();

@@ -177,9 +177,30 @@ impl RawClient {
             .await
     }
 
+    /// Skips frames until a `message` of a room whose name starts with
+    /// `room_prefix` (`""`: any room); returns its data and offset.
+    pub async fn next_message(&mut self, room_prefix: &str) -> (serde_json::Value, u64) {
+        self.recv_until(|f| match f {
+            ServerFrame::Message {
+                room, data, offset, ..
+            } if room.starts_with(room_prefix) => Some((data.clone(), *offset)),
+            _ => None,
+        })
+        .await
+    }
+
     /// Drops the TCP connection without a close handshake.
     pub fn abort(self) {
         drop(self);
+    }
+}
+
+/// The offset of an `ack` frame; `None` for any other frame or an ack
+/// without one.
+pub fn ack_offset(frame: &ServerFrame) -> Option<u64> {
+    match frame {
+        ServerFrame::Ack { offset, .. } => *offset,
+        _ => None,
     }
 }
 
