@@ -337,7 +337,8 @@ pub struct WebSocketConfig {
     pub compression_threshold: usize,
     /// Initial read buffer per connection, in bytes (grows for large frames, then shrinks back).
     pub read_buffer_bytes: usize,
-    /// Initial write buffer per connection, in bytes.
+    /// Bytes of frames gathered before they are written to the socket in one
+    /// write; the buffer is allocated on demand and shrinks back after a burst.
     pub write_buffer_bytes: usize,
     /// Allowed `Origin` values for upgrades; empty allows any origin.
     pub allowed_origins: Vec<String>,
@@ -348,7 +349,7 @@ impl Default for WebSocketConfig {
         WebSocketConfig {
             compression: true,
             compression_threshold: 1024,
-            read_buffer_bytes: 1024,
+            read_buffer_bytes: 512,
             write_buffer_bytes: 1024,
             allowed_origins: Vec::new(),
         }

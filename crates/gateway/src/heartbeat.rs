@@ -2,9 +2,13 @@
 //! timer per connection.
 //!
 //! Each live connection is registered in one of [`SHARDS`] slabs. One task
-//! per shard wakes every [`TICK`] and walks its slab: a connection silent for
-//! `ping_interval` gets a WebSocket ping; one still silent `pong_timeout`
-//! after that ping is closed with 4408. Any frame from the client counts as a
+//! per shard wakes every tick ([`tick_for`]: a quarter of the shorter of
+//! `ping_interval` and `pong_timeout`, within 50 ms and 2 s) and walks its
+//! slab: a connection silent for `ping_interval` gets a WebSocket ping; one
+//! still silent `pong_timeout` after that ping is closed with 4408. A ping or
+//! a close may come up to one tick late; the walk, which touches every
+//! connection, is what an idle node spends most of its time on, so it is
+//! done no more often than that precision needs. Any frame from the client counts as a
 //! sign of life. The registry is also the node's list of connections, used by
 //! drain and stats.
 
@@ -19,7 +23,11 @@ use slab::Slab;
 use crate::handle::{now_ms, ConnHandle};
 
 const SHARDS: usize = 8;
-const TICK: Duration = Duration::from_millis(500);
+
+/// How often each shard is walked.
+pub fn tick_for(ping_interval: Duration, pong_timeout: Duration) -> Duration {
+    (ping_interval.min(pong_timeout) / 4).clamp(Duration::from_millis(50), Duration::from_secs(2))
+}
 
 pub struct Registry {
     shards: Vec<Mutex<Slab<Arc<ConnHandle>>>>,
@@ -75,12 +83,13 @@ impl Registry {
     pub fn spawn_tickers(self: &Arc<Self>, ping_interval: Duration, pong_timeout: Duration) {
         let interval_ms = ping_interval.as_millis() as u64;
         let timeout_ms = pong_timeout.as_millis() as u64;
+        let tick_every = tick_for(ping_interval, pong_timeout);
         for shard in 0..SHARDS {
             let weak = Arc::downgrade(self);
             tokio::spawn(async move {
                 // Spread the shards' wake-ups over one tick.
-                tokio::time::sleep(TICK * shard as u32 / SHARDS as u32).await;
-                let mut tick = tokio::time::interval(TICK);
+                tokio::time::sleep(tick_every * shard as u32 / SHARDS as u32).await;
+                let mut tick = tokio::time::interval(tick_every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
@@ -107,5 +116,20 @@ impl Registry {
                 conn.outbox.ping();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tick_follows_the_shorter_heartbeat_setting_within_bounds() {
+        let ms = Duration::from_millis;
+        // The defaults: pong timeout 10 s, ping interval 25 s.
+        assert_eq!(tick_for(ms(25_000), ms(10_000)), ms(2_000));
+        assert_eq!(tick_for(ms(400), ms(400)), ms(100));
+        assert_eq!(tick_for(ms(300), ms(10_000)), ms(75));
+        assert_eq!(tick_for(ms(100), ms(100)), ms(50));
     }
 }

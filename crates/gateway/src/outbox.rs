@@ -8,8 +8,8 @@
 //! the connection's task, takes everything queued in one go and writes it as
 //! one batch with one flush.
 //!
-//! An idle outbox owns no heap memory: the queue grows on demand and is given
-//! back when a burst has drained.
+//! An idle outbox owns no heap memory: the queue is allocated on demand and
+//! handed whole to the writer, which frees it once written.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -76,9 +76,6 @@ pub enum PushError {
     /// The connection is already closing.
     Closing,
 }
-
-/// Capacity kept after a burst drains; more is given back.
-const KEEP_CAPACITY: usize = 16;
 
 impl Outbox {
     pub fn new(max_frames: usize, max_bytes: usize) -> Self {
@@ -156,22 +153,18 @@ impl Outbox {
         self.state.lock().close.is_some()
     }
 
-    /// Waits until something is queued or a close is asked for. Moves every
-    /// queued item into `batch`; returns the close request once the queue is
-    /// empty.
-    pub async fn next(&self, batch: &mut Vec<Outgoing>) -> Option<CloseRequest> {
+    /// Waits until something is queued or a close is asked for. Takes the
+    /// whole queue (leaving an empty one that holds no memory); once the queue
+    /// is empty, returns the close request instead.
+    pub async fn next(&self) -> Result<VecDeque<Outgoing>, CloseRequest> {
         poll_fn(|cx| {
             let mut s = self.state.lock();
             if !s.queue.is_empty() {
-                batch.extend(s.queue.drain(..));
                 s.bytes = 0;
-                if s.queue.capacity() > KEEP_CAPACITY {
-                    s.queue.shrink_to(KEEP_CAPACITY);
-                }
-                return Poll::Ready(None);
+                return Poll::Ready(Ok(std::mem::take(&mut s.queue)));
             }
             if let Some(close) = &s.close {
-                return Poll::Ready(Some(close.clone()));
+                return Poll::Ready(Err(close.clone()));
             }
             s.data_waker = Some(cx.waker().clone());
             Poll::Pending
@@ -212,9 +205,7 @@ mod tests {
             outbox.push(Bytes::from_static(b"d")),
             Err(PushError::Closing)
         );
-        let mut batch = Vec::new();
-        let close = outbox.next(&mut batch).await.unwrap();
-        assert!(batch.is_empty());
+        let close = outbox.next().await.unwrap_err();
         assert_eq!(close.code, 4508);
     }
 
@@ -233,10 +224,7 @@ mod tests {
         let outbox = Outbox::new(10, 1024);
         outbox.push(Bytes::from_static(b"bye")).unwrap();
         outbox.close(1012, "shutdown");
-        let mut batch = Vec::new();
-        assert_eq!(outbox.next(&mut batch).await, None);
-        assert_eq!(batch.len(), 1);
-        batch.clear();
-        assert_eq!(outbox.next(&mut batch).await.unwrap().code, 1012);
+        assert_eq!(outbox.next().await.unwrap().len(), 1);
+        assert_eq!(outbox.next().await.unwrap_err().code, 1012);
     }
 }

@@ -30,7 +30,12 @@ pub fn websocket_options(config: &Config) -> Options {
         .with_max_payload_read(config.limits.max_message_bytes + 1)
         .with_max_read_buffer(config.limits.max_message_bytes + 1)
         .with_read_buffer_capacity(ws.read_buffer_bytes)
-        .with_write_buffer_capacity(ws.write_buffer_bytes)
+        // The write buffer is allocated on demand: frames gather in it up
+        // to `write_buffer_bytes`, then go out in one write, and a buffer
+        // that grew past that is given back once written. An idle
+        // connection keeps only what its last small write needed.
+        .with_write_buffer_capacity(0)
+        .with_backpressure_boundary(ws.write_buffer_bytes)
         .with_utf8()
         .with_no_delay();
     if ws.compression {
@@ -250,20 +255,20 @@ async fn upgrade(
     tokio::spawn(async move {
         match upgraded.await {
             Ok(ws) => {
-                let upgrade = Upgrade {
+                let upgrade = Box::new(Upgrade {
                     codec,
                     remote,
                     bearer,
                     headers: forwarded,
                     refuse,
                     ip_slot,
-                };
-                // A task of its own: this one (sized for the upgrade
-                // future as well) ends here and its memory is freed.
-                tokio::spawn(async move {
-                    let _guard = guard;
-                    connection::serve(node, ws, upgrade).await;
+                    open: Some(guard),
                 });
+                // A task of its own, spawned with the bare `serve` future
+                // (a wrapping block would keep its own copy of what it
+                // moves in): this one, sized for the upgrade future as
+                // well, ends here and its memory is freed.
+                tokio::spawn(connection::serve(node, Box::new(ws), upgrade));
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }

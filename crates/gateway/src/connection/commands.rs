@@ -19,9 +19,10 @@ pub struct State {
     pub rate: RateLimiter,
     /// Undecodable frames in a row.
     pub bad_frames: u32,
-    /// The limits in force (refreshed when the configuration is reloaded).
-    pub limits: crate::config::LimitsConfig,
-    /// The live configuration's generation `limits` came from.
+    /// The configuration in force, for its limits (refreshed when the
+    /// configuration is reloaded).
+    pub live: Arc<crate::live::Live>,
+    /// The live configuration's generation `live` came from.
     pub generation: u64,
 }
 
@@ -52,12 +53,12 @@ pub async fn handle(
                 ));
             }
             let already = state.rooms.contains(&room);
-            if !already && state.rooms.len() >= state.limits.max_rooms_per_connection {
+            if !already && state.rooms.len() >= state.live.config.limits.max_rooms_per_connection {
                 return Err(NodeError::new(
                     ErrorCode::LimitExceeded,
                     format!(
                         "a connection may be in at most {} rooms",
-                        state.limits.max_rooms_per_connection
+                        state.live.config.limits.max_rooms_per_connection
                     ),
                 ));
             }

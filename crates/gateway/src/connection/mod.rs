@@ -10,6 +10,7 @@
 mod commands;
 mod handshake;
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -40,14 +41,21 @@ pub struct Upgrade {
     /// Refuse right after the upgrade with this close (over capacity).
     pub refuse: Option<(u16, &'static str)>,
     pub ip_slot: Option<IpSlot>,
+    /// Counts the socket as open until the connection ends.
+    pub open: Option<crate::server::OpenSocket>,
 }
 
 /// Runs one connection to its end.
-pub async fn serve(node: Arc<Node>, mut ws: Socket, mut upgrade: Upgrade) {
-    let _ip_slot = upgrade.ip_slot.take();
+///
+/// The socket and the upgrade come boxed: this future is the connection's
+/// task for its whole life, and values moved into an async fn keep their
+/// space in it even after they are moved on, so an inline 624-byte socket
+/// would be paid for twice by every idle connection.
+pub async fn serve(node: Arc<Node>, mut ws: Box<Socket>, mut upgrade: Box<Upgrade>) {
+    let _held = (upgrade.ip_slot.take(), upgrade.open.take());
     if let Some((code, reason)) = upgrade.refuse {
         node.metrics.disconnect(code);
-        close_socket(&mut ws, code, reason).await;
+        Box::pin(close_socket(&mut ws, code, reason)).await;
         return;
     }
     let hello_span = if crate::telemetry::enabled() {
@@ -65,27 +73,30 @@ pub async fn serve(node: Arc<Node>, mut ws: Socket, mut upgrade: Upgrade) {
         Ok(established) => established,
         Err((code, reason)) => {
             node.metrics.disconnect(code);
-            close_socket(&mut ws, code, &reason).await;
+            Box::pin(close_socket(&mut ws, code, &reason)).await;
             return;
         }
     };
-    let conn = established.conn;
+    let handshake::Established { conn, rooms } = established;
+    tracing::debug!(session = %conn.session, user = %conn.user(), remote = %upgrade.remote, "connected");
+    drop(upgrade);
     node.metrics.connections.inc();
     node.metrics.connections_accepted.inc();
     let slot = node.registry.insert(conn.clone());
     node.connected(&conn);
-    tracing::debug!(session = %conn.session, user = %conn.user(), remote = %upgrade.remote, "connected");
 
     let generation = node.live.generation();
-    let limits = node.live.get().config.limits.clone();
+    let live = node.live.get_full();
+    let limits = &live.config.limits;
     let mut state = commands::State {
-        rooms: established.rooms,
+        rooms,
         rate: RateLimiter::new(limits.messages_per_second, limits.message_burst),
         bad_frames: 0,
-        limits,
+        live,
         generation,
     };
     let code = run_loop(&node, &conn, &mut ws, &mut state).await;
+    drop(ws);
 
     node.hub.unregister(&conn);
     Box::pin(node.closed(&conn, std::mem::take(&mut state.rooms))).await;
@@ -118,16 +129,20 @@ async fn run_loop(
     ws: &mut Socket,
     state: &mut commands::State,
 ) -> u16 {
-    let mut batch: Vec<Outgoing> = Vec::new();
+    // What is awaited only now and then (a write, a close) is boxed, so
+    // the state an idle connection keeps is just the two waits below.
     loop {
         tokio::select! {
             biased;
-            next = conn.outbox.next(&mut batch) => {
-                if let Some(close) = next {
-                    close_socket(ws, close.code, close.reason).await;
-                    return close.code;
-                }
-                match write_or_interrupt(ws, conn, &mut batch).await {
+            next = conn.outbox.next() => {
+                let batch = match next {
+                    Ok(batch) => batch,
+                    Err(close) => {
+                        Box::pin(close_socket(ws, close.code, close.reason)).await;
+                        return close.code;
+                    }
+                };
+                match Box::pin(write_or_interrupt(ws, conn, batch)).await {
                     Written::Done => {}
                     Written::Failed => return 0,
                     Written::Interrupted(close) => {
@@ -136,7 +151,7 @@ async fn run_loop(
                         } else {
                             CLOSE_PATIENCE
                         };
-                        close_socket_within(ws, close.code, close.reason, patience).await;
+                        Box::pin(close_socket_within(ws, close.code, close.reason, patience)).await;
                         return close.code;
                     }
                 }
@@ -144,12 +159,12 @@ async fn run_loop(
             incoming = ws.next_frame() => {
                 let frame = match incoming {
                     Ok(frame) => frame,
-                    Err(e) => return close_for_error(ws, e).await,
+                    Err(e) => return Box::pin(close_for_error(ws, e)).await,
                 };
                 conn.touch();
                 match frame.opcode() {
                     OpCode::Text | OpCode::Binary => {
-                        handle_data(node, conn, state, frame.payload()).await;
+                        Box::pin(handle_data(node, conn, state, frame.payload())).await;
                     }
                     OpCode::Close => {
                         // 1005: the peer's close frame carried no code.
@@ -173,12 +188,13 @@ async fn handle_data(
     if generation != state.generation {
         // The configuration was reloaded: new limits from this frame on.
         state.generation = generation;
-        state.limits = node.live.get().config.limits.clone();
+        state.live = node.live.get_full();
+        let limits = &state.live.config.limits;
         state
             .rate
-            .reconfigure(state.limits.messages_per_second, state.limits.message_burst);
+            .reconfigure(limits.messages_per_second, limits.message_burst);
     }
-    let limits = &state.limits;
+    let limits = &state.live.config.limits;
     let decoded = conn.codec.decode::<ClientFrame>(payload);
     if !state.rate.allow(Instant::now()) {
         node.metrics.rate_limited.inc();
@@ -251,9 +267,9 @@ enum Written {
 async fn write_or_interrupt(
     ws: &mut Socket,
     conn: &ConnHandle,
-    batch: &mut Vec<Outgoing>,
+    batch: VecDeque<Outgoing>,
 ) -> Written {
-    let write = write_batch(ws, conn.codec, batch.drain(..));
+    let write = write_batch(ws, conn.codec, batch.into_iter());
     tokio::pin!(write);
     tokio::select! {
         biased;
