@@ -699,11 +699,16 @@ impl Member {
             .open(node, self.source, resume.as_ref())
             .await?;
         if shared.plan.protocol == Protocol::Roomcast {
-            let recovered = if opened.resumed {
-                opened
-                    .rooms
-                    .iter()
-                    .any(|(p, rec)| p.room == self.room && *rec)
+            // A resumed session lists the rooms it restored; one left out
+            // (the node could not read its history at that moment) is
+            // joined again with `since`, as the client library does.
+            let restored = opened
+                .rooms
+                .iter()
+                .find(|(p, _)| p.room == self.room)
+                .map(|(_, rec)| *rec);
+            let recovered = if let (true, Some(recovered)) = (opened.resumed, restored) {
+                recovered
             } else {
                 let joined = tokio::time::timeout(
                     shared.join_timeout(),

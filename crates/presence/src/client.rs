@@ -22,7 +22,7 @@
 //! a short timeout. The HTTP client is hyper's (already in the tree through
 //! axum); the service speaks plain HTTP on an internal network, so no TLS.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,7 +37,7 @@ use parking_lot::Mutex;
 use roomcast_protocol::Data;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 
 use crate::api::{
     ErrorBody, LookupRequest, LookupResponse, Member, MembersResponse, Op, Owner, ParkRequest,
@@ -52,6 +52,17 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How often an outage is logged again while it lasts.
 const LOG_EVERY: Duration = Duration::from_secs(10);
+/// Most queries (`members`, `lookup`, `park`, `take`) in flight at once;
+/// the others wait their turn, within their timeout. A reconnect storm asks
+/// for thousands at once: unbounded, each would open its own connection
+/// (the pool keeps only this many idle), and the node would run through its
+/// descriptors and ephemeral ports while the service drowned in accepts.
+const MAX_QUERIES: usize = 32;
+/// Lookups asked while others are in flight go out together, up to this
+/// many users plus sessions per request, in at most [`LOOKUP_RUNNERS`]
+/// requests at once: a storm of resumes costs a few requests, not one each.
+const LOOKUP_NAMES: usize = 1000;
+const LOOKUP_RUNNERS: usize = 4;
 
 /// Settings of a [`PresenceClient`]; [`ClientOptions::new`] gives the defaults.
 #[derive(Clone)]
@@ -169,6 +180,22 @@ struct Shared {
     acked_changed: Notify,
     connected: AtomicBool,
     presence: Mutex<Option<String>>,
+    /// Permits for queries in flight ([`MAX_QUERIES`]); syncs do not wait here.
+    queries: tokio::sync::Semaphore,
+    lookups: Mutex<Lookups>,
+}
+
+/// Lookups waiting to be sent, and how many tasks send them.
+#[derive(Default)]
+struct Lookups {
+    waiting: VecDeque<LookupWaiter>,
+    runners: usize,
+}
+
+struct LookupWaiter {
+    users: Vec<String>,
+    sessions: Vec<String>,
+    reply: oneshot::Sender<Result<Vec<Owner>, PresenceError>>,
 }
 
 /// Stops the background task when the last [`PresenceClient`] clone drops.
@@ -213,7 +240,8 @@ impl PresenceClient {
             // Without a timer the pool never closes idle connections.
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(8)
+            // Every query in flight and the sync keep their connection.
+            .pool_max_idle_per_host(MAX_QUERIES + 1)
             .build_http();
         let auth = options
             .key
@@ -240,6 +268,8 @@ impl PresenceClient {
             acked_changed: Notify::new(),
             connected: AtomicBool::new(false),
             presence: Mutex::new(None),
+            queries: tokio::sync::Semaphore::new(MAX_QUERIES),
+            lookups: Mutex::default(),
         });
         tokio::spawn(Syncer::new(shared.clone(), snapshot).run());
         PresenceClient {
@@ -315,33 +345,39 @@ impl PresenceClient {
         let path = format!("/v1/rooms/{}/members", segment(room));
         let (status, body) = self
             .shared
-            .call(Method::GET, &path, None::<&()>, self.shared.options.timeout)
+            .query(Method::GET, &path, None::<&()>, self.shared.options.timeout)
             .await?;
         expect_ok(status, &body)?;
         Ok(decode::<MembersResponse>(&body)?.members)
     }
 
     /// Which nodes hold the given users' sessions and the given sessions.
+    /// Lookups made while others are in flight share a request.
     pub async fn lookup(
         &self,
         users: &[String],
         sessions: &[String],
     ) -> Result<Vec<Owner>, PresenceError> {
-        let body = LookupRequest {
-            users: users.to_vec(),
-            sessions: sessions.to_vec(),
+        let (reply, answer) = oneshot::channel();
+        let start_runner = {
+            let mut lookups = self.shared.lookups.lock();
+            lookups.waiting.push_back(LookupWaiter {
+                users: users.to_vec(),
+                sessions: sessions.to_vec(),
+                reply,
+            });
+            let start = lookups.runners < LOOKUP_RUNNERS;
+            lookups.runners += usize::from(start);
+            start
         };
-        let (status, body) = self
-            .shared
-            .call(
-                Method::POST,
-                "/v1/lookup",
-                Some(&body),
-                self.shared.options.timeout,
-            )
-            .await?;
-        expect_ok(status, &body)?;
-        Ok(decode::<LookupResponse>(&body)?.sessions)
+        if start_runner {
+            tokio::spawn(self.shared.clone().run_lookups());
+        }
+        match tokio::time::timeout(self.shared.options.timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(PresenceError::Unavailable("client stopped".into())),
+            Err(_) => Err(PresenceError::Timeout),
+        }
     }
 
     /// Parks a session record for `ttl` (replacing any earlier one).
@@ -358,7 +394,7 @@ impl PresenceClient {
         let path = format!("/v1/sessions/{}", segment(session));
         let (status, body) = self
             .shared
-            .call(Method::PUT, &path, Some(&body), self.shared.options.timeout)
+            .query(Method::PUT, &path, Some(&body), self.shared.options.timeout)
             .await?;
         expect_ok(status, &body)
     }
@@ -369,7 +405,7 @@ impl PresenceClient {
         let path = format!("/v1/sessions/{}/take", segment(session));
         let (status, body) = self
             .shared
-            .call(
+            .query(
                 Method::POST,
                 &path,
                 None::<&()>,
@@ -385,6 +421,102 @@ impl PresenceClient {
 }
 
 impl Shared {
+    /// Sends waiting lookups, several per request, until none is left.
+    async fn run_lookups(self: Arc<Self>) {
+        loop {
+            let batch: Vec<LookupWaiter> = {
+                let mut lookups = self.lookups.lock();
+                let mut names = 0;
+                let mut take = 0;
+                for waiter in &lookups.waiting {
+                    names += waiter.users.len() + waiter.sessions.len();
+                    if take > 0 && names > LOOKUP_NAMES {
+                        break;
+                    }
+                    take += 1;
+                }
+                if take == 0 {
+                    lookups.runners -= 1;
+                    return;
+                }
+                lookups.waiting.drain(..take).collect()
+            };
+            let mut request = LookupRequest {
+                users: Vec::new(),
+                sessions: Vec::new(),
+            };
+            for waiter in &batch {
+                request.users.extend(waiter.users.iter().cloned());
+                request.sessions.extend(waiter.sessions.iter().cloned());
+            }
+            for names in [&mut request.users, &mut request.sessions] {
+                names.sort_unstable();
+                names.dedup();
+            }
+            let answer: Result<Vec<Owner>, PresenceError> = async {
+                let (status, body) = self
+                    .query(
+                        Method::POST,
+                        "/v1/lookup",
+                        Some(&request),
+                        self.options.timeout,
+                    )
+                    .await?;
+                expect_ok(status, &body)?;
+                Ok(decode::<LookupResponse>(&body)?.sessions)
+            }
+            .await;
+            match answer {
+                Ok(owners) => {
+                    let mut by_session: HashMap<&str, Vec<&Owner>> = HashMap::new();
+                    let mut by_user: HashMap<&str, Vec<&Owner>> = HashMap::new();
+                    for owner in &owners {
+                        by_session.entry(&owner.session).or_default().push(owner);
+                        by_user.entry(&owner.user).or_default().push(owner);
+                    }
+                    for waiter in batch {
+                        let mut mine: Vec<Owner> = Vec::new();
+                        let asked = [(&waiter.sessions, &by_session), (&waiter.users, &by_user)];
+                        for (names, index) in asked {
+                            for name in names {
+                                let found = index.get(name.as_str()).into_iter().flatten();
+                                mine.extend(found.map(|owner| (*owner).clone()));
+                            }
+                        }
+                        mine.sort_unstable_by(|a, b| {
+                            (&a.session, &a.node).cmp(&(&b.session, &b.node))
+                        });
+                        mine.dedup();
+                        let _ = waiter.reply.send(Ok(mine));
+                    }
+                }
+                Err(e) => {
+                    for waiter in batch {
+                        let _ = waiter.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A query: waits for one of the [`MAX_QUERIES`] permits, then makes the
+    /// request; the wait and the request together within `timeout`.
+    async fn query<T: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&T>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), PresenceError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let _permit = tokio::time::timeout_at(deadline, self.queries.acquire())
+            .await
+            .map_err(|_| PresenceError::Timeout)?
+            .map_err(|_| PresenceError::Unavailable("client stopped".into()))?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.call(method, path, body, left).await
+    }
+
     /// One request; the status and the whole body, within `timeout`.
     async fn call<T: Serialize>(
         &self,

@@ -34,6 +34,7 @@ impl Counter {
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub sync_requests: Counter,
+    pub lookup_requests: Counter,
     pub full_syncs: Counter,
     pub silent_syncs: Counter,
     pub need_full: Counter,
@@ -94,11 +95,16 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE roomcast_presence_{name} gauge");
             let _ = writeln!(out, "roomcast_presence_{name} {value}");
         }
-        let counter_rows: [(&str, &str, &Counter); 16] = [
+        let counter_rows: [(&str, &str, &Counter); 17] = [
             (
                 "sync_requests_total",
                 "Sync requests received.",
                 &self.sync_requests,
+            ),
+            (
+                "lookup_requests_total",
+                "Lookup requests received (a gateway batches concurrent lookups).",
+                &self.lookup_requests,
             ),
             ("full_syncs_total", "Full syncs applied.", &self.full_syncs),
             (

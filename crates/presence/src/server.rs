@@ -244,6 +244,7 @@ async fn lookup(
     AxumState(app): AxumState<Arc<App>>,
     Json(req): Json<LookupRequest>,
 ) -> Result<Json<LookupResponse>, ApiError> {
+    app.metrics.lookup_requests.inc();
     if req.users.len() + req.sessions.len() > MAX_LOOKUP {
         return Err(ApiError::bad_request(format!(
             "at most {MAX_LOOKUP} users and sessions per lookup"

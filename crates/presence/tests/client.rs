@@ -80,6 +80,58 @@ async fn reported_ops_show_up_in_members_lookup_and_events() {
     listener.close().await;
 }
 
+/// A resume storm: a thousand lookups at once, each asking for one session
+/// (some unknown) or one user. Each gets exactly its own owners, and they
+/// share far fewer requests than a thousand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lookups_share_requests_and_each_gets_its_own_answer() {
+    let redis = RedisServer::start();
+    let presence = Presence::start(&redis.url(), &[]);
+    let gateway = Gateway::default();
+    let client = client(&presence.url(), "node-a", &gateway);
+    assert!(client.flush(Duration::from_secs(5)).await);
+    for i in 0..500 {
+        gateway.report(
+            &client,
+            Op::connect(format!("s{i}"), format!("u{}", i % 100), None),
+        );
+    }
+    assert!(client.flush(Duration::from_secs(5)).await);
+
+    let before = presence.metric("roomcast_presence_lookup_requests_total");
+    let asks = (0..1000).map(|i| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let (users, sessions) = if i % 10 == 9 {
+                (vec![format!("u{}", i % 100)], vec![])
+            } else {
+                (vec![], vec![format!("s{i}")])
+            };
+            (i, client.lookup(&users, &sessions).await)
+        })
+    });
+    for ask in asks.collect::<Vec<_>>() {
+        let (i, owners) = ask.await.unwrap();
+        let mut sessions: Vec<String> = owners.unwrap().into_iter().map(|o| o.session).collect();
+        sessions.sort();
+        let mut expected: Vec<String> = if i % 10 == 9 {
+            // User u{i % 100} holds sessions s{i % 100}, s{i % 100 + 100}, ...
+            (0..5).map(|k| format!("s{}", i % 100 + 100 * k)).collect()
+        } else if i < 500 {
+            vec![format!("s{i}")]
+        } else {
+            Vec::new()
+        };
+        expected.sort();
+        assert_eq!(sessions, expected, "lookup {i}");
+    }
+    let requests = presence.metric("roomcast_presence_lookup_requests_total") - before;
+    assert!(
+        (1..=250).contains(&requests),
+        "{requests} lookup requests for 1000 lookups"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_ops_are_replayed_in_order_after_the_service_was_unreachable() {
     let redis = RedisServer::start();
