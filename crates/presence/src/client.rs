@@ -54,9 +54,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 const LOG_EVERY: Duration = Duration::from_secs(10);
 /// Most queries (`members`, `lookup`, `park`, `take`) in flight at once;
 /// the others wait their turn, within their timeout. A reconnect storm asks
-/// for thousands at once: unbounded, each would open its own connection
-/// (the pool keeps only this many idle), and the node would run through its
-/// descriptors and ephemeral ports while the service drowned in accepts.
+/// for thousands at once: unbounded, each beyond the pool's idle
+/// connections would open a connection of its own.
 const MAX_QUERIES: usize = 32;
 /// Lookups asked while others are in flight go out together, up to this
 /// many users plus sessions per request, in at most [`LOOKUP_RUNNERS`]
@@ -426,6 +425,8 @@ impl Shared {
         loop {
             let batch: Vec<LookupWaiter> = {
                 let mut lookups = self.lookups.lock();
+                // Whoever timed out waiting is no longer asking.
+                lookups.waiting.retain(|waiter| !waiter.reply.is_closed());
                 let mut names = 0;
                 let mut take = 0;
                 for waiter in &lookups.waiting {
