@@ -9,14 +9,18 @@
 //! Joining is a three-step handshake with the broker, which is what makes
 //! recovery exact: the member is first added in a *buffering* state (live
 //! messages are kept aside), then history is read, then [`Hub::activate`]
-//! releases the buffered messages newer than the last one sent. Every offset
-//! arrives once, in order, whether it came from history or live.
+//! releases the buffered messages newer than the last one sent. The read
+//! and the node's pub/sub are two connections to Redis, so the read can see
+//! offsets the node has not dispatched yet: until the first message newer
+//! than its read arrives, the member is *catching up* and skips the ones it
+//! already has. Every offset arrives once, in order, whether it came from
+//! history or live.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use roomcast_broker::{Delivery, RoomMessage};
+use roomcast_broker::{Delivery, Position, RoomMessage};
 use roomcast_protocol::envelope::{Envelope, Kind};
 use roomcast_protocol::{close, Data, Member, ServerFrame, Target};
 use tokio::sync::OnceCell;
@@ -31,6 +35,13 @@ enum MemberState {
     Live,
     /// Joined, history not yet sent: live messages wait here.
     Buffering(Vec<Arc<RoomMessage>>),
+    /// History sent up to `upto` of `epoch`, which the node may not have
+    /// dispatched yet: those offsets are skipped, the first newer message
+    /// (or one of another epoch) makes the member live.
+    CatchingUp {
+        upto: u64,
+        epoch: Arc<str>,
+    },
 }
 
 struct Membership {
@@ -218,22 +229,37 @@ impl Hub {
         }
     }
 
-    /// Ends buffering for `conn` in `room`: queues the buffered messages
-    /// with an offset above `last_sent` and makes the member live.
-    pub fn activate(&self, room: &str, conn_id: u64, last_sent: u64) {
+    /// Ends buffering for `conn` in `room`, whose history was sent up to
+    /// `sent` (the position its join read): queues the buffered messages
+    /// after it, and skips the ones up to it that the node dispatches later.
+    pub fn activate(&self, room: &str, conn_id: u64, sent: &Position) {
         let mut shard = self.shards[shard_of(room)].lock();
         let Some(r) = shard.get_mut(room) else { return };
         let Some(m) = r.members.iter_mut().find(|m| m.conn.id == conn_id) else {
             return;
         };
-        if let MemberState::Buffering(buffered) = std::mem::replace(&mut m.state, MemberState::Live)
-        {
-            for msg in buffered.into_iter().filter(|msg| msg.offset > last_sent) {
-                if m.conn.send_encoded(msg.frame(m.conn.codec)).is_err() {
-                    break;
-                }
-                self.metrics.deliveries.inc();
+        let MemberState::Buffering(buffered) = &mut m.state else {
+            return;
+        };
+        let buffered = std::mem::take(buffered);
+        // Messages reach the hub in offset order: once one at or past the
+        // read position has arrived, nothing the member has can come again.
+        let caught_up = buffered
+            .last()
+            .is_some_and(|last| last.offset >= sent.offset || *last.epoch != *sent.epoch);
+        m.state = if caught_up || sent.offset == 0 {
+            MemberState::Live
+        } else {
+            MemberState::CatchingUp {
+                upto: sent.offset,
+                epoch: sent.epoch.clone(),
             }
+        };
+        for msg in buffered.into_iter().filter(|msg| msg.offset > sent.offset) {
+            if m.conn.send_encoded(msg.frame(m.conn.codec)).is_err() {
+                break;
+            }
+            self.metrics.deliveries.inc();
         }
     }
 
@@ -362,8 +388,14 @@ impl Delivery for Hub {
         let mut frames = [None, None];
         let mut delivered = 0u64;
         for m in room.members.iter_mut() {
+            if let MemberState::CatchingUp { upto, epoch } = &m.state {
+                if msg.offset <= *upto && *msg.epoch == **epoch {
+                    continue; // sent from history already
+                }
+                m.state = MemberState::Live;
+            }
             match &mut m.state {
-                MemberState::Live => {
+                MemberState::Live | MemberState::CatchingUp { .. } => {
                     let codec = m.conn.codec;
                     let bytes = frames[codec.index()].get_or_insert_with(|| msg.frame(codec));
                     match m.conn.send_encoded(bytes.clone()) {

@@ -398,7 +398,7 @@ impl Node {
             Some(Recovery::NotRecoverable) => self.metrics.not_recovered.inc(),
             None => {}
         }
-        self.hub.activate(room, conn.id, read.position.offset);
+        self.hub.activate(room, conn.id, &read.position);
         match &self.presence {
             Some(presence) => presence.enqueue(Op::join(conn.session.to_string(), room)),
             None => {

@@ -3,6 +3,8 @@
 //! every message once, with contiguous offsets, in one order; Redis outages
 //! answer `unavailable` and never ack what was not stored.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use roomcast_protocol::{ClientFrame, Codec, ErrorCode, ServerFrame, Since};
@@ -251,4 +253,127 @@ async fn a_redis_outage_answers_unavailable_and_delivery_comes_back_by_itself() 
         "{metrics}"
     );
     let _ = (a, b);
+}
+
+/// A node reads a room's position from Redis on one connection and gets the
+/// room's messages over pub/sub on another, so a join can read offset P
+/// before the node has dispatched message P. Members that join (and join
+/// again with `since`) on node B while node A publishes fast must still get
+/// every offset after the one `joined` names exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_on_one_node_while_another_publishes_fast_get_no_offset_twice() {
+    const MAX_MESSAGES: u64 = 100_000;
+    const JOINERS: usize = 40;
+    let redis = RedisServer::start();
+    let a = node(&redis.url(), "node-a");
+    let b = node(&redis.url(), "node-b");
+    // A member that stays keeps node B subscribed all along.
+    let (mut watcher, _) = RawClient::ready(&b.ws_url(), Codec::Json).await;
+    watcher.request(join(1, "fast")).await;
+
+    // Publishes until every joiner has joined again (at most MAX_MESSAGES).
+    let stop = Arc::new(AtomicBool::new(false));
+    let a_url = a.ws_url();
+    let stop_publishing = stop.clone();
+    let publisher = tokio::spawn(async move {
+        let (mut c, _) = RawClient::ready(&a_url, Codec::Json).await;
+        c.request(join(1, "fast")).await;
+        let mut i = 0u64;
+        while !stop_publishing.load(Ordering::Relaxed) && i < MAX_MESSAGES {
+            i += 1;
+            c.send(&ClientFrame::Publish {
+                id: None,
+                room: "fast".into(),
+                data: json!(i),
+            })
+            .await;
+            if i.is_multiple_of(5) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        // The last publish acked: every message is stored.
+        let last = c
+            .request(ClientFrame::Publish {
+                id: Some(2),
+                room: "fast".into(),
+                data: json!("end"),
+            })
+            .await;
+        ack_offset(&last).expect("acked")
+    });
+
+    // Each joiner joins, leaves, and joins again with `since` the offset its
+    // first join named, while the messages flow.
+    let mut joiners = Vec::new();
+    for k in 0..JOINERS {
+        let url = b.ws_url();
+        joiners.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(3 * k as u64)).await;
+            let (mut c, _) = RawClient::ready(&url, Codec::ALL[k % 2]).await;
+            let (first, epoch) = match c.request(join(1, "fast")).await {
+                ServerFrame::Joined { offset, epoch, .. } => (offset, epoch),
+                other => panic!("{other:?}"),
+            };
+            // The first frames after `joined` must follow its offset.
+            let mut next = first + 1;
+            for _ in 0..5 {
+                let offset = c
+                    .recv_until(|f| match f {
+                        ServerFrame::Message { offset, .. } => Some(*offset),
+                        _ => None,
+                    })
+                    .await;
+                assert_eq!(offset, next, "joiner {k}: after joined at {first}");
+                next += 1;
+            }
+            c.request(ClientFrame::Leave {
+                id: Some(2),
+                room: "fast".into(),
+            })
+            .await;
+            let since = next - 1;
+            match c
+                .request(ClientFrame::Join {
+                    id: Some(3),
+                    room: "fast".into(),
+                    since: Some(Since {
+                        offset: since,
+                        epoch,
+                    }),
+                    presence: None,
+                })
+                .await
+            {
+                ServerFrame::Joined { recovered, .. } => {
+                    assert_eq!(recovered, Some(true), "joiner {k}")
+                }
+                other => panic!("{other:?}"),
+            }
+            (k, c, since + 1)
+        }));
+    }
+    let mut rejoined = Vec::new();
+    for j in joiners {
+        rejoined.push(j.await.unwrap());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let last = publisher.await.unwrap();
+    for (k, mut c, mut next) in rejoined {
+        while next <= last {
+            let offset = c
+                .recv_until(|f| match f {
+                    ServerFrame::Message { offset, .. } => Some(*offset),
+                    _ => None,
+                })
+                .await;
+            assert_eq!(offset, next, "joiner {k}: gap or duplicate after rejoining");
+            next += 1;
+        }
+    }
+    let mut next = 1;
+    while next <= last {
+        let offset = watcher.next_message("fast").await.1;
+        assert_eq!(offset, next, "the member that stayed");
+        next += 1;
+    }
 }
