@@ -35,13 +35,11 @@ enum MemberState {
     Live,
     /// Joined, history not yet sent: live messages wait here.
     Buffering(Vec<Arc<RoomMessage>>),
-    /// History sent up to `upto` of `epoch`, which the node may not have
-    /// dispatched yet: those offsets are skipped, the first newer message
-    /// (or one of another epoch) makes the member live.
-    CatchingUp {
-        upto: u64,
-        epoch: Arc<str>,
-    },
+    /// History sent up to this position, which the node has not dispatched
+    /// yet: offsets up to it are skipped; the last of them, a newer one or
+    /// one of another epoch makes the member live. (Boxed: members are many
+    /// and this state is brief, so it must not make every one bigger.)
+    CatchingUp(Box<Position>),
 }
 
 struct Membership {
@@ -250,10 +248,7 @@ impl Hub {
         m.state = if caught_up || sent.offset == 0 {
             MemberState::Live
         } else {
-            MemberState::CatchingUp {
-                upto: sent.offset,
-                epoch: sent.epoch.clone(),
-            }
+            MemberState::CatchingUp(Box::new(sent.clone()))
         };
         for msg in buffered.into_iter().filter(|msg| msg.offset > sent.offset) {
             if m.conn.send_encoded(msg.frame(m.conn.codec)).is_err() {
@@ -388,14 +383,17 @@ impl Delivery for Hub {
         let mut frames = [None, None];
         let mut delivered = 0u64;
         for m in room.members.iter_mut() {
-            if let MemberState::CatchingUp { upto, epoch } = &m.state {
-                if msg.offset <= *upto && *msg.epoch == **epoch {
-                    continue; // sent from history already
+            if let MemberState::CatchingUp(sent) = &m.state {
+                let already_sent = msg.offset <= sent.offset && *msg.epoch == *sent.epoch;
+                if !already_sent || msg.offset == sent.offset {
+                    m.state = MemberState::Live;
                 }
-                m.state = MemberState::Live;
+                if already_sent {
+                    continue; // sent from history
+                }
             }
             match &mut m.state {
-                MemberState::Live | MemberState::CatchingUp { .. } => {
+                MemberState::Live | MemberState::CatchingUp(_) => {
                     let codec = m.conn.codec;
                     let bytes = frames[codec.index()].get_or_insert_with(|| msg.frame(codec));
                     match m.conn.send_encoded(bytes.clone()) {
