@@ -156,6 +156,18 @@ pub struct TakeResponse {
     pub record: Data,
 }
 
+/// `POST /v1/take`: take the parked records of several sessions at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TakeManyRequest {
+    pub sessions: Vec<String>,
+}
+
+/// The records found, by session; a session with nothing parked is absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TakeManyResponse {
+    pub records: std::collections::BTreeMap<String, Data>,
+}
+
 /// Body of every non-2xx answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

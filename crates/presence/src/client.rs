@@ -22,7 +22,7 @@
 //! a short timeout. The HTTP client is hyper's (already in the tree through
 //! axum); the service speaks plain HTTP on an internal network, so no TLS.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,7 +41,7 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::api::{
     ErrorBody, LookupRequest, LookupResponse, Member, MembersResponse, Op, Owner, ParkRequest,
-    SyncRequest, SyncResponse, TakeResponse,
+    SyncRequest, SyncResponse, TakeManyRequest, TakeManyResponse, TakeResponse,
 };
 
 /// Produces connect + join ops for every live session of the node.
@@ -57,11 +57,11 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 /// for thousands at once: unbounded, each beyond the pool's idle
 /// connections would open a connection of its own.
 const MAX_QUERIES: usize = 32;
-/// Lookups asked while others are in flight go out together, up to this
-/// many users plus sessions per request, in at most [`LOOKUP_RUNNERS`]
-/// requests at once: a storm of resumes costs a few requests, not one each.
-const LOOKUP_NAMES: usize = 1000;
-const LOOKUP_RUNNERS: usize = 4;
+/// Lookups (and takes) asked while others are in flight go out together, up
+/// to this many names per request, in at most [`BATCH_RUNNERS`] requests of
+/// each kind at once: a storm of resumes costs a few requests, not one each.
+const BATCH_NAMES: usize = 1000;
+const BATCH_RUNNERS: usize = 4;
 
 /// Settings of a [`PresenceClient`]; [`ClientOptions::new`] gives the defaults.
 #[derive(Clone)]
@@ -181,20 +181,93 @@ struct Shared {
     presence: Mutex<Option<String>>,
     /// Permits for queries in flight ([`MAX_QUERIES`]); syncs do not wait here.
     queries: tokio::sync::Semaphore,
-    lookups: Mutex<Lookups>,
+    lookups: Mutex<Batches<LookupWaiter>>,
+    takes: Mutex<Batches<TakeWaiter>>,
 }
 
-/// Lookups waiting to be sent, and how many tasks send them.
-#[derive(Default)]
-struct Lookups {
-    waiting: VecDeque<LookupWaiter>,
+/// Queries waiting to share a request, and how many tasks send them.
+struct Batches<W> {
+    waiting: VecDeque<W>,
     runners: usize,
+}
+
+impl<W> Default for Batches<W> {
+    fn default() -> Self {
+        Batches {
+            waiting: VecDeque::new(),
+            runners: 0,
+        }
+    }
+}
+
+/// A caller waiting in [`Batches`].
+trait Waiter {
+    /// How many names it adds to a request.
+    fn names(&self) -> usize;
+    /// Its caller stopped waiting (timed out).
+    fn abandoned(&self) -> bool;
+}
+
+impl<W: Waiter> Batches<W> {
+    /// Queues a waiter; true when a new sending task must be started.
+    fn push(&mut self, waiter: W) -> bool {
+        self.waiting.push_back(waiter);
+        let start = self.runners < BATCH_RUNNERS;
+        self.runners += usize::from(start);
+        start
+    }
+
+    /// The next request's waiters (at most [`BATCH_NAMES`] names, or one
+    /// waiter that has more). Empty when none is left: the calling task
+    /// then stops, and is counted out here.
+    fn next_batch(&mut self) -> Vec<W> {
+        // Whoever timed out waiting is no longer asking.
+        self.waiting.retain(|waiter| !waiter.abandoned());
+        let mut names = 0;
+        let mut take = 0;
+        for waiter in &self.waiting {
+            names += waiter.names();
+            if take > 0 && names > BATCH_NAMES {
+                break;
+            }
+            take += 1;
+        }
+        if take == 0 {
+            self.runners -= 1;
+        }
+        self.waiting.drain(..take).collect()
+    }
 }
 
 struct LookupWaiter {
     users: Vec<String>,
     sessions: Vec<String>,
     reply: oneshot::Sender<Result<Vec<Owner>, PresenceError>>,
+}
+
+impl Waiter for LookupWaiter {
+    fn names(&self) -> usize {
+        self.users.len() + self.sessions.len()
+    }
+
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+struct TakeWaiter {
+    session: String,
+    reply: oneshot::Sender<Result<Option<Data>, PresenceError>>,
+}
+
+impl Waiter for TakeWaiter {
+    fn names(&self) -> usize {
+        1
+    }
+
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
 }
 
 /// Stops the background task when the last [`PresenceClient`] clone drops.
@@ -269,6 +342,7 @@ impl PresenceClient {
             presence: Mutex::new(None),
             queries: tokio::sync::Semaphore::new(MAX_QUERIES),
             lookups: Mutex::default(),
+            takes: Mutex::default(),
         });
         tokio::spawn(Syncer::new(shared.clone(), snapshot).run());
         PresenceClient {
@@ -358,25 +432,15 @@ impl PresenceClient {
         sessions: &[String],
     ) -> Result<Vec<Owner>, PresenceError> {
         let (reply, answer) = oneshot::channel();
-        let start_runner = {
-            let mut lookups = self.shared.lookups.lock();
-            lookups.waiting.push_back(LookupWaiter {
-                users: users.to_vec(),
-                sessions: sessions.to_vec(),
-                reply,
-            });
-            let start = lookups.runners < LOOKUP_RUNNERS;
-            lookups.runners += usize::from(start);
-            start
-        };
+        let start_runner = self.shared.lookups.lock().push(LookupWaiter {
+            users: users.to_vec(),
+            sessions: sessions.to_vec(),
+            reply,
+        });
         if start_runner {
             tokio::spawn(self.shared.clone().run_lookups());
         }
-        match tokio::time::timeout(self.shared.options.timeout, answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(PresenceError::Unavailable("client stopped".into())),
-            Err(_) => Err(PresenceError::Timeout),
-        }
+        self.shared.answer(answer).await
     }
 
     /// Parks a session record for `ttl` (replacing any earlier one).
@@ -399,17 +463,92 @@ impl PresenceClient {
     }
 
     /// Takes (gets and deletes, atomically) a parked record; `None` when
-    /// there is none (never parked, expired, or already taken).
+    /// there is none (never parked, expired, or already taken). Takes made
+    /// while others are in flight share a request.
     pub async fn take(&self, session: &str) -> Result<Option<Data>, PresenceError> {
+        let (reply, answer) = oneshot::channel();
+        let start_runner = self.shared.takes.lock().push(TakeWaiter {
+            session: session.to_string(),
+            reply,
+        });
+        if start_runner {
+            tokio::spawn(self.shared.clone().run_takes());
+        }
+        self.shared.answer(answer).await
+    }
+}
+
+impl Shared {
+    /// A batched query's answer, within the query timeout.
+    async fn answer<T>(
+        &self,
+        answer: oneshot::Receiver<Result<T, PresenceError>>,
+    ) -> Result<T, PresenceError> {
+        match tokio::time::timeout(self.options.timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(PresenceError::Unavailable("client stopped".into())),
+            Err(_) => Err(PresenceError::Timeout),
+        }
+    }
+
+    /// Sends waiting takes, many per request, until none is left.
+    async fn run_takes(self: Arc<Self>) {
+        loop {
+            let batch = self.takes.lock().next_batch();
+            if batch.is_empty() {
+                return;
+            }
+            let mut request = TakeManyRequest {
+                sessions: batch.iter().map(|w| w.session.clone()).collect(),
+            };
+            request.sessions.sort_unstable();
+            request.sessions.dedup();
+            let answer: Result<Option<BTreeMap<String, Data>>, PresenceError> = async {
+                let (status, body) = self
+                    .query(
+                        Method::POST,
+                        "/v1/take",
+                        Some(&request),
+                        self.options.timeout,
+                    )
+                    .await?;
+                if matches!(
+                    status,
+                    StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
+                ) {
+                    // A service older than `/v1/take`: one request each.
+                    return Ok(None);
+                }
+                expect_ok(status, &body)?;
+                Ok(Some(decode::<TakeManyResponse>(&body)?.records))
+            }
+            .await;
+            match answer {
+                Ok(Some(mut records)) => {
+                    for waiter in batch {
+                        // A session asked twice at once: the first caller gets it.
+                        let _ = waiter.reply.send(Ok(records.remove(&waiter.session)));
+                    }
+                }
+                Ok(None) => {
+                    for waiter in batch {
+                        let _ = waiter.reply.send(self.take_one(&waiter.session).await);
+                    }
+                }
+                Err(e) => {
+                    for waiter in batch {
+                        let _ = waiter.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// `POST /v1/sessions/{session}/take`: one session.
+    async fn take_one(&self, session: &str) -> Result<Option<Data>, PresenceError> {
         let path = format!("/v1/sessions/{}/take", segment(session));
         let (status, body) = self
-            .shared
-            .query(
-                Method::POST,
-                &path,
-                None::<&()>,
-                self.shared.options.timeout,
-            )
+            .query(Method::POST, &path, None::<&()>, self.options.timeout)
             .await?;
         if status == StatusCode::NOT_FOUND {
             return Ok(None);
@@ -417,31 +556,14 @@ impl PresenceClient {
         expect_ok(status, &body)?;
         Ok(Some(decode::<TakeResponse>(&body)?.record))
     }
-}
 
-impl Shared {
     /// Sends waiting lookups, several per request, until none is left.
     async fn run_lookups(self: Arc<Self>) {
         loop {
-            let batch: Vec<LookupWaiter> = {
-                let mut lookups = self.lookups.lock();
-                // Whoever timed out waiting is no longer asking.
-                lookups.waiting.retain(|waiter| !waiter.reply.is_closed());
-                let mut names = 0;
-                let mut take = 0;
-                for waiter in &lookups.waiting {
-                    names += waiter.users.len() + waiter.sessions.len();
-                    if take > 0 && names > LOOKUP_NAMES {
-                        break;
-                    }
-                    take += 1;
-                }
-                if take == 0 {
-                    lookups.runners -= 1;
-                    return;
-                }
-                lookups.waiting.drain(..take).collect()
-            };
+            let batch = self.lookups.lock().next_batch();
+            if batch.is_empty() {
+                return;
+            }
             let mut request = LookupRequest {
                 users: Vec::new(),
                 sessions: Vec::new(),

@@ -35,6 +35,7 @@ impl Counter {
 pub struct Metrics {
     pub sync_requests: Counter,
     pub lookup_requests: Counter,
+    pub take_requests: Counter,
     pub full_syncs: Counter,
     pub silent_syncs: Counter,
     pub need_full: Counter,
@@ -95,7 +96,7 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE roomcast_presence_{name} gauge");
             let _ = writeln!(out, "roomcast_presence_{name} {value}");
         }
-        let counter_rows: [(&str, &str, &Counter); 17] = [
+        let counter_rows: [(&str, &str, &Counter); 18] = [
             (
                 "sync_requests_total",
                 "Sync requests received.",
@@ -105,6 +106,11 @@ impl Metrics {
                 "lookup_requests_total",
                 "Lookup requests received (a gateway batches concurrent lookups).",
                 &self.lookup_requests,
+            ),
+            (
+                "take_requests_total",
+                "Batched take requests received (a gateway batches concurrent takes).",
+                &self.take_requests,
             ),
             ("full_syncs_total", "Full syncs applied.", &self.full_syncs),
             (

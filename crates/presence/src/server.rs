@@ -9,6 +9,7 @@
 //! events it produced before releasing it; Redis is touched only by the
 //! parked-session calls, each bounded by the Redis command timeout.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,12 +21,13 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use parking_lot::Mutex;
 use roomcast_hooks::webhook::Webhooks;
+use roomcast_protocol::Data;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::api::{
     ErrorBody, LookupRequest, LookupResponse, MembersResponse, ParkRequest, SyncRequest,
-    SyncResponse, TakeResponse,
+    SyncResponse, TakeManyRequest, TakeManyResponse, TakeResponse,
 };
 use crate::events::EventQueue;
 use crate::metrics::{Gauges, Metrics};
@@ -86,6 +88,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/lookup", post(lookup))
         .route("/v1/sessions/{session}", put(park))
         .route("/v1/sessions/{session}/take", post(take))
+        .route("/v1/take", post(take_many))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_key));
     Router::new()
@@ -304,6 +307,40 @@ async fn take(
         Err(e) => {
             app.metrics.redis_errors.inc();
             tracing::warn!(error = %e, "cannot take a session");
+            Err(ApiError::unavailable(e.to_string()))
+        }
+    }
+}
+
+async fn take_many(
+    AxumState(app): AxumState<Arc<App>>,
+    Json(req): Json<TakeManyRequest>,
+) -> Result<Json<TakeManyResponse>, ApiError> {
+    app.metrics.take_requests.inc();
+    if req.sessions.len() > MAX_LOOKUP {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_LOOKUP} sessions per take"
+        )));
+    }
+    for session in &req.sessions {
+        check_name("session", session)?;
+    }
+    let asked = req.sessions.len() as u64;
+    match app.store.take_many(&req.sessions).await {
+        Ok(found) => {
+            let records: BTreeMap<String, Data> = req
+                .sessions
+                .into_iter()
+                .zip(found)
+                .filter_map(|(session, record)| Some((session, record?)))
+                .collect();
+            app.metrics.taken.add(records.len() as u64);
+            app.metrics.take_misses.add(asked - records.len() as u64);
+            Ok(Json(TakeManyResponse { records }))
+        }
+        Err(e) => {
+            app.metrics.redis_errors.inc();
+            tracing::warn!(error = %e, "cannot take sessions");
             Err(ApiError::unavailable(e.to_string()))
         }
     }

@@ -61,6 +61,35 @@ impl SessionStore {
         Ok(())
     }
 
+    /// Takes the records of several sessions in one pipeline (each key in
+    /// its own slot, so each `GETDEL` stays atomic); `None` where nothing
+    /// (or nothing readable) was parked, in the order asked.
+    pub async fn take_many(&self, sessions: &[String]) -> Result<Vec<Option<Data>>, StoreError> {
+        if sessions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pipeline = self.redis.client.pipeline();
+        for session in sessions {
+            let () = pipeline.getdel(Self::key(session)).await?;
+        }
+        pipeline
+            .try_all::<Option<String>>()
+            .await
+            .into_iter()
+            .zip(sessions)
+            .map(|(text, session)| {
+                // A record that is not JSON is that session's loss alone.
+                Ok(text?.and_then(|t| match serde_json::from_str(&t) {
+                    Ok(record) => Some(record),
+                    Err(e) => {
+                        tracing::warn!(session, error = %e, "parked record is not JSON; dropped");
+                        None
+                    }
+                }))
+            })
+            .collect()
+    }
+
     /// Gets and deletes the record of `session`, atomically.
     pub async fn take(&self, session: &str) -> Result<Option<Data>, StoreError> {
         let text: Option<String> = self.redis.client.getdel(Self::key(session)).await?;

@@ -132,6 +132,54 @@ async fn concurrent_lookups_share_requests_and_each_gets_its_own_answer() {
     );
 }
 
+/// A resume storm's takes: a thousand at once, half of them for parked
+/// sessions and some for the same session twice. Each parked record goes to
+/// exactly one caller, the others get `None`, and the takes share far fewer
+/// requests than a thousand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_takes_share_requests_and_each_record_is_taken_once() {
+    let redis = RedisServer::start();
+    let presence = Presence::start(&redis.url(), &[]);
+    let gateway = Gateway::default();
+    let client = client(&presence.url(), "node-a", &gateway);
+    assert!(client.flush(Duration::from_secs(5)).await);
+    for i in 0..400 {
+        client
+            .park(&format!("p{i}"), json!({"n": i}), Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    let before = presence.metric("roomcast_presence_take_requests_total");
+    // Sessions p0..p399 are parked; p400..p899 are not; p0..p99 are asked
+    // for twice.
+    let asks = (0..1000).map(|i| {
+        let client = client.clone();
+        let session = format!("p{}", if i < 900 { i } else { i - 900 });
+        tokio::spawn(async move { (session.clone(), client.take(&session).await.unwrap()) })
+    });
+    let mut got: std::collections::HashMap<String, Vec<serde_json::Value>> = Default::default();
+    for ask in asks.collect::<Vec<_>>() {
+        let (session, record) = ask.await.unwrap();
+        let entry = got.entry(session).or_default();
+        entry.extend(record);
+    }
+    for i in 0..900 {
+        let records = &got[&format!("p{i}")];
+        if i < 400 {
+            assert_eq!(records, &[json!({"n": i})], "p{i}: taken exactly once");
+        } else {
+            assert!(records.is_empty(), "p{i} was never parked");
+        }
+    }
+    let requests = presence.metric("roomcast_presence_take_requests_total") - before;
+    assert!(
+        (1..=250).contains(&requests),
+        "{requests} take requests for 1000 takes"
+    );
+    // All taken: nothing is left to take.
+    assert_eq!(client.take("p7").await.unwrap(), None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_ops_are_replayed_in_order_after_the_service_was_unreachable() {
     let redis = RedisServer::start();

@@ -174,6 +174,16 @@ async fn a_parked_session_is_taken_exactly_once_even_across_a_presence_restart()
         Some(json!({"record": 1, "ttl_ms": 0})),
     );
     assert_eq!(status, 400);
+    // A batched take checks every name and the batch size.
+    let (status, body) = presence.call("POST", "/v1/take", Some(json!({"sessions": ["ok", ""]})));
+    assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")));
+    let many: Vec<String> = (0..=roomcast_presence::server::MAX_LOOKUP)
+        .map(|i| format!("s{i}"))
+        .collect();
+    let (status, body) = presence.call("POST", "/v1/take", Some(json!({ "sessions": many })));
+    assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")));
+    let (status, _) = presence.call("POST", "/v1/take", Some(json!({"nope": 1})));
+    assert!(status == 400 || status == 422, "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,6 +319,27 @@ async fn presence_events_use_sharded_pubsub_on_a_redis_cluster() {
     assert_eq!(status, 204);
     let (status, body) = presence.call("POST", "/v1/sessions/s1/take", None);
     assert_eq!((status, body), (200, json!({"record": {"a": 1}})));
+    // A batched take spans slots (each session key has its own).
+    for s in ["s2", "s3", "s4", "s5"] {
+        let (status, _) = presence.call(
+            "PUT",
+            &format!("/v1/sessions/{s}"),
+            Some(json!({"record": {"s": s}, "ttl_ms": 10_000})),
+        );
+        assert_eq!(status, 204);
+    }
+    let (status, body) = presence.call(
+        "POST",
+        "/v1/take",
+        Some(json!({"sessions": ["s2", "s3", "s4", "s5", "s1", "nobody"]})),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"records": {"s2": {"s": "s2"}, "s3": {"s": "s3"}, "s4": {"s": "s4"}, "s5": {"s": "s5"}}})
+    );
+    let (status, body) = presence.call("POST", "/v1/take", Some(json!({"sessions": ["s2"]})));
+    assert_eq!((status, body), (200, json!({"records": {}})));
     listener.close().await;
 }
 
