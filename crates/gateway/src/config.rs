@@ -35,6 +35,9 @@ impl Secret {
 pub struct Config {
     /// Address the HTTP and WebSocket server listens on.
     pub listen: SocketAddr,
+    /// Connections the kernel may hold for the node before it accepts them
+    /// (the `listen(2)` backlog; the kernel caps it at `net.core.somaxconn`).
+    pub listen_backlog: u32,
     pub node: NodeConfig,
     pub redis: RedisConfig,
     pub presence: PresenceConfig,
@@ -383,6 +386,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen_backlog: 4096,
             node: NodeConfig::default(),
             redis: RedisConfig::default(),
             presence: PresenceConfig::default(),
@@ -453,6 +457,7 @@ impl Config {
     /// Checks values that have a valid type but make no sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
+            ("listen_backlog", self.listen_backlog as u64),
             (
                 "limits.max_message_bytes",
                 self.limits.max_message_bytes as u64,
@@ -725,5 +730,15 @@ mod tests {
     #[test]
     fn defaults_validate() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn a_zero_listen_backlog_is_refused_by_name() {
+        let config = Config {
+            listen_backlog: 0,
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("listen_backlog"), "{err}");
     }
 }

@@ -38,10 +38,25 @@ use std::time::{Duration, Instant};
 use config::Config;
 use node::Node;
 
+/// Binds the listening socket with `backlog` pending connections. The
+/// standard library's 128 is too few for a reconnect storm: when a node dies,
+/// thousands of its clients connect to the others within a few hundred
+/// milliseconds, and every SYN beyond the backlog is dropped and retried by
+/// the client's kernel only after a second (then three).
+fn bind(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// Runs a node until it has drained after SIGTERM/SIGINT.
 pub async fn run(config: Config, file: Option<std::path::PathBuf>) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = bind(config.listen, config.listen_backlog)
         .map_err(|e| anyhow::anyhow!("listen: cannot bind {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
     let node = Node::new(config, file).await?;

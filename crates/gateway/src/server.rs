@@ -147,6 +147,11 @@ fn render_redis(out: &mut String, stats: &roomcast_broker::redis::RedisStats) {
             &stats.gap_unrepaired,
         ),
         (
+            "roomcast_redis_history_reads_total",
+            "read.lua calls: joins, resumes and gap repairs (concurrent reads of a room share one).",
+            &stats.history_reads,
+        ),
+        (
             "roomcast_pubsub_duplicates_dropped_total",
             "Pub/sub messages dropped as already delivered.",
             &stats.duplicates_dropped,

@@ -377,3 +377,99 @@ async fn joins_on_one_node_while_another_publishes_fast_get_no_offset_twice() {
         next += 1;
     }
 }
+
+/// Joins that reach one node at the same moment share history reads (one
+/// per room and epoch at a time). Each still gets exactly its own part:
+/// the messages after its own `since`, nothing for another epoch, only the
+/// position without `since`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_joins_of_one_room_each_recover_exactly_their_own_gap() {
+    let redis = RedisServer::start();
+    let gw = node(&redis.url(), "node-a");
+    let (mut publisher, _) = RawClient::ready(&gw.ws_url(), Codec::Json).await;
+    let epoch = match publisher.request(join(1, "shared")).await {
+        ServerFrame::Joined { epoch, .. } => epoch,
+        other => panic!("{other:?}"),
+    };
+    for i in 1..=50u64 {
+        let reply = publisher
+            .request(ClientFrame::Publish {
+                id: Some(100 + i),
+                room: "shared".into(),
+                data: json!(i),
+            })
+            .await;
+        assert_eq!(ack_offset(&reply), Some(i));
+    }
+    let mut clients = Vec::new();
+    for k in 0..60u64 {
+        let (c, _) = RawClient::ready(&gw.ws_url(), Codec::ALL[k as usize % 2]).await;
+        clients.push(c);
+    }
+    // Every join goes out before any answer is read.
+    let wanted: Vec<Option<Since>> = (0..60u64)
+        .map(|k| match k % 6 {
+            5 => None,
+            4 => Some(Since {
+                offset: k % 50,
+                epoch: "another-epoch".into(),
+            }),
+            _ => Some(Since {
+                offset: k % 51,
+                epoch: epoch.clone(),
+            }),
+        })
+        .collect();
+    for (c, since) in clients.iter_mut().zip(&wanted) {
+        c.send(&ClientFrame::Join {
+            id: Some(1),
+            room: "shared".into(),
+            since: since.clone(),
+            presence: None,
+        })
+        .await;
+    }
+    let mut checked = Vec::new();
+    for (k, (mut c, since)) in clients.into_iter().zip(wanted).enumerate() {
+        let joined = c.recv().await;
+        let ServerFrame::Joined {
+            offset, recovered, ..
+        } = joined
+        else {
+            panic!("client {k}: {joined:?}");
+        };
+        assert_eq!(offset, 50, "client {k}");
+        match since {
+            None => assert_eq!(recovered, None, "client {k}"),
+            Some(s) if s.epoch != epoch => assert_eq!(recovered, Some(false), "client {k}"),
+            Some(s) => {
+                assert_eq!(recovered, Some(true), "client {k}");
+                for expected in s.offset + 1..=50 {
+                    let got = c.next_message("shared").await;
+                    assert_eq!(got, (json!(expected), expected), "client {k}");
+                }
+            }
+        }
+        checked.push(c);
+    }
+    // Nothing more was queued: the next message each gets is a live one.
+    let reply = publisher
+        .request(ClientFrame::Publish {
+            id: Some(1000),
+            room: "shared".into(),
+            data: json!("live"),
+        })
+        .await;
+    let live = ack_offset(&reply).unwrap();
+    assert_eq!(live, 51);
+    // The sixty joins shared reads (the publisher's join was one more).
+    let reads = gw.metric("roomcast_redis_history_reads_total");
+    assert!((2..=50).contains(&reads), "{reads} reads for 61 joins");
+    for (k, mut c) in checked.into_iter().enumerate() {
+        assert_eq!(
+            c.next_message("shared").await,
+            (json!("live"), live),
+            "client {k}"
+        );
+    }
+}

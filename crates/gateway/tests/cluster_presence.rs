@@ -49,12 +49,7 @@ fn cluster(nodes: usize) -> Cluster {
 }
 
 fn metric(gw: &Gateway, line_prefix: &str) -> u64 {
-    let (_, text) = http_request(gw.addr, "GET", "/metrics", &[], "").unwrap();
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    gw.metric(line_prefix)
 }
 
 fn presence_sessions(gw: &Gateway, room: &str) -> HashSet<String> {

@@ -192,6 +192,17 @@ impl Gateway {
         format!("http://{}", self.addr)
     }
 
+    /// The value of the first `/metrics` line that starts with
+    /// `line_start` (a name, or a name with its labels); 0 if none does.
+    pub fn metric(&self, line_start: &str) -> u64 {
+        let (_, text) = http_request(self.addr, "GET", "/metrics", &[], "").expect("GET /metrics");
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
     fn wait_healthy(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {

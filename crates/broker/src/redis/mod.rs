@@ -30,7 +30,7 @@ use fred::types::Message as PubsubMessage;
 use roomcast_protocol::envelope::{names, Envelope, Kind, EPOCH_LEN, EPOCH_POS, OFFSET_POS};
 use roomcast_protocol::{Data, Member, Since};
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 
 use crate::message::now_us;
 use crate::{
@@ -57,6 +57,8 @@ pub struct RedisStats {
     /// Messages that could not be repaired (history already trimmed).
     pub gap_unrepaired: AtomicU64,
     pub duplicates_dropped: AtomicU64,
+    /// `read.lua` calls (concurrent reads of one room share one).
+    pub history_reads: AtomicU64,
 }
 
 /// The last offset delivered to this node's members of one room.
@@ -71,8 +73,9 @@ pub struct RedisBroker {
     subscriber: SubscriberClient,
     cluster: bool,
     publish_script: Script,
-    read_script: Script,
     limits: HistoryLimits,
+    /// History reads, coalesced per room.
+    reader: Reader,
     delivery: OnceLock<Arc<dyn Delivery>>,
     /// Local subscription counts per room; the lock serialises
     /// SUBSCRIBE/UNSUBSCRIBE so their order on the wire is the logical one.
@@ -177,19 +180,27 @@ impl RedisBroker {
         }
         subscriber.manage_subscriptions();
 
+        let stats = Arc::new(RedisStats::default());
+        let client_for_reads = client.clone();
         let broker = Arc::new(RedisBroker {
             node: Arc::from(node),
             client,
             subscriber,
             cluster,
             publish_script: Script::from_lua(PUBLISH_LUA),
-            read_script: Script::from_lua(READ_LUA),
             limits,
             delivery: OnceLock::new(),
             subscriptions: tokio::sync::Mutex::new(HashMap::new()),
             cursors: parking_lot::Mutex::new(HashMap::new()),
             repair: Notify::new(),
-            stats: Arc::new(RedisStats::default()),
+            stats: stats.clone(),
+            reader: Reader {
+                client: client_for_reads,
+                script: Script::from_lua(READ_LUA),
+                ttl: limits.ttl,
+                stats,
+                waiting: Arc::default(),
+            },
         });
         for channel in [names::node_channel(node), names::ALL_NODES.to_string()] {
             if let Err(e) = broker.channel_subscribe(&channel).await {
@@ -245,51 +256,6 @@ impl RedisBroker {
         }
     }
 
-    /// Runs `read.lua`: the room's position, and the raw envelopes after
-    /// `since` (only when the epoch matches).
-    async fn read_raw(
-        &self,
-        room: &str,
-        since: Option<&Since>,
-    ) -> Result<(Position, Vec<Vec<u8>>), BrokerError> {
-        self.ensure_connected()?;
-        let keys = vec![names::room_meta(room), names::room_history(room)];
-        let (after, epoch) = match since {
-            Some(s) => (s.offset as i64, s.epoch.clone()),
-            None => (-1, String::new()),
-        };
-        let args: Vec<Value> = vec![
-            new_epoch().into(),
-            (META_TTL.as_millis() as i64).into(),
-            after.into(),
-            epoch.into(),
-        ];
-        let reply: Vec<Value> = self
-            .read_script
-            .evalsha_with_reload(&self.client, keys, args)
-            .await
-            .map_err(|e| unavailable(&self.stats, e))?;
-        let mut items = reply.into_iter();
-        let epoch = items
-            .next()
-            .and_then(|v| v.as_string())
-            .ok_or_else(|| unavailable(&self.stats, "read.lua: no epoch"))?;
-        let offset = items
-            .next()
-            .and_then(|v| v.as_u64())
-            .ok_or_else(|| unavailable(&self.stats, "read.lua: no offset"))?;
-        let raw = items
-            .filter_map(|v| value_bytes(&v).map(<[u8]>::to_vec))
-            .collect();
-        Ok((
-            Position {
-                offset,
-                epoch: Arc::from(epoch),
-            },
-            raw,
-        ))
-    }
-
     fn to_message(envelope: Envelope) -> Arc<RoomMessage> {
         Arc::new(
             RoomMessage::new(
@@ -302,41 +268,6 @@ impl RedisBroker {
             )
             .with_trace(envelope.trace),
         )
-    }
-
-    /// Decodes history entries and checks they are exactly the messages
-    /// after `since` up to the position, none expired.
-    fn recover(&self, since: &Since, position: &Position, raw: Vec<Vec<u8>>) -> Recovery {
-        if since.epoch != *position.epoch || since.offset > position.offset {
-            return Recovery::NotRecoverable;
-        }
-        let missing = position.offset - since.offset;
-        if missing == 0 {
-            return Recovery::Recovered(Vec::new());
-        }
-        let mut messages = Vec::with_capacity(raw.len());
-        for bytes in raw {
-            match Envelope::decode(&bytes) {
-                Ok(env) => messages.push(Self::to_message(env)),
-                Err(e) => {
-                    tracing::error!(error = %e, "undecodable history entry");
-                    return Recovery::NotRecoverable;
-                }
-            }
-        }
-        let oldest_allowed = now_us().saturating_sub(self.limits.ttl.as_micros() as u64);
-        let complete = messages.len() as u64 == missing
-            && messages
-                .first()
-                .is_some_and(|m| m.offset == since.offset + 1)
-            && messages
-                .first()
-                .is_some_and(|m| m.published_at_us >= oldest_allowed);
-        if complete {
-            Recovery::Recovered(messages)
-        } else {
-            Recovery::NotRecoverable
-        }
     }
 
     fn spawn_reconnect_watch(self: &Arc<Self>) {
@@ -441,11 +372,12 @@ impl RedisBroker {
             offset: last,
             epoch: epoch.to_string(),
         };
-        let read = self.read_raw(room, Some(&since)).await;
+        let read = self.reader.read_raw(room, Some(&since)).await;
         let mut to_deliver: Vec<Arc<RoomMessage>> = Vec::new();
         match read {
             Ok((position, raw)) if *position.epoch == *epoch => {
-                match self.recover(&since, &position, raw) {
+                let messages = decode_all(raw);
+                match recover(&since, &position, messages.as_deref(), self.limits.ttl) {
                     Recovery::Recovered(msgs) => {
                         self.stats
                             .gap_repaired
@@ -561,7 +493,7 @@ impl Broker for RedisBroker {
             self.channel_subscribe(&names::room_channel(room))
                 .await
                 .map_err(|e| unavailable(&self.stats, e))?;
-            let (position, _) = self.read_raw(room, None).await?;
+            let (position, _) = self.reader.read_raw(room, None).await?;
             self.cursors.lock().insert(
                 room.to_string(),
                 Cursor {
@@ -596,9 +528,7 @@ impl Broker for RedisBroker {
     }
 
     async fn read(&self, room: &str, since: Option<&Since>) -> Result<HistoryRead, BrokerError> {
-        let (position, raw) = self.read_raw(room, since).await?;
-        let recovery = since.map(|s| self.recover(s, &position, raw));
-        Ok(HistoryRead { position, recovery })
+        self.reader.read(room, since).await
     }
 
     async fn send_control(&self, route: Route, envelope: Envelope) -> Result<(), BrokerError> {
@@ -623,5 +553,216 @@ impl Broker for RedisBroker {
 
     fn engine(&self) -> &'static str {
         "redis"
+    }
+}
+
+/// Reads of rooms' history, coalesced per room. A resume storm asks for the
+/// same rooms thousands of times at once; one task per room serves every
+/// read queued while its previous read was in flight with one `read.lua`
+/// call from the oldest offset asked (per epoch asked), and gives each caller
+/// its own slice. Each read still starts after its caller asked (after the
+/// member began buffering), which is what keeps recovery exact.
+#[derive(Clone)]
+struct Reader {
+    client: Client,
+    script: Script,
+    ttl: Duration,
+    stats: Arc<RedisStats>,
+    /// Reads waiting, per room; a room is here while its task runs.
+    waiting: Arc<parking_lot::Mutex<HashMap<String, Vec<ReadWaiter>>>>,
+}
+
+struct ReadWaiter {
+    since: Option<Since>,
+    reply: oneshot::Sender<Result<HistoryRead, BrokerError>>,
+}
+
+impl Reader {
+    async fn read(&self, room: &str, since: Option<&Since>) -> Result<HistoryRead, BrokerError> {
+        if !self.client.is_connected() {
+            return Err(unavailable(&self.stats, "not connected to Redis"));
+        }
+        let (reply, answer) = oneshot::channel();
+        let waiter = ReadWaiter {
+            since: since.cloned(),
+            reply,
+        };
+        let start = {
+            let mut waiting = self.waiting.lock();
+            match waiting.get_mut(room) {
+                Some(queue) => {
+                    queue.push(waiter);
+                    false
+                }
+                None => {
+                    waiting.insert(room.to_string(), vec![waiter]);
+                    true
+                }
+            }
+        };
+        if start {
+            tokio::spawn(self.clone().run(room.to_string()));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(unavailable(&self.stats, "history read abandoned")))
+    }
+
+    /// Serves the room's queued reads until none is left.
+    async fn run(self, room: String) {
+        loop {
+            let batch = {
+                let mut waiting = self.waiting.lock();
+                let Some(queue) = waiting.get_mut(&room) else {
+                    return;
+                };
+                if queue.is_empty() {
+                    waiting.remove(&room);
+                    return;
+                }
+                std::mem::take(queue)
+            };
+            self.serve(&room, batch).await;
+        }
+    }
+
+    /// One read per epoch asked (usually one), from the oldest offset asked.
+    async fn serve(&self, room: &str, mut batch: Vec<ReadWaiter>) {
+        while !batch.is_empty() {
+            let epoch = batch
+                .iter()
+                .find_map(|w| w.since.as_ref().map(|s| s.epoch.clone()));
+            let (mine, rest): (Vec<ReadWaiter>, Vec<ReadWaiter>) =
+                batch.into_iter().partition(|w| match &w.since {
+                    Some(s) => epoch.as_deref() == Some(s.epoch.as_str()),
+                    // Position-only reads ride along with the first group.
+                    None => true,
+                });
+            batch = rest;
+            let from = epoch.map(|epoch| Since {
+                offset: mine
+                    .iter()
+                    .filter_map(|w| w.since.as_ref().map(|s| s.offset))
+                    .min()
+                    .unwrap_or(0),
+                epoch,
+            });
+            match self.read_raw(room, from.as_ref()).await {
+                Ok((position, raw)) => {
+                    let messages = decode_all(raw);
+                    for waiter in mine {
+                        let recovery = waiter
+                            .since
+                            .as_ref()
+                            .map(|s| recover(s, &position, messages.as_deref(), self.ttl));
+                        let _ = waiter.reply.send(Ok(HistoryRead {
+                            position: position.clone(),
+                            recovery,
+                        }));
+                    }
+                }
+                Err(e) => {
+                    for waiter in mine {
+                        let _ = waiter.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs `read.lua`: the room's position, and the raw envelopes after
+    /// `since` (only when the epoch matches).
+    async fn read_raw(
+        &self,
+        room: &str,
+        since: Option<&Since>,
+    ) -> Result<(Position, Vec<Vec<u8>>), BrokerError> {
+        if !self.client.is_connected() {
+            return Err(unavailable(&self.stats, "not connected to Redis"));
+        }
+        self.stats.history_reads.fetch_add(1, Relaxed);
+        let keys = vec![names::room_meta(room), names::room_history(room)];
+        let (after, epoch) = match since {
+            Some(s) => (s.offset as i64, s.epoch.clone()),
+            None => (-1, String::new()),
+        };
+        let args: Vec<Value> = vec![
+            new_epoch().into(),
+            (META_TTL.as_millis() as i64).into(),
+            after.into(),
+            epoch.into(),
+        ];
+        let reply: Vec<Value> = self
+            .script
+            .evalsha_with_reload(&self.client, keys, args)
+            .await
+            .map_err(|e| unavailable(&self.stats, e))?;
+        let mut items = reply.into_iter();
+        let epoch = items
+            .next()
+            .and_then(|v| v.as_string())
+            .ok_or_else(|| unavailable(&self.stats, "read.lua: no epoch"))?;
+        let offset = items
+            .next()
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| unavailable(&self.stats, "read.lua: no offset"))?;
+        let raw = items
+            .filter_map(|v| value_bytes(&v).map(<[u8]>::to_vec))
+            .collect();
+        Ok((
+            Position {
+                offset,
+                epoch: Arc::from(epoch),
+            },
+            raw,
+        ))
+    }
+}
+
+/// History entries decoded, in offset order; `None` if one is undecodable.
+fn decode_all(raw: Vec<Vec<u8>>) -> Option<Vec<Arc<RoomMessage>>> {
+    let mut messages = Vec::with_capacity(raw.len());
+    for bytes in raw {
+        match Envelope::decode(&bytes) {
+            Ok(env) => messages.push(RedisBroker::to_message(env)),
+            Err(e) => {
+                tracing::error!(error = %e, "undecodable history entry");
+                return None;
+            }
+        }
+    }
+    Some(messages)
+}
+
+/// What a client that asked for the messages after `since` gets, from the
+/// history read at `position` (`messages`: the entries after some offset at
+/// or before `since.offset`, in order): all of them after `since.offset`, in
+/// history and younger than `ttl`, or nothing.
+fn recover(
+    since: &Since,
+    position: &Position,
+    messages: Option<&[Arc<RoomMessage>]>,
+    ttl: Duration,
+) -> Recovery {
+    if since.epoch != *position.epoch || since.offset > position.offset {
+        return Recovery::NotRecoverable;
+    }
+    let missing = position.offset - since.offset;
+    if missing == 0 {
+        return Recovery::Recovered(Vec::new());
+    }
+    let Some(messages) = messages else {
+        return Recovery::NotRecoverable;
+    };
+    let mine = &messages[messages.partition_point(|m| m.offset <= since.offset)..];
+    let oldest_allowed = now_us().saturating_sub(ttl.as_micros() as u64);
+    let complete = mine.len() as u64 == missing
+        && mine
+            .first()
+            .is_some_and(|m| m.offset == since.offset + 1 && m.published_at_us >= oldest_allowed);
+    if complete {
+        Recovery::Recovered(mine.to_vec())
+    } else {
+        Recovery::NotRecoverable
     }
 }
