@@ -169,6 +169,7 @@ async fn a_cluster_node_and_the_presence_service_export_their_families() {
         "roomcast_pubsub_gap_repaired_total",
         "roomcast_pubsub_gap_unrepaired_total",
         "roomcast_pubsub_duplicates_dropped_total",
+        "roomcast_redis_history_reads_total",
         "roomcast_presence_queue_depth",
         "roomcast_presence_reachable",
     ] {
@@ -177,6 +178,8 @@ async fn a_cluster_node_and_the_presence_service_export_their_families() {
             "family {family} missing:\n{text}"
         );
     }
+    // The join read the room's history (and its subscription its position).
+    assert!(value(&text, "roomcast_redis_history_reads_total") >= 1.0);
     assert!(wait_until(Duration::from_secs(5), || value(
         &scrape(gw.addr),
         "roomcast_presence_reachable"
@@ -186,6 +189,7 @@ async fn a_cluster_node_and_the_presence_service_export_their_families() {
         "roomcast_presence_nodes",
         "roomcast_presence_sessions",
         "roomcast_presence_sync_requests_total",
+        "roomcast_presence_take_requests_total",
     ] {
         assert!(
             presence_text.contains(series),
