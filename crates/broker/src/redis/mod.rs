@@ -237,15 +237,9 @@ impl RedisBroker {
         }
     }
 
-    /// Fails at once while the command connection is down (fred would queue
-    /// the command until the reconnect or the timeout): an outage must answer
-    /// `unavailable` fast, not hold publishers for the timeout.
+    /// See [`Reader::ensure_connected`] (the same command connection).
     fn ensure_connected(&self) -> Result<(), BrokerError> {
-        if self.client.is_connected() {
-            Ok(())
-        } else {
-            Err(unavailable(&self.stats, "not connected to Redis"))
-        }
+        self.reader.ensure_connected()
     }
 
     fn publish_command(&self) -> &'static str {
@@ -578,10 +572,19 @@ struct ReadWaiter {
 }
 
 impl Reader {
-    async fn read(&self, room: &str, since: Option<&Since>) -> Result<HistoryRead, BrokerError> {
-        if !self.client.is_connected() {
-            return Err(unavailable(&self.stats, "not connected to Redis"));
+    /// Fails at once while the command connection is down (fred would queue
+    /// the command until the reconnect or the timeout): an outage must answer
+    /// `unavailable` fast, not hold publishers or joins for the timeout.
+    fn ensure_connected(&self) -> Result<(), BrokerError> {
+        if self.client.is_connected() {
+            Ok(())
+        } else {
+            Err(unavailable(&self.stats, "not connected to Redis"))
         }
+    }
+
+    async fn read(&self, room: &str, since: Option<&Since>) -> Result<HistoryRead, BrokerError> {
+        self.ensure_connected()?;
         let (reply, answer) = oneshot::channel();
         let waiter = ReadWaiter {
             since: since.cloned(),
@@ -677,9 +680,7 @@ impl Reader {
         room: &str,
         since: Option<&Since>,
     ) -> Result<(Position, Vec<Vec<u8>>), BrokerError> {
-        if !self.client.is_connected() {
-            return Err(unavailable(&self.stats, "not connected to Redis"));
-        }
+        self.ensure_connected()?;
         self.stats.history_reads.fetch_add(1, Relaxed);
         let keys = vec![names::room_meta(room), names::room_history(room)];
         let (after, epoch) = match since {
