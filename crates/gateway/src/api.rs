@@ -106,8 +106,8 @@ async fn require_key(State(node): State<Arc<Node>>, request: Request, next: Next
     node.metrics.api_requests.inc();
     let ip = request
         .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip())
+        .get::<axum::extract::ConnectInfo<crate::server::Peer>>()
+        .map(|c| c.0.addr.ip())
         .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     let max = node.config.api.max_key_failures_per_minute;
     if !node.api_failures.check(ip, false, max) {

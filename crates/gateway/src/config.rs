@@ -319,6 +319,9 @@ pub struct HeartbeatConfig {
     pub pong_timeout_ms: u64,
     /// Time a new connection has to send `hello`, in milliseconds.
     pub hello_timeout_ms: u64,
+    /// Whether the heartbeat writes an idle connection's ping straight to
+    /// its socket instead of waking the connection's task for it.
+    pub direct_ping: bool,
 }
 
 impl Default for HeartbeatConfig {
@@ -327,6 +330,7 @@ impl Default for HeartbeatConfig {
             ping_interval_ms: 25_000,
             pong_timeout_ms: 10_000,
             hello_timeout_ms: 10_000,
+            direct_ping: true,
         }
     }
 }

@@ -14,6 +14,7 @@ use roomcast_protocol::{Codec, Member, ServerFrame};
 
 use crate::auth::Identity;
 use crate::outbox::{Outbox, PushError};
+use crate::wire::{Fd, Wire};
 
 /// Milliseconds since the node started: a cheap, monotonic clock shared by
 /// the connections and the heartbeat tickers.
@@ -22,18 +23,25 @@ pub fn now_ms() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
+/// In C layout, so that what the heartbeat reads and writes at every visit
+/// (the id, the two timestamps and the wire) sits right after the `Arc`'s
+/// counts, in the same cache line or two: an idle node's heartbeat is one
+/// cache miss per visit, not three.
+#[repr(C)]
 pub struct ConnHandle {
     pub id: u64,
-    pub session: Arc<str>,
-    pub identity: Identity,
-    pub codec: Codec,
-    pub outbox: Outbox,
     /// Last time (`now_ms`) any frame arrived from the client.
     pub last_seen: AtomicU64,
     /// When the last unanswered ping was queued (0: none outstanding).
     pub ping_sent: AtomicU64,
+    /// The socket, for the heartbeat's direct pings.
+    pub wire: Wire,
     /// Set when the session must not be parked for resume (kicked by the API).
     pub forget_session: AtomicBool,
+    pub codec: Codec,
+    pub session: Arc<str>,
+    pub identity: Identity,
+    pub outbox: Outbox,
 }
 
 impl ConnHandle {
@@ -53,7 +61,14 @@ impl ConnHandle {
             last_seen: AtomicU64::new(now_ms()),
             ping_sent: AtomicU64::new(0),
             forget_session: AtomicBool::new(false),
+            wire: Wire::none(),
         }
+    }
+
+    /// Lets the heartbeat write pings straight to socket `fd` (see [`Wire`]).
+    pub fn with_socket(mut self, fd: Option<Fd>) -> Self {
+        self.wire = Wire::new(fd);
+        self
     }
 
     pub fn user(&self) -> &Arc<str> {

@@ -1,16 +1,31 @@
 //! Liveness of every connection, kept by a few shard tickers instead of a
 //! timer per connection.
 //!
-//! Each live connection is registered in one of [`SHARDS`] slabs. One task
+//! Each live connection is registered in one of [`SHARDS`] shards. One task
 //! per shard wakes every tick ([`tick_for`]: a quarter of the shorter of
-//! `ping_interval` and `pong_timeout`, within 50 ms and 2 s) and walks its
-//! slab: a connection silent for `ping_interval` gets a WebSocket ping; one
-//! still silent `pong_timeout` after that ping is closed with 4408. A ping or
-//! a close may come up to one tick late; the walk, which touches every
-//! connection, is what an idle node spends most of its time on, so it is
-//! done no more often than that precision needs. Any frame from the client counts as a
-//! sign of life. The registry is also the node's list of connections, used by
-//! drain and stats.
+//! `ping_interval` and `pong_timeout`, within 50 ms and 2 s). A connection
+//! silent for `ping_interval` gets a WebSocket ping; one still silent
+//! `pong_timeout` after that ping is closed with 4408. Any frame from the
+//! client counts as a sign of life. A ping or a close may come up to one
+//! tick late.
+//!
+//! A tick does not walk every connection: each shard keeps a timing wheel,
+//! one bucket per tick, and a connection sits in the bucket of the tick at
+//! which it is next due (the end of its silence allowance, or of its pong
+//! timeout). A tick visits only its bucket: a connection that was heard
+//! from meanwhile moves to its new due tick, the others get their ping or
+//! their close. Frames from the client only store a timestamp; they never
+//! touch the wheel. An idle connection is visited twice per ping interval
+//! (for the ping, then to see the pong), a busy one once, instead of once
+//! per tick. A connection that goes away leaves its wheel entry behind until
+//! that entry's tick comes, and the entry names the connection's id, so a
+//! reused slot is not mistaken for it.
+//!
+//! The ping itself is written straight to the socket when the connection
+//! allows it ([`crate::wire`]), outside the shard's lock.
+//!
+//! The registry is also the node's list of connections, used by drain and
+//! stats.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -21,16 +36,75 @@ use roomcast_protocol::close;
 use slab::Slab;
 
 use crate::handle::{now_ms, ConnHandle};
+use crate::metrics::Counter;
+use crate::wire::Direct;
 
 const SHARDS: usize = 8;
+/// At most this many ticks per wheel turn (34 minutes at the 2 s tick).
+const MAX_BUCKETS: u64 = 1024;
 
 /// How often each shard is walked.
 pub fn tick_for(ping_interval: Duration, pong_timeout: Duration) -> Duration {
     (ping_interval.min(pong_timeout) / 4).clamp(Duration::from_millis(50), Duration::from_secs(2))
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    interval_ms: u64,
+    timeout_ms: u64,
+    tick_ms: u64,
+}
+
+impl Timing {
+    fn new(ping_interval: Duration, pong_timeout: Duration) -> Timing {
+        Timing {
+            interval_ms: ping_interval.as_millis() as u64,
+            timeout_ms: pong_timeout.as_millis() as u64,
+            tick_ms: (tick_for(ping_interval, pong_timeout).as_millis() as u64).max(1),
+        }
+    }
+
+    /// Buckets in a wheel: enough that any due time is less than one
+    /// turn ahead, up to [`MAX_BUCKETS`] (with a longer ping interval a
+    /// connection is visited once per turn and filed again).
+    fn buckets(&self) -> usize {
+        (self.interval_ms.max(self.timeout_ms) / self.tick_ms + 3).min(MAX_BUCKETS) as usize
+    }
+}
+
+/// One wheel entry: the connection's slab key and the low half of its id
+/// (8 bytes per connection). A slot reused by a connection whose id agrees
+/// in those 32 bits, four billion connections later, would be visited twice
+/// per due time while it lives, which does no harm: every visit decides from
+/// the timestamps.
+type Entry = (u32, u32);
+
+struct Shard {
+    conns: Slab<Arc<ConnHandle>>,
+    wheel: Vec<Vec<Entry>>,
+    /// The next tick (`now_ms / tick_ms`) to process.
+    next_tick: u64,
+}
+
+impl Shard {
+    /// Files `entry` under the tick at which time `due_ms` has passed,
+    /// at least one tick after `current` and less than a turn ahead.
+    fn schedule(&mut self, timing: &Timing, current: u64, due_ms: u64, entry: Entry) {
+        let len = self.wheel.len() as u64;
+        let tick = due_ms
+            .div_ceil(timing.tick_ms)
+            .clamp(current + 1, current + len - 1);
+        self.wheel[(tick % len) as usize].push(entry);
+    }
+}
+
 pub struct Registry {
-    shards: Vec<Mutex<Slab<Arc<ConnHandle>>>>,
+    shards: Vec<Mutex<Shard>>,
+    timing: Timing,
+    /// Pings written straight to the socket, and pings queued to the
+    /// connection's task.
+    pub pings_direct: Counter,
+    pub pings_queued: Counter,
 }
 
 /// Where a connection sits in the registry; give it back to `remove`.
@@ -40,30 +114,61 @@ pub struct Slot {
     key: usize,
 }
 
-impl Default for Registry {
-    fn default() -> Self {
-        Registry {
-            shards: (0..SHARDS).map(|_| Mutex::new(Slab::new())).collect(),
-        }
-    }
+/// What a tick found for one connection.
+enum Due {
+    /// Heard from since: due again at this time.
+    Later(u64),
+    /// Silent for the ping interval: ping it, due again at this time (to
+    /// see the pong, or to close).
+    Ping(u64),
+    /// No sign of life within the pong timeout: closed; due again at this
+    /// time should it still be there.
+    Closed(u64),
 }
 
 impl Registry {
+    pub fn new(ping_interval: Duration, pong_timeout: Duration) -> Registry {
+        let timing = Timing::new(ping_interval, pong_timeout);
+        let now_tick = now_ms() / timing.tick_ms;
+        Registry {
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        conns: Slab::new(),
+                        wheel: (0..timing.buckets()).map(|_| Vec::new()).collect(),
+                        next_tick: now_tick,
+                    })
+                })
+                .collect(),
+            timing,
+            pings_direct: Counter::default(),
+            pings_queued: Counter::default(),
+        }
+    }
+
     pub fn insert(&self, conn: Arc<ConnHandle>) -> Slot {
-        let shard = (conn.id as usize) % SHARDS;
-        let key = self.shards[shard].lock().insert(conn);
-        Slot { shard, key }
+        let shard_index = (conn.id as usize) % SHARDS;
+        let due = conn.last_seen.load(Relaxed) + self.timing.interval_ms;
+        let id = conn.id as u32;
+        let mut shard = self.shards[shard_index].lock();
+        let key = shard.conns.insert(conn);
+        let current = shard.next_tick.saturating_sub(1);
+        shard.schedule(&self.timing, current, due, (key as u32, id));
+        Slot {
+            shard: shard_index,
+            key,
+        }
     }
 
     pub fn remove(&self, slot: Slot) {
         let mut shard = self.shards[slot.shard].lock();
-        if shard.contains(slot.key) {
-            shard.remove(slot.key);
+        if shard.conns.contains(slot.key) {
+            shard.conns.remove(slot.key);
         }
     }
 
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len()).sum()
+        self.shards.iter().map(|s| s.lock().conns.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -74,16 +179,14 @@ impl Registry {
     pub fn all(&self) -> Vec<Arc<ConnHandle>> {
         let mut out = Vec::with_capacity(self.len());
         for shard in &self.shards {
-            out.extend(shard.lock().iter().map(|(_, c)| c.clone()));
+            out.extend(shard.lock().conns.iter().map(|(_, c)| c.clone()));
         }
         out
     }
 
     /// Starts the shard tickers.
-    pub fn spawn_tickers(self: &Arc<Self>, ping_interval: Duration, pong_timeout: Duration) {
-        let interval_ms = ping_interval.as_millis() as u64;
-        let timeout_ms = pong_timeout.as_millis() as u64;
-        let tick_every = tick_for(ping_interval, pong_timeout);
+    pub fn spawn_tickers(self: &Arc<Self>) {
+        let tick_every = Duration::from_millis(self.timing.tick_ms);
         for shard in 0..SHARDS {
             let weak = Arc::downgrade(self);
             tokio::spawn(async move {
@@ -96,24 +199,87 @@ impl Registry {
                     let Some(registry) = weak.upgrade() else {
                         return;
                     };
-                    registry.check_shard(shard, now_ms(), interval_ms, timeout_ms);
+                    registry.check_shard(shard, now_ms());
                 }
             });
         }
     }
 
-    fn check_shard(&self, shard: usize, now: u64, interval_ms: u64, timeout_ms: u64) {
-        let shard = self.shards[shard].lock();
-        for (_, conn) in shard.iter() {
-            let seen = conn.last_seen.load(Relaxed);
-            let pinged = conn.ping_sent.load(Relaxed);
-            if pinged > seen {
-                if now.saturating_sub(pinged) >= timeout_ms {
-                    conn.outbox.close(close::TIMEOUT, "heartbeat lost");
+    fn due(&self, conn: &ConnHandle, now: u64) -> Due {
+        let t = &self.timing;
+        let seen = conn.last_seen.load(Relaxed);
+        let pinged = conn.ping_sent.load(Relaxed);
+        if pinged > seen {
+            if now.saturating_sub(pinged) >= t.timeout_ms {
+                Due::Closed(now + t.timeout_ms)
+            } else {
+                // Waiting for the pong: back at the timeout, or within an
+                // interval when that is shorter, so a late pong still makes
+                // the next ping due one interval after it.
+                Due::Later((pinged + t.timeout_ms).min(now + t.interval_ms))
+            }
+        } else if now.saturating_sub(seen) >= t.interval_ms {
+            // Back at the timeout, or sooner when the interval is shorter:
+            // a pong then makes the next ping due one interval after it.
+            Due::Ping(now + t.timeout_ms.min(t.interval_ms))
+        } else {
+            Due::Later(seen + t.interval_ms)
+        }
+    }
+
+    /// Processes the shard's ticks up to `now`: pings and closes what is due.
+    fn check_shard(&self, shard: usize, now: u64) {
+        let timing = self.timing;
+        let mut to_ping = Vec::new();
+        {
+            let mut guard = self.shards[shard].lock();
+            let shard = &mut *guard;
+            let last = now / timing.tick_ms;
+            let len = shard.wheel.len() as u64;
+            // After a stall longer than a turn, one turn visits everyone.
+            let first = shard.next_tick.max((last + 1).saturating_sub(len));
+            for tick in first..=last {
+                let bucket = (tick % len) as usize;
+                let mut entries = std::mem::take(&mut shard.wheel[bucket]);
+                for &(key, id) in &entries {
+                    let Some(conn) = shard.conns.get(key as usize).filter(|c| c.id as u32 == id)
+                    else {
+                        continue; // gone
+                    };
+                    let next = match self.due(conn, now) {
+                        Due::Later(at) => at,
+                        Due::Ping(at) => {
+                            let seen = conn.last_seen.load(Relaxed);
+                            conn.ping_sent.store(now.max(seen + 1), Relaxed);
+                            to_ping.push(conn.clone());
+                            at
+                        }
+                        Due::Closed(at) => {
+                            conn.outbox.close(close::TIMEOUT, "heartbeat lost");
+                            at
+                        }
+                    };
+                    shard.schedule(&timing, tick, next, (key, id));
                 }
-            } else if now.saturating_sub(seen) >= interval_ms {
-                conn.ping_sent.store(now.max(seen + 1), Relaxed);
-                conn.outbox.ping();
+                // Keep the bucket's memory for the next turn, unless a
+                // burst made it much larger than usual.
+                let held = entries.len();
+                entries.clear();
+                if entries.capacity() > 2 * held + 64 {
+                    entries.shrink_to(held);
+                }
+                shard.wheel[bucket] = entries;
+            }
+            shard.next_tick = shard.next_tick.max(last + 1);
+        }
+        // Outside the lock: these are system calls.
+        for conn in to_ping {
+            match conn.wire.try_ping() {
+                Direct::Sent => self.pings_direct.inc(),
+                Direct::Half | Direct::NotSent => {
+                    conn.outbox.ping();
+                    self.pings_queued.inc();
+                }
             }
         }
     }
@@ -122,6 +288,159 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Identity;
+    use crate::outbox::Outbox;
+    use roomcast_protocol::Codec;
+
+    fn conn(id: u64, seen: u64) -> Arc<ConnHandle> {
+        let identity = Identity {
+            user: Arc::from("u"),
+            info: None,
+            anonymous: true,
+            rooms: Vec::new(),
+            publish: Vec::new(),
+        };
+        let c = ConnHandle::new(
+            id,
+            Arc::from(format!("s{id}")),
+            identity,
+            Codec::Json,
+            Outbox::new(16, 1 << 16),
+        );
+        c.last_seen.store(seen, Relaxed);
+        Arc::new(c)
+    }
+
+    fn pinged(c: &ConnHandle) -> bool {
+        c.ping_sent.load(Relaxed) > c.last_seen.load(Relaxed)
+    }
+
+    /// Ping interval 400 ms, pong timeout 400 ms: a 100 ms tick.
+    fn registry() -> (Registry, u64) {
+        let ms = Duration::from_millis;
+        let registry = Registry::new(ms(400), ms(400));
+        assert_eq!(registry.timing.tick_ms, 100);
+        (registry, now_ms())
+    }
+
+    #[test]
+    fn a_silent_connection_is_pinged_after_the_interval_then_closed_after_the_timeout() {
+        let (registry, base) = registry();
+        let c = conn(8, base);
+        registry.insert(c.clone());
+        registry.check_shard(0, base + 390);
+        assert!(!pinged(&c));
+        registry.check_shard(0, base + 510);
+        assert!(pinged(&c));
+        assert!(!c.outbox.is_closing());
+        registry.check_shard(0, base + 800);
+        assert!(!c.outbox.is_closing(), "closed before the pong timeout");
+        registry.check_shard(0, base + 1_000);
+        assert!(c.outbox.is_closing());
+    }
+
+    #[test]
+    fn a_connection_heard_from_is_neither_pinged_nor_closed() {
+        let (registry, base) = registry();
+        let busy = conn(16, base);
+        let answers = conn(24, base);
+        registry.insert(busy.clone());
+        registry.insert(answers.clone());
+        let mut now = base;
+        for _ in 0..40 {
+            now += 100;
+            busy.last_seen.store(now - 50, Relaxed);
+            if pinged(&answers) {
+                // The pong comes 30 ms after the ping.
+                answers
+                    .last_seen
+                    .store(answers.ping_sent.load(Relaxed) + 30, Relaxed);
+            }
+            registry.check_shard(0, now);
+        }
+        assert_eq!(busy.ping_sent.load(Relaxed), 0);
+        assert!(!busy.outbox.is_closing());
+        assert!(
+            answers.ping_sent.load(Relaxed) > base + 3_000,
+            "pinged all along"
+        );
+        assert!(!answers.outbox.is_closing());
+    }
+
+    #[test]
+    fn with_a_timeout_longer_than_the_interval_pings_follow_each_pong_by_the_interval() {
+        let ms = Duration::from_millis;
+        let registry = Registry::new(ms(100), ms(2_000));
+        assert_eq!(registry.timing.tick_ms, 50);
+        let base = now_ms();
+        let c = conn(8, base);
+        registry.insert(c.clone());
+        let (mut now, mut pings, mut last_ping) = (base, 0, 0);
+        while now < base + 2_000 {
+            now += 50;
+            if pinged(&c) {
+                c.last_seen.store(c.ping_sent.load(Relaxed) + 10, Relaxed);
+            }
+            registry.check_shard(0, now);
+            let sent = c.ping_sent.load(Relaxed);
+            if sent != last_ping {
+                pings += 1;
+                last_ping = sent;
+            }
+        }
+        // One ping per 150 ms (the interval after the pong, rounded up to
+        // the tick): 13 in 2 s, and none closed.
+        assert!(pings >= 12, "{pings} pings");
+        assert!(!c.outbox.is_closing());
+    }
+
+    #[test]
+    fn a_removed_connection_leaves_nothing_that_touches_the_next_one_in_its_slot() {
+        let (registry, base) = registry();
+        let old = conn(32, base);
+        let slot = registry.insert(old.clone());
+        registry.remove(slot);
+        // Reuses the slab slot, and is heard from all along.
+        let new = conn(40, base + 200);
+        registry.insert(new.clone());
+        registry.check_shard(0, base + 450);
+        assert!(!pinged(&old) && !pinged(&new));
+        assert_eq!(registry.len(), 1);
+        registry.check_shard(0, base + 650);
+        assert!(pinged(&new));
+    }
+
+    #[test]
+    fn after_a_stall_every_due_connection_is_handled_in_one_tick() {
+        let (registry, base) = registry();
+        let conns: Vec<_> = (0..50).map(|i| conn(i * 8, base + i)).collect();
+        for c in &conns {
+            registry.insert(c.clone());
+        }
+        registry.check_shard(0, base + 60_000);
+        assert!(conns.iter().all(|c| pinged(c)));
+        registry.check_shard(0, base + 60_500);
+        assert!(conns.iter().all(|c| c.outbox.is_closing()));
+    }
+
+    #[test]
+    fn a_long_ping_interval_keeps_the_wheel_small_and_still_pings() {
+        let ms = Duration::from_millis;
+        let registry = Registry::new(ms(86_400_000), ms(10_000));
+        assert_eq!(registry.shards[0].lock().wheel.len(), MAX_BUCKETS as usize);
+        let base = now_ms();
+        let c = conn(8, base);
+        registry.insert(c.clone());
+        let tick = registry.timing.tick_ms;
+        let mut now = base;
+        while now + tick * 500 < base + 86_400_000 {
+            now += tick * 500;
+            registry.check_shard(0, now);
+            assert!(!pinged(&c), "pinged early at +{} ms", now - base);
+        }
+        registry.check_shard(0, base + 86_400_000 + tick);
+        assert!(pinged(&c));
+    }
 
     #[test]
     fn the_tick_follows_the_shorter_heartbeat_setting_within_bounds() {

@@ -30,8 +30,8 @@ pub mod proxy;
 pub mod server;
 pub mod session;
 pub mod telemetry;
+pub mod wire;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,17 +96,9 @@ pub async fn run(config: Config, file: Option<std::path::PathBuf>) -> anyhow::Re
             }
         }
     };
-    // No Nagle: a frame is written when it is ready. (yawc's `no_delay`
-    // option only reaches the sockets it dials, not accepted ones; with
-    // Nagle on, a member's second frame waited for the first one's ACK.)
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-    });
     axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        server::NodeListener(listener),
+        app.into_make_service_with_connect_info::<server::Peer>(),
     )
     .with_graceful_shutdown(shutdown)
     .await?;

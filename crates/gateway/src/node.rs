@@ -111,11 +111,11 @@ impl Node {
             Some(client) => SessionStore::remote(client.clone()),
             None => SessionStore::default(),
         };
-        let registry = Arc::new(Registry::default());
-        registry.spawn_tickers(
+        let registry = Arc::new(Registry::new(
             config.ping_interval(),
             Duration::from_millis(config.heartbeat.pong_timeout_ms),
-        );
+        ));
+        registry.spawn_tickers();
         let live = crate::live::LiveConfig::new(config.clone(), file, &id);
         let webhooks = roomcast_hooks::webhook::Webhooks::start(
             config.webhooks.clone(),

@@ -166,7 +166,15 @@ impl Outbox {
             if let Some(close) = &s.close {
                 return Poll::Ready(Err(close.clone()));
             }
-            s.data_waker = Some(cx.waker().clone());
+            // The task is polled for every frame it reads; its waker is
+            // usually stored already.
+            if !s
+                .data_waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                s.data_waker = Some(cx.waker().clone());
+            }
             Poll::Pending
         })
         .await

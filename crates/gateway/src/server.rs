@@ -94,6 +94,18 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
             "# HELP roomcast_tasks Tasks alive in the node's runtime.\n# TYPE roomcast_tasks gauge\nroomcast_tasks {tasks}"
         );
     }
+    {
+        use std::fmt::Write;
+        let _ = writeln!(
+            text,
+            "# HELP roomcast_heartbeat_pings_total WebSocket pings sent to silent connections, by path: written by the heartbeat itself (direct) or queued to the connection's task.\n\
+             # TYPE roomcast_heartbeat_pings_total counter\n\
+             roomcast_heartbeat_pings_total{{path=\"direct\"}} {}\n\
+             roomcast_heartbeat_pings_total{{path=\"queued\"}} {}",
+            node.registry.pings_direct.get(),
+            node.registry.pings_queued.get()
+        );
+    }
     if let Some(redis) = &node.redis {
         render_redis(&mut text, &redis.stats);
     }
@@ -166,6 +178,54 @@ fn render_redis(out: &mut String, stats: &roomcast_broker::redis::RedisStats) {
     }
 }
 
+/// Who is at the other end of an accepted connection: the address, and the
+/// socket's descriptor, which the heartbeat uses for direct pings
+/// ([`crate::wire`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub fd: Option<crate::wire::Fd>,
+}
+
+/// The node's listening socket, as the HTTP server sees it.
+pub struct NodeListener(pub tokio::net::TcpListener);
+
+impl axum::serve::Listener for NodeListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (tcp, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        // No Nagle: a frame is written when it is ready. (yawc's
+        // `no_delay` option only reaches the sockets it dials, not
+        // accepted ones; with Nagle on, a member's second frame waited
+        // for the first one's ACK.)
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+        (tcp, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, NodeListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, NodeListener>) -> Self {
+        #[cfg(unix)]
+        let fd = Some(std::os::fd::AsRawFd::as_raw_fd(stream.io()));
+        #[cfg(not(unix))]
+        let fd = None;
+        Peer {
+            addr: *stream.remote_addr(),
+            fd,
+        }
+    }
+}
+
 /// Counts a socket as open from the upgrade until its task ends.
 pub struct OpenSocket(Arc<Node>);
 
@@ -177,10 +237,19 @@ impl Drop for OpenSocket {
 
 async fn upgrade(
     State(node): State<Arc<Node>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    version: axum::http::Version,
     headers: HeaderMap,
     incoming: IncomingUpgrade,
 ) -> Response {
+    let remote = peer.addr;
+    // The descriptor is the WebSocket's own only on an HTTP/1 connection
+    // (over HTTP/2 it would carry other streams too).
+    let fd = if version <= axum::http::Version::HTTP_11 && node.config.heartbeat.direct_ping {
+        peer.fd
+    } else {
+        None
+    };
     if node.drain.is_draining() {
         node.metrics.reject(Rejection::Draining);
         return (
@@ -263,6 +332,7 @@ async fn upgrade(
                 let upgrade = Box::new(Upgrade {
                     codec,
                     remote,
+                    fd,
                     bearer,
                     headers: forwarded,
                     refuse,

@@ -24,7 +24,7 @@ fn value(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no series {series}"))
 }
 
-const FAMILIES: [&str; 27] = [
+const FAMILIES: [&str; 28] = [
     "roomcast_connections",
     "roomcast_connections_accepted_total",
     "roomcast_connections_rejected_total",
@@ -52,6 +52,7 @@ const FAMILIES: [&str; 27] = [
     "roomcast_proxy_calls_total",
     "roomcast_proxy_duration_seconds",
     "roomcast_config_reloads_total",
+    "roomcast_heartbeat_pings_total",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,6 +21,8 @@ pub enum Event {
 pub struct RawClient {
     ws: WebSocket<yawc::MaybeTlsStream<tokio::net::TcpStream>>,
     pub codec: Codec,
+    /// WebSocket pings received so far (yawc answers each with a pong).
+    pub pings: usize,
 }
 
 /// How long `recv` waits before failing the test.
@@ -60,7 +62,11 @@ impl RawClient {
             .with_request(request)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(RawClient { ws, codec })
+        Ok(RawClient {
+            ws,
+            codec,
+            pings: 0,
+        })
     }
 
     pub async fn send(&mut self, frame: &ClientFrame) {
@@ -112,6 +118,7 @@ impl RawClient {
                         frame.close_code().map(u16::from).unwrap_or(1005),
                     ))
                 }
+                OpCode::Ping => self.pings += 1,
                 _ => {}
             }
         }

@@ -111,13 +111,16 @@ pub async fn run(
     }
     let (session, identity) = taken.unwrap_or((fresh, identity));
     let limits = &node.live.get().config.limits.clone();
-    let conn = Arc::new(ConnHandle::new(
-        node.next_conn_id(),
-        session,
-        identity,
-        codec,
-        Outbox::new(limits.outbound_queue_frames, limits.outbound_queue_bytes),
-    ));
+    let conn = Arc::new(
+        ConnHandle::new(
+            node.next_conn_id(),
+            session,
+            identity,
+            codec,
+            Outbox::new(limits.outbound_queue_frames, limits.outbound_queue_bytes),
+        )
+        .with_socket(upgrade.fd),
+    );
     if let Some(old) = node.hub.register(&conn) {
         if old.id != conn.id {
             old.forget_session.store(true, Ordering::Relaxed);

@@ -34,6 +34,8 @@ pub type Socket = WebSocket<HttpStream>;
 pub struct Upgrade {
     pub codec: Codec,
     pub remote: SocketAddr,
+    /// The socket's descriptor, for direct pings (see [`crate::wire`]).
+    pub fd: Option<crate::wire::Fd>,
     /// Token from `Authorization: Bearer` on the upgrade request.
     pub bearer: Option<String>,
     /// The upgrade's headers named in `proxy.forward_headers`.
@@ -95,7 +97,12 @@ pub async fn serve(node: Arc<Node>, mut ws: Box<Socket>, mut upgrade: Box<Upgrad
         live,
         generation,
     };
+    let wire_off = WireOff(&conn.wire);
     let code = run_loop(&node, &conn, &mut ws, &mut state).await;
+    // No direct ping may reach the descriptor once the socket is closed
+    // (it could belong to another connection by then).
+    Box::pin(conn.wire.disable()).await;
+    drop(wire_off);
     drop(ws);
 
     node.hub.unregister(&conn);
@@ -121,6 +128,16 @@ pub async fn serve(node: Arc<Node>, mut ws: Box<Socket>, mut upgrade: Box<Upgrad
     tracing::debug!(session = %conn.session, code, "disconnected");
 }
 
+/// Stops direct pings if the connection's task ends in a panic: unwinding
+/// drops this before the socket.
+struct WireOff<'a>(&'a crate::wire::Wire);
+
+impl Drop for WireOff<'_> {
+    fn drop(&mut self) {
+        self.0.force_off();
+    }
+}
+
 /// The main loop; returns the close code the connection ended with
 /// (0 when the socket just went away).
 async fn run_loop(
@@ -131,6 +148,7 @@ async fn run_loop(
 ) -> u16 {
     // What is awaited only now and then (a write, a close) is boxed, so
     // the state an idle connection keeps is just the two waits below.
+    conn.wire.enable();
     loop {
         tokio::select! {
             biased;
@@ -138,6 +156,7 @@ async fn run_loop(
                 let batch = match next {
                     Ok(batch) => batch,
                     Err(close) => {
+                        Box::pin(conn.wire.disable()).await;
                         Box::pin(close_socket(ws, close.code, close.reason)).await;
                         return close.code;
                     }
@@ -146,6 +165,7 @@ async fn run_loop(
                     Written::Done => {}
                     Written::Failed => return 0,
                     Written::Interrupted(close) => {
+                        Box::pin(conn.wire.disable()).await;
                         let patience = if close.code == close::SLOW_CONSUMER {
                             SLOW_CLOSE_PATIENCE
                         } else {
@@ -159,14 +179,24 @@ async fn run_loop(
             incoming = ws.next_frame() => {
                 let frame = match incoming {
                     Ok(frame) => frame,
-                    Err(e) => return Box::pin(close_for_error(ws, e)).await,
+                    Err(e) => {
+                        Box::pin(conn.wire.disable()).await;
+                        return Box::pin(close_for_error(ws, e)).await;
+                    }
                 };
                 conn.touch();
                 match frame.opcode() {
                     OpCode::Text | OpCode::Binary => {
                         Box::pin(handle_data(node, conn, state, frame.payload())).await;
                     }
+                    OpCode::Ping => {
+                        // yawc now owes the peer a pong, which it writes
+                        // from inside a later read: the ticker must stay
+                        // off this socket from here on.
+                        Box::pin(conn.wire.disable()).await;
+                    }
                     OpCode::Close => {
+                        Box::pin(conn.wire.disable()).await;
                         // 1005: the peer's close frame carried no code.
                         let code = frame.close_code().map(u16::from).unwrap_or(1005);
                         return code;
@@ -269,7 +299,14 @@ async fn write_or_interrupt(
     conn: &ConnHandle,
     batch: VecDeque<Outgoing>,
 ) -> Written {
-    let write = write_batch(ws, conn.codec, batch.into_iter());
+    if conn.wire.claim().await.is_err() {
+        return Written::Failed;
+    }
+    let write = async {
+        write_batch(ws, conn.codec, batch.into_iter()).await?;
+        conn.wire.release();
+        Ok::<(), yawc::WebSocketError>(())
+    };
     tokio::pin!(write);
     tokio::select! {
         biased;
