@@ -22,6 +22,10 @@
 //! The ticker's write is one non-blocking `send` of two bytes; it never
 //! waits. The task never waits for long either: a ticker write is one
 //! system call.
+//!
+//! This relies on the node owning the plain TCP socket: the descriptor is
+//! taken only for HTTP/1 upgrades on the node's own listener. Should the
+//! node ever terminate TLS itself, such connections must get no descriptor.
 
 use std::sync::atomic::{AtomicU8, Ordering::AcqRel, Ordering::Acquire};
 use std::time::Duration;
