@@ -134,24 +134,18 @@ impl Wire {
     /// closing or will only be written by the task from now on).
     pub async fn disable(&self) {
         loop {
-            let current = self.state.load(Acquire);
-            match current {
-                OFF => return,
+            match self.state.load(Acquire) {
                 TICKER => wait_for_ticker().await,
                 HALF => {
                     if self.shift(HALF, TASK) {
                         let _ = self.finish_half().await;
-                        self.state.store(OFF, std::sync::atomic::Ordering::Release);
-                        return;
+                        break;
                     }
                 }
-                _ => {
-                    if self.shift(current, OFF) {
-                        return;
-                    }
-                }
+                _ => break,
             }
         }
+        self.force_off();
     }
 
     /// [`Wire::disable`] for a `Drop`: the same, except that a
