@@ -418,7 +418,10 @@ const METHOD: &str = "\
 - **Latency** is from the publisher's clock, written into the payload when it
   is sent, to the member's clock when the message is decoded (one machine, one
   clock), recorded in HdrHistogram; publishers follow a fixed schedule, so a
-  stalled publisher shows as latency, not as a lower rate.
+  stalled publisher shows as latency, not as a lower rate. The P publishers
+  of a round are spread evenly over the period (publisher i sends at i/P of
+  it), so the total rate arrives evenly spaced, not as one burst of every
+  publisher at the same instant.
 - **Loss, duplicates and order** come from the (publisher, sequence) stamp of
   every payload and, for roomcast, the room offsets: after each round the
   coordinator waits until nothing more arrives and checks that every member

@@ -53,6 +53,12 @@ pub struct PublisherPlan {
     pub id: u32,
     pub node: usize,
     pub rooms: Vec<u32>,
+    /// Where in its period this publisher sends, as a fraction of the
+    /// period (0 ≤ phase < 1). Publishers of one round are spread evenly
+    /// (`i / P`), so the total rate arrives evenly spaced rather than as
+    /// one burst of every publisher at the same instant.
+    #[serde(default)]
+    pub phase: f64,
 }
 
 /// How members come back after losing their node.

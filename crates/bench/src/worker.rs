@@ -788,7 +788,7 @@ impl Publisher {
         let mut round: Option<Round> = None;
         let mut sent = 0u64; // in this round
         loop {
-            let due = round.and_then(|r| due_at(&r, sent));
+            let due = round.and_then(|r| due_at(&r, sent, self.plan.phase));
             tokio::select! {
                 changed = rounds.changed() => {
                     if changed.is_err() {
@@ -813,7 +813,7 @@ impl Publisher {
                     let Some(r) = round else { continue };
                     // Everything due by now (a late wake-up sends a burst).
                     let now = now_us();
-                    while due_at(&r, sent).is_some_and(|at| at <= now) {
+                    while due_at(&r, sent, self.plan.phase).is_some_and(|at| at <= now) {
                         let i = (sent % seqs.len() as u64) as usize;
                         let room = self.plan.rooms[i];
                         let stamp = Stamp { t: now_us(), p: self.plan.id, s: seqs[i] };
@@ -862,12 +862,13 @@ impl Publisher {
 }
 
 /// When message number `sent` of a round is due (µs), or `None` once the
-/// round is over or has no rate.
-fn due_at(round: &Round, sent: u64) -> Option<u64> {
+/// round is over or has no rate. `phase` shifts the publisher's schedule by
+/// that fraction of its period.
+fn due_at(round: &Round, sent: u64, phase: f64) -> Option<u64> {
     if round.rate_per_publisher <= 0.0 {
         return None;
     }
-    let at = round.start_us + (sent as f64 * 1e6 / round.rate_per_publisher) as u64;
+    let at = round.start_us + ((sent as f64 + phase) * 1e6 / round.rate_per_publisher) as u64;
     (at < round.until_us).then_some(at)
 }
 
@@ -969,8 +970,12 @@ mod tests {
             measure_from_us: 0,
             measure_until_us: 0,
         };
-        assert_eq!(due_at(&r, 0), Some(1_000_000));
-        assert_eq!(due_at(&r, 3), Some(1_300_000));
-        assert_eq!(due_at(&r, 10), None);
+        assert_eq!(due_at(&r, 0, 0.0), Some(1_000_000));
+        assert_eq!(due_at(&r, 3, 0.0), Some(1_300_000));
+        assert_eq!(due_at(&r, 10, 0.0), None);
+        // A publisher at phase 1/4 sends a quarter period later.
+        assert_eq!(due_at(&r, 0, 0.25), Some(1_025_000));
+        assert_eq!(due_at(&r, 3, 0.25), Some(1_325_000));
+        assert_eq!(due_at(&r, 9, 0.25), Some(1_925_000));
     }
 }

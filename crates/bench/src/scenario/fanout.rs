@@ -173,6 +173,7 @@ impl FanoutConfig {
         (0..p)
             .map(|i| PublisherPlan {
                 id: i as u32,
+                phase: i as f64 / p as f64,
                 node: match self.placement {
                     Placement::Cross => 0,
                     Placement::Spread => i % self.nodes,

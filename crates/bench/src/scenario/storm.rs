@@ -121,6 +121,7 @@ pub async fn run(kind: ServerKind, cfg: &StormConfig, common: &Common) -> Result
     let publishers: Vec<PublisherPlan> = (0..publisher_count)
         .map(|i| PublisherPlan {
             id: i as u32,
+            phase: i as f64 / publisher_count as f64,
             node: 1,
             rooms: (0..rooms)
                 .filter(|r| r % publisher_count == i)
