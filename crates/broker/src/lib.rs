@@ -66,6 +66,10 @@ pub enum BrokerError {
 pub trait Delivery: Send + Sync + 'static {
     fn deliver(&self, message: Arc<RoomMessage>);
     fn control(&self, envelope: Envelope);
+    /// How many pub/sub messages wait behind the one about to be
+    /// dispatched, told before each. A hub may spend more of the
+    /// dispatcher's time per message while nothing waits.
+    fn backlog(&self, _waiting: usize) {}
 }
 
 /// Where a control envelope goes.

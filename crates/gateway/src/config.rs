@@ -349,6 +349,11 @@ pub struct WebSocketConfig {
     pub write_buffer_bytes: usize,
     /// Allowed `Origin` values for upgrades; empty allows any origin.
     pub allowed_origins: Vec<String>,
+    /// Whether a room message is written straight to a member's socket by
+    /// the thread that fans it out, when the member has nothing queued,
+    /// instead of waking the member's task to write it. Only messages sent
+    /// uncompressed (under `compression_threshold`) go this way.
+    pub direct_writes: bool,
 }
 
 impl Default for WebSocketConfig {
@@ -359,6 +364,7 @@ impl Default for WebSocketConfig {
             read_buffer_bytes: 512,
             write_buffer_bytes: 1024,
             allowed_origins: Vec::new(),
+            direct_writes: true,
         }
     }
 }

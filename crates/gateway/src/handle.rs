@@ -13,8 +13,8 @@ use bytes::Bytes;
 use roomcast_protocol::{Codec, Member, ServerFrame};
 
 use crate::auth::Identity;
-use crate::outbox::{Outbox, PushError};
-use crate::wire::{Fd, Wire};
+use crate::outbox::{Gate, Outbox, PushError};
+use crate::wire::{Direct, Fd, Wire};
 
 /// Milliseconds since the node started: a cheap, monotonic clock shared by
 /// the connections and the heartbeat tickers.
@@ -65,9 +65,10 @@ impl ConnHandle {
         }
     }
 
-    /// Lets the heartbeat write pings straight to socket `fd` (see [`Wire`]).
-    pub fn with_socket(mut self, fd: Option<Fd>) -> Self {
-        self.wire = Wire::new(fd);
+    /// Lets the hub (and, with `pings`, the heartbeat) write straight to
+    /// socket `fd` (see [`Wire`]).
+    pub fn with_socket(mut self, fd: Option<Fd>, pings: bool) -> Self {
+        self.wire = Wire::new(fd, pings);
         self
     }
 
@@ -98,6 +99,28 @@ impl ConnHandle {
     /// Queues a frame already encoded in this connection's codec.
     pub fn send_encoded(&self, bytes: Bytes) -> Result<(), PushError> {
         self.outbox.push(bytes)
+    }
+
+    /// Sends a frame shared by many connections: written straight to the
+    /// socket (`ws_frame`, the WebSocket frame around `bytes`) when the
+    /// connection is between writes with nothing queued, else queued.
+    /// Returns whether it went directly.
+    pub fn deliver(&self, bytes: &Bytes, ws_frame: Option<&Bytes>) -> Result<bool, PushError> {
+        if let Some(ws_frame) = ws_frame {
+            match self.outbox.try_direct(|| self.wire.claim_direct()) {
+                Gate::Claimed => match self.wire.send_claimed(ws_frame, || ws_frame.clone()) {
+                    Direct::Sent => return Ok(true),
+                    Direct::Half => {
+                        self.outbox.finish_direct();
+                        return Ok(true);
+                    }
+                    Direct::NotSent => {}
+                },
+                Gate::Busy => {}
+                Gate::Closing => return Err(PushError::Closing),
+            }
+        }
+        self.outbox.push(bytes.clone()).map(|()| false)
     }
 
     pub fn touch(&self) {

@@ -17,6 +17,7 @@
 //! history or live.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -73,6 +74,14 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     /// Messages a buffering member may hold before it counts as a slow consumer.
     max_buffered: usize,
+    /// Room messages whose encoded frame is shorter than this may be
+    /// written straight to a member's socket (0: never).
+    direct_below: usize,
+    /// Pub/sub messages waiting behind the one being delivered: direct
+    /// writes (one system call per member and message, on the dispatcher's
+    /// thread) only while none wait; behind a backlog, the members' tasks
+    /// write, in parallel and several frames per write.
+    backlog: AtomicUsize,
 }
 
 fn shard_of(room: &str) -> usize {
@@ -84,13 +93,16 @@ fn shard_of(room: &str) -> usize {
 }
 
 impl Hub {
-    pub fn new(metrics: Arc<Metrics>, max_buffered: usize) -> Self {
+    /// `direct_below`: see [`Hub::direct_below`]; 0 turns direct writes off.
+    pub fn new(metrics: Arc<Metrics>, max_buffered: usize, direct_below: usize) -> Self {
         Hub {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             sessions: Mutex::new(HashMap::new()),
             users: Mutex::new(HashMap::new()),
             metrics,
             max_buffered,
+            direct_below,
+            backlog: AtomicUsize::new(0),
         }
     }
 
@@ -373,6 +385,10 @@ impl Delivery for Hub {
         }
     }
 
+    fn backlog(&self, waiting: usize) {
+        self.backlog.store(waiting, Relaxed);
+    }
+
     fn deliver(&self, msg: Arc<RoomMessage>) {
         let span = remote_span("message", msg.trace.as_deref(), &msg.room);
         let _entered = span.enter();
@@ -381,7 +397,12 @@ impl Delivery for Hub {
             return;
         };
         let mut frames = [None, None];
+        // The WebSocket frame around each, for direct writes (None inside:
+        // too large to go directly).
+        let mut ws_frames: [Option<Option<bytes::Bytes>>; 2] = [None, None];
         let mut delivered = 0u64;
+        let mut direct = 0u64;
+        let direct_now = self.direct_below > 0 && self.backlog.load(Relaxed) == 0;
         for m in room.members.iter_mut() {
             if let MemberState::CatchingUp(sent) = &m.state {
                 let already_sent = msg.offset <= sent.offset && *msg.epoch == *sent.epoch;
@@ -396,8 +417,21 @@ impl Delivery for Hub {
                 MemberState::Live | MemberState::CatchingUp(_) => {
                     let codec = m.conn.codec;
                     let bytes = frames[codec.index()].get_or_insert_with(|| msg.frame(codec));
-                    match m.conn.send_encoded(bytes.clone()) {
-                        Ok(()) => delivered += 1,
+                    let ws_frame = if direct_now && m.conn.wire.has_socket() {
+                        ws_frames[codec.index()]
+                            .get_or_insert_with(|| {
+                                (bytes.len() < self.direct_below)
+                                    .then(|| crate::wire::data_frame(codec.is_binary(), bytes))
+                            })
+                            .as_ref()
+                    } else {
+                        None
+                    };
+                    match m.conn.deliver(bytes, ws_frame) {
+                        Ok(went_direct) => {
+                            delivered += 1;
+                            direct += u64::from(went_direct);
+                        }
                         Err(PushError::Overflow) => self.metrics.outbound_overflows.inc(),
                         Err(PushError::Closing) => {}
                     }
@@ -416,10 +450,95 @@ impl Delivery for Hub {
         }
         drop(shard);
         self.metrics.deliveries.add(delivered);
+        self.metrics.deliveries_direct.add(direct);
         self.metrics.frames_out_by_kind("message", delivered);
         let now = roomcast_broker::message::now_us();
         self.metrics
             .publish_to_deliver
             .observe_us(now.saturating_sub(msg.published_at_us));
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use crate::auth::Identity;
+    use crate::outbox::Outbox;
+    use roomcast_protocol::Codec;
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+
+    fn message(offset: u64) -> Arc<RoomMessage> {
+        Arc::new(RoomMessage::new(
+            Arc::from("r"),
+            offset,
+            Arc::from("e"),
+            serde_json::json!({ "n": offset }),
+            None,
+            0,
+        ))
+    }
+
+    /// Reads one unmasked server frame; returns its payload.
+    fn read_frame(client: &mut std::net::TcpStream) -> Vec<u8> {
+        let mut head = [0u8; 2];
+        client.read_exact(&mut head).unwrap();
+        assert_eq!(head[0], 0x81, "a final text frame");
+        let len = head[1] as usize;
+        assert!(len < 126);
+        let mut payload = vec![0u8; len];
+        client.read_exact(&mut payload).unwrap();
+        payload
+    }
+
+    #[tokio::test]
+    async fn the_fan_out_writes_directly_only_while_no_message_waits_behind() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let hub = Hub::new(metrics.clone(), 100, 1024);
+        let conn = Arc::new(
+            ConnHandle::new(
+                1,
+                Arc::from("s1"),
+                Identity::anonymous("s1"),
+                Codec::Json,
+                Outbox::new(100, 1 << 20),
+            )
+            .with_socket(Some(server.as_raw_fd()), true),
+        );
+        conn.wire.enable();
+        assert!(matches!(
+            hub.add_member("r", &conn, false),
+            Added::New { .. }
+        ));
+        hub.activate(
+            "r",
+            1,
+            &Position {
+                offset: 0,
+                epoch: Arc::from("e"),
+            },
+        );
+
+        hub.deliver(message(1));
+        assert_eq!(metrics.deliveries_direct.get(), 1);
+        assert_eq!(read_frame(&mut client), message(1).frame(Codec::Json));
+
+        // A backlog: queued for the connection's task instead.
+        hub.backlog(3);
+        hub.deliver(message(2));
+        assert_eq!(metrics.deliveries_direct.get(), 1);
+        assert_eq!(metrics.deliveries.get(), 2);
+        let queued = conn.outbox.next().await.unwrap();
+        assert_eq!(queued.len(), 1);
+
+        // No backlog, but that frame is not written yet: queued behind it.
+        hub.backlog(0);
+        hub.deliver(message(3));
+        assert_eq!(metrics.deliveries_direct.get(), 1);
+        assert_eq!(conn.outbox.next().await.unwrap().len(), 1);
+        drop(server);
     }
 }

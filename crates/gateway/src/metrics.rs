@@ -111,6 +111,8 @@ pub struct Metrics {
     pub subscriptions: Gauge,
     pub published: Counter,
     pub deliveries: Counter,
+    /// Deliveries written straight to the member's socket by the fan-out.
+    pub deliveries_direct: Counter,
     pub publish_to_deliver: Histogram,
     pub broker_publish: Histogram,
     pub broker_errors: Counter,
@@ -283,6 +285,12 @@ impl Metrics {
             "roomcast_messages_delivered_total",
             "Room messages queued to members on this node.",
             self.deliveries.get(),
+        );
+        counter(
+            &mut out,
+            "roomcast_messages_written_directly_total",
+            "Of those, messages the fan-out wrote straight to the member's socket (nothing was queued for it).",
+            self.deliveries_direct.get(),
         );
         histogram(
             &mut out,

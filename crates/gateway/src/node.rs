@@ -29,6 +29,10 @@ use roomcast_presence::api::Op;
 use roomcast_presence::client::PresenceClient;
 use tracing::Instrument;
 
+/// The largest encoded room message written directly when compression is
+/// off (larger ones go through the connection's task).
+const DIRECT_WRITE_MAX: usize = 64 * 1024;
+
 pub struct Node {
     /// The configuration the node started with. What may change while it
     /// runs (limits, proxies, log level) is read from [`Node::live`].
@@ -76,9 +80,17 @@ impl Node {
             Arc::from(config.node.id.as_str())
         };
         let metrics = Arc::new(Metrics::default());
+        // Direct writes carry only frames sent uncompressed.
+        let ws = &config.websocket;
+        let direct_below = match (ws.direct_writes, ws.compression) {
+            (false, _) => 0,
+            (true, true) => ws.compression_threshold,
+            (true, false) => DIRECT_WRITE_MAX,
+        };
         let hub = Arc::new(Hub::new(
             metrics.clone(),
             config.limits.outbound_queue_frames,
+            direct_below,
         ));
         let limits = HistoryLimits {
             size: config.history.size,

@@ -26,6 +26,20 @@ pub enum Outgoing {
     Frame(Bytes),
     /// A WebSocket ping.
     Ping,
+    /// Nothing to write: wakes the task to finish a half-written direct
+    /// frame (see [`crate::wire`]), which it does before any write.
+    FinishDirect,
+}
+
+/// What [`Outbox::try_direct`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// The socket is the caller's for one direct write.
+    Claimed,
+    /// Frames are queued or being written: queue this one behind them.
+    Busy,
+    /// The connection is closing.
+    Closing,
 }
 
 /// The close a connection was asked for.
@@ -45,6 +59,9 @@ struct State {
     /// reader would otherwise cost a wake-up per message).
     close_waker: Option<Waker>,
     close: Option<CloseRequest>,
+    /// The writer has taken a batch it may not have written yet (cleared
+    /// when it asks for the next one).
+    in_flight: bool,
 }
 
 impl State {
@@ -86,6 +103,7 @@ impl Outbox {
                 data_waker: None,
                 close_waker: None,
                 close: None,
+                in_flight: false,
             }),
             max_frames,
             max_bytes,
@@ -119,6 +137,34 @@ impl Outbox {
         }
         wake(wakers);
         result
+    }
+
+    /// Whether a frame may be written straight to the socket now, rather
+    /// than queued: only when nothing is queued or being written, so it
+    /// cannot overtake an earlier frame. `claim` takes the socket (see
+    /// [`crate::wire::Wire::claim_direct`]) under the queue's lock, so
+    /// nothing queued later can be written before the direct write ends.
+    pub fn try_direct(&self, claim: impl FnOnce() -> bool) -> Gate {
+        let s = self.state.lock();
+        if s.close.is_some() {
+            Gate::Closing
+        } else if !s.queue.is_empty() || s.in_flight || !claim() {
+            Gate::Busy
+        } else {
+            Gate::Claimed
+        }
+    }
+
+    /// Wakes the writer to finish a half-written direct frame.
+    pub fn finish_direct(&self) {
+        let waker = {
+            let mut s = self.state.lock();
+            s.queue.push_back(Outgoing::FinishDirect);
+            s.data_waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
     /// Queues a WebSocket ping (not counted against the limits).
@@ -159,8 +205,11 @@ impl Outbox {
     pub async fn next(&self) -> Result<VecDeque<Outgoing>, CloseRequest> {
         poll_fn(|cx| {
             let mut s = self.state.lock();
+            // Asked again: the batch taken before is written.
+            s.in_flight = false;
             if !s.queue.is_empty() {
                 s.bytes = 0;
+                s.in_flight = true;
                 return Poll::Ready(Ok(std::mem::take(&mut s.queue)));
             }
             if let Some(close) = &s.close {
@@ -215,6 +264,29 @@ mod tests {
         );
         let close = outbox.next().await.unwrap_err();
         assert_eq!(close.code, 4508);
+    }
+
+    #[tokio::test]
+    async fn a_direct_write_never_overtakes_a_queued_or_unwritten_frame() {
+        let outbox = Outbox::new(10, 1024);
+        assert_eq!(outbox.try_direct(|| true), Gate::Claimed);
+        // The socket is someone else's: queue.
+        assert_eq!(outbox.try_direct(|| false), Gate::Busy);
+        outbox.push(Bytes::from_static(b"a")).unwrap();
+        assert_eq!(outbox.try_direct(|| panic!("must not claim")), Gate::Busy);
+        // Taken by the writer but maybe not written yet: still busy.
+        assert_eq!(outbox.next().await.unwrap().len(), 1);
+        assert_eq!(outbox.try_direct(|| panic!("must not claim")), Gate::Busy);
+        // The writer asks for more: the batch is written.
+        let mut next = Box::pin(outbox.next());
+        assert!(futures::poll!(next.as_mut()).is_pending());
+        assert_eq!(outbox.try_direct(|| true), Gate::Claimed);
+        drop(next);
+        outbox.close(1000, "bye");
+        assert_eq!(
+            outbox.try_direct(|| panic!("must not claim")),
+            Gate::Closing
+        );
     }
 
     #[tokio::test]

@@ -245,7 +245,8 @@ async fn upgrade(
     let remote = peer.addr;
     // The descriptor is the WebSocket's own only on an HTTP/1 connection
     // (over HTTP/2 it would carry other streams too).
-    let fd = if version <= axum::http::Version::HTTP_11 && node.config.heartbeat.direct_ping {
+    let direct = node.config.heartbeat.direct_ping || node.config.websocket.direct_writes;
+    let fd = if version <= axum::http::Version::HTTP_11 && direct {
         peer.fd
     } else {
         None

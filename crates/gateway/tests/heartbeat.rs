@@ -7,10 +7,8 @@ use std::time::Duration;
 
 use roomcast_protocol::{Codec, ServerFrame};
 use roomcast_testkit::ws::{join, Event, RawClient};
-use roomcast_testkit::{http_request, Gateway};
+use roomcast_testkit::{publish_padded_from_a_thread, Gateway};
 use yawc::Frame;
-
-const KEY: (&str, &str) = ("Authorization", "Bearer test-key");
 
 fn fast_heartbeat(direct: &str) -> Gateway {
     Gateway::start(&[
@@ -52,23 +50,9 @@ async fn pings_never_split_a_frame_of_a_busy_stream_to_a_slow_reader() {
     // often stop half way, and pings come due all along (the reader sends
     // nothing but pongs).
     const MESSAGES: u64 = 400;
-    let addr = gw.addr;
-    let publisher = std::thread::spawn(move || {
-        for i in 0..MESSAGES {
-            // Up to just under `limits.max_message_bytes` (64 KiB).
-            let size = [10, 700, 3_000, 20_000, 60_000][(i % 5) as usize];
-            let body = format!(
-                r#"{{"room":"stream","data":{{"i":{i},"pad":"{}"}}}}"#,
-                "x".repeat(size)
-            );
-            let (status, answer) =
-                http_request(addr, "POST", "/api/publish", &[KEY], &body).unwrap();
-            assert_eq!(status, 200, "{answer}");
-            if i % 20 == 0 {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    });
+    // Up to just under `limits.max_message_bytes` (64 KiB).
+    const SIZES: &[usize] = &[10, 700, 3_000, 20_000, 60_000];
+    let publisher = publish_padded_from_a_thread(gw.addr, "stream", MESSAGES, SIZES);
     let mut expected = 1;
     while expected <= MESSAGES {
         match reader.next_event().await {

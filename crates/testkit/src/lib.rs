@@ -334,6 +334,35 @@ pub fn wait_for_listen_line(process: &mut Process, timeout: Duration) -> SocketA
     }
 }
 
+/// Publishes `count` messages to `room` through `POST /api/publish` of the
+/// node at `addr` (API key `test-key`), from a thread of its own: message
+/// `i` is `{"i": i, "pad": "xx…"}` with a pad of `sizes[i % sizes.len()]`
+/// bytes; a 10 ms pause every 20 messages lets readers fall behind and
+/// catch up.
+pub fn publish_padded_from_a_thread(
+    addr: SocketAddr,
+    room: &'static str,
+    count: u64,
+    sizes: &'static [usize],
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for i in 0..count {
+            let size = sizes[(i as usize) % sizes.len()];
+            let body = format!(
+                r#"{{"room":"{room}","data":{{"i":{i},"pad":"{}"}}}}"#,
+                "x".repeat(size)
+            );
+            let auth = ("Authorization", "Bearer test-key");
+            let (status, answer) =
+                http_request(addr, "POST", "/api/publish", &[auth], &body).unwrap();
+            assert_eq!(status, 200, "{answer}");
+            if i % 20 == 0 {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    })
+}
+
 /// A minimal blocking HTTP/1.1 client for tests: returns (status, body).
 pub fn http_request(
     addr: SocketAddr,

@@ -289,7 +289,12 @@ impl RedisBroker {
                 let Some(broker) = weak.upgrade() else { return };
                 tokio::select! {
                     received = messages.recv() => match received {
-                        Ok(message) => broker.dispatch(message).await,
+                        Ok(message) => {
+                            if let Some(delivery) = broker.delivery.get() {
+                                delivery.backlog(messages.len());
+                            }
+                            broker.dispatch(message).await
+                        }
                         Err(RecvError::Lagged(n)) => {
                             broker.stats.pubsub_lost.fetch_add(n, Relaxed);
                             tracing::warn!(lost = n, "pub/sub reader lagged; repairing from history");

@@ -119,7 +119,7 @@ pub async fn run(
             codec,
             Outbox::new(limits.outbound_queue_frames, limits.outbound_queue_bytes),
         )
-        .with_socket(upgrade.fd),
+        .with_socket(upgrade.fd, node.config.heartbeat.direct_ping),
     );
     if let Some(old) = node.hub.register(&conn) {
         if old.id != conn.id {

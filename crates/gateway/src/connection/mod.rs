@@ -343,6 +343,8 @@ async fn write_batch(
         let frame = match item {
             Outgoing::Frame(bytes) => to_ws_frame(codec, bytes),
             Outgoing::Ping => Frame::ping(Bytes::new()),
+            // The claim before this batch finished the frame.
+            Outgoing::FinishDirect => continue,
         };
         ws.feed(frame).await?;
     }
