@@ -24,7 +24,7 @@ fn value(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no series {series}"))
 }
 
-const FAMILIES: [&str; 28] = [
+const FAMILIES: [&str; 29] = [
     "roomcast_connections",
     "roomcast_connections_accepted_total",
     "roomcast_connections_rejected_total",
@@ -34,6 +34,7 @@ const FAMILIES: [&str; 28] = [
     "roomcast_frames_out_total",
     "roomcast_messages_published_total",
     "roomcast_messages_delivered_total",
+    "roomcast_messages_written_directly_total",
     "roomcast_publish_to_deliver_seconds",
     "roomcast_broker_publish_seconds",
     "roomcast_broker_errors_total",
