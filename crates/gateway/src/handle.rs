@@ -106,21 +106,26 @@ impl ConnHandle {
     /// connection is between writes with nothing queued, else queued.
     /// Returns whether it went directly.
     pub fn deliver(&self, bytes: &Bytes, ws_frame: Option<&Bytes>) -> Result<bool, PushError> {
-        if let Some(ws_frame) = ws_frame {
-            match self.outbox.try_direct(|| self.wire.claim_direct()) {
-                Gate::Claimed => match self.wire.send_claimed(ws_frame, || ws_frame.clone()) {
-                    Direct::Sent => return Ok(true),
-                    Direct::Half => {
-                        self.outbox.finish_direct();
-                        return Ok(true);
-                    }
-                    Direct::NotSent => {}
-                },
-                Gate::Busy => {}
-                Gate::Closing => return Err(PushError::Closing),
-            }
+        let Some(ws_frame) = ws_frame else {
+            return self.outbox.push(bytes.clone()).map(|()| false);
+        };
+        if self
+            .outbox
+            .direct_or_push(bytes, || self.wire.claim_direct())?
+            == Gate::Queued
+        {
+            return Ok(false);
         }
-        self.outbox.push(bytes.clone()).map(|()| false)
+        match self.wire.send_claimed(ws_frame, || ws_frame.clone()) {
+            Direct::Sent => Ok(true),
+            Direct::Half => {
+                self.outbox.finish_direct();
+                Ok(true)
+            }
+            // The socket took nothing (its buffer is full): the task writes
+            // it once the socket can take more.
+            Direct::NotSent => self.outbox.push(bytes.clone()).map(|()| false),
+        }
     }
 
     pub fn touch(&self) {

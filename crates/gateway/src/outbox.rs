@@ -16,7 +16,7 @@ use std::future::poll_fn;
 use std::task::{Poll, Waker};
 
 use bytes::Bytes;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use roomcast_protocol::close;
 
 /// What the writer is asked to send.
@@ -31,15 +31,13 @@ pub enum Outgoing {
     FinishDirect,
 }
 
-/// What [`Outbox::try_direct`] found.
+/// What [`Outbox::direct_or_push`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Gate {
     /// The socket is the caller's for one direct write.
     Claimed,
-    /// Frames are queued or being written: queue this one behind them.
-    Busy,
-    /// The connection is closing.
-    Closing,
+    /// Frames were queued or being written: the frame is queued behind them.
+    Queued,
 }
 
 /// The close a connection was asked for.
@@ -112,13 +110,14 @@ impl Outbox {
 
     /// Queues an encoded frame.
     pub fn push(&self, frame: Bytes) -> Result<(), PushError> {
-        let wakers;
-        let result;
-        {
-            let mut s = self.state.lock();
-            if s.close.is_some() {
-                return Err(PushError::Closing);
-            }
+        self.push_locked(self.state.lock(), frame)
+    }
+
+    fn push_locked(&self, mut s: MutexGuard<'_, State>, frame: Bytes) -> Result<(), PushError> {
+        if s.close.is_some() {
+            return Err(PushError::Closing);
+        }
+        let (wakers, result) =
             if s.queue.len() >= self.max_frames || s.bytes + frame.len() > self.max_bytes {
                 s.queue = VecDeque::new();
                 s.bytes = 0;
@@ -126,33 +125,32 @@ impl Outbox {
                     code: close::SLOW_CONSUMER,
                     reason: "slow consumer: outbound queue overflow",
                 });
-                result = Err(PushError::Overflow);
-                wakers = s.wake_all();
+                (s.wake_all(), Err(PushError::Overflow))
             } else {
                 s.bytes += frame.len();
                 s.queue.push_back(Outgoing::Frame(frame));
-                result = Ok(());
-                wakers = (s.data_waker.take(), None);
-            }
-        }
+                ((s.data_waker.take(), None), Ok(()))
+            };
+        drop(s);
         wake(wakers);
         result
     }
 
-    /// Whether a frame may be written straight to the socket now, rather
-    /// than queued: only when nothing is queued or being written, so it
-    /// cannot overtake an earlier frame. `claim` takes the socket (see
-    /// [`crate::wire::Wire::claim_direct`]) under the queue's lock, so
+    /// Either takes the socket for a direct write of `frame` or queues it,
+    /// under one lock. Direct only when nothing is queued or being written,
+    /// so the frame cannot overtake an earlier one; `claim` takes the socket
+    /// (see [`crate::wire::Wire::claim_direct`]) under the queue's lock, so
     /// nothing queued later can be written before the direct write ends.
-    pub fn try_direct(&self, claim: impl FnOnce() -> bool) -> Gate {
+    pub fn direct_or_push(
+        &self,
+        frame: &Bytes,
+        claim: impl FnOnce() -> bool,
+    ) -> Result<Gate, PushError> {
         let s = self.state.lock();
-        if s.close.is_some() {
-            Gate::Closing
-        } else if !s.queue.is_empty() || s.in_flight || !claim() {
-            Gate::Busy
-        } else {
-            Gate::Claimed
+        if s.close.is_none() && s.queue.is_empty() && !s.in_flight && claim() {
+            return Ok(Gate::Claimed);
         }
+        self.push_locked(s, frame.clone()).map(|()| Gate::Queued)
     }
 
     /// Wakes the writer to finish a half-written direct frame.
@@ -269,24 +267,29 @@ mod tests {
     #[tokio::test]
     async fn a_direct_write_never_overtakes_a_queued_or_unwritten_frame() {
         let outbox = Outbox::new(10, 1024);
-        assert_eq!(outbox.try_direct(|| true), Gate::Claimed);
-        // The socket is someone else's: queue.
-        assert_eq!(outbox.try_direct(|| false), Gate::Busy);
-        outbox.push(Bytes::from_static(b"a")).unwrap();
-        assert_eq!(outbox.try_direct(|| panic!("must not claim")), Gate::Busy);
-        // Taken by the writer but maybe not written yet: still busy.
+        let f = Bytes::from_static(b"f");
+        let direct_or_push = |claim: bool| {
+            outbox.direct_or_push(&f, || {
+                assert!(claim, "must not claim the socket now");
+                true
+            })
+        };
+        assert_eq!(direct_or_push(true), Ok(Gate::Claimed));
+        // The socket is someone else's: queued.
+        assert_eq!(outbox.direct_or_push(&f, || false), Ok(Gate::Queued));
+        // Something is queued: queued behind it.
+        assert_eq!(direct_or_push(false), Ok(Gate::Queued));
+        // Taken by the writer but maybe not written yet: queued.
+        assert_eq!(outbox.next().await.unwrap().len(), 2);
+        assert_eq!(direct_or_push(false), Ok(Gate::Queued));
         assert_eq!(outbox.next().await.unwrap().len(), 1);
-        assert_eq!(outbox.try_direct(|| panic!("must not claim")), Gate::Busy);
-        // The writer asks for more: the batch is written.
+        // The writer asks for more: its batch is written.
         let mut next = Box::pin(outbox.next());
         assert!(futures::poll!(next.as_mut()).is_pending());
-        assert_eq!(outbox.try_direct(|| true), Gate::Claimed);
+        assert_eq!(direct_or_push(true), Ok(Gate::Claimed));
         drop(next);
         outbox.close(1000, "bye");
-        assert_eq!(
-            outbox.try_direct(|| panic!("must not claim")),
-            Gate::Closing
-        );
+        assert_eq!(direct_or_push(false), Err(PushError::Closing));
     }
 
     #[tokio::test]

@@ -25,7 +25,7 @@
 //!
 //! Order: the hub writes a message directly only when nothing is queued
 //! for the connection and the task holds no batch it has not written yet
-//! ([`crate::outbox::Outbox::try_direct`]), so a direct frame never
+//! ([`crate::outbox::Outbox::direct_or_push`]), so a direct frame never
 //! overtakes one queued before it; anything queued after it waits for the
 //! socket to be released.
 //!
