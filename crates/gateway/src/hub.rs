@@ -93,7 +93,8 @@ fn shard_of(room: &str) -> usize {
 }
 
 impl Hub {
-    /// `direct_below`: see [`Hub::direct_below`]; 0 turns direct writes off.
+    /// `direct_below`: room messages whose encoded frame is shorter may be
+    /// written straight to members' sockets; 0 turns direct writes off.
     pub fn new(metrics: Arc<Metrics>, max_buffered: usize, direct_below: usize) -> Self {
         Hub {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),

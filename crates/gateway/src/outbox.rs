@@ -155,24 +155,23 @@ impl Outbox {
 
     /// Wakes the writer to finish a half-written direct frame.
     pub fn finish_direct(&self) {
-        let waker = {
-            let mut s = self.state.lock();
-            s.queue.push_back(Outgoing::FinishDirect);
-            s.data_waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
+        self.push_uncounted(Outgoing::FinishDirect);
     }
 
     /// Queues a WebSocket ping (not counted against the limits).
     pub fn ping(&self) {
+        self.push_uncounted(Outgoing::Ping);
+    }
+
+    /// Queues `item` outside the limits, unless the connection is closing
+    /// (the close path finishes a half-written direct frame itself).
+    fn push_uncounted(&self, item: Outgoing) {
         let waker = {
             let mut s = self.state.lock();
             if s.close.is_some() {
                 return;
             }
-            s.queue.push_back(Outgoing::Ping);
+            s.queue.push_back(item);
             s.data_waker.take()
         };
         if let Some(w) = waker {

@@ -40,6 +40,15 @@ async fn read_in_order(c: &mut RawClient, count: u64, sizes: &[usize], pause: Du
     }
 }
 
+/// The connection is whole after the stream: a `ping` request gets its `pong`.
+async fn still_answers(c: &mut RawClient, id: u64) {
+    assert_eq!(
+        c.request(roomcast_protocol::ClientFrame::Ping { id: Some(id) })
+            .await,
+        ServerFrame::Pong { id: Some(id) }
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_messages_go_straight_to_the_socket_in_order_for_both_codecs() {
     let gw = Gateway::start(&[]);
@@ -61,17 +70,8 @@ async fn small_messages_go_straight_to_the_socket_in_order_for_both_codecs() {
     );
     assert!(direct <= gw.metric(DELIVERED));
     // The connections are whole: requests still get their answers.
-    assert_eq!(
-        json.request(roomcast_protocol::ClientFrame::Ping { id: Some(3) })
-            .await,
-        ServerFrame::Pong { id: Some(3) }
-    );
-    assert_eq!(
-        packed
-            .request(roomcast_protocol::ClientFrame::Ping { id: Some(4) })
-            .await,
-        ServerFrame::Pong { id: Some(4) }
-    );
+    still_answers(&mut json, 3).await;
+    still_answers(&mut packed, 4).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,12 +100,7 @@ async fn a_pausing_reader_gets_every_frame_whole_when_direct_writes_stop_half_wa
         direct < COUNT,
         "all {COUNT} went directly: the reader never fell behind"
     );
-    assert_eq!(
-        reader
-            .request(roomcast_protocol::ClientFrame::Ping { id: Some(9) })
-            .await,
-        ServerFrame::Pong { id: Some(9) }
-    );
+    still_answers(&mut reader, 9).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
