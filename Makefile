@@ -16,7 +16,7 @@ help:
 	@echo "make test        everything CI checks: lint, Rust tests, Python client suite, fuzz smoke"
 	@echo "make fuzz        run each fuzz target for 10 minutes (FUZZ_SECONDS=600)"
 	@echo "make test-deploy check docker-compose.yml and the Helm chart; make test-k6: k6 smoke"
-	@echo "make bench       roomcast vs Socket.IO vs socketioxide (idle, fanout, cross, storm, broadcast);"
+	@echo "make bench       the kernel floor, then roomcast vs Socket.IO vs socketioxide (idle, fanout, cross, storm, broadcast);"
 	@echo "                 rewrites docs/benchmarks.md; BENCH_* variables scale it down (see the Makefile)"
 	@echo "make bench-smoke a 20-second load-generator run against one node; fails on any loss"
 
@@ -111,7 +111,9 @@ chaos:
 ##   BENCH_SERVERS=roomcast BENCH_SCENARIOS=idle,storm BENCH_IDLE_CONNS=2000 \
 ##   BENCH_STORM_CLIENTS=1000 make bench
 ## Variables (defaults = the issue's targets): BENCH_SERVERS (all),
-## BENCH_SCENARIOS (idle,fanout,cross,storm,broadcast); idle: BENCH_IDLE_CONNS
+## BENCH_SCENARIOS (floor,idle,fanout,cross,storm,broadcast); floor (the kernel
+## alone, no server): BENCH_FLOOR_CONNS (1000), _ROUNDS (200), _MSG_BYTES (150),
+## _PING_CONNS (1440), _PING_TICKS (4), _TICK_MS (2000); idle: BENCH_IDLE_CONNS
 ## (18000), _ROOM_SIZE (10), _MSG_BYTES (2048, over the compression threshold), _QUIET_SECS (60); fanout:
 ## BENCH_FANOUT_NODES (2), _ROOMS (10), _MEMBERS (100), _PUBLISHERS (10),
 ## _RATES (100,...,6400 publishes/s), _SECS (5), _PAYLOAD_BYTES (100),

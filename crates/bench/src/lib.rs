@@ -18,6 +18,8 @@
 //! - [`workers`]: the coordinator's side of the workers (spawn, command, gather);
 //! - [`peers`]: starting the servers under test;
 //! - [`scenario`]: idle, fanout (and broadcast), storm, smoke and the suite;
+//! - [`floor`]: what the machine's kernel alone charges for a fan-out and a
+//!   heartbeat, the floor the targets are set against;
 //! - [`report`]: Markdown tables, JSON, `docs/benchmarks.md`;
 //! - [`net`], [`system`], [`stats`], [`spec`], [`args`]: sockets, `/proc`,
 //!   histograms, the messages between coordinator and workers, flags.
@@ -30,6 +32,7 @@
 //! connections in about 100 MB.
 
 pub mod args;
+pub mod floor;
 pub mod load;
 pub mod net;
 pub mod peers;

@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use crate::floor::FloorResult;
 use crate::peers::ServerKind;
 use crate::scenario::fanout::{FanoutResult, FanoutRound};
 use crate::scenario::idle::IdleResult;
@@ -30,6 +31,8 @@ pub struct RunReport {
     pub date: String,
     pub load_average_at_end: String,
     pub outcomes: Vec<Outcome>,
+    /// The kernel floor of this machine (`floor`), when it ran.
+    pub floor: Option<FloorResult>,
     /// Scenarios that could not run, with the reason.
     pub failures: Vec<(String, String)>,
 }
@@ -42,6 +45,7 @@ impl RunReport {
             date: system::utc_now(),
             load_average_at_end: String::new(),
             outcomes: Vec::new(),
+            floor: None,
             failures: Vec::new(),
         }
     }
@@ -87,6 +91,9 @@ impl RunReport {
     /// Every table with results, one section each.
     pub fn markdown(&self) -> String {
         let mut out = String::new();
+        if let Some(floor) = &self.floor {
+            out.push_str(&floor_table(floor));
+        }
         let idle = self.idle();
         if !idle.is_empty() {
             out.push_str("### Idle connections\n\n");
@@ -177,7 +184,8 @@ impl RunReport {
                 r.node_rss_per_conn_kib,
                 r.node_cpu_pct,
                 r.config.quiet_secs,
-            ) + if size_ok { "" } else { " (below the target size)" },
+            ) + if size_ok { "" } else { " (below the target size)" }
+                + &self.heartbeat_floor(r.setup.members_ok as f64),
             met: Some(met),
         }
     }
@@ -286,8 +294,38 @@ impl RunReport {
                 round.latency.p99_ms,
                 round.latency.p999_ms,
                 round.delivery.lost,
-            ),
+            ) + &self.fanout_floor(r.config.members),
             met: Some(rate_ok && round.latency.p99_ms <= 5.0 && round.delivery.lost == 0),
+        }
+    }
+
+    /// The kernel floor beside target 1: the least its heartbeats can cost.
+    fn heartbeat_floor(&self, conns: f64) -> String {
+        match &self.floor {
+            Some(f) if f.pingpong_us > 0.0 => format!(
+                "; kernel floor here: {:.2} % of a core for the pings and pongs alone",
+                f.heartbeat_pct(conns, HEARTBEAT_INTERVAL_SECS)
+            ),
+            _ => String::new(),
+        }
+    }
+
+    /// The kernel floor beside target 4: how long a bare fan-out to a room's
+    /// members takes to drain (measured at the floor's size, named).
+    fn fanout_floor(&self, members: usize) -> String {
+        match &self.floor {
+            Some(f) => format!(
+                "; kernel floor here: a bare write to {} sockets{} drains in p50 {:.2} ms, p99 {:.2} ms",
+                count(f.config.conns as f64),
+                if f.config.conns == members {
+                    String::new()
+                } else {
+                    format!(" (rooms here have {})", count(members as f64))
+                },
+                f.drain_p50_ms,
+                f.drain_p99_ms
+            ),
+            None => String::new(),
         }
     }
 
@@ -434,6 +472,14 @@ const METHOD: &str = "\
   95 % of the offered rate delivered, no loss, p99 under 1 s); a server's
   figure is the best round with p99 ≤ the objective, and the last rounds show
   its capacity.
+- **Kernel floor** (`roomcast-bench floor`, run first): the same machine
+  with no server at all. One thread writes a message to each of 1,000
+  loopback TCP sockets and another reads them with epoll, as a node's
+  fan-out and the load generator do; then 2-byte pings go out in batches,
+  one per 2 s tick like the gateway's heartbeat, and come back as 2-byte
+  pongs. It bounds targets 1 and 4 from below: no gateway can drain a
+  fan-out faster, or answer heartbeats for less CPU, than the kernel alone
+  on the same cores.
 - **Storm**: node A is killed while publishers on node B keep publishing;
   clients come back with exponential backoff and full jitter (roomcast: a
   resume with the room's offset and epoch; Socket.IO has no resume with the
@@ -462,6 +508,68 @@ impl Target {
             met: None,
         }
     }
+}
+
+/// The gateway's default `heartbeat.ping_interval` (25 s), which the idle
+/// scenario runs with.
+const HEARTBEAT_INTERVAL_SECS: f64 = 25.0;
+
+/// The kernel floor as a section of the results.
+pub fn floor_table(f: &FloorResult) -> String {
+    let c = &f.config;
+    let mut out = String::from(
+        "### Kernel floor of this machine
+
+",
+    );
+    let _ = writeln!(
+        out,
+        "No server: one thread writes {} bytes to each of {} loopback TCP sockets \
+         ({} rounds), another reads them with epoll; then {} sockets get a 2-byte \
+         ping per {} ms tick ({} ticks) and an echo thread answers each with 2 bytes.\n",
+        c.msg_bytes,
+        count(c.conns as f64),
+        c.rounds,
+        count(c.ping_conns as f64),
+        c.tick_ms,
+        c.ping_ticks
+    );
+    out.push_str("| measurement | value |\n|---|---|\n");
+    let rows = [
+        (
+            "writer CPU per write (the loopback receive runs inside it)",
+            format!("{:.2} µs", f.send_us),
+        ),
+        (
+            "reader CPU per message (epoll + read)",
+            format!("{:.2} µs", f.recv_us),
+        ),
+        (
+            "drain time of one fan-out (first write to last byte read)",
+            format!(
+                "p50 {} ms, p99 {} ms, max {} ms",
+                ms(f.drain_p50_ms),
+                ms(f.drain_p99_ms),
+                ms(f.drain_max_ms)
+            ),
+        ),
+        (
+            "server CPU per ping sent and pong read",
+            format!("{:.2} µs", f.pingpong_us),
+        ),
+        (
+            "heartbeats of 18,000 connections every 25 s at that price",
+            format!(
+                "{:.2} % of a core",
+                f.heartbeat_pct(18_000.0, HEARTBEAT_INTERVAL_SECS)
+            ),
+        ),
+    ];
+    for (what, value) in rows {
+        let _ = writeln!(out, "| {what} | {value} |");
+    }
+    out.push('\n');
+    out
 }
 
 fn ms(v: f64) -> String {

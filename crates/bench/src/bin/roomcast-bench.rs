@@ -36,9 +36,13 @@ commands (each flag also reads the BENCH_* variable named in brackets):
   storm      [--clients 10000] [--rooms 100] [--rate 200] [--drain]
              [--before-secs 2] [--after-secs 3] [--backoff-base-ms 250]
              [--backoff-cap-ms 2000] [--give-up-secs 30]           (BENCH_STORM_*)
+  floor      the kernel alone: a bare fan-out over loopback sockets and bare
+             pings and pongs, the floor targets 1 and 4 are set against
+             [--conns 1000] [--rounds 200] [--msg-bytes 150] [--ping-conns 1440]
+             [--ping-ticks 4] [--tick-ms 2000]                     (BENCH_FLOOR_*)
   smoke      a short fanout against one roomcast node; fails on loss (make bench-smoke)
   suite      every scenario for every server, then --doc FILE     (make bench)
-             [--scenarios idle,fanout,cross,storm,broadcast] (BENCH_SCENARIOS)
+             [--scenarios floor,idle,fanout,cross,storm,broadcast] (BENCH_SCENARIOS)
 
 common flags:
   --server roomcast|socketio|socketioxide|all[,…]  servers to run (BENCH_SERVERS;
@@ -191,6 +195,11 @@ async fn run(command: &str, args: &Args) -> Result<i32> {
                 );
             }
             i32::from(!report.failures.is_empty())
+        }
+        "floor" => {
+            report.floor = Some(suite::floor(args).await?);
+            print!("{}", report.markdown());
+            0
         }
         "idle" | "fanout" | "cross" | "broadcast" | "storm" => {
             let servers =

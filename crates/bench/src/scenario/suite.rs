@@ -10,11 +10,12 @@ use super::idle::{self, IdleConfig};
 use super::storm::{self, StormConfig};
 use super::Common;
 use crate::args::Args;
+use crate::floor::{FloorConfig, FloorResult};
 use crate::peers::ServerKind;
 use crate::report::{Outcome, RunReport};
 
-/// The scenarios, in the order they run.
-pub const SCENARIOS: [&str; 5] = ["idle", "fanout", "cross", "storm", "broadcast"];
+/// The scenarios, in the order they run (`floor` once, before the servers).
+pub const SCENARIOS: [&str; 6] = ["floor", "idle", "fanout", "cross", "storm", "broadcast"];
 
 /// Runs the suite; `progress` sees the report after every scenario (the
 /// document is rewritten then, so a run cut short keeps what it measured).
@@ -27,6 +28,17 @@ pub async fn run(
     let servers = ServerKind::parse_list(&args.string("servers", "BENCH_SERVERS", "all"))?;
     let scenarios = args.string("scenarios", "BENCH_SCENARIOS", &SCENARIOS.join(","));
     for scenario in scenarios.split(',').filter(|s| !s.is_empty()) {
+        if scenario == "floor" {
+            match floor(args).await {
+                Ok(result) => report.floor = Some(result),
+                Err(e) => {
+                    eprintln!("floor: FAILED: {e:#}");
+                    report.failures.push(("floor".into(), format!("{e:#}")));
+                }
+            }
+            progress(report);
+            continue;
+        }
         for &kind in &servers {
             let outcome = run_one(scenario, kind, args, common).await;
             match outcome {
@@ -42,6 +54,16 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// The kernel floor of this machine (no server involved), on a blocking thread.
+pub async fn floor(args: &Args) -> Result<FloorResult> {
+    let config = FloorConfig::from_args(args)?;
+    eprintln!(
+        "floor: a bare fan-out to {} loopback sockets × {} rounds, then {} × {} bare pings",
+        config.conns, config.rounds, config.ping_conns, config.ping_ticks
+    );
+    tokio::task::spawn_blocking(move || crate::floor::run(&config)).await?
 }
 
 /// One scenario against one server.
