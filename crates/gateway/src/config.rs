@@ -444,7 +444,7 @@ impl Config {
     /// newline trimmed): the way mounted secrets (Kubernetes, Docker) reach
     /// the node without appearing in its environment or config file.
     fn read_secret_files(&mut self) -> Result<(), ConfigError> {
-        let secrets: [(&str, &mut String); 7] = [
+        roomcast_service::read_secret_files(&mut [
             ("proxy.key", &mut self.proxy.key.0),
             ("webhooks.secret", &mut self.webhooks.secret),
             ("auth.jwt_secret", &mut self.auth.jwt_secret.0),
@@ -452,16 +452,8 @@ impl Config {
             ("api.key", &mut self.api.key.0),
             ("presence.key", &mut self.presence.key.0),
             ("redis.url", &mut self.redis.url.0),
-        ];
-        for (key, secret) in secrets {
-            if let Some(path) = secret.strip_prefix("file:") {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigError(format!("{key}: cannot read secret file {path}: {e}"))
-                })?;
-                *secret = text.trim_end_matches(['\n', '\r']).to_string();
-            }
-        }
-        Ok(())
+        ])
+        .map_err(ConfigError)
     }
 
     /// Checks values that have a valid type but make no sense.

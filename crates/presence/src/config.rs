@@ -123,10 +123,22 @@ impl Config {
     /// Loads defaults, then the TOML file (if any), then `ROOMCAST_*`
     /// variables. Also returns keys given but unknown (likely typos).
     pub fn load(file: Option<&Path>) -> Result<(Config, Vec<String>), ConfigError> {
-        let (config, unknown): (Config, _) =
+        let (mut config, unknown): (Config, _) =
             roomcast_service::load(file, &SECRET_KEYS).map_err(ConfigError)?;
+        config.read_secret_files()?;
         config.validate()?;
         Ok((config, unknown))
+    }
+
+    /// Secrets given as `file:/path` are read from that file, as the
+    /// gateway's are (mounted Kubernetes or Docker secrets).
+    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        roomcast_service::read_secret_files(&mut [
+            ("presence.key", &mut self.presence.key.0),
+            ("redis.url", &mut self.redis.url),
+            ("webhooks.secret", &mut self.webhooks.secret),
+        ])
+        .map_err(ConfigError)
     }
 
     /// Checks values that have a valid type but make no sense.

@@ -420,6 +420,67 @@ fn a_missing_redis_url_stops_startup_naming_the_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_given_as_files_are_read_from_them_and_a_missing_one_stops_startup() {
+    let redis = RedisServer::start();
+    let dir =
+        std::env::temp_dir().join(format!("roomcast-presence-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("key");
+    let url_file = dir.join("url");
+    // Mounted secrets usually end with a newline: it is not part of the value.
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    std::fs::write(&url_file, format!("{}\n", redis.url())).unwrap();
+    let key_ref = format!("file:{}", key_file.display());
+    let url_ref = format!("file:{}", url_file.display());
+    let presence = Presence::start(
+        "unused",
+        &[
+            ("ROOMCAST_PRESENCE__KEY", key_ref.as_str()),
+            ("ROOMCAST_REDIS__URL", url_ref.as_str()),
+        ],
+    );
+    // The key from the file is the key; the URL from the file reaches Redis.
+    presence.sync(
+        "node-a",
+        json!({"incarnation": "a1", "ops": [connect("s1", "alice")]}),
+    );
+    presence.sync(
+        "node-a",
+        json!({"incarnation": "a1", "full": true, "ops": [connect("s1", "alice"), join("s1", "lobby")]}),
+    );
+    assert_eq!(presence.members("lobby"), ["s1"]);
+    let (status, _) = presence.call_with("GET", "/v1/rooms/lobby/members", None, Some(&key_ref));
+    assert_eq!(status, 401, "the file reference itself is not the key");
+    let ready = roomcast_testkit::wait_until(Duration::from_secs(5), || {
+        presence.call_with("GET", "/readyz", None, None).0 == 200
+    });
+    assert!(ready, "readyz with the Redis URL from a file");
+    drop(presence);
+
+    let missing = dir.join("missing");
+    let mut process = Process::spawn(
+        "presence",
+        &binary("roomcast-presence"),
+        &[],
+        &[
+            ("ROOMCAST_LISTEN", "127.0.0.1:0".to_string()),
+            ("ROOMCAST_REDIS__URL", redis.url()),
+            (
+                "ROOMCAST_PRESENCE__KEY",
+                format!("file:{}", missing.display()),
+            ),
+        ],
+    );
+    assert_eq!(process.wait_exit(Duration::from_secs(10)), Some(Some(2)));
+    let output = process.output();
+    assert!(
+        output.contains("presence.key") && output.contains("cannot read secret file"),
+        "{output}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_service_cleanly() {
     let redis = RedisServer::start();
     let mut presence = Presence::start(&redis.url(), &[]);

@@ -99,6 +99,22 @@ where
     Ok((config, unknown))
 }
 
+/// Replaces every secret given as `file:/path` with that file's text
+/// (trailing newline trimmed): the way mounted secrets (Kubernetes, Docker)
+/// reach a process without appearing in its environment or config file.
+/// `secrets` pairs each value with its key, which an error names (the path
+/// is shown, never a secret's text).
+pub fn read_secret_files(secrets: &mut [(&str, &mut String)]) -> Result<(), String> {
+    for (key, secret) in secrets.iter_mut() {
+        if let Some(path) = secret.strip_prefix("file:") {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("{key}: cannot read secret file {path}: {e}"))?;
+            **secret = text.trim_end_matches(['\n', '\r']).to_string();
+        }
+    }
+    Ok(())
+}
+
 /// Makes figment's error read as "key: problem (ENV_VAR) [source]".
 fn describe(error: figment::Error, secrets: &[&str]) -> String {
     error
