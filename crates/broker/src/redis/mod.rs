@@ -376,7 +376,7 @@ impl RedisBroker {
         match read {
             Ok((position, raw)) if *position.epoch == *epoch => {
                 let messages = decode_all(raw);
-                match recover(&since, &position, messages.as_deref(), self.limits.ttl) {
+                match recover(&since, &position, Some(&messages), self.limits.ttl) {
                     Recovery::Recovered(msgs) => {
                         self.stats
                             .gap_repaired
@@ -662,7 +662,7 @@ impl Reader {
                         let recovery = waiter
                             .since
                             .as_ref()
-                            .map(|s| recover(s, &position, messages.as_deref(), self.ttl));
+                            .map(|s| recover(s, &position, Some(&messages), self.ttl));
                         let _ = waiter.reply.send(Ok(HistoryRead {
                             position: position.clone(),
                             recovery,
@@ -725,19 +725,19 @@ impl Reader {
     }
 }
 
-/// History entries decoded, in offset order; `None` if one is undecodable.
-fn decode_all(raw: Vec<Vec<u8>>) -> Option<Vec<Arc<RoomMessage>>> {
+/// History entries decoded, in offset order. An undecodable entry is left
+/// out (and logged): a read whose range holds it then comes up one message
+/// short and is not recoverable, while reads sharing the same `read.lua`
+/// call whose ranges start after it are served in full.
+fn decode_all(raw: Vec<Vec<u8>>) -> Vec<Arc<RoomMessage>> {
     let mut messages = Vec::with_capacity(raw.len());
     for bytes in raw {
         match Envelope::decode(&bytes) {
             Ok(env) => messages.push(RedisBroker::to_message(env)),
-            Err(e) => {
-                tracing::error!(error = %e, "undecodable history entry");
-                return None;
-            }
+            Err(e) => tracing::error!(error = %e, "undecodable history entry left out"),
         }
     }
-    Some(messages)
+    messages
 }
 
 /// What a client that asked for the messages after `since` gets, from the
@@ -770,5 +770,62 @@ fn recover(
         Recovery::Recovered(mine.to_vec())
     } else {
         Recovery::NotRecoverable
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(offset: u64) -> Vec<u8> {
+        let mut env = Envelope::new(Kind::Message, "r", "node-a", now_us());
+        env.offset = offset;
+        env.epoch = "0123456789abcdef".into();
+        env.data = Some(serde_json::json!({ "n": offset }));
+        env.encode().unwrap()
+    }
+
+    #[test]
+    fn an_undecodable_entry_spoils_only_the_reads_whose_range_holds_it() {
+        // One shared read from offset 0: entries 1..=5, the second corrupt.
+        let raw = vec![
+            entry(1),
+            b"\xc1 not an envelope".to_vec(),
+            entry(3),
+            entry(4),
+            entry(5),
+        ];
+        let messages = decode_all(raw);
+        assert_eq!(
+            messages.iter().map(|m| m.offset).collect::<Vec<_>>(),
+            [1, 3, 4, 5]
+        );
+        let position = Position {
+            offset: 5,
+            epoch: Arc::from("0123456789abcdef"),
+        };
+        let since = |offset| Since {
+            offset,
+            epoch: "0123456789abcdef".into(),
+        };
+        let ttl = Duration::from_secs(60);
+        // From 2 on, the corrupt entry is behind the reader: served in full.
+        for from in [2, 3] {
+            match recover(&since(from), &position, Some(&messages), ttl) {
+                Recovery::Recovered(got) => assert_eq!(
+                    got.iter().map(|m| m.offset).collect::<Vec<_>>(),
+                    ((from + 1)..=5).collect::<Vec<_>>()
+                ),
+                Recovery::NotRecoverable => panic!("since {from}: not recoverable"),
+            }
+        }
+        // Ranges that hold offset 2 cannot be served whole: not recoverable,
+        // never a gap.
+        for from in [0, 1] {
+            assert!(matches!(
+                recover(&since(from), &position, Some(&messages), ttl),
+                Recovery::NotRecoverable
+            ));
+        }
     }
 }
