@@ -74,6 +74,11 @@ fn main() {
             room: "lobby".into(),
         },
         ClientFrame::Ping { id: None },
+        ClientFrame::Rpc {
+            id: Some(8),
+            method: "orders.list".into(),
+            data: data.clone(),
+        },
     ];
     // At the depth limit: the frame map plus MAX_DEPTH - 1 nested containers,
     // so mutations land on both sides of the boundary, where the two codecs
@@ -149,6 +154,10 @@ fn main() {
         ServerFrame::Reconnect {
             reason: ReconnectReason::Rebalance,
             after_ms: 500,
+        },
+        ServerFrame::RpcResult {
+            id: Some(8),
+            data: json!({"orders": [1, 2, 3]}),
         },
     ];
 
