@@ -245,6 +245,30 @@ impl RunReport {
                 format!("{name}: no round met the objective")
             }
         };
+        // What each server's best round cost per delivery, against the
+        // kernel's price of the write alone: the ratio target asks roomcast
+        // to cost a tenth of Socket.IO per delivery.
+        let per_delivery = {
+            let cost = |kind: ServerKind| {
+                results
+                    .iter()
+                    .find(|r| r.server == kind)
+                    .and_then(|r| r.best.as_ref())
+                    .map(|b| format!("{} {:.2} µs", kind.label(), b.server_cpu_per_delivery_us()))
+            };
+            let mut parts: Vec<String> = ServerKind::ALL.iter().filter_map(|&k| cost(k)).collect();
+            if let Some(f) = &self.floor {
+                parts.push(format!("the kernel's write alone {:.2} µs", f.send_us));
+            }
+            if parts.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; server CPU per delivery at the best round: {}",
+                    parts.join(", ")
+                )
+            }
+        };
         let capped = results
             .iter()
             .find(|r| r.server == ServerKind::Roomcast)
@@ -269,7 +293,7 @@ impl RunReport {
                 } else {
                     ""
                 }
-            ),
+            ) + &per_delivery,
             met: Some(rc > 0.0 && ratio(sio) >= 10.0 && ratio(sx) >= 2.0),
         }
     }
@@ -640,28 +664,29 @@ fn fanout_setup(results: &[&FanoutResult]) -> String {
 
 pub fn fanout_summary(results: &[&FanoutResult]) -> String {
     let mut out = String::from(
-        "| server | best deliveries/s meeting the objective | p50 | p99 | p99.9 | server CPU | rounds run |\n\
-         |---|---|---|---|---|---|---|\n",
+        "| server | best deliveries/s meeting the objective | p50 | p99 | p99.9 | server CPU | server CPU per delivery | rounds run |\n\
+         |---|---|---|---|---|---|---|---|\n",
     );
     for r in results {
         match &r.best {
             Some(b) => {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} ms | {} ms | {} ms | {:.0} % | {} |",
+                    "| {} | {} | {} ms | {} ms | {} ms | {:.0} % | {:.2} µs | {} |",
                     r.label,
                     count(b.delivered_per_s),
                     ms(b.latency.p50_ms),
                     ms(b.latency.p99_ms),
                     ms(b.latency.p999_ms),
                     b.all_cpu_pct,
+                    b.server_cpu_per_delivery_us(),
                     r.rounds.len()
                 );
             }
             None => {
                 let _ = writeln!(
                     out,
-                    "| {} | none met it | | | | | {} |",
+                    "| {} | none met it | | | | | | {} |",
                     r.label,
                     r.rounds.len()
                 );

@@ -212,6 +212,17 @@ pub struct FanoutRound {
     pub meets_slo: bool,
 }
 
+impl FanoutRound {
+    /// The deployment's CPU (nodes, Redis, presence) per delivery, µs.
+    pub fn server_cpu_per_delivery_us(&self) -> f64 {
+        if self.delivered_per_s > 0.0 {
+            self.all_cpu_pct * 1e4 / self.delivered_per_s
+        } else {
+            0.0
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct FanoutResult {
     pub server: ServerKind,
