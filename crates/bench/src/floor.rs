@@ -100,6 +100,8 @@ impl FloorResult {
 
 /// Runs both measurements.
 pub fn run(config: &FloorConfig) -> Result<FloorResult> {
+    // Two descriptors a connection; many machines start processes at 1,024.
+    roomcast_service::raise_open_files_limit();
     let fan = fanout(config).context("fan-out floor")?;
     let pingpong_us = heartbeat(config).context("heartbeat floor")?;
     Ok(FloorResult {

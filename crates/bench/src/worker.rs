@@ -62,6 +62,8 @@ pub fn main() -> i32 {
             return 2;
         }
     };
+    // Up to 15,000 connections a worker: lift a 1,024 soft limit.
+    roomcast_service::raise_open_files_limit();
     let mut builder = if plan.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {

@@ -11,6 +11,10 @@ Configuration: defaults, then the TOML file (--config or ROOMCAST_CONFIG),
 then ROOMCAST_* environment variables (ROOMCAST_LIMITS__MAX_MESSAGE_BYTES=…).
 See docs/configuration.md.";
 
+/// Descriptors a node holds besides its clients' sockets (listener, Redis,
+/// presence, logs, epoll), with room to spare.
+const FILES_BESIDE_CONNECTIONS: u64 = 64;
+
 fn main() -> ExitCode {
     let file = match roomcast_service::parse_cli("roomcast-gateway", USAGE) {
         roomcast_service::Cli::Run { config } => config,
@@ -43,6 +47,19 @@ fn main() -> ExitCode {
     };
     for key in unknown {
         tracing::warn!(key, "unknown configuration key ignored");
+    }
+    // Every connection is a descriptor: use all the process may have, and
+    // say so when that is fewer than the connections allowed.
+    if let Some(open_files) = roomcast_service::raise_open_files_limit() {
+        let wanted = config.limits.max_connections as u64 + FILES_BESIDE_CONNECTIONS;
+        if open_files < wanted {
+            tracing::warn!(
+                open_files,
+                max_connections = config.limits.max_connections,
+                "the open-file limit (ulimit -n) is below limits.max_connections: \
+                 connections past it wait in the listen queue until a descriptor is free"
+            );
+        }
     }
     let result = runtime.block_on(roomcast_gateway::run(config, file));
     drop(telemetry);

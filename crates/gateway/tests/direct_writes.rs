@@ -92,6 +92,18 @@ async fn a_pausing_reader_gets_every_frame_whole_when_direct_writes_stop_half_wa
     const SIZES: &[usize] = &[10, 700, 3_000, 20_000, 60_000, 45_000];
     const COUNT: u64 = 360;
     let publisher = publish_padded_from_a_thread(gw.addr, "stream", COUNT, SIZES);
+    // Read nothing until the node has had to queue for this reader: its
+    // socket is full by then, so a direct write stopped half way or gave
+    // way to the task. (Pauses alone left that to timing: a slow publisher
+    // let the socket buffers absorb every message.) Within the pong
+    // timeout, since an unread socket answers no ping.
+    let behind = roomcast_testkit::wait_until(Duration::from_secs(4), || {
+        gw.metric(DELIVERED) > gw.metric(DIRECT)
+    });
+    assert!(
+        behind,
+        "the node never had to queue for a reader that read nothing"
+    );
     read_in_order(&mut reader, COUNT, SIZES, Duration::from_millis(120)).await;
     publisher.join().unwrap();
     let direct = gw.metric(DIRECT);

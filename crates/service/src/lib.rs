@@ -99,6 +99,33 @@ where
     Ok((config, unknown))
 }
 
+/// Lifts this process's soft limit on open files to its hard limit (many
+/// systems start processes at 1,024 while allowing far more; every
+/// connection is a descriptor) and returns the soft limit now in force, or
+/// `None` where it cannot be read.
+pub fn raise_open_files_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit for both calls.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    Some(limit.rlim_cur)
+}
+
 /// Replaces every secret given as `file:/path` with that file's text
 /// (trailing newline trimmed): the way mounted secrets (Kubernetes, Docker)
 /// reach a process without appearing in its environment or config file.
