@@ -198,18 +198,32 @@ fn events_buffer() -> Vec<libc::epoll_event> {
     vec![libc::epoll_event { events: 0, u64: 0 }; 256]
 }
 
-/// Drain times, sortable.
+/// Drain times, sorted once.
 struct Samples(Vec<f64>);
 
 impl Samples {
+    fn new(mut v: Vec<f64>) -> Samples {
+        v.sort_by(f64::total_cmp);
+        Samples(v)
+    }
+
     fn percentile(&self, p: f64) -> f64 {
-        if self.0.is_empty() {
+        let v = &self.0;
+        if v.is_empty() {
             return 0.0;
         }
-        let mut v = self.0.clone();
-        v.sort_by(f64::total_cmp);
         let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
         v[i.min(v.len() - 1)]
+    }
+}
+
+/// One non-blocking read of a ready stream: `Some(n)` bytes (0: the peer
+/// closed), `None` when nothing was there after all.
+fn read_ready(stream: &mut TcpStream, buf: &mut [u8]) -> Result<Option<usize>> {
+    match stream.read(buf) {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -239,17 +253,16 @@ fn fanout(config: &FloorConfig) -> Result<Fanout> {
             while got < total && !stop.load(Ordering::Relaxed) {
                 poller.wait(&mut events, Duration::from_millis(100), &mut ready);
                 for &i in &ready {
-                    match clients[i].read(&mut buf) {
-                        Ok(0) => bail!("a connection closed"),
-                        Ok(n) => {
+                    match read_ready(&mut clients[i], &mut buf)? {
+                        Some(0) => bail!("a connection closed"),
+                        Some(n) => {
                             let before = got / per_round;
                             got += n as u64;
                             if got / per_round > before {
                                 let _ = done_tx.send(Instant::now());
                             }
                         }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e.into()),
+                        None => {}
                     }
                 }
             }
@@ -284,7 +297,7 @@ fn fanout(config: &FloorConfig) -> Result<Fanout> {
     Ok(Fanout {
         send_us: send_cpu.as_secs_f64() * 1e6 / writes,
         recv_us: recv_cpu.as_secs_f64() * 1e6 / (messages.max(1) as f64),
-        drains_ms: Samples(drains),
+        drains_ms: Samples::new(drains),
     })
 }
 
@@ -307,11 +320,11 @@ fn heartbeat(config: &FloorConfig) -> Result<f64> {
             while !stop.load(Ordering::Relaxed) {
                 poller.wait(&mut events, Duration::from_millis(50), &mut ready);
                 for &i in &ready {
-                    match clients[i].read(&mut buf) {
-                        Ok(0) => return Ok(()),
-                        Ok(n) => clients[i].write_all(&buf[..n])?,
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e.into()),
+                    match read_ready(&mut clients[i], &mut buf)? {
+                        // The server side is dropped once the pongs are in.
+                        Some(0) => return Ok(()),
+                        Some(n) => clients[i].write_all(&buf[..n])?,
+                        None => {}
                     }
                 }
             }
@@ -350,11 +363,10 @@ fn heartbeat(config: &FloorConfig) -> Result<f64> {
             };
             poller.wait(&mut events, wait, &mut ready);
             for &i in &ready {
-                match servers[i].read(&mut buf) {
-                    Ok(0) => bail!("a connection closed"),
-                    Ok(n) => got += n as u64,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e.into()),
+                match read_ready(&mut servers[i], &mut buf)? {
+                    Some(0) => bail!("a connection closed"),
+                    Some(n) => got += n as u64,
+                    None => {}
                 }
             }
             cpu += thread_cpu() - cpu0;
@@ -397,10 +409,10 @@ mod tests {
 
     #[test]
     fn percentiles_of_samples() {
-        let s = Samples((1..=100).map(f64::from).collect());
+        let s = Samples::new((1..=100).rev().map(f64::from).collect());
         assert_eq!(s.percentile(50.0), 51.0);
         assert_eq!(s.percentile(99.0), 99.0);
         assert_eq!(s.percentile(100.0), 100.0);
-        assert_eq!(Samples(Vec::new()).percentile(99.0), 0.0);
+        assert_eq!(Samples::new(Vec::new()).percentile(99.0), 0.0);
     }
 }

@@ -541,11 +541,7 @@ const HEARTBEAT_INTERVAL_SECS: f64 = 25.0;
 /// The kernel floor as a section of the results.
 pub fn floor_table(f: &FloorResult) -> String {
     let c = &f.config;
-    let mut out = String::from(
-        "### Kernel floor of this machine
-
-",
-    );
+    let mut out = String::from("### Kernel floor of this machine\n\n");
     let _ = writeln!(
         out,
         "No server: one thread writes {} bytes to each of {} loopback TCP sockets \

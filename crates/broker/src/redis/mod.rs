@@ -376,7 +376,7 @@ impl RedisBroker {
         match read {
             Ok((position, raw)) if *position.epoch == *epoch => {
                 let messages = decode_all(raw);
-                match recover(&since, &position, Some(&messages), self.limits.ttl) {
+                match recover(&since, &position, &messages, self.limits.ttl) {
                     Recovery::Recovered(msgs) => {
                         self.stats
                             .gap_repaired
@@ -662,7 +662,7 @@ impl Reader {
                         let recovery = waiter
                             .since
                             .as_ref()
-                            .map(|s| recover(s, &position, Some(&messages), self.ttl));
+                            .map(|s| recover(s, &position, &messages, self.ttl));
                         let _ = waiter.reply.send(Ok(HistoryRead {
                             position: position.clone(),
                             recovery,
@@ -747,7 +747,7 @@ fn decode_all(raw: Vec<Vec<u8>>) -> Vec<Arc<RoomMessage>> {
 fn recover(
     since: &Since,
     position: &Position,
-    messages: Option<&[Arc<RoomMessage>]>,
+    messages: &[Arc<RoomMessage>],
     ttl: Duration,
 ) -> Recovery {
     if since.epoch != *position.epoch || since.offset > position.offset {
@@ -757,9 +757,6 @@ fn recover(
     if missing == 0 {
         return Recovery::Recovered(Vec::new());
     }
-    let Some(messages) = messages else {
-        return Recovery::NotRecoverable;
-    };
     let mine = &messages[messages.partition_point(|m| m.offset <= since.offset)..];
     let oldest_allowed = now_us().saturating_sub(ttl.as_micros() as u64);
     let complete = mine.len() as u64 == missing
@@ -811,7 +808,7 @@ mod tests {
         let ttl = Duration::from_secs(60);
         // From 2 on, the corrupt entry is behind the reader: served in full.
         for from in [2, 3] {
-            match recover(&since(from), &position, Some(&messages), ttl) {
+            match recover(&since(from), &position, &messages, ttl) {
                 Recovery::Recovered(got) => assert_eq!(
                     got.iter().map(|m| m.offset).collect::<Vec<_>>(),
                     ((from + 1)..=5).collect::<Vec<_>>()
@@ -823,7 +820,7 @@ mod tests {
         // never a gap.
         for from in [0, 1] {
             assert!(matches!(
-                recover(&since(from), &position, Some(&messages), ttl),
+                recover(&since(from), &position, &messages, ttl),
                 Recovery::NotRecoverable
             ));
         }
