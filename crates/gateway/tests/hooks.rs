@@ -373,6 +373,107 @@ url = ""
     ));
 }
 
+/// A command that takes seconds (an rpc the backend answers after 3 s)
+/// holds neither the connection's heartbeat nor its room messages: pongs
+/// are read meanwhile (this heartbeat closes a connection whose pong is
+/// 1 s late), room messages published meanwhile arrive before the rpc's
+/// answer, and the frames the client sent behind the rpc are answered
+/// after it, in the order sent.
+#[tokio::test]
+async fn a_slow_rpc_holds_neither_the_heartbeat_nor_room_messages() {
+    let backend = HookBackend::start("unused", SLOW_S);
+    let (gw, _file) = start(
+        "slow-rpc",
+        &format!(
+            r#"
+[heartbeat]
+ping_interval_ms = 200
+pong_timeout_ms = 1000
+[websocket]
+direct_writes = false
+[proxy.rpc]
+url = "{rpc}"
+timeout_ms = 6000
+"#,
+            rpc = backend.url("/rpc")
+        ),
+    );
+    let (mut c, _) = RawClient::ready(&gw.ws_url(), Codec::Json).await;
+    assert!(matches!(
+        c.request(join(2, "lobby")).await,
+        ServerFrame::Joined { .. }
+    ));
+    let started = std::time::Instant::now();
+    c.send(&ClientFrame::Rpc {
+        id: Some(3),
+        method: "slow".into(),
+        data: Value::Null,
+    })
+    .await;
+    c.send(&ClientFrame::Ping { id: Some(4) }).await;
+    c.send(&publish(5, "lobby", json!("sent behind the rpc")))
+        .await;
+    let addr = gw.addr;
+    let published = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        for n in 0..3 {
+            let body = json!({"room": "lobby", "data": {"n": n}}).to_string();
+            let (status, answer) = http_request(
+                addr,
+                "POST",
+                "/api/publish",
+                &[("Authorization", "Bearer test-key")],
+                &body,
+            )
+            .unwrap();
+            assert_eq!(status, 200, "{answer}");
+        }
+    });
+    // (when it arrived, what it was)
+    let mut seen: Vec<(Duration, String)> = Vec::new();
+    while !seen.iter().any(|(_, what)| what == "ack 5") {
+        match c.next_event().await {
+            Event::Frame(ServerFrame::Message { data, .. }) => {
+                seen.push((started.elapsed(), format!("message {data}")))
+            }
+            Event::Frame(frame) => {
+                let id = frame
+                    .reply_id()
+                    .map_or("-".to_string(), |id| id.to_string());
+                seen.push((started.elapsed(), format!("{} {id}", frame.kind())));
+            }
+            Event::Closed(code) => panic!("closed with {code} during the rpc; got {seen:?}"),
+        }
+    }
+    published.await.unwrap();
+    let at = |what: &str| {
+        seen.iter()
+            .position(|(_, w)| w == what)
+            .unwrap_or_else(|| panic!("no {what} in {seen:?}"))
+    };
+    let rpc = at("rpc_result 3");
+    assert!(
+        seen[rpc].0 >= Duration::from_secs_f64(SLOW_S - 0.2),
+        "{seen:?}"
+    );
+    for n in 0..3 {
+        let message = at(&format!("message {{\"n\":{n}}}"));
+        assert!(
+            message < rpc,
+            "published during the rpc, arrived after its answer: {seen:?}"
+        );
+        assert!(seen[message].0 < Duration::from_secs(2), "{seen:?}");
+    }
+    // The replies, in the order of the frames they answer.
+    assert!(rpc < at("pong 4") && at("pong 4") < at("ack 5"), "{seen:?}");
+    assert!(at("message \"sent behind the rpc\"") > rpc, "{seen:?}");
+    assert!(c.pings >= 5, "{} pings during 3 s", c.pings);
+    assert!(matches!(
+        c.request(ClientFrame::Ping { id: Some(6) }).await,
+        ServerFrame::Pong { .. }
+    ));
+}
+
 /// The message rate limit changes on live connections when the file
 /// changes; an invalid file is refused and the old configuration stays.
 #[tokio::test]

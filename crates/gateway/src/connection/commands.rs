@@ -9,21 +9,16 @@ use roomcast_protocol::{ClientFrame, ErrorCode, ServerFrame};
 
 use crate::error::NodeError;
 use crate::handle::ConnHandle;
-use crate::limits::RateLimiter;
 use crate::node::Node;
 
-/// The connection's own state, owned by its task.
+/// What the connection's commands change, owned by the command running
+/// (one at a time) and otherwise by the connection's task.
 pub struct State {
     /// Rooms joined, in join order.
     pub rooms: Vec<String>,
-    pub rate: RateLimiter,
-    /// Undecodable frames in a row.
-    pub bad_frames: u32,
     /// The configuration in force, for its limits (refreshed when the
     /// configuration is reloaded).
     pub live: Arc<crate::live::Live>,
-    /// The live configuration's generation `live` came from.
-    pub generation: u64,
 }
 
 pub async fn handle(

@@ -11,7 +11,9 @@ mod commands;
 mod handshake;
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -90,15 +92,15 @@ pub async fn serve(node: Arc<Node>, mut ws: Box<Socket>, mut upgrade: Box<Upgrad
     let generation = node.live.generation();
     let live = node.live.get_full();
     let limits = &live.config.limits;
-    let mut state = commands::State {
-        rooms,
+    let mut gate = Gate {
         rate: RateLimiter::new(limits.messages_per_second, limits.message_burst),
         bad_frames: 0,
-        live,
+        live: live.clone(),
         generation,
     };
+    let state = commands::State { rooms, live };
     let wire_off = WireOff(&conn.wire);
-    let code = run_loop(&node, &conn, &mut ws, &mut state).await;
+    let (code, mut state) = run_loop(&node, &conn, &mut ws, &mut gate, state).await;
     // No direct ping may reach the descriptor once the socket is closed
     // (it could belong to another connection by then).
     Box::pin(conn.wire.disable()).await;
@@ -138,18 +140,75 @@ impl Drop for WireOff<'_> {
     }
 }
 
-/// The main loop; returns the close code the connection ended with
-/// (0 when the socket just went away).
+/// Frames read ahead while a command runs, each waiting its turn. Past
+/// this the node stops reading the connection until the command ends (the
+/// client's frames wait in the socket buffers).
+const READ_AHEAD: usize = 16;
+
+/// How a frame is admitted as it arrives: the rate limit and the count of
+/// malformed frames apply to arrival times, not to when the frame's turn
+/// comes.
+struct Gate {
+    rate: RateLimiter,
+    /// Undecodable frames in a row.
+    bad_frames: u32,
+    /// The configuration in force, for its limits.
+    live: Arc<crate::live::Live>,
+    /// The live configuration's generation `live` came from.
+    generation: u64,
+}
+
+/// A frame read, waiting for the command before it to end.
+enum Turn {
+    Command(ClientFrame),
+    /// The answer to a frame refused on arrival (malformed, over the rate),
+    /// and the close it brings when it was one too many.
+    Refused(ServerFrame, Option<(u16, &'static str)>),
+}
+
+/// The command running, which owns the connection's state until it ends.
+type Running<'a> = Pin<Box<dyn Future<Output = commands::State> + Send + 'a>>;
+
+/// The main loop; returns the close code the connection ended with (0 when
+/// the socket just went away) and the connection's state.
+///
+/// Commands run one at a time, in the order their frames arrived, and
+/// their replies go out in that order. While one runs (a round trip to
+/// Redis, a proxy call that may take seconds) the loop goes on writing
+/// the outbox (room messages keep flowing) and reading frames: pongs keep
+/// the heartbeat satisfied, and up to [`READ_AHEAD`] frames wait their
+/// turn. A running command is never abandoned half way (a join or a
+/// publish runs to its end, whatever closes the connection meanwhile).
 async fn run_loop(
     node: &Arc<Node>,
     conn: &Arc<ConnHandle>,
     ws: &mut Socket,
-    state: &mut commands::State,
-) -> u16 {
+    gate: &mut Gate,
+    state: commands::State,
+) -> (u16, commands::State) {
     // What is awaited only now and then (a write, a close) is boxed, so
-    // the state an idle connection keeps is just the two waits below.
+    // the state an idle connection keeps is just the waits below.
     conn.wire.enable();
+    let mut idle = Some(state);
+    let mut running: Option<Running<'_>> = None;
+    let mut waiting: VecDeque<Turn> = VecDeque::new();
     loop {
+        while running.is_none() {
+            match waiting.pop_front() {
+                Some(Turn::Refused(reply, close)) => refuse(conn, &reply, close),
+                Some(Turn::Command(frame)) => {
+                    let state = idle.take().expect("no command is running");
+                    running = Some(run_command(node, conn, state, frame));
+                }
+                None => {
+                    if waiting.capacity() > 0 {
+                        // Not kept by a connection that goes idle again.
+                        waiting = VecDeque::new();
+                    }
+                    break;
+                }
+            }
+        }
         tokio::select! {
             biased;
             next = conn.outbox.next() => {
@@ -157,37 +216,59 @@ async fn run_loop(
                     Ok(batch) => batch,
                     Err(close) => {
                         Box::pin(conn.wire.disable()).await;
+                        let state = Box::pin(settle(running, idle)).await;
                         Box::pin(close_socket(ws, close.code, close.reason)).await;
-                        return close.code;
+                        return (close.code, state);
                     }
                 };
                 match Box::pin(write_or_interrupt(ws, conn, batch)).await {
                     Written::Done => {}
-                    Written::Failed => return 0,
+                    Written::Failed => return (0, Box::pin(settle(running, idle)).await),
                     Written::Interrupted(close) => {
                         Box::pin(conn.wire.disable()).await;
+                        let state = Box::pin(settle(running, idle)).await;
                         let patience = if close.code == close::SLOW_CONSUMER {
                             SLOW_CLOSE_PATIENCE
                         } else {
                             CLOSE_PATIENCE
                         };
                         Box::pin(close_socket_within(ws, close.code, close.reason, patience)).await;
-                        return close.code;
+                        return (close.code, state);
                     }
                 }
             }
-            incoming = ws.next_frame() => {
+            state = async { running.as_mut().expect("guarded").await }, if running.is_some() => {
+                running = None;
+                idle = Some(state);
+            }
+            incoming = ws.next_frame(), if waiting.len() < READ_AHEAD => {
                 let frame = match incoming {
                     Ok(frame) => frame,
                     Err(e) => {
                         Box::pin(conn.wire.disable()).await;
-                        return Box::pin(close_for_error(ws, e)).await;
+                        // The frames read before the failure are handled, as
+                        // they would have been had they arrived slower.
+                        let state = Box::pin(settle_all(node, conn, running, idle, waiting)).await;
+                        return (Box::pin(close_for_error(ws, e)).await, state);
                     }
                 };
                 conn.touch();
                 match frame.opcode() {
                     OpCode::Text | OpCode::Binary => {
-                        Box::pin(handle_data(node, conn, state, frame.payload())).await;
+                        let turn = admit(node, conn, gate, frame.payload());
+                        match turn {
+                            // Nothing before it: its turn is now (without
+                            // touching the queue, which then stays
+                            // unallocated).
+                            Turn::Command(frame) if running.is_none() && waiting.is_empty() => {
+                                let state = idle.take().expect("no command is running");
+                                running = Some(run_command(node, conn, state, frame));
+                            }
+                            Turn::Refused(reply, close) if running.is_none() && waiting.is_empty() => {
+                                refuse(conn, &reply, close);
+                            }
+                            turn => waiting.push_back(turn),
+                        }
                     }
                     OpCode::Ping => {
                         // yawc now owes the peer a pong, which it writes
@@ -197,9 +278,10 @@ async fn run_loop(
                     }
                     OpCode::Close => {
                         Box::pin(conn.wire.disable()).await;
+                        let state = Box::pin(settle_all(node, conn, running, idle, waiting)).await;
                         // 1005: the peer's close frame carried no code.
                         let code = frame.close_code().map(u16::from).unwrap_or(1005);
-                        return code;
+                        return (code, state);
                     }
                     _ => {}
                 }
@@ -208,73 +290,126 @@ async fn run_loop(
     }
 }
 
-async fn handle_data(
+/// Waits for the running command, if any, and gives the state back.
+async fn settle(running: Option<Running<'_>>, idle: Option<commands::State>) -> commands::State {
+    match running {
+        Some(command) => command.await,
+        None => idle.expect("no command is running"),
+    }
+}
+
+/// The client stopped sending: the running command ends, then the frames
+/// read before the end are handled in turn.
+async fn settle_all(
     node: &Arc<Node>,
     conn: &Arc<ConnHandle>,
-    state: &mut commands::State,
-    payload: &Bytes,
-) {
+    running: Option<Running<'_>>,
+    idle: Option<commands::State>,
+    waiting: VecDeque<Turn>,
+) -> commands::State {
+    let mut state = settle(running, idle).await;
+    for turn in waiting {
+        match turn {
+            Turn::Refused(reply, close) => refuse(conn, &reply, close),
+            Turn::Command(frame) => state = run_command(node, conn, state, frame).await,
+        }
+    }
+    state
+}
+
+/// Sends a refused frame's answer, then the close it brings, if any (the
+/// answer explains the close, so it goes first).
+fn refuse(conn: &ConnHandle, reply: &ServerFrame, close: Option<(u16, &'static str)>) {
+    let _ = conn.send(reply);
+    if let Some((code, reason)) = close {
+        conn.outbox.close(code, reason);
+    }
+}
+
+/// Applies the rate limit and the malformed-frame count to a frame as it
+/// arrives, and decodes it.
+fn admit(node: &Arc<Node>, conn: &Arc<ConnHandle>, gate: &mut Gate, payload: &Bytes) -> Turn {
     let generation = node.live.generation();
-    if generation != state.generation {
+    if generation != gate.generation {
         // The configuration was reloaded: new limits from this frame on.
-        state.generation = generation;
-        state.live = node.live.get_full();
-        let limits = &state.live.config.limits;
-        state
-            .rate
+        gate.generation = generation;
+        gate.live = node.live.get_full();
+        let limits = &gate.live.config.limits;
+        gate.rate
             .reconfigure(limits.messages_per_second, limits.message_burst);
     }
-    let limits = &state.live.config.limits;
+    let limits = &gate.live.config.limits;
     let decoded = conn.codec.decode::<ClientFrame>(payload);
-    if !state.rate.allow(Instant::now()) {
+    if !gate.rate.allow(Instant::now()) {
         node.metrics.rate_limited.inc();
         let id = match &decoded {
             Ok(f) => f.id(),
             Err(e) => e.id,
         };
-        let _ = conn.send(&ServerFrame::error(
-            id,
-            ErrorCode::RateLimited,
-            format!(
-                "over {} frames per second; frame dropped",
-                limits.messages_per_second
+        let close = (gate.rate.strikes >= limits.rate_limit_strikes)
+            .then_some((close::RATE_LIMITED, "rate limit exceeded repeatedly"));
+        return Turn::Refused(
+            ServerFrame::error(
+                id,
+                ErrorCode::RateLimited,
+                format!(
+                    "over {} frames per second; frame dropped",
+                    limits.messages_per_second
+                ),
             ),
-        ));
-        if state.rate.strikes >= limits.rate_limit_strikes {
-            conn.outbox
-                .close(close::RATE_LIMITED, "rate limit exceeded repeatedly");
-        }
-        return;
+            close,
+        );
     }
     match decoded {
         Err(e) => {
             node.metrics.frame_in(None);
-            state.bad_frames += 1;
-            let _ = conn.send(&ServerFrame::error(e.id, ErrorCode::BadRequest, e.message));
-            if state.bad_frames > limits.max_bad_frames {
-                conn.outbox
-                    .close(close::PROTOCOL_VIOLATION, "too many malformed frames");
-            }
+            gate.bad_frames += 1;
+            let close = (gate.bad_frames > limits.max_bad_frames)
+                .then_some((close::PROTOCOL_VIOLATION, "too many malformed frames"));
+            Turn::Refused(
+                ServerFrame::error(e.id, ErrorCode::BadRequest, e.message),
+                close,
+            )
         }
         Ok(frame) => {
             node.metrics.frame_in(Some(&frame));
-            state.bad_frames = 0;
-            let id = frame.id();
-            let span = if crate::telemetry::enabled() {
-                tracing::info_span!("command", kind = frame.kind(), session = %conn.session)
-            } else {
-                tracing::Span::none()
-            };
-            let reply = Box::pin(commands::handle(node, conn, state, frame))
-                .instrument(span)
-                .await;
-            let reply = reply.unwrap_or_else(|e| Some(ServerFrame::error(id, e.code, e.message)));
-            if let Some(reply) = reply {
-                node.metrics.frame_out(&reply);
-                let _ = conn.send(&reply);
-            }
+            gate.bad_frames = 0;
+            Turn::Command(frame)
         }
     }
+}
+
+/// Runs one command with the connection's state and queues its reply.
+fn run_command<'a>(
+    node: &'a Arc<Node>,
+    conn: &'a Arc<ConnHandle>,
+    mut state: commands::State,
+    frame: ClientFrame,
+) -> Running<'a> {
+    Box::pin(async move {
+        {
+            // The limits in force when its turn comes.
+            let current = node.live.get();
+            if !Arc::ptr_eq(&state.live, &current) {
+                state.live = Arc::clone(&current);
+            }
+        }
+        let id = frame.id();
+        let span = if crate::telemetry::enabled() {
+            tracing::info_span!("command", kind = frame.kind(), session = %conn.session)
+        } else {
+            tracing::Span::none()
+        };
+        let reply = commands::handle(node, conn, &mut state, frame)
+            .instrument(span)
+            .await;
+        let reply = reply.unwrap_or_else(|e| Some(ServerFrame::error(id, e.code, e.message)));
+        if let Some(reply) = reply {
+            node.metrics.frame_out(&reply);
+            let _ = conn.send(&reply);
+        }
+        state
+    })
 }
 
 /// How long a closing connection may take to accept its last frames.
