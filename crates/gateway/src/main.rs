@@ -16,6 +16,7 @@ See docs/configuration.md.";
 const FILES_BESIDE_CONNECTIONS: u64 = 64;
 
 fn main() -> ExitCode {
+    roomcast_service::limit_malloc_arenas();
     let file = match roomcast_service::parse_cli("roomcast-gateway", USAGE) {
         roomcast_service::Cli::Run { config } => config,
         roomcast_service::Cli::Exit(code) => return code,

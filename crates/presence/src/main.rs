@@ -13,6 +13,7 @@ then ROOMCAST_* environment variables (ROOMCAST_REDIS__URL=redis://…).
 See docs/presence.md.";
 
 fn main() -> ExitCode {
+    roomcast_service::limit_malloc_arenas();
     let file = match roomcast_service::parse_cli("roomcast-presence", USAGE) {
         roomcast_service::Cli::Run { config } => config,
         roomcast_service::Cli::Exit(code) => return code,
