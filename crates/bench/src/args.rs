@@ -28,6 +28,11 @@ impl Args {
         Ok(Args { values })
     }
 
+    /// The flags given, without their dashes.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.values.keys().map(String::as_str)
+    }
+
     /// The flag's value, else the environment variable's, if either is set.
     pub fn get(&self, key: &str, env: &str) -> Option<String> {
         self.values

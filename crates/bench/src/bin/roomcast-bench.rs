@@ -39,10 +39,12 @@ commands (each flag also reads the BENCH_* variable named in brackets):
   floor      the kernel alone: a bare fan-out over loopback sockets and bare
              pings and pongs, the floor targets 1 and 4 are set against
              [--conns 1000] [--rounds 200] [--msg-bytes 150] [--ping-conns 1440]
-             [--ping-ticks 4] [--tick-ms 2000]                     (BENCH_FLOOR_*)
+             [--ping-ticks 4] [--tick-ms 2000] [--gap-ms 5]        (BENCH_FLOOR_*)
   smoke      a short fanout against one roomcast node; fails on loss (make bench-smoke)
+             [--with-redis]                                        (BENCH_SMOKE_*)
   suite      every scenario for every server, then --doc FILE     (make bench)
              [--scenarios floor,idle,fanout,cross,storm,broadcast] (BENCH_SCENARIOS)
+             [--servers all]                                       (BENCH_SERVERS)
 
 common flags:
   --server roomcast|socketio|socketioxide|all[,…]  servers to run (BENCH_SERVERS;
@@ -56,12 +58,22 @@ common flags:
                                    (fanout, cross, broadcast: --deflate 0|1 for that
                                    scenario alone, BENCH_<SCENARIO>_DEFLATE)
   --max-secs N                     stop everything after this long (3600)
+  --worker-max-secs N              each worker process stops itself after this long (1800)
+
+A flag not listed here is refused.
 
 The servers' binaries come from ROOMCAST_BIN_DIR (default: this executable's
 folder); the peers need scripts/bench-peers.sh first. Other ROOMCAST_*
 variables in the environment reach the roomcast nodes (the benchmark's own
 settings win). A run stops when the machine has less than BENCH_MIN_FREE_MIB
 (1536) MiB of memory available.";
+
+/// Whether `--key` appears in [`USAGE`] as a whole flag.
+fn documented_flag(key: &str) -> bool {
+    USAGE
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .any(|word| word.strip_prefix("--") == Some(key))
+}
 
 fn main() {
     let mut argv = std::env::args().skip(1);
@@ -81,6 +93,16 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if args.keys().any(|k| k == "help") {
+        println!("{USAGE}");
+        return;
+    }
+    // A mistyped flag would otherwise be ignored and run a long benchmark
+    // with the default in its place.
+    if let Some(unknown) = args.keys().find(|k| !documented_flag(k)) {
+        eprintln!("roomcast-bench: unknown flag --{unknown} (roomcast-bench help lists them)");
+        std::process::exit(2);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
