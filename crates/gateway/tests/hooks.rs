@@ -474,6 +474,54 @@ timeout_ms = 6000
     ));
 }
 
+/// The rate limit counts frames when they arrive, not when their turn
+/// comes: pings sent at 3 a second behind a 3 s rpc (limit 5 a second,
+/// burst 2) are all answered after it, although they are then handled
+/// back to back.
+#[tokio::test]
+async fn frames_waiting_behind_a_slow_rpc_are_rate_limited_by_their_arrival() {
+    let backend = HookBackend::start("unused", SLOW_S);
+    let (gw, _file) = start(
+        "slow-rpc-rate",
+        &format!(
+            r#"
+[limits]
+messages_per_second = 5
+message_burst = 2
+[proxy.rpc]
+url = "{rpc}"
+timeout_ms = 6000
+"#,
+            rpc = backend.url("/rpc")
+        ),
+    );
+    let (mut c, _) = RawClient::ready(&gw.ws_url(), Codec::Json).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.send(&ClientFrame::Rpc {
+        id: Some(1),
+        method: "slow".into(),
+        data: Value::Null,
+    })
+    .await;
+    for id in 2..=5 {
+        tokio::time::sleep(Duration::from_millis(330)).await;
+        c.send(&ClientFrame::Ping { id: Some(id) }).await;
+    }
+    let mut replies = Vec::new();
+    while replies.len() < 5 {
+        let frame = c.recv().await;
+        replies.push(format!(
+            "{} {}",
+            frame.kind(),
+            frame.reply_id().unwrap_or(0)
+        ));
+    }
+    assert_eq!(
+        replies,
+        ["rpc_result 1", "pong 2", "pong 3", "pong 4", "pong 5"]
+    );
+}
+
 /// The message rate limit changes on live connections when the file
 /// changes; an invalid file is refused and the old configuration stays.
 #[tokio::test]

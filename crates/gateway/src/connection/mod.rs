@@ -1,9 +1,11 @@
 //! One WebSocket connection, from upgrade to close, in one task.
 //!
 //! The task owns the socket. It waits for `hello` ([`handshake`]), then
-//! loops over two sources: frames from the client (decoded, rate-limited and
-//! handled by [`commands`]) and the connection's outbox (everything queued
-//! for it, written as one batch with one flush). A close asked for by anyone
+//! loops over three sources: frames from the client (decoded and
+//! rate-limited as they arrive), the command running (one at a time, in
+//! arrival order, by [`commands`]; the frames read meanwhile wait their
+//! turn), and the connection's outbox (everything queued for it, written as
+//! one batch with one flush). A close asked for by anyone
 //! (heartbeat, slow consumer, drain, API) arrives through the outbox too, and
 //! can interrupt a write that a stalled peer never lets finish.
 
