@@ -373,6 +373,27 @@ url = ""
     ));
 }
 
+/// A node whose rpc proxy waits long enough for the backend's slow answer
+/// (`SLOW_S`), with `extra` configuration before it.
+fn start_with_slow_rpc(name: &str, extra: &str) -> (HookBackend, Gateway, PathBuf) {
+    let backend = HookBackend::start("unused", SLOW_S);
+    let toml = format!(
+        "{extra}[proxy.rpc]\nurl = \"{}\"\ntimeout_ms = 6000\n",
+        backend.url("/rpc")
+    );
+    let (gw, file) = start(name, &toml);
+    (backend, gw, file)
+}
+
+/// An rpc the example backend answers after `SLOW_S`.
+fn slow_rpc(id: u64) -> ClientFrame {
+    ClientFrame::Rpc {
+        id: Some(id),
+        method: "slow".into(),
+        data: Value::Null,
+    }
+}
+
 /// A command that takes seconds (an rpc the backend answers after 3 s)
 /// holds neither the connection's heartbeat nor its room messages: pongs
 /// are read meanwhile (this heartbeat closes a connection whose pong is
@@ -381,22 +402,10 @@ url = ""
 /// after it, in the order sent.
 #[tokio::test]
 async fn a_slow_rpc_holds_neither_the_heartbeat_nor_room_messages() {
-    let backend = HookBackend::start("unused", SLOW_S);
-    let (gw, _file) = start(
+    let (_backend, gw, _file) = start_with_slow_rpc(
         "slow-rpc",
-        &format!(
-            r#"
-[heartbeat]
-ping_interval_ms = 200
-pong_timeout_ms = 1000
-[websocket]
-direct_writes = false
-[proxy.rpc]
-url = "{rpc}"
-timeout_ms = 6000
-"#,
-            rpc = backend.url("/rpc")
-        ),
+        "[heartbeat]\nping_interval_ms = 200\npong_timeout_ms = 1000\n\
+         [websocket]\ndirect_writes = false\n",
     );
     let (mut c, _) = RawClient::ready(&gw.ws_url(), Codec::Json).await;
     assert!(matches!(
@@ -404,12 +413,7 @@ timeout_ms = 6000
         ServerFrame::Joined { .. }
     ));
     let started = std::time::Instant::now();
-    c.send(&ClientFrame::Rpc {
-        id: Some(3),
-        method: "slow".into(),
-        data: Value::Null,
-    })
-    .await;
+    c.send(&slow_rpc(3)).await;
     c.send(&ClientFrame::Ping { id: Some(4) }).await;
     c.send(&publish(5, "lobby", json!("sent behind the rpc")))
         .await;
@@ -480,29 +484,13 @@ timeout_ms = 6000
 /// back to back.
 #[tokio::test]
 async fn frames_waiting_behind_a_slow_rpc_are_rate_limited_by_their_arrival() {
-    let backend = HookBackend::start("unused", SLOW_S);
-    let (gw, _file) = start(
+    let (_backend, gw, _file) = start_with_slow_rpc(
         "slow-rpc-rate",
-        &format!(
-            r#"
-[limits]
-messages_per_second = 5
-message_burst = 2
-[proxy.rpc]
-url = "{rpc}"
-timeout_ms = 6000
-"#,
-            rpc = backend.url("/rpc")
-        ),
+        "[limits]\nmessages_per_second = 5\nmessage_burst = 2\n",
     );
     let (mut c, _) = RawClient::ready(&gw.ws_url(), Codec::Json).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    c.send(&ClientFrame::Rpc {
-        id: Some(1),
-        method: "slow".into(),
-        data: Value::Null,
-    })
-    .await;
+    c.send(&slow_rpc(1)).await;
     for id in 2..=5 {
         tokio::time::sleep(Duration::from_millis(330)).await;
         c.send(&ClientFrame::Ping { id: Some(id) }).await;

@@ -16,9 +16,6 @@ use crate::node::Node;
 pub struct State {
     /// Rooms joined, in join order.
     pub rooms: Vec<String>,
-    /// The configuration in force, for its limits (refreshed when the
-    /// configuration is reloaded).
-    pub live: Arc<crate::live::Live>,
 }
 
 pub async fn handle(
@@ -48,13 +45,12 @@ pub async fn handle(
                 ));
             }
             let already = state.rooms.contains(&room);
-            if !already && state.rooms.len() >= state.live.config.limits.max_rooms_per_connection {
+            // The limit in force now (it changes with a reload).
+            let max_rooms = node.live.get().config.limits.max_rooms_per_connection;
+            if !already && state.rooms.len() >= max_rooms {
                 return Err(NodeError::new(
                     ErrorCode::LimitExceeded,
-                    format!(
-                        "a connection may be in at most {} rooms",
-                        state.live.config.limits.max_rooms_per_connection
-                    ),
+                    format!("a connection may be in at most {max_rooms} rooms"),
                 ));
             }
             let presence = presence.unwrap_or(false);

@@ -97,10 +97,10 @@ pub async fn serve(node: Arc<Node>, mut ws: Box<Socket>, mut upgrade: Box<Upgrad
     let mut gate = Gate {
         rate: RateLimiter::new(limits.messages_per_second, limits.message_burst),
         bad_frames: 0,
-        live: live.clone(),
+        live,
         generation,
     };
-    let state = commands::State { rooms, live };
+    let state = commands::State { rooms };
     let wire_off = WireOff(&conn.wire);
     let (code, mut state) = run_loop(&node, &conn, &mut ws, &mut gate, state).await;
     // No direct ping may reach the descriptor once the socket is closed
@@ -196,20 +196,14 @@ async fn run_loop(
     let mut waiting: VecDeque<Turn> = VecDeque::new();
     loop {
         while running.is_none() {
-            match waiting.pop_front() {
-                Some(Turn::Refused(reply, close)) => refuse(conn, &reply, close),
-                Some(Turn::Command(frame)) => {
-                    let state = idle.take().expect("no command is running");
-                    running = Some(run_command(node, conn, state, frame));
+            let Some(turn) = waiting.pop_front() else {
+                if waiting.capacity() > 0 {
+                    // Not kept by a connection that goes idle again.
+                    waiting = VecDeque::new();
                 }
-                None => {
-                    if waiting.capacity() > 0 {
-                        // Not kept by a connection that goes idle again.
-                        waiting = VecDeque::new();
-                    }
-                    break;
-                }
-            }
+                break;
+            };
+            running = take_turn(node, conn, &mut idle, turn);
         }
         tokio::select! {
             biased;
@@ -258,18 +252,12 @@ async fn run_loop(
                 match frame.opcode() {
                     OpCode::Text | OpCode::Binary => {
                         let turn = admit(node, conn, gate, frame.payload());
-                        match turn {
-                            // Nothing before it: its turn is now (without
-                            // touching the queue, which then stays
-                            // unallocated).
-                            Turn::Command(frame) if running.is_none() && waiting.is_empty() => {
-                                let state = idle.take().expect("no command is running");
-                                running = Some(run_command(node, conn, state, frame));
-                            }
-                            Turn::Refused(reply, close) if running.is_none() && waiting.is_empty() => {
-                                refuse(conn, &reply, close);
-                            }
-                            turn => waiting.push_back(turn),
+                        if running.is_none() && waiting.is_empty() {
+                            // Nothing before it: its turn is now (the queue
+                            // stays unallocated).
+                            running = take_turn(node, conn, &mut idle, turn);
+                        } else {
+                            waiting.push_back(turn);
                         }
                     }
                     OpCode::Ping => {
@@ -309,14 +297,33 @@ async fn settle_all(
     idle: Option<commands::State>,
     waiting: VecDeque<Turn>,
 ) -> commands::State {
-    let mut state = settle(running, idle).await;
+    let mut idle = Some(settle(running, idle).await);
     for turn in waiting {
-        match turn {
-            Turn::Refused(reply, close) => refuse(conn, &reply, close),
-            Turn::Command(frame) => state = run_command(node, conn, state, frame).await,
+        if let Some(command) = take_turn(node, conn, &mut idle, turn) {
+            idle = Some(command.await);
         }
     }
-    state
+    idle.expect("no command is running")
+}
+
+/// A frame's turn: starts its command, which takes the state until it
+/// ends, or sends the answer it was refused with.
+fn take_turn<'a>(
+    node: &'a Arc<Node>,
+    conn: &'a Arc<ConnHandle>,
+    idle: &mut Option<commands::State>,
+    turn: Turn,
+) -> Option<Running<'a>> {
+    match turn {
+        Turn::Command(frame) => {
+            let state = idle.take().expect("no command is running");
+            Some(run_command(node, conn, state, frame))
+        }
+        Turn::Refused(reply, close) => {
+            refuse(conn, &reply, close);
+            None
+        }
+    }
 }
 
 /// Sends a refused frame's answer, then the close it brings, if any (the
@@ -389,13 +396,6 @@ fn run_command<'a>(
     frame: ClientFrame,
 ) -> Running<'a> {
     Box::pin(async move {
-        {
-            // The limits in force when its turn comes.
-            let current = node.live.get();
-            if !Arc::ptr_eq(&state.live, &current) {
-                state.live = Arc::clone(&current);
-            }
-        }
         let id = frame.id();
         let span = if crate::telemetry::enabled() {
             tracing::info_span!("command", kind = frame.kind(), session = %conn.session)
