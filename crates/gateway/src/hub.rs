@@ -111,12 +111,22 @@ impl Hub {
 
     /// Makes a connection reachable by its session and user. Returns the
     /// connection that held the session before, if any (a resume that raced
-    /// the old socket's death).
-    pub fn register(&self, conn: &Arc<ConnHandle>) -> Option<Arc<ConnHandle>> {
-        let old = self
-            .sessions
-            .lock()
-            .insert(conn.session.clone(), conn.clone());
+    /// the old socket's death). `announce` runs while the session table is
+    /// locked: what it tells the presence service (`connect`) is ordered
+    /// against what an older connection of the session tells in
+    /// [`Hub::with_holder`], so the older one's `disconnect` can never
+    /// follow the newer one's `connect`.
+    pub fn register(
+        &self,
+        conn: &Arc<ConnHandle>,
+        announce: impl FnOnce(),
+    ) -> Option<Arc<ConnHandle>> {
+        let old = {
+            let mut sessions = self.sessions.lock();
+            let old = sessions.insert(conn.session.clone(), conn.clone());
+            announce();
+            old
+        };
         self.users
             .lock()
             .entry(conn.user().clone())
@@ -143,6 +153,18 @@ impl Hub {
 
     pub fn by_session(&self, session: &str) -> Option<Arc<ConnHandle>> {
         self.sessions.lock().get(session).cloned()
+    }
+
+    /// Runs `f` with the connection now holding `conn`'s session, if it is
+    /// another one (a resume took the session over), while the session
+    /// table is locked: see [`Hub::register`].
+    pub fn with_holder<R>(
+        &self,
+        conn: &ConnHandle,
+        f: impl FnOnce(Option<&Arc<ConnHandle>>) -> R,
+    ) -> R {
+        let sessions = self.sessions.lock();
+        f(sessions.get(&conn.session).filter(|c| c.id != conn.id))
     }
 
     /// Every connection past `hello` (a snapshot).
@@ -285,6 +307,19 @@ impl Hub {
             Some(true)
         } else {
             Some(false)
+        }
+    }
+
+    /// Runs `f` unless `conn_id` is a member of `room` (buffering or not),
+    /// while the room's shard is locked: what `f` tells is ordered before
+    /// anything that connection's later join of the room tells.
+    pub fn unless_member(&self, room: &str, conn_id: u64, f: impl FnOnce()) {
+        let shard = self.shards[shard_of(room)].lock();
+        if !shard
+            .get(room)
+            .is_some_and(|r| r.members.iter().any(|m| m.conn.id == conn_id))
+        {
+            f();
         }
     }
 

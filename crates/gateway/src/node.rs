@@ -323,6 +323,11 @@ impl Node {
     /// A connection ended: it leaves its rooms. While the node drains, its
     /// session is handed over (its presence is kept for the grace time, so
     /// a client that resumes elsewhere causes no leave and no join).
+    ///
+    /// When a resume has already taken the session over (the new connection
+    /// holds it in the hub), the session goes on: it leaves only the rooms
+    /// its new connection does not hold, and is neither disconnected nor
+    /// handed over.
     pub async fn closed(&self, conn: &Arc<ConnHandle>, rooms: Vec<String>) {
         let mut vacated = Vec::new();
         for room in &rooms {
@@ -330,26 +335,41 @@ impl Node {
                 vacated.push(room.as_str());
             }
         }
-        match &self.presence {
-            Some(presence) if self.drain.is_draining() => presence.enqueue(Op::handoff(
-                conn.session.to_string(),
-                self.config.presence.handoff_grace_ms,
-            )),
-            Some(presence) => presence.enqueue(Op::disconnect(conn.session.to_string())),
-            None => {
-                for room in &rooms {
-                    self.webhook(|| {
-                        WebhookEvent::presence_leave(room, &**conn.user(), &*conn.session)
-                    });
-                    if vacated.contains(&room.as_str()) {
-                        self.webhook(|| WebhookEvent::room_vacated(room));
+        if let Some(presence) = &self.presence {
+            let session = || conn.session.to_string();
+            // Under the session table's lock: ordered against the new
+            // connection's `connect` (Hub::register).
+            self.hub.with_holder(conn, |holder| match holder {
+                Some(holder) => {
+                    for room in &rooms {
+                        self.hub.unless_member(room, holder.id, || {
+                            presence.enqueue(Op::leave(session(), room.as_str()))
+                        });
                     }
                 }
-                for room in rooms {
-                    self.presence_changed(Kind::PresenceLeave, &room, conn.member())
-                        .await;
-                }
+                None if self.drain.is_draining() => presence.enqueue(Op::handoff(
+                    session(),
+                    self.config.presence.handoff_grace_ms,
+                )),
+                None => presence.enqueue(Op::disconnect(session())),
+            });
+            return;
+        }
+        // One node: the rooms the new connection holds see no leave.
+        let holder = self.hub.with_holder(conn, |holder| holder.map(|h| h.id));
+        let left: Vec<&String> = rooms
+            .iter()
+            .filter(|room| holder.is_none_or(|id| !self.hub.is_member(room, id)))
+            .collect();
+        for &room in &left {
+            self.webhook(|| WebhookEvent::presence_leave(room, &**conn.user(), &*conn.session));
+            if vacated.contains(&room.as_str()) {
+                self.webhook(|| WebhookEvent::room_vacated(room));
             }
+        }
+        for room in left {
+            self.presence_changed(Kind::PresenceLeave, room, conn.member())
+                .await;
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use roomcast_client::{Backoff, Client, Event};
 use roomcast_protocol::{ClientFrame, Codec, ServerFrame, Target};
 use roomcast_testkit::redis::RedisServer;
-use roomcast_testkit::ws::{join, RawClient};
+use roomcast_testkit::ws::{join, resume_over_a_lingering_connection, RawClient};
 use roomcast_testkit::{http_request, wait_until, Gateway, PresenceService};
 use serde_json::json;
 
@@ -376,4 +376,32 @@ async fn delivery_goes_on_while_the_presence_service_restarts_and_presence_comes
         "presence not rebuilt within 10 s"
     );
     assert!(restarted_at.elapsed() < Duration::from_secs(10));
+}
+
+/// A client whose old connection still lingers (a flapping network: the
+/// old socket is not closed yet) resumes on the same node. The old
+/// connection is closed by the takeover and its teardown must not end the
+/// session the new connection now holds: the presence service keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_resumed_over_its_lingering_connection_stays_present() {
+    let c = cluster(2);
+    let url = c.nodes[0].ws_url();
+    let mut resumed_sessions = HashSet::new();
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let (new, session) = resume_over_a_lingering_connection(&url, "linger").await;
+        resumed_sessions.insert(session);
+        clients.push(new);
+    }
+    // Both nodes' ops reach the service within a flush or two.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for gw in &c.nodes {
+        let present = presence_sessions(gw, "linger");
+        assert_eq!(
+            present, resumed_sessions,
+            "presence on {} lost resumed sessions",
+            gw.addr
+        );
+    }
+    drop(clients);
 }

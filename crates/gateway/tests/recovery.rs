@@ -3,7 +3,9 @@
 //! cannot be filled.
 
 use roomcast_protocol::{ClientFrame, Codec, Resume, ResumeRoom, RoomStatus, ServerFrame, Since};
-use roomcast_testkit::ws::{join, publish, RawClient};
+use roomcast_testkit::ws::{
+    join, publish, resume_hello, resume_over_a_lingering_connection, RawClient,
+};
 use roomcast_testkit::Gateway;
 use serde_json::json;
 
@@ -291,4 +293,127 @@ async fn a_forged_resume_token_starts_a_fresh_session() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// The old connection of a session still lingers when the session resumes
+/// on a new one: the takeover closes the old one, and its teardown leaves
+/// the room's watchers seeing the session in the room (no leave after the
+/// resumed join) and the room's presence list keeping it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_resumed_over_its_lingering_connection_does_not_leave_its_room() {
+    let gw = Gateway::start(&[]);
+    let (mut watcher, _) = RawClient::ready(&gw.ws_url(), Codec::Json).await;
+    watcher
+        .request(ClientFrame::Join {
+            id: Some(1),
+            room: "linger".into(),
+            since: None,
+            presence: Some(true),
+        })
+        .await;
+    let mut kept = Vec::new();
+    let mut sessions = Vec::new();
+    for _ in 0..5 {
+        let (new, session) = resume_over_a_lingering_connection(&gw.ws_url(), "linger").await;
+        sessions.push(session);
+        kept.push(new);
+    }
+    // The last presence event of each session is a join.
+    let mut last = std::collections::HashMap::new();
+    while let Some(event) = watcher
+        .next_event_within(std::time::Duration::from_millis(1000))
+        .await
+    {
+        match event {
+            roomcast_testkit::ws::Event::Frame(ServerFrame::PresenceJoin { member, .. }) => {
+                last.insert(member.session, "join");
+            }
+            roomcast_testkit::ws::Event::Frame(ServerFrame::PresenceLeave { member, .. }) => {
+                last.insert(member.session, "leave");
+            }
+            roomcast_testkit::ws::Event::Frame(_) => {}
+            roomcast_testkit::ws::Event::Closed(code) => panic!("watcher closed: {code}"),
+        }
+    }
+    for session in &sessions {
+        assert_eq!(last.get(session), Some(&"join"), "session {session}");
+    }
+    let (status, body) = roomcast_testkit::http_request(
+        gw.addr,
+        "GET",
+        "/api/presence/linger",
+        &[("Authorization", "Bearer test-key")],
+        "",
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    for session in &sessions {
+        assert!(body.contains(session.as_str()), "{session} missing: {body}");
+    }
+    drop(kept);
+}
+
+/// Clients that close and at once resume, over and over, all resume: the
+/// session is parked before the old connection leaves the hub, so a resume
+/// racing the teardown always finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_close_and_resume_at_once_always_resume() {
+    let gw = Gateway::start(&[]);
+    let url = gw.ws_url();
+    let (mut publisher, _) = RawClient::ready(&url, Codec::Json).await;
+    joined_epoch(&mut publisher, 1, "storm").await;
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut c, welcome) = RawClient::ready(&url, Codec::Json).await;
+            let ServerFrame::Welcome {
+                session,
+                mut resume_token,
+                ..
+            } = welcome
+            else {
+                unreachable!()
+            };
+            let (mut offset, epoch) = joined_epoch(&mut c, 1, "storm").await;
+            let mut failed = 0;
+            for _ in 0..25 {
+                c.send_frame(yawc::Frame::close(yawc::close::CloseCode::Normal, b""))
+                    .await
+                    .unwrap();
+                let mut back = RawClient::connect(&url, Codec::Json).await;
+                back.send(&resume_hello(
+                    &session,
+                    &resume_token,
+                    "storm",
+                    offset,
+                    &epoch,
+                ))
+                .await;
+                match back.recv().await {
+                    ServerFrame::Welcome {
+                        resumed,
+                        resume_token: t,
+                        rooms,
+                        ..
+                    } => {
+                        if !resumed {
+                            failed += 1;
+                            break;
+                        }
+                        resume_token = t;
+                        offset = rooms[0].offset;
+                    }
+                    other => panic!("{other:?}"),
+                }
+                c = back;
+            }
+            failed
+        }));
+    }
+    let mut failed = 0;
+    for t in tasks {
+        failed += t.await.unwrap();
+    }
+    assert_eq!(failed, 0, "resumes that started a fresh session");
 }

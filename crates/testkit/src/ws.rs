@@ -229,3 +229,56 @@ pub fn publish(id: u64, room: &str, data: serde_json::Value) -> ClientFrame {
         data,
     }
 }
+
+/// A `hello` (id 1) resuming `session` with one room from `offset`.
+pub fn resume_hello(
+    session: &str,
+    token: &str,
+    room: &str,
+    offset: u64,
+    epoch: &str,
+) -> ClientFrame {
+    ClientFrame::Hello {
+        id: Some(1),
+        token: None,
+        resume: Some(roomcast_protocol::Resume {
+            session: session.to_string(),
+            token: token.to_string(),
+            rooms: vec![roomcast_protocol::ResumeRoom {
+                room: room.into(),
+                offset,
+                epoch: epoch.to_string(),
+                presence: None,
+            }],
+        }),
+    }
+}
+
+/// Connects, joins `room`, then resumes the session on a second connection
+/// while the first is still open (a client back before its old socket was
+/// seen dead); checks the resume and that the takeover closed the first one
+/// with 1000. Returns the new connection and the session id.
+pub async fn resume_over_a_lingering_connection(url: &str, room: &str) -> (RawClient, String) {
+    let (mut old, welcome) = RawClient::ready(url, Codec::Json).await;
+    let ServerFrame::Welcome {
+        session,
+        resume_token,
+        ..
+    } = welcome
+    else {
+        panic!("{welcome:?}")
+    };
+    let (offset, epoch) = match old.request(join(1, room)).await {
+        ServerFrame::Joined { offset, epoch, .. } => (offset, epoch),
+        other => panic!("{other:?}"),
+    };
+    let mut new = RawClient::connect(url, Codec::Json).await;
+    new.send(&resume_hello(&session, &resume_token, room, offset, &epoch))
+        .await;
+    match new.recv().await {
+        ServerFrame::Welcome { resumed, .. } => assert!(resumed, "not resumed"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(old.expect_close().await, 1000);
+    (new, session)
+}

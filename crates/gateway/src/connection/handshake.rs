@@ -121,7 +121,9 @@ pub async fn run(
         )
         .with_socket(upgrade.fd, node.config.heartbeat.direct_ping),
     );
-    if let Some(old) = node.hub.register(&conn) {
+    // The presence service hears of the session (`connect`) before any
+    // of the restored rooms below (`join`).
+    if let Some(old) = node.hub.register(&conn, || node.connected(&conn)) {
         if old.id != conn.id {
             old.forget_session.store(true, Ordering::Relaxed);
             old.outbox
@@ -203,15 +205,23 @@ async fn take_session(
             presented.clone()
         }
     };
+    // The hub first, then the parked sessions: a connection's teardown
+    // parks its session before the hub lets go of it, so a resume racing
+    // the teardown finds it in one or the other.
+    if let Some(live) = node.hub.by_session(&resume.session) {
+        if *live.identity.user != *owner {
+            return None;
+        }
+        // Parked already by a teardown under way: the takeover is the
+        // resume; that copy must not resume a second time.
+        node.sessions.forget(&resume.session);
+        return Some((live.session.clone(), pick(live.identity.clone())));
+    }
     if let Some(parked) = node.sessions.take(&resume.session).await {
         if *parked.user == *owner {
             return Some((Arc::from(resume.session.as_str()), pick(parked)));
         }
         return None;
-    }
-    if let Some(live) = node.hub.by_session(&resume.session) {
-        return (*live.identity.user == *owner)
-            .then(|| (live.session.clone(), pick(live.identity.clone())));
     }
     // Cluster: a session the presence service still knows (its node crashed
     // and its lease has not run out yet) resumes on the token's word.

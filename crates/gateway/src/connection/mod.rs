@@ -89,7 +89,6 @@ pub async fn serve(node: Arc<Node>, mut ws: Box<Socket>, mut upgrade: Box<Upgrad
     node.metrics.connections.inc();
     node.metrics.connections_accepted.inc();
     let slot = node.registry.insert(conn.clone());
-    node.connected(&conn);
 
     let generation = node.live.generation();
     let live = node.live.get_full();
@@ -109,8 +108,9 @@ pub async fn serve(node: Arc<Node>, mut ws: Box<Socket>, mut upgrade: Box<Upgrad
     drop(wire_off);
     drop(ws);
 
-    node.hub.unregister(&conn);
-    Box::pin(node.closed(&conn, std::mem::take(&mut state.rooms))).await;
+    // Parked before the hub lets go of the connection: a resume racing
+    // this teardown finds the session in one place or the other (parked,
+    // or still live and taken over), never in neither.
     if !conn.forget_session.load(Ordering::Relaxed) {
         Box::pin(node.sessions.park(
             conn.session.clone(),
@@ -119,6 +119,8 @@ pub async fn serve(node: Arc<Node>, mut ws: Box<Socket>, mut upgrade: Box<Upgrad
         ))
         .await;
     }
+    node.hub.unregister(&conn);
+    Box::pin(node.closed(&conn, std::mem::take(&mut state.rooms))).await;
     if node.hub.by_session(&conn.session).is_none() {
         // Not taken over by a newer connection: the session's presence
         // ended (as a cluster's presence service decides on `disconnect`).
