@@ -82,7 +82,11 @@ impl FanoutConfig {
             rates: args.list(
                 "rates",
                 &e("RATES"),
-                &[100.0, 200.0, 400.0, 800.0, 1600.0, 3200.0, 6400.0],
+                // Doubling, then steps of about √2 from 800 on, where the
+                // servers compared here reach their objective's limit.
+                &[
+                    100.0, 200.0, 400.0, 800.0, 1100.0, 1600.0, 2300.0, 3200.0, 4500.0, 6400.0,
+                ],
             )?,
             secs: args.num("secs", &e("SECS"), 5.0)?,
             warmup_secs: args.num("warmup-secs", &e("WARMUP_SECS"), 1.0)?,
