@@ -84,6 +84,13 @@ pub struct Hub {
     backlog: AtomicUsize,
 }
 
+/// Whether `conn_id` is a member of `room` (buffering or not) in a shard.
+fn has_member(shard: &HashMap<Arc<str>, Room>, room: &str, conn_id: u64) -> bool {
+    shard
+        .get(room)
+        .is_some_and(|r| r.members.iter().any(|m| m.conn.id == conn_id))
+}
+
 fn shard_of(room: &str) -> usize {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in room.bytes() {
@@ -314,20 +321,13 @@ impl Hub {
     /// while the room's shard is locked: what `f` tells is ordered before
     /// anything that connection's later join of the room tells.
     pub fn unless_member(&self, room: &str, conn_id: u64, f: impl FnOnce()) {
-        let shard = self.shards[shard_of(room)].lock();
-        if !shard
-            .get(room)
-            .is_some_and(|r| r.members.iter().any(|m| m.conn.id == conn_id))
-        {
+        if !has_member(&self.shards[shard_of(room)].lock(), room, conn_id) {
             f();
         }
     }
 
     pub fn is_member(&self, room: &str, conn_id: u64) -> bool {
-        self.shards[shard_of(room)]
-            .lock()
-            .get(room)
-            .is_some_and(|r| r.members.iter().any(|m| m.conn.id == conn_id))
+        has_member(&self.shards[shard_of(room)].lock(), room, conn_id)
     }
 
     /// The local members of a room.

@@ -327,7 +327,8 @@ impl Node {
     /// When a resume has already taken the session over (the new connection
     /// holds it in the hub), the session goes on: it leaves only the rooms
     /// its new connection does not hold, and is neither disconnected nor
-    /// handed over.
+    /// handed over (on one node: no `session_end` webhook; a cluster's
+    /// presence service decides that on `disconnect`).
     pub async fn closed(&self, conn: &Arc<ConnHandle>, rooms: Vec<String>) {
         let mut vacated = Vec::new();
         for room in &rooms {
@@ -370,6 +371,11 @@ impl Node {
         for room in left {
             self.presence_changed(Kind::PresenceLeave, room, conn.member())
                 .await;
+        }
+        if holder.is_none() {
+            self.webhook(|| {
+                WebhookEvent::session_end(&**conn.user(), &*conn.session, EndReason::Closed)
+            });
         }
     }
 
@@ -474,14 +480,6 @@ impl Node {
     fn webhook(&self, event: impl FnOnce() -> WebhookEvent) {
         if let Some(webhooks) = &self.webhooks {
             webhooks.push(event());
-        }
-    }
-
-    /// A session's connection ended and no other took it over (single
-    /// node; in a cluster the presence service decides this).
-    pub fn session_ended(&self, user: &str, session: &str) {
-        if self.presence.is_none() {
-            self.webhook(|| WebhookEvent::session_end(user, session, EndReason::Closed));
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use roomcast_client::{Backoff, Client, Event};
 use roomcast_protocol::{ClientFrame, Codec, ServerFrame, Target};
 use roomcast_testkit::redis::RedisServer;
-use roomcast_testkit::ws::{join, resume_over_a_lingering_connection, RawClient};
+use roomcast_testkit::ws::{join, join_watching, resume_over_a_lingering_connection, RawClient};
 use roomcast_testkit::{http_request, wait_until, Gateway, PresenceService};
 use serde_json::json;
 
@@ -203,14 +203,7 @@ async fn a_killed_node_s_clients_resume_elsewhere_with_nothing_lost_and_its_ghos
     let mut c = cluster(3);
     let urls: Vec<String> = c.nodes.iter().map(|g| g.ws_url()).collect();
     let (mut watcher, _) = RawClient::ready(&c.nodes[1].ws_url(), Codec::Json).await;
-    watcher
-        .request(ClientFrame::Join {
-            id: Some(1),
-            room: "crash".into(),
-            since: None,
-            presence: Some(true),
-        })
-        .await;
+    watcher.request(join_watching(1, "crash")).await;
     let mut clients = Vec::new();
     for _ in 0..8 {
         clients.push(recording_client(urls.clone(), "crash").await);
@@ -274,14 +267,7 @@ async fn a_drained_node_s_clients_resume_elsewhere_without_loss_and_without_pres
     let mut c = cluster(3);
     let urls: Vec<String> = c.nodes.iter().map(|g| g.ws_url()).collect();
     let (mut watcher, _) = RawClient::ready(&c.nodes[2].ws_url(), Codec::Json).await;
-    watcher
-        .request(ClientFrame::Join {
-            id: Some(1),
-            room: "drain".into(),
-            since: None,
-            presence: Some(true),
-        })
-        .await;
+    watcher.request(join_watching(1, "drain")).await;
     let mut clients = Vec::new();
     for _ in 0..8 {
         clients.push(recording_client(urls.clone(), "drain").await);

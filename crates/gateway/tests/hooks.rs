@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use roomcast_protocol::{ClientFrame, Codec, ErrorCode, ServerFrame};
-use roomcast_testkit::ws::{ack_offset, join, publish, Event, RawClient};
+use roomcast_testkit::ws::{ack_offset, join, join_watching, publish, Event, RawClient};
 use roomcast_testkit::{http_request, wait_until, Gateway, HookBackend};
 use serde_json::{json, Value};
 
@@ -109,13 +109,7 @@ url = "{}"
     assert_eq!(call["headers"]["authorization"], "Bearer proxy-key");
     assert!(call["headers"]["x-roomcast-node"].is_string());
     // Its info shows in presence.
-    c.request(ClientFrame::Join {
-        id: Some(2),
-        room: "lobby".into(),
-        since: None,
-        presence: Some(true),
-    })
-    .await;
+    c.request(join_watching(2, "lobby")).await;
     let ServerFrame::Presence { members, .. } = c
         .request(ClientFrame::Presence {
             id: Some(3),

@@ -3,7 +3,7 @@
 //! across codecs.
 
 use roomcast_protocol::{ClientFrame, Codec, ErrorCode, ServerFrame, Target};
-use roomcast_testkit::ws::{join, publish, RawClient};
+use roomcast_testkit::ws::{join, join_watching, publish, RawClient};
 use roomcast_testkit::Gateway;
 use serde_json::json;
 
@@ -213,14 +213,7 @@ async fn presence_lists_members_and_watchers_see_joins_and_leaves() {
     let gw = Gateway::start(&[]);
     let (mut watcher, w) = RawClient::ready(&gw.ws_url(), Codec::Json).await;
     let (watcher_session, _) = session_of(&w);
-    watcher
-        .request(ClientFrame::Join {
-            id: Some(1),
-            room: "p".into(),
-            since: None,
-            presence: Some(true),
-        })
-        .await;
+    watcher.request(join_watching(1, "p")).await;
     let (mut other, o) = RawClient::ready(&gw.ws_url(), Codec::MsgPack).await;
     let (other_session, _) = session_of(&o);
     other.request(join(1, "p")).await;

@@ -2,9 +2,9 @@
 //! message once, in order, then live ones; nothing replayed when the gap
 //! cannot be filled.
 
-use roomcast_protocol::{ClientFrame, Codec, Resume, ResumeRoom, RoomStatus, ServerFrame, Since};
+use roomcast_protocol::{ClientFrame, Codec, Resume, RoomStatus, ServerFrame, Since};
 use roomcast_testkit::ws::{
-    join, publish, resume_hello, resume_over_a_lingering_connection, RawClient,
+    join, join_watching, publish, resume_hello, resume_over_a_lingering_connection, RawClient,
 };
 use roomcast_testkit::Gateway;
 use serde_json::json;
@@ -219,21 +219,8 @@ async fn a_resumed_client_gets_missed_messages_in_order_after_an_abrupt_disconne
     publish_n(&mut publisher, "r", 3..=5).await;
 
     let mut back = RawClient::connect(&gw.ws_url(), Codec::MsgPack).await;
-    back.send(&ClientFrame::Hello {
-        id: Some(1),
-        token: None,
-        resume: Some(Resume {
-            session: session.clone(),
-            token: resume_token,
-            rooms: vec![ResumeRoom {
-                room: "r".into(),
-                offset: 2,
-                epoch: epoch.clone(),
-                presence: None,
-            }],
-        }),
-    })
-    .await;
+    back.send(&resume_hello(&session, &resume_token, "r", 2, &epoch))
+        .await;
     match back.recv().await {
         ServerFrame::Welcome {
             session: s,
@@ -303,14 +290,7 @@ async fn a_forged_resume_token_starts_a_fresh_session() {
 async fn a_session_resumed_over_its_lingering_connection_does_not_leave_its_room() {
     let gw = Gateway::start(&[]);
     let (mut watcher, _) = RawClient::ready(&gw.ws_url(), Codec::Json).await;
-    watcher
-        .request(ClientFrame::Join {
-            id: Some(1),
-            room: "linger".into(),
-            since: None,
-            presence: Some(true),
-        })
-        .await;
+    watcher.request(join_watching(1, "linger")).await;
     let mut kept = Vec::new();
     let mut sessions = Vec::new();
     for _ in 0..5 {

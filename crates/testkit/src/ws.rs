@@ -221,6 +221,17 @@ pub fn join(id: u64, room: &str) -> ClientFrame {
     }
 }
 
+/// Join frame shorthand for a member that also receives the room's
+/// `presence_join` and `presence_leave` events.
+pub fn join_watching(id: u64, room: &str) -> ClientFrame {
+    ClientFrame::Join {
+        id: Some(id),
+        room: room.into(),
+        since: None,
+        presence: Some(true),
+    }
+}
+
 /// Publish frame shorthand.
 pub fn publish(id: u64, room: &str, data: serde_json::Value) -> ClientFrame {
     ClientFrame::Publish {

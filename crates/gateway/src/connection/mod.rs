@@ -121,11 +121,6 @@ pub async fn serve(node: Arc<Node>, mut ws: Box<Socket>, mut upgrade: Box<Upgrad
     }
     node.hub.unregister(&conn);
     Box::pin(node.closed(&conn, std::mem::take(&mut state.rooms))).await;
-    if node.hub.by_session(&conn.session).is_none() {
-        // Not taken over by a newer connection: the session's presence
-        // ended (as a cluster's presence service decides on `disconnect`).
-        node.session_ended(conn.user(), &conn.session);
-    }
     // Last: the drain waits for the registry to empty, then flushes the
     // presence ops queued above.
     node.registry.remove(slot);
