@@ -5,7 +5,9 @@
 //! connection is, its outbox, and two timestamps for liveness; everything
 //! else about the connection lives in its own task.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU64, AtomicU8, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed,
+};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -36,8 +38,9 @@ pub struct ConnHandle {
     pub ping_sent: AtomicU64,
     /// The socket, for the heartbeat's direct pings.
     pub wire: Wire,
-    /// Set when the session must not be parked for resume (kicked by the API).
-    pub forget_session: AtomicBool,
+    /// What becomes of the session when the connection ends
+    /// ([`SessionFate`]).
+    fate: AtomicU8,
     pub codec: Codec,
     pub session: Arc<str>,
     pub identity: Identity,
@@ -60,7 +63,7 @@ impl ConnHandle {
             outbox,
             last_seen: AtomicU64::new(now_ms()),
             ping_sent: AtomicU64::new(0),
-            forget_session: AtomicBool::new(false),
+            fate: AtomicU8::new(0),
             wire: Wire::none(),
         }
     }
@@ -130,6 +133,95 @@ impl ConnHandle {
 
     pub fn touch(&self) {
         self.last_seen.store(now_ms(), Relaxed);
+    }
+
+    /// The teardown's turn to park the session: false when it must not be
+    /// parked (taken over, or disconnected by the API), else the session
+    /// is marked as being parked.
+    pub fn begin_park(&self) -> bool {
+        self.fate
+            .fetch_update(AcqRel, Acquire, |f| {
+                (f & FORGET == 0).then_some(f | PARKING)
+            })
+            .is_ok()
+    }
+
+    /// The park begun by [`ConnHandle::begin_park`] is over (done or failed).
+    pub fn end_park(&self) {
+        self.fate.fetch_or(PARKED, AcqRel);
+    }
+
+    /// A resume takes the session over from this connection: unless the
+    /// teardown is parking it already, it will not be parked.
+    /// A session disconnected by the API is not taken over: it has ended.
+    pub fn take_over(&self) -> SessionFate {
+        let before = self
+            .fate
+            .fetch_update(AcqRel, Acquire, |f| {
+                (f & (PARKING | KICKED) == 0).then_some(f | FORGET)
+            })
+            .unwrap_or_else(|f| f);
+        SessionFate::of(before)
+    }
+
+    /// The API disconnects this connection: its session has ended and is
+    /// not parked, or if the teardown is parking it already, the teardown
+    /// takes the parked copy back out ([`ConnHandle::must_discard`]).
+    pub fn disconnect(&self) {
+        self.fate
+            .fetch_update(AcqRel, Acquire, |f| {
+                Some(if f & PARKING == 0 {
+                    f | KICKED | FORGET
+                } else {
+                    f | KICKED | DISCARD
+                })
+            })
+            .ok();
+    }
+
+    /// Whether the session was disconnected while its teardown was parking
+    /// it: the parked copy must go.
+    pub fn must_discard(&self) -> bool {
+        self.fate.load(Acquire) & DISCARD != 0
+    }
+
+    pub fn fate(&self) -> SessionFate {
+        SessionFate::of(self.fate.load(Acquire))
+    }
+}
+
+/// Bits of [`ConnHandle::fate`].
+const FORGET: u8 = 1;
+const PARKING: u8 = 2;
+const PARKED: u8 = 4;
+const DISCARD: u8 = 8;
+const KICKED: u8 = 16;
+
+/// Where a connection's session stands, for a resume that finds the
+/// connection still holding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionFate {
+    /// Still held (or already given up without parking).
+    Held,
+    /// Disconnected by the API: it cannot be resumed.
+    Ended,
+    /// The teardown is parking it: the parked copy is the one to resume.
+    Parking,
+    /// The teardown parked it (or tried to).
+    Parked,
+}
+
+impl SessionFate {
+    fn of(bits: u8) -> SessionFate {
+        if bits & KICKED != 0 {
+            SessionFate::Ended
+        } else if bits & PARKED != 0 {
+            SessionFate::Parked
+        } else if bits & PARKING != 0 {
+            SessionFate::Parking
+        } else {
+            SessionFate::Held
+        }
     }
 }
 

@@ -18,7 +18,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use roomcast_broker::{Delivery, Position, RoomMessage};
@@ -26,7 +27,7 @@ use roomcast_protocol::envelope::{Envelope, Kind};
 use roomcast_protocol::{close, Data, Member, ServerFrame, Target};
 use tokio::sync::OnceCell;
 
-use crate::handle::{ConnHandle, SharedFrame};
+use crate::handle::{ConnHandle, SessionFate, SharedFrame};
 use crate::metrics::Metrics;
 use crate::outbox::PushError;
 
@@ -82,6 +83,11 @@ pub struct Hub {
     /// thread) only while none wait; behind a backlog, the members' tasks
     /// write, in parallel and several frames per write.
     backlog: AtomicUsize,
+    /// Notified whenever a teardown's park ends.
+    parks_ended: tokio::sync::Notify,
+    /// Sessions whose parked copy the node must drop (a disconnect sent by
+    /// another node for a session this one no longer lists).
+    discards: OnceLock<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 /// Whether `conn_id` is a member of `room` (buffering or not) in a shard.
@@ -111,6 +117,8 @@ impl Hub {
             max_buffered,
             direct_below,
             backlog: AtomicUsize::new(0),
+            parks_ended: tokio::sync::Notify::new(),
+            discards: OnceLock::new(),
         }
     }
 
@@ -227,15 +235,59 @@ impl Hub {
         delivered
     }
 
-    /// Closes the local connections of `to` with 1000; they cannot resume.
+    /// Closes the local connections of `to` with 1000; their sessions
+    /// cannot be resumed. Each is marked ([`ConnHandle::disconnect`]) while
+    /// the table it was found in is locked, so a teardown that unregisters
+    /// it afterwards sees the mark. Returns how many were closed.
     pub fn disconnect(&self, to: &Target) -> usize {
-        let conns = self.targets(to).unwrap_or_default();
+        let conns: Vec<Arc<ConnHandle>> = match (&to.user, &to.session) {
+            (Some(user), None) => {
+                let users = self.users.lock();
+                let conns = users.get(user.as_str()).cloned().unwrap_or_default();
+                conns.iter().for_each(|c| c.disconnect());
+                conns
+            }
+            (None, Some(session)) => {
+                let sessions = self.sessions.lock();
+                let conn = sessions.get(session.as_str()).cloned();
+                conn.iter().for_each(|c| c.disconnect());
+                conn.into_iter().collect()
+            }
+            _ => Vec::new(),
+        };
         for conn in &conns {
-            conn.forget_session
-                .store(true, std::sync::atomic::Ordering::Relaxed);
             conn.outbox.close(close::NORMAL, "disconnected by server");
         }
         conns.len()
+    }
+
+    /// Waits until `conn`'s teardown has ended the park it began, within
+    /// `patience` (longer than a park may take).
+    pub async fn await_park(&self, conn: &ConnHandle, patience: Duration) {
+        let _ = tokio::time::timeout(patience, async {
+            loop {
+                let notified = self.parks_ended.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if conn.fate() != SessionFate::Parking {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await;
+    }
+
+    /// Where [`Delivery::control`] sends the sessions whose parked copy must
+    /// go (the node drops them from its session store).
+    pub fn set_discards(&self, sender: tokio::sync::mpsc::UnboundedSender<String>) {
+        let _ = self.discards.set(sender);
+    }
+
+    /// Wakes the resumes waiting for a park to end ([`Hub::await_park`]).
+    pub fn park_ended(&self, conn: &ConnHandle) {
+        conn.end_park();
+        self.parks_ended.notify_waiters();
     }
 
     // ---- rooms --------------------------------------------------------
@@ -414,7 +466,15 @@ impl Delivery for Hub {
             }
             Kind::Disconnect => {
                 if let Some(to) = &envelope.target {
-                    self.disconnect(to);
+                    // Not listed here any more: its teardown may have
+                    // parked the session after the sending node dropped
+                    // the parked copy.
+                    if self.disconnect(to) == 0 {
+                        if let (Some(session), Some(discards)) = (&to.session, self.discards.get())
+                        {
+                            let _ = discards.send(session.clone());
+                        }
+                    }
                 }
             }
             Kind::Message => {}

@@ -120,7 +120,9 @@ impl Node {
         };
         let presence = crate::presence::start(&config, &id, &hub);
         let sessions = match &presence {
-            Some(client) => SessionStore::remote(client.clone()),
+            Some(client) => {
+                SessionStore::remote(client.clone(), Duration::from_millis(config.session.ttl_ms))
+            }
             None => SessionStore::default(),
         };
         let registry = Arc::new(Registry::new(
@@ -154,6 +156,15 @@ impl Node {
             ws_options: crate::server::websocket_options(&config),
             next_conn: AtomicU64::new(1),
             config,
+        });
+        let (discards, mut discard) = tokio::sync::mpsc::unbounded_channel::<String>();
+        node.hub.set_discards(discards);
+        let weak = Arc::downgrade(&node);
+        tokio::spawn(async move {
+            while let Some(session) = discard.recv().await {
+                let Some(node) = weak.upgrade() else { return };
+                node.sessions.discard(&session).await;
+            }
         });
         let weak = Arc::downgrade(&node);
         tokio::spawn(async move {
@@ -492,15 +503,21 @@ impl Node {
                 "give exactly one of `user` or `session`",
             ));
         }
+        // The session's parked copy goes after the connections are marked
+        // (here, or by the owning nodes): a connection the hub no longer
+        // lists has parked its session already, one it lists is marked and
+        // does not park it, or takes the copy back out (Hub::disconnect).
+        let closed = if self.redis.is_none() {
+            self.hub.disconnect(to)
+        } else {
+            let mut envelope = self.envelope(Kind::Disconnect, "");
+            envelope.target = Some(to.clone());
+            self.route(to, envelope).await?
+        };
         if let Some(session) = &to.session {
-            self.sessions.forget(session);
+            self.sessions.discard(session).await;
         }
-        if self.redis.is_none() {
-            return Ok(self.hub.disconnect(to));
-        }
-        let mut envelope = self.envelope(Kind::Disconnect, "");
-        envelope.target = Some(to.clone());
-        self.route(to, envelope).await
+        Ok(closed)
     }
 
     /// Rooms known to this node (with members or with history).

@@ -82,14 +82,34 @@ struct ParkedSession {
 pub struct SessionStore {
     parked: Mutex<HashMap<Arc<str>, ParkedSession>>,
     remote: Option<roomcast_presence::client::PresenceClient>,
+    /// How long the mark of a session the API ended stays in the remote
+    /// store (the session TTL).
+    ended_ttl: Duration,
+}
+
+/// What a resume finds in the store.
+pub enum Taken {
+    /// A parked session, now taken.
+    Parked(Identity),
+    /// The API ended the session: it must not resume by any other way
+    /// either (a cluster's presence service may list it a while longer).
+    Ended,
+    Nothing,
+}
+
+/// The record left in a cluster's store for a session the API ended.
+fn ended_record() -> serde_json::Value {
+    serde_json::json!({ "ended": true })
 }
 
 impl SessionStore {
-    /// A store kept by the presence service.
-    pub fn remote(client: roomcast_presence::client::PresenceClient) -> Self {
+    /// A store kept by the presence service; an ended session's mark stays
+    /// `ttl`.
+    pub fn remote(client: roomcast_presence::client::PresenceClient, ttl: Duration) -> Self {
         SessionStore {
             parked: Mutex::default(),
             remote: Some(client),
+            ended_ttl: ttl,
         }
     }
 
@@ -111,17 +131,35 @@ impl SessionStore {
     }
 
     /// Takes a parked session out of the store, if it has not expired.
-    pub async fn take(&self, session: &str) -> Option<Identity> {
+    pub async fn take(&self, session: &str) -> Taken {
         if let Some(remote) = &self.remote {
-            let record = remote.take(session).await.ok()??;
-            return serde_json::from_value(record).ok();
+            return match remote.take(session).await {
+                Ok(Some(record)) if record == ended_record() => Taken::Ended,
+                Ok(Some(record)) => serde_json::from_value(record)
+                    .map(Taken::Parked)
+                    .unwrap_or(Taken::Nothing),
+                _ => Taken::Nothing,
+            };
         }
-        let parked = self.parked.lock().remove(session)?;
-        (parked.expires > Instant::now()).then_some(parked.identity)
+        match self.parked.lock().remove(session) {
+            Some(parked) if parked.expires > Instant::now() => Taken::Parked(parked.identity),
+            _ => Taken::Nothing,
+        }
     }
 
-    /// Forgets a session (it can no longer be resumed).
-    pub fn forget(&self, session: &str) {
+    /// The API ended a session: its parked copy, if any, goes, and it can
+    /// no longer be resumed. In a cluster the copy is replaced by a mark
+    /// of the end, which a resume takes as a refusal: the presence service
+    /// may list the session for a while yet (until its node's ops or its
+    /// lease's end reach it), and a session it lists would otherwise
+    /// resume on the token's word.
+    pub async fn discard(&self, session: &str) {
+        if let Some(remote) = &self.remote {
+            if let Err(e) = remote.park(session, ended_record(), self.ended_ttl).await {
+                tracing::warn!(session, error = %e, "ended session not marked in the store");
+            }
+            return;
+        }
         self.parked.lock().remove(session);
     }
 
@@ -168,10 +206,13 @@ mod tests {
             .park("s".into(), Identity::anonymous("s"), short)
             .await;
         std::thread::sleep(Duration::from_millis(2));
-        assert!(store.take("s").await.is_none());
+        assert!(matches!(store.take("s").await, Taken::Nothing));
         let long = Duration::from_secs(60);
         store.park("t".into(), Identity::anonymous("t"), long).await;
-        assert!(store.take("t").await.is_some());
-        assert!(store.take("t").await.is_none(), "a session is resumed once");
+        assert!(matches!(store.take("t").await, Taken::Parked(_)));
+        assert!(
+            matches!(store.take("t").await, Taken::Nothing),
+            "a session is resumed once"
+        );
     }
 }

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use roomcast_client::{Backoff, Client, Event};
 use roomcast_protocol::{ClientFrame, Codec, ServerFrame, Target};
 use roomcast_testkit::redis::RedisServer;
-use roomcast_testkit::ws::{join, join_watching, resume_over_a_lingering_connection, RawClient};
+use roomcast_testkit::ws::{
+    close_and_resume_at_once, join, join_watching, resume_hello,
+    resume_over_a_lingering_connection, RawClient,
+};
 use roomcast_testkit::{http_request, wait_until, Gateway, PresenceService};
 use serde_json::json;
 
@@ -390,4 +393,91 @@ async fn a_session_resumed_over_its_lingering_connection_stays_present() {
         );
     }
     drop(clients);
+}
+
+/// Clients that close and at once resume, over and over, on a node whose
+/// parked sessions live in the presence service's store: every resume
+/// resumes, none leaves a parked copy of a session that is live again (a
+/// resume that lands while the old connection's park is under way waits
+/// for it and takes the copy; before, it took the live session over and
+/// the park landed after it), and once the API has disconnected them none
+/// of them can be resumed, not even at once, nor one already parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_that_close_and_resume_at_once_leave_no_parked_copy_and_stay_disconnectable() {
+    let c = cluster(1);
+    let url = c.nodes[0].ws_url();
+    let (mut keeper, _) = RawClient::ready(&url, Codec::Json).await;
+    keeper.request(join(1, "storm")).await;
+    let tasks: Vec<_> = (0..30)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { close_and_resume_at_once(&url, "storm", 15).await })
+        })
+        .collect();
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.unwrap());
+    }
+    assert_eq!(
+        clients.iter().map(|r| r.fresh).sum::<usize>(),
+        0,
+        "resumes that started a fresh session"
+    );
+    // The last parks of the old connections have landed by now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let parked: Vec<&str> = clients
+        .iter()
+        .map(|r| r.session.as_str())
+        .filter(|s| c.redis.cmd(&["EXISTS", &format!("rc:{{sess:{s}}}")]) != "0")
+        .collect();
+    assert!(parked.is_empty(), "live sessions also parked: {parked:?}");
+
+    for r in &mut clients {
+        let body = format!(r#"{{"session":"{}"}}"#, r.session);
+        let (status, answer) =
+            http_request(c.nodes[0].addr, "POST", "/api/disconnect", &[KEY], &body).unwrap();
+        assert_eq!((status, answer.as_str()), (200, r#"{"disconnected":1}"#));
+        assert_eq!(r.client.expect_close().await, 1000);
+    }
+    // At once: the presence service may still list these sessions (its
+    // ops from the node arrive in batches), and a session it lists would
+    // resume on the token's word, as after a crash, were it not marked
+    // ended in the store.
+    for r in &clients {
+        let mut back = RawClient::connect(&url, Codec::Json).await;
+        back.send(&resume_hello(&r.session, &r.token, "storm", 0, "0"))
+            .await;
+        match back.recv().await {
+            ServerFrame::Welcome { resumed, .. } => {
+                assert!(!resumed, "{} resumed after its disconnect", r.session)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    // A session whose client is gone waits parked in the service's store;
+    // a disconnect ends it there too.
+    let mut gone = close_and_resume_at_once(&url, "storm", 0).await;
+    gone.client
+        .send_frame(yawc::Frame::close(yawc::close::CloseCode::Normal, b""))
+        .await
+        .unwrap();
+    let key = format!("rc:{{sess:{}}}", gone.session);
+    assert!(
+        wait_until(Duration::from_secs(10), || c.redis.cmd(&["EXISTS", &key])
+            == "1"),
+        "the closed session was not parked"
+    );
+    let body = format!(r#"{{"session":"{}"}}"#, gone.session);
+    let (status, _) =
+        http_request(c.nodes[0].addr, "POST", "/api/disconnect", &[KEY], &body).unwrap();
+    assert_eq!(status, 200);
+    let mut back = RawClient::connect(&url, Codec::Json).await;
+    back.send(&resume_hello(&gone.session, &gone.token, "storm", 0, "0"))
+        .await;
+    match back.recv().await {
+        ServerFrame::Welcome { resumed, .. } => assert!(!resumed, "resumed after its disconnect"),
+        other => panic!("{other:?}"),
+    }
+    drop(keeper);
 }

@@ -4,7 +4,8 @@
 
 use roomcast_protocol::{ClientFrame, Codec, Resume, RoomStatus, ServerFrame, Since};
 use roomcast_testkit::ws::{
-    join, join_watching, publish, resume_hello, resume_over_a_lingering_connection, RawClient,
+    close_and_resume_at_once, join, join_watching, publish, resume_hello,
+    resume_over_a_lingering_connection, RawClient,
 };
 use roomcast_testkit::Gateway;
 use serde_json::json;
@@ -249,6 +250,53 @@ async fn a_resumed_client_gets_missed_messages_in_order_after_an_abrupt_disconne
     assert_eq!(offsets(&mut back, "r", 1).await, [6]);
 }
 
+/// A resume sent while the node is still closing a session disconnected
+/// through the API (its client has not answered the close yet, so the old
+/// connection is still listed) does not take the session over: it starts
+/// a fresh one.
+#[tokio::test]
+async fn a_resume_racing_the_close_of_a_disconnected_session_starts_fresh() {
+    let gw = Gateway::start(&[]);
+    let (old, welcome) = RawClient::ready(&gw.ws_url(), Codec::Json).await;
+    let ServerFrame::Welcome {
+        session,
+        resume_token,
+        ..
+    } = welcome
+    else {
+        unreachable!()
+    };
+    let body = format!(r#"{{"session":"{session}"}}"#);
+    let key = ("Authorization", "Bearer test-key");
+    let (status, answer) =
+        roomcast_testkit::http_request(gw.addr, "POST", "/api/disconnect", &[key], &body).unwrap();
+    assert_eq!((status, answer.as_str()), (200, r#"{"disconnected":1}"#));
+    // `old` is not read, so the node waits for its answer to the close.
+    let mut back = RawClient::connect(&gw.ws_url(), Codec::Json).await;
+    back.send(&ClientFrame::Hello {
+        id: None,
+        token: None,
+        resume: Some(Resume {
+            session: session.clone(),
+            token: resume_token,
+            rooms: vec![],
+        }),
+    })
+    .await;
+    match back.recv().await {
+        ServerFrame::Welcome {
+            session: s,
+            resumed,
+            ..
+        } => {
+            assert!(!resumed, "resumed a session the API disconnected");
+            assert_ne!(s, session);
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(old);
+}
+
 #[tokio::test]
 async fn a_forged_resume_token_starts_a_fresh_session() {
     let gw = Gateway::start(&[]);
@@ -340,60 +388,18 @@ async fn a_session_resumed_over_its_lingering_connection_does_not_leave_its_room
 async fn clients_that_close_and_resume_at_once_always_resume() {
     let gw = Gateway::start(&[]);
     let url = gw.ws_url();
-    let (mut publisher, _) = RawClient::ready(&url, Codec::Json).await;
-    joined_epoch(&mut publisher, 1, "storm").await;
-    let mut tasks = Vec::new();
-    for _ in 0..40 {
-        let url = url.clone();
-        tasks.push(tokio::spawn(async move {
-            let (mut c, welcome) = RawClient::ready(&url, Codec::Json).await;
-            let ServerFrame::Welcome {
-                session,
-                mut resume_token,
-                ..
-            } = welcome
-            else {
-                unreachable!()
-            };
-            let (mut offset, epoch) = joined_epoch(&mut c, 1, "storm").await;
-            let mut failed = 0;
-            for _ in 0..25 {
-                c.send_frame(yawc::Frame::close(yawc::close::CloseCode::Normal, b""))
-                    .await
-                    .unwrap();
-                let mut back = RawClient::connect(&url, Codec::Json).await;
-                back.send(&resume_hello(
-                    &session,
-                    &resume_token,
-                    "storm",
-                    offset,
-                    &epoch,
-                ))
-                .await;
-                match back.recv().await {
-                    ServerFrame::Welcome {
-                        resumed,
-                        resume_token: t,
-                        rooms,
-                        ..
-                    } => {
-                        if !resumed {
-                            failed += 1;
-                            break;
-                        }
-                        resume_token = t;
-                        offset = rooms[0].offset;
-                    }
-                    other => panic!("{other:?}"),
-                }
-                c = back;
-            }
-            failed
-        }));
-    }
-    let mut failed = 0;
+    // Keeps the room's history while the others come and go.
+    let (mut keeper, _) = RawClient::ready(&url, Codec::Json).await;
+    joined_epoch(&mut keeper, 1, "storm").await;
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { close_and_resume_at_once(&url, "storm", 25).await.fresh })
+        })
+        .collect();
+    let mut fresh = 0;
     for t in tasks {
-        failed += t.await.unwrap();
+        fresh += t.await.unwrap();
     }
-    assert_eq!(failed, 0, "resumes that started a fresh session");
+    assert_eq!(fresh, 0, "resumes that started a fresh session");
 }

@@ -293,3 +293,66 @@ pub async fn resume_over_a_lingering_connection(url: &str, room: &str) -> (RawCl
     assert_eq!(old.expect_close().await, 1000);
     (new, session)
 }
+
+/// What [`close_and_resume_at_once`] leaves: the last connection, its
+/// session and resume token, and how many resumes started a fresh session
+/// (the loop stops at the first).
+pub struct Resumed {
+    pub client: RawClient,
+    pub session: String,
+    pub token: String,
+    pub fresh: usize,
+}
+
+/// Connects and joins `room`, then `cycles` times sends a close and, without
+/// waiting for its answer, resumes the session on a new connection (a
+/// client that reconnects at once: the resume races the old connection's
+/// teardown).
+pub async fn close_and_resume_at_once(url: &str, room: &str, cycles: usize) -> Resumed {
+    let (mut client, welcome) = RawClient::ready(url, Codec::Json).await;
+    let ServerFrame::Welcome {
+        session,
+        resume_token: mut token,
+        ..
+    } = welcome
+    else {
+        panic!("{welcome:?}")
+    };
+    let (mut offset, epoch) = match client.request(join(1, room)).await {
+        ServerFrame::Joined { offset, epoch, .. } => (offset, epoch),
+        other => panic!("{other:?}"),
+    };
+    let mut fresh = 0;
+    for _ in 0..cycles {
+        client
+            .send_frame(yawc::Frame::close(yawc::close::CloseCode::Normal, b""))
+            .await
+            .unwrap();
+        let mut back = RawClient::connect(url, Codec::Json).await;
+        back.send(&resume_hello(&session, &token, room, offset, &epoch))
+            .await;
+        client = back;
+        match client.recv().await {
+            ServerFrame::Welcome {
+                resumed,
+                resume_token,
+                rooms,
+                ..
+            } => {
+                if !resumed {
+                    fresh += 1;
+                    break;
+                }
+                token = resume_token;
+                offset = rooms[0].offset;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    Resumed {
+        client,
+        session,
+        token,
+        fresh,
+    }
+}

@@ -1,7 +1,6 @@
 //! The start of a connection: the `hello` frame, authentication, and either
 //! a new session or the resume of a parked (or still attached) one.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,9 +12,10 @@ use std::borrow::Cow;
 
 use super::{send_now, Socket, Upgrade};
 use crate::auth::Identity;
-use crate::handle::ConnHandle;
+use crate::handle::{ConnHandle, SessionFate};
 use crate::node::Node;
 use crate::outbox::Outbox;
+use crate::session::Taken;
 
 /// A connection past `hello`.
 pub struct Established {
@@ -125,7 +125,7 @@ pub async fn run(
     // of the restored rooms below (`join`).
     if let Some(old) = node.hub.register(&conn, || node.connected(&conn)) {
         if old.id != conn.id {
-            old.forget_session.store(true, Ordering::Relaxed);
+            old.take_over();
             old.outbox
                 .close(close::NORMAL, "session resumed on another connection");
         }
@@ -185,6 +185,11 @@ pub async fn run(
     Ok(Established { conn, rooms })
 }
 
+/// Longest a resume waits for the old connection's teardown to park the
+/// session: longer than a park may take (the presence client's 1 s query
+/// timeout).
+const PARK_PATIENCE: Duration = Duration::from_secs(2);
+
 /// Takes over the session named in `resume` when its token proves it and
 /// the user matches; returns the session id and the identity to use. The
 /// token is checked before the store is touched.
@@ -212,16 +217,30 @@ async fn take_session(
         if *live.identity.user != *owner {
             return None;
         }
-        // Parked already by a teardown under way: the takeover is the
-        // resume; that copy must not resume a second time.
-        node.sessions.forget(&resume.session);
-        return Some((live.session.clone(), pick(live.identity.clone())));
+        match live.take_over() {
+            // Taken from the live connection, which will not park it.
+            SessionFate::Held => return Some((live.session.clone(), pick(live.identity.clone()))),
+            // Its teardown is parking it: the parked copy is the one to
+            // take, once it is there.
+            SessionFate::Parking => {
+                node.hub.await_park(&live, PARK_PATIENCE).await;
+                // Disconnected by the API meanwhile: its teardown drops
+                // the copy once the hub has let go of it.
+                if live.fate() == SessionFate::Ended {
+                    return None;
+                }
+            }
+            SessionFate::Parked => {}
+            // Disconnected by the API, its close still under way.
+            SessionFate::Ended => return None,
+        }
     }
-    if let Some(parked) = node.sessions.take(&resume.session).await {
-        if *parked.user == *owner {
+    match node.sessions.take(&resume.session).await {
+        Taken::Parked(parked) if *parked.user == *owner => {
             return Some((Arc::from(resume.session.as_str()), pick(parked)));
         }
-        return None;
+        Taken::Parked(_) | Taken::Ended => return None,
+        Taken::Nothing => {}
     }
     // Cluster: a session the presence service still knows (its node crashed
     // and its lease has not run out yet) resumes on the token's word.

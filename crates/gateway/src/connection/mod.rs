@@ -16,7 +16,6 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -110,16 +109,25 @@ pub async fn serve(node: Arc<Node>, mut ws: Box<Socket>, mut upgrade: Box<Upgrad
 
     // Parked before the hub lets go of the connection: a resume racing
     // this teardown finds the session in one place or the other (parked,
-    // or still live and taken over), never in neither.
-    if !conn.forget_session.load(Ordering::Relaxed) {
+    // or still live), never in neither. A resume that comes while the
+    // park is under way waits for it and resumes the parked copy; one that
+    // came before it took the session over, and it is not parked at all
+    // (ConnHandle::begin_park).
+    if conn.begin_park() {
         Box::pin(node.sessions.park(
             conn.session.clone(),
             conn.identity.clone(),
             Duration::from_millis(node.config.session.ttl_ms),
         ))
         .await;
+        node.hub.park_ended(&conn);
     }
     node.hub.unregister(&conn);
+    // Disconnected by the API while the park was under way: the mark was
+    // set while the hub still listed the connection, so it shows here.
+    if conn.must_discard() {
+        Box::pin(node.sessions.discard(&conn.session)).await;
+    }
     Box::pin(node.closed(&conn, std::mem::take(&mut state.rooms))).await;
     // Last: the drain waits for the registry to empty, then flushes the
     // presence ops queued above.
