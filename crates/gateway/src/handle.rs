@@ -179,6 +179,23 @@ impl ConnHandle {
             .ok();
     }
 
+    /// The session resumed on another node (its presence service still
+    /// listed it here): unless the teardown is parking it already, it is
+    /// not parked, and the teardown tells the presence service nothing
+    /// about it (the other node holds it now).
+    pub fn moved(&self) {
+        self.fate
+            .fetch_update(AcqRel, Acquire, |f| {
+                (f & PARKING == 0).then_some(f | FORGET | MOVED)
+            })
+            .ok();
+    }
+
+    /// Whether the session went on on another node ([`ConnHandle::moved`]).
+    pub fn has_moved(&self) -> bool {
+        self.fate.load(Acquire) & MOVED != 0
+    }
+
     /// Whether the session was disconnected while its teardown was parking
     /// it: the parked copy must go.
     pub fn must_discard(&self) -> bool {
@@ -196,6 +213,7 @@ const PARKING: u8 = 2;
 const PARKED: u8 = 4;
 const DISCARD: u8 = 8;
 const KICKED: u8 = 16;
+const MOVED: u8 = 32;
 
 /// Where a connection's session stands, for a resume that finds the
 /// connection still holding it.

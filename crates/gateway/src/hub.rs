@@ -90,6 +90,11 @@ pub struct Hub {
     discards: OnceLock<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
+/// The key of a `Disconnect` envelope's `data` that names sessions
+/// resumed on the sending node: `{"moved": [session, ...]}`, with no
+/// `target` (a node older than this ignores it).
+pub const MOVED: &str = "moved";
+
 /// Whether `conn_id` is a member of `room` (buffering or not) in a shard.
 fn has_member(shard: &HashMap<Arc<str>, Room>, room: &str, conn_id: u64) -> bool {
     shard
@@ -259,6 +264,22 @@ impl Hub {
             conn.outbox.close(close::NORMAL, "disconnected by server");
         }
         conns.len()
+    }
+
+    /// `session` resumed on node `to`: its connection here, if any, is
+    /// closed and neither parks it nor tells the presence service of it.
+    pub fn moved(&self, session: &str, to: &str) {
+        let conn = {
+            let sessions = self.sessions.lock();
+            let conn = sessions.get(session).cloned();
+            conn.iter().for_each(|c| c.moved());
+            conn
+        };
+        if let Some(conn) = conn {
+            tracing::debug!(session, node = to, "session resumed on another node");
+            conn.outbox
+                .close(close::NORMAL, "session resumed on another connection");
+        }
     }
 
     /// Waits until `conn`'s teardown has ended the park it began, within
@@ -462,6 +483,14 @@ impl Delivery for Hub {
             Kind::Direct => {
                 if let Some(to) = &envelope.target {
                     self.deliver_direct(to, envelope.data.unwrap_or(Data::Null), envelope.from);
+                }
+            }
+            Kind::Disconnect if envelope.target.is_none() => {
+                let moved = envelope.data.as_ref().and_then(|d| d.get(MOVED));
+                for session in moved.and_then(Data::as_array).into_iter().flatten() {
+                    if let Some(session) = session.as_str() {
+                        self.moved(session, &envelope.node);
+                    }
                 }
             }
             Kind::Disconnect => {

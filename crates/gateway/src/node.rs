@@ -3,10 +3,12 @@
 //! leave, presence, disconnect). Follow `publish` from here to find where a
 //! message goes: broker append → hub delivery → member outboxes.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use roomcast_broker::memory::MemoryBroker;
 use roomcast_broker::redis::RedisBroker;
 use roomcast_broker::{Broker, HistoryLimits, HistoryRead, Recovery, RoomMessage, Route};
@@ -56,6 +58,9 @@ pub struct Node {
     pub per_ip: Arc<PerIpCounter>,
     /// Sockets open on this node, including those still before `hello`.
     pub open: AtomicUsize,
+    /// Sessions resumed here that other nodes may still hold, by node,
+    /// waiting to be told ([`Node::session_moved`]).
+    moved: Mutex<HashMap<String, Vec<String>>>,
     /// Failed API key checks per address.
     pub api_failures: crate::api::KeyFailures,
     /// WebSocket settings shared by every connection (one deflate pool).
@@ -152,6 +157,7 @@ impl Node {
             drain: Drain::default(),
             per_ip: Arc::new(PerIpCounter::default()),
             open: AtomicUsize::new(0),
+            moved: Mutex::default(),
             api_failures: crate::api::KeyFailures::default(),
             ws_options: crate::server::websocket_options(&config),
             next_conn: AtomicU64::new(1),
@@ -348,6 +354,11 @@ impl Node {
             }
         }
         if let Some(presence) = &self.presence {
+            if conn.has_moved() {
+                // Another node holds the session now: what this one
+                // would tell the service could only undo that.
+                return;
+            }
             let session = || conn.session.to_string();
             // Under the session table's lock: ordered against the new
             // connection's `connect` (Hub::register).
@@ -520,6 +531,50 @@ impl Node {
         Ok(closed)
     }
 
+    /// Tells `nodes`, which the presence service listed as holding
+    /// `session`, that it resumed here: each closes its connection of the
+    /// session, if it still has one, without parking it. The notices wait
+    /// [`MOVED_GATHER`] and go out together, one envelope per node and up
+    /// to [`MOVED_PER_ENVELOPE`] sessions: a storm of resumes from a
+    /// crashed node (whose channel nobody reads) costs a few publishes,
+    /// and no resume waits for them.
+    pub fn session_moved(self: &Arc<Self>, session: &str, nodes: &[String]) {
+        let first = {
+            let mut moved = self.moved.lock();
+            let first = moved.is_empty();
+            for to in nodes {
+                moved
+                    .entry(to.clone())
+                    .or_default()
+                    .push(session.to_string());
+            }
+            first
+        };
+        if !first {
+            return;
+        }
+        let node = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(MOVED_GATHER).await;
+            let Some(node) = node.upgrade() else { return };
+            let moved = std::mem::take(&mut *node.moved.lock());
+            for (to, sessions) in moved {
+                for chunk in sessions.chunks(MOVED_PER_ENVELOPE) {
+                    let mut envelope = node.envelope(Kind::Disconnect, "");
+                    envelope.data = Some(serde_json::json!({ crate::hub::MOVED: chunk }));
+                    if let Err(e) = node
+                        .broker
+                        .send_control(Route::Node(to.clone()), envelope)
+                        .await
+                    {
+                        tracing::warn!(error = %e, node = %to, sessions = chunk.len(),
+                            "resumes not told to the sessions' old node");
+                    }
+                }
+            }
+        });
+    }
+
     /// Rooms known to this node (with members or with history).
     pub fn room_count(&self) -> usize {
         match &self.memory {
@@ -528,6 +583,11 @@ impl Node {
         }
     }
 }
+
+/// How long moved-session notices gather before they go out.
+const MOVED_GATHER: Duration = Duration::from_millis(5);
+/// Most sessions named in one moved-session envelope.
+const MOVED_PER_ENVELOPE: usize = 500;
 
 /// A span around a call to the presence service (none when not tracing).
 fn presence_span(name: &'static str) -> tracing::Span {

@@ -10,7 +10,7 @@ use roomcast_client::{Backoff, Client, Event};
 use roomcast_protocol::{ClientFrame, Codec, ServerFrame, Target};
 use roomcast_testkit::redis::RedisServer;
 use roomcast_testkit::ws::{
-    close_and_resume_at_once, join, join_watching, resume_hello,
+    close_and_resume_at_once, join, join_watching, joined, resume_hello,
     resume_over_a_lingering_connection, RawClient,
 };
 use roomcast_testkit::{http_request, wait_until, Gateway, PresenceService};
@@ -480,4 +480,55 @@ async fn sessions_that_close_and_resume_at_once_leave_no_parked_copy_and_stay_di
         other => panic!("{other:?}"),
     }
     drop(keeper);
+}
+
+/// A client back on another node before the first one saw its old socket
+/// die: the session resumes there on the token's word (the presence
+/// service lists it on the first node), and the first node is told. It
+/// closes the lingering connection with 1000 without parking the session
+/// or telling the presence service anything, so the session stays present
+/// on the new node and nothing is left parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_resumed_on_another_node_closes_its_lingering_connection() {
+    let c = cluster(2);
+    let mut first = joined(&c.nodes[0].ws_url(), "moved").await;
+    let session = first.session.clone();
+    assert!(wait_until(Duration::from_secs(5), || presence_sessions(
+        &c.nodes[1],
+        "moved"
+    )
+    .contains(&session)));
+    let mut new = RawClient::connect(&c.nodes[1].ws_url(), Codec::Json).await;
+    new.send(&resume_hello(
+        &session,
+        &first.token,
+        "moved",
+        first.offset,
+        &first.epoch,
+    ))
+    .await;
+    match new.recv().await {
+        ServerFrame::Welcome { resumed, .. } => assert!(resumed, "not resumed"),
+        other => panic!("{other:?}"),
+    }
+    let code = tokio::time::timeout(Duration::from_secs(5), first.client.expect_close())
+        .await
+        .expect("the old node left its connection of the session open");
+    assert_eq!(code, 1000);
+    // The old node's teardown has run by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let key = format!("rc:{{sess:{session}}}");
+    assert_eq!(
+        c.redis.cmd(&["EXISTS", &key]),
+        "0",
+        "parked by the old node"
+    );
+    for gw in &c.nodes {
+        assert!(
+            presence_sessions(gw, "moved").contains(&session),
+            "dropped from presence on {}",
+            gw.addr
+        );
+    }
+    drop(new);
 }

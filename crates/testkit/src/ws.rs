@@ -265,12 +265,19 @@ pub fn resume_hello(
     }
 }
 
-/// Connects, joins `room`, then resumes the session on a second connection
-/// while the first is still open (a client back before its old socket was
-/// seen dead); checks the resume and that the takeover closed the first one
-/// with 1000. Returns the new connection and the session id.
-pub async fn resume_over_a_lingering_connection(url: &str, room: &str) -> (RawClient, String) {
-    let (mut old, welcome) = RawClient::ready(url, Codec::Json).await;
+/// A client that said `hello` and joined a room, with what a resume of its
+/// session needs.
+pub struct Joined {
+    pub client: RawClient,
+    pub session: String,
+    pub token: String,
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// Connects to `url` and joins `room` (join id 1).
+pub async fn joined(url: &str, room: &str) -> Joined {
+    let (mut client, welcome) = RawClient::ready(url, Codec::Json).await;
     let ServerFrame::Welcome {
         session,
         resume_token,
@@ -279,12 +286,33 @@ pub async fn resume_over_a_lingering_connection(url: &str, room: &str) -> (RawCl
     else {
         panic!("{welcome:?}")
     };
-    let (offset, epoch) = match old.request(join(1, room)).await {
+    let (offset, epoch) = match client.request(join(1, room)).await {
         ServerFrame::Joined { offset, epoch, .. } => (offset, epoch),
         other => panic!("{other:?}"),
     };
+    Joined {
+        client,
+        session,
+        token: resume_token,
+        offset,
+        epoch,
+    }
+}
+
+/// Connects, joins `room`, then resumes the session on a second connection
+/// while the first is still open (a client back before its old socket was
+/// seen dead); checks the resume and that the takeover closed the first one
+/// with 1000. Returns the new connection and the session id.
+pub async fn resume_over_a_lingering_connection(url: &str, room: &str) -> (RawClient, String) {
+    let Joined {
+        client: mut old,
+        session,
+        token,
+        offset,
+        epoch,
+    } = joined(url, room).await;
     let mut new = RawClient::connect(url, Codec::Json).await;
-    new.send(&resume_hello(&session, &resume_token, room, offset, &epoch))
+    new.send(&resume_hello(&session, &token, room, offset, &epoch))
         .await;
     match new.recv().await {
         ServerFrame::Welcome { resumed, .. } => assert!(resumed, "not resumed"),
@@ -309,19 +337,13 @@ pub struct Resumed {
 /// client that reconnects at once: the resume races the old connection's
 /// teardown).
 pub async fn close_and_resume_at_once(url: &str, room: &str, cycles: usize) -> Resumed {
-    let (mut client, welcome) = RawClient::ready(url, Codec::Json).await;
-    let ServerFrame::Welcome {
+    let Joined {
+        mut client,
         session,
-        resume_token: mut token,
-        ..
-    } = welcome
-    else {
-        panic!("{welcome:?}")
-    };
-    let (mut offset, epoch) = match client.request(join(1, room)).await {
-        ServerFrame::Joined { offset, epoch, .. } => (offset, epoch),
-        other => panic!("{other:?}"),
-    };
+        mut token,
+        mut offset,
+        epoch,
+    } = joined(url, room).await;
     let mut fresh = 0;
     for _ in 0..cycles {
         client

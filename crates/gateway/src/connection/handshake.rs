@@ -94,9 +94,16 @@ pub async fn run(
             }
         };
 
-    let taken = match &resume {
-        Some(r) => take_session(node, r, &identity).await,
-        None => None,
+    let (taken, held_elsewhere) = match &resume {
+        Some(r) => match take_session(node, r, &identity).await {
+            Some(Resumed {
+                session,
+                identity,
+                held_elsewhere,
+            }) => (Some((session, identity)), held_elsewhere),
+            None => (None, Vec::new()),
+        },
+        None => (None, Vec::new()),
     };
     let resumed = taken.is_some();
     if let Some(r) = &resume {
@@ -129,6 +136,12 @@ pub async fn run(
             old.outbox
                 .close(close::NORMAL, "session resumed on another connection");
         }
+    }
+
+    // Resumed on the token's word while the presence service listed the
+    // session on other nodes: their connections of it, if still open, go.
+    if !held_elsewhere.is_empty() {
+        node.session_moved(&conn.session, &held_elsewhere);
     }
 
     // Restore the rooms of a resumed session: join each (buffering), then
@@ -190,14 +203,23 @@ pub async fn run(
 /// timeout).
 const PARK_PATIENCE: Duration = Duration::from_secs(2);
 
+/// A session a resume takes.
+struct Resumed {
+    session: Arc<str>,
+    identity: Identity,
+    /// Other nodes the presence service lists as holding it.
+    held_elsewhere: Vec<String>,
+}
+
 /// Takes over the session named in `resume` when its token proves it and
 /// the user matches; returns the session id and the identity to use. The
 /// token is checked before the store is touched.
-async fn take_session(
-    node: &Node,
-    resume: &Resume,
-    presented: &Identity,
-) -> Option<(Arc<str>, Identity)> {
+async fn take_session(node: &Node, resume: &Resume, presented: &Identity) -> Option<Resumed> {
+    let here = |session: Arc<str>, identity: Identity| Resumed {
+        session,
+        identity,
+        held_elsewhere: Vec::new(),
+    };
     let owner = node.signer.verify(&resume.token, &resume.session)?;
     if !presented.anonymous && *presented.user != *owner {
         return None;
@@ -219,7 +241,9 @@ async fn take_session(
         }
         match live.take_over() {
             // Taken from the live connection, which will not park it.
-            SessionFate::Held => return Some((live.session.clone(), pick(live.identity.clone()))),
+            SessionFate::Held => {
+                return Some(here(live.session.clone(), pick(live.identity.clone())))
+            }
             // Its teardown is parking it: the parked copy is the one to
             // take, once it is there.
             SessionFate::Parking => {
@@ -237,27 +261,34 @@ async fn take_session(
     }
     match node.sessions.take(&resume.session).await {
         Taken::Parked(parked) if *parked.user == *owner => {
-            return Some((Arc::from(resume.session.as_str()), pick(parked)));
+            return Some(here(Arc::from(resume.session.as_str()), pick(parked)));
         }
         Taken::Parked(_) | Taken::Ended => return None,
         Taken::Nothing => {}
     }
-    // Cluster: a session the presence service still knows (its node crashed
-    // and its lease has not run out yet) resumes on the token's word.
+    // Cluster: a session the presence service still knows resumes on the
+    // token's word: its node crashed and its lease has not run out yet, or
+    // its node still holds it (the client came back here before that node
+    // saw its old socket die), and is told it moved.
     let presence = node.presence.as_ref()?;
     let owners = presence
         .lookup(&[], std::slice::from_ref(&resume.session))
         .await
         .ok()?;
-    owners
+    let mut held_elsewhere: Vec<String> = owners
         .iter()
-        .any(|o| o.session == resume.session && o.user == owner)
-        .then(|| {
-            (
-                Arc::from(resume.session.as_str()),
-                pick(Identity::anonymous_user(&owner)),
-            )
-        })
+        .filter(|o| o.session == resume.session && o.user == owner)
+        .map(|o| o.node.clone())
+        .collect();
+    if held_elsewhere.is_empty() {
+        return None;
+    }
+    held_elsewhere.retain(|n| *n != *node.id);
+    Some(Resumed {
+        session: Arc::from(resume.session.as_str()),
+        identity: pick(Identity::anonymous_user(&owner)),
+        held_elsewhere,
+    })
 }
 
 /// A close reason fits in 123 bytes; cut at a character boundary.
