@@ -205,17 +205,35 @@ impl Hub {
         out
     }
 
-    pub fn by_user(&self, user: &str) -> Vec<Arc<ConnHandle>> {
-        self.users.lock().get(user).cloned().unwrap_or_default()
-    }
-
     /// The local connections a target names (`None`: the target is malformed).
     pub fn targets(&self, to: &Target) -> Option<Vec<Arc<ConnHandle>>> {
-        match (&to.user, &to.session) {
-            (Some(user), None) => Some(self.by_user(user)),
-            (None, Some(session)) => Some(self.by_session(session).into_iter().collect()),
-            _ => None,
-        }
+        self.targets_marked(to, |_| {})
+    }
+
+    /// [`Hub::targets`], with `mark` run on each connection while the
+    /// table it was found in is still locked: a teardown that unregisters
+    /// the connection afterwards sees what `mark` set.
+    fn targets_marked(
+        &self,
+        to: &Target,
+        mark: impl Fn(&ConnHandle),
+    ) -> Option<Vec<Arc<ConnHandle>>> {
+        let conns: Vec<Arc<ConnHandle>> = match (&to.user, &to.session) {
+            (Some(user), None) => {
+                let users = self.users.lock();
+                let conns = users.get(user.as_str()).cloned().unwrap_or_default();
+                conns.iter().for_each(|c| mark(c));
+                conns
+            }
+            (None, Some(session)) => {
+                let sessions = self.sessions.lock();
+                let conn = sessions.get(session.as_str()).cloned();
+                conn.iter().for_each(|c| mark(c));
+                conn.into_iter().collect()
+            }
+            _ => return None,
+        };
+        Some(conns)
     }
 
     /// Queues a `direct` frame to the local connections of `to`; returns how
@@ -245,21 +263,9 @@ impl Hub {
     /// the table it was found in is locked, so a teardown that unregisters
     /// it afterwards sees the mark. Returns how many were closed.
     pub fn disconnect(&self, to: &Target) -> usize {
-        let conns: Vec<Arc<ConnHandle>> = match (&to.user, &to.session) {
-            (Some(user), None) => {
-                let users = self.users.lock();
-                let conns = users.get(user.as_str()).cloned().unwrap_or_default();
-                conns.iter().for_each(|c| c.disconnect());
-                conns
-            }
-            (None, Some(session)) => {
-                let sessions = self.sessions.lock();
-                let conn = sessions.get(session.as_str()).cloned();
-                conn.iter().for_each(|c| c.disconnect());
-                conn.into_iter().collect()
-            }
-            _ => Vec::new(),
-        };
+        let conns = self
+            .targets_marked(to, ConnHandle::disconnect)
+            .unwrap_or_default();
         for conn in &conns {
             conn.outbox.close(close::NORMAL, "disconnected by server");
         }
@@ -269,13 +275,14 @@ impl Hub {
     /// `session` resumed on node `to`: its connection here, if any, is
     /// closed and neither parks it nor tells the presence service of it.
     pub fn moved(&self, session: &str, to: &str) {
-        let conn = {
-            let sessions = self.sessions.lock();
-            let conn = sessions.get(session).cloned();
-            conn.iter().for_each(|c| c.moved());
-            conn
+        let target = Target {
+            user: None,
+            session: Some(session.to_string()),
         };
-        if let Some(conn) = conn {
+        for conn in self
+            .targets_marked(&target, ConnHandle::moved)
+            .unwrap_or_default()
+        {
             tracing::debug!(session, node = to, "session resumed on another node");
             conn.outbox
                 .close(close::NORMAL, "session resumed on another connection");

@@ -273,16 +273,8 @@ async fn a_resume_racing_the_close_of_a_disconnected_session_starts_fresh() {
     assert_eq!((status, answer.as_str()), (200, r#"{"disconnected":1}"#));
     // `old` is not read, so the node waits for its answer to the close.
     let mut back = RawClient::connect(&gw.ws_url(), Codec::Json).await;
-    back.send(&ClientFrame::Hello {
-        id: None,
-        token: None,
-        resume: Some(Resume {
-            session: session.clone(),
-            token: resume_token,
-            rooms: vec![],
-        }),
-    })
-    .await;
+    back.send(&resume_hello(&session, &resume_token, "r", 0, "0"))
+        .await;
     match back.recv().await {
         ServerFrame::Welcome {
             session: s,

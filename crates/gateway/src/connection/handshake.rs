@@ -94,16 +94,9 @@ pub async fn run(
             }
         };
 
-    let (taken, held_elsewhere) = match &resume {
-        Some(r) => match take_session(node, r, &identity).await {
-            Some(Resumed {
-                session,
-                identity,
-                held_elsewhere,
-            }) => (Some((session, identity)), held_elsewhere),
-            None => (None, Vec::new()),
-        },
-        None => (None, Vec::new()),
+    let taken = match &resume {
+        Some(r) => take_session(node, r, &identity).await,
+        None => None,
     };
     let resumed = taken.is_some();
     if let Some(r) = &resume {
@@ -116,7 +109,10 @@ pub async fn run(
             node.metrics.resumes_failed.inc();
         }
     }
-    let (session, identity) = taken.unwrap_or((fresh, identity));
+    let (session, identity, held_elsewhere) = match taken {
+        Some(t) => (t.session, t.identity, t.held_elsewhere),
+        None => (fresh, identity, Vec::new()),
+    };
     let limits = &node.live.get().config.limits.clone();
     let conn = Arc::new(
         ConnHandle::new(
