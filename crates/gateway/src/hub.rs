@@ -87,7 +87,7 @@ pub struct Hub {
     parks_ended: tokio::sync::Notify,
     /// Sessions whose parked copy the node must drop (a disconnect sent by
     /// another node for a session this one no longer lists).
-    discards: OnceLock<tokio::sync::mpsc::UnboundedSender<String>>,
+    discards: OnceLock<tokio::sync::mpsc::UnboundedSender<Target>>,
 }
 
 /// The key of a `Disconnect` envelope's `data` that names sessions
@@ -307,8 +307,9 @@ impl Hub {
     }
 
     /// Where [`Delivery::control`] sends the sessions whose parked copy must
-    /// go (the node drops them from its session store).
-    pub fn set_discards(&self, sender: tokio::sync::mpsc::UnboundedSender<String>) {
+    /// go, and the users whose parked sessions must (the node ends them in
+    /// its session store).
+    pub fn set_discards(&self, sender: tokio::sync::mpsc::UnboundedSender<Target>) {
         let _ = self.discards.set(sender);
     }
 
@@ -502,13 +503,16 @@ impl Delivery for Hub {
             }
             Kind::Disconnect => {
                 if let Some(to) = &envelope.target {
-                    // Not listed here any more: its teardown may have
-                    // parked the session after the sending node dropped
-                    // the parked copy.
-                    if self.disconnect(to) == 0 {
-                        if let (Some(session), Some(discards)) = (&to.session, self.discards.get())
-                        {
-                            let _ = discards.send(session.clone());
+                    // A session not listed here any more: its teardown may
+                    // have parked it after the sending node dropped the
+                    // parked copy. A user's connections that went away
+                    // before this came may have been parked after the
+                    // sending node ended the user's parked sessions: this
+                    // node ends them again once its parks have landed.
+                    let found = self.disconnect(to);
+                    if let Some(discards) = self.discards.get() {
+                        if to.user.is_some() || (to.session.is_some() && found == 0) {
+                            let _ = discards.send(to.clone());
                         }
                     }
                 }

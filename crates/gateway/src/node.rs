@@ -163,13 +163,18 @@ impl Node {
             next_conn: AtomicU64::new(1),
             config,
         });
-        let (discards, mut discard) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let (discards, mut discard) = tokio::sync::mpsc::unbounded_channel::<Target>();
         node.hub.set_discards(discards);
         let weak = Arc::downgrade(&node);
         tokio::spawn(async move {
-            while let Some(session) = discard.recv().await {
+            while let Some(to) = discard.recv().await {
                 let Some(node) = weak.upgrade() else { return };
-                node.sessions.discard(&session).await;
+                if let Some(session) = &to.session {
+                    node.sessions.discard(session).await;
+                }
+                if let Some(user) = &to.user {
+                    node.sessions.end_user(user).await;
+                }
             }
         });
         let weak = Arc::downgrade(&node);
@@ -527,6 +532,9 @@ impl Node {
         };
         if let Some(session) = &to.session {
             self.sessions.discard(session).await;
+        }
+        if let Some(user) = &to.user {
+            self.sessions.end_user(user).await;
         }
         Ok(closed)
     }

@@ -116,7 +116,10 @@ impl SessionStore {
     pub async fn park(&self, session: Arc<str>, identity: Identity, ttl: Duration) {
         if let Some(remote) = &self.remote {
             let record = serde_json::to_value(&identity).unwrap_or_default();
-            if let Err(e) = remote.park(&session, record, ttl).await {
+            if let Err(e) = remote
+                .park(&session, record, ttl, Some(&identity.user))
+                .await
+            {
                 tracing::warn!(error = %e, "session not parked; its resume will start fresh");
             }
             return;
@@ -155,12 +158,36 @@ impl SessionStore {
     /// resume on the token's word.
     pub async fn discard(&self, session: &str) {
         if let Some(remote) = &self.remote {
-            if let Err(e) = remote.park(session, ended_record(), self.ended_ttl).await {
+            if let Err(e) = remote
+                .park(session, ended_record(), self.ended_ttl, None)
+                .await
+            {
                 tracing::warn!(session, error = %e, "ended session not marked in the store");
             }
             return;
         }
         self.parked.lock().remove(session);
+    }
+
+    /// The API ended a user: the sessions the user left parked can no
+    /// longer be resumed (those still connected are closed and discarded
+    /// by their nodes). In a cluster the presence service lists parked
+    /// sessions by user and replaces each one's copy with the mark of
+    /// [`Self::discard`]; here the copies go. Returns how many there were.
+    pub async fn end_user(&self, user: &str) -> u64 {
+        if let Some(remote) = &self.remote {
+            return match remote.end_user(user, ended_record(), self.ended_ttl).await {
+                Ok(ended) => ended,
+                Err(e) => {
+                    tracing::warn!(user, error = %e, "parked sessions of an ended user not marked");
+                    0
+                }
+            };
+        }
+        let mut parked = self.parked.lock();
+        let before = parked.len();
+        parked.retain(|_, p| &*p.identity.user != user);
+        (before - parked.len()) as u64
     }
 
     /// Drops expired sessions; returns how many.
@@ -214,5 +241,21 @@ mod tests {
             matches!(store.take("t").await, Taken::Nothing),
             "a session is resumed once"
         );
+    }
+
+    #[tokio::test]
+    async fn ending_a_user_drops_that_users_parked_sessions_only() {
+        let store = SessionStore::default();
+        let ttl = Duration::from_secs(60);
+        for (session, user) in [("a1", "alice"), ("a2", "alice"), ("b1", "bob")] {
+            store
+                .park(session.into(), Identity::anonymous_user(user), ttl)
+                .await;
+        }
+        assert_eq!(store.end_user("alice").await, 2);
+        assert!(matches!(store.take("a1").await, Taken::Nothing));
+        assert!(matches!(store.take("a2").await, Taken::Nothing));
+        assert!(matches!(store.take("b1").await, Taken::Parked(_)));
+        assert_eq!(store.end_user("alice").await, 0);
     }
 }

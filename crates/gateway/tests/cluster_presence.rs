@@ -532,3 +532,54 @@ async fn a_session_resumed_on_another_node_closes_its_lingering_connection() {
     }
     drop(new);
 }
+
+/// A `{user}` disconnect reaches the sessions the user left parked in the
+/// presence service's store, whichever node parked them and whichever node
+/// the call lands on: each one's copy becomes the mark of an ended session
+/// (its resume starts fresh), and other users' copies stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_disconnect_ends_the_sessions_the_user_left_parked() {
+    let c = cluster(2);
+    let (url0, url1) = (c.nodes[0].ws_url(), c.nodes[1].ws_url());
+    let mut gone = joined(&url0, "ban").await;
+    let mut other = joined(&url0, "ban").await;
+    for j in [&mut gone, &mut other] {
+        j.client
+            .send_frame(yawc::Frame::close(yawc::close::CloseCode::Normal, b""))
+            .await
+            .unwrap();
+        j.client.expect_close().await;
+    }
+    for j in [&gone, &other] {
+        let key = format!("rc:{{sess:{}}}", j.session);
+        assert!(
+            wait_until(Duration::from_secs(10), || c.redis.cmd(&["EXISTS", &key])
+                == "1"),
+            "{} was not parked",
+            j.session
+        );
+    }
+    let listed = format!("rc:{{user:{}}}", gone.user);
+    assert_eq!(c.redis.cmd(&["SISMEMBER", &listed, &gone.session]), "1");
+
+    let body = format!(r#"{{"user":"{}"}}"#, gone.user);
+    let (status, _) =
+        http_request(c.nodes[1].addr, "POST", "/api/disconnect", &[KEY], &body).unwrap();
+    assert_eq!(status, 200);
+    let key = format!("rc:{{sess:{}}}", gone.session);
+    assert_eq!(c.redis.cmd(&["GET", &key]), r#"{"ended":true}"#);
+    assert_eq!(c.redis.cmd(&["EXISTS", &listed]), "0");
+    for (j, resumable) in [(&gone, false), (&other, true)] {
+        let mut back = RawClient::connect(&url1, Codec::Json).await;
+        back.send(&resume_hello(
+            &j.session, &j.token, "ban", j.offset, &j.epoch,
+        ))
+        .await;
+        match back.recv().await {
+            ServerFrame::Welcome { resumed, .. } => {
+                assert_eq!(resumed, resumable, "{} (resumable: {resumable})", j.session)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -148,6 +148,25 @@ pub struct LookupResponse {
 pub struct ParkRequest {
     pub record: Data,
     pub ttl_ms: u64,
+    /// The session's user: the record is then also listed under that user,
+    /// for `POST /v1/users/{user}/end`. Absent from older gateways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// `POST /v1/users/{user}/end`: replace every parked record of the user's
+/// sessions with `record`, kept `ttl_ms` (the gateway's mark of a session
+/// the API ended).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndUserRequest {
+    pub record: Data,
+    pub ttl_ms: u64,
+}
+
+/// How many parked records were replaced.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndUserResponse {
+    pub ended: u64,
 }
 
 /// `POST /v1/sessions/{session}/take`.

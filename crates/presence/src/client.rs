@@ -40,8 +40,9 @@ use serde::Serialize;
 use tokio::sync::{oneshot, Notify};
 
 use crate::api::{
-    ErrorBody, LookupRequest, LookupResponse, Member, MembersResponse, Op, Owner, ParkRequest,
-    SyncRequest, SyncResponse, TakeManyRequest, TakeManyResponse, TakeResponse,
+    EndUserRequest, EndUserResponse, ErrorBody, LookupRequest, LookupResponse, Member,
+    MembersResponse, Op, Owner, ParkRequest, SyncRequest, SyncResponse, TakeManyRequest,
+    TakeManyResponse, TakeResponse,
 };
 
 /// Produces connect + join ops for every live session of the node.
@@ -443,16 +444,19 @@ impl PresenceClient {
         self.shared.answer(answer).await
     }
 
-    /// Parks a session record for `ttl` (replacing any earlier one).
+    /// Parks a session record for `ttl` (replacing any earlier one), listed
+    /// under `user` when one is given (see [`Self::end_user`]).
     pub async fn park(
         &self,
         session: &str,
         record: Data,
         ttl: Duration,
+        user: Option<&str>,
     ) -> Result<(), PresenceError> {
         let body = ParkRequest {
             record,
             ttl_ms: (ttl.as_millis() as u64).max(1),
+            user: user.map(str::to_string),
         };
         let path = format!("/v1/sessions/{}", segment(session));
         let (status, body) = self
@@ -460,6 +464,32 @@ impl PresenceClient {
             .query(Method::PUT, &path, Some(&body), self.shared.options.timeout)
             .await?;
         expect_ok(status, &body)
+    }
+
+    /// Replaces the record of every session `user` left parked with
+    /// `record`, kept `ttl`; returns how many were replaced.
+    pub async fn end_user(
+        &self,
+        user: &str,
+        record: Data,
+        ttl: Duration,
+    ) -> Result<u64, PresenceError> {
+        let body = EndUserRequest {
+            record,
+            ttl_ms: (ttl.as_millis() as u64).max(1),
+        };
+        let path = format!("/v1/users/{}/end", segment(user));
+        let (status, body) = self
+            .shared
+            .query(
+                Method::POST,
+                &path,
+                Some(&body),
+                self.shared.options.timeout,
+            )
+            .await?;
+        expect_ok(status, &body)?;
+        Ok(decode::<EndUserResponse>(&body)?.ended)
     }
 
     /// Takes (gets and deletes, atomically) a parked record; `None` when

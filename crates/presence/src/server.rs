@@ -26,8 +26,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::api::{
-    ErrorBody, LookupRequest, LookupResponse, MembersResponse, ParkRequest, SyncRequest,
-    SyncResponse, TakeManyRequest, TakeManyResponse, TakeResponse,
+    EndUserRequest, EndUserResponse, ErrorBody, LookupRequest, LookupResponse, MembersResponse,
+    ParkRequest, SyncRequest, SyncResponse, TakeManyRequest, TakeManyResponse, TakeResponse,
 };
 use crate::events::EventQueue;
 use crate::metrics::{Gauges, Metrics};
@@ -89,6 +89,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/sessions/{session}", put(park))
         .route("/v1/sessions/{session}/take", post(take))
         .route("/v1/take", post(take_many))
+        .route("/v1/users/{user}/end", post(end_user))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_key));
     Router::new()
@@ -268,9 +269,20 @@ async fn park(
             "ttl_ms must be between 1 and {MAX_PARK_MS}"
         )));
     }
+    // A user whose name the service could not list under (no name at
+    // all) still gets its record parked; only its listing is left out.
+    let user = req
+        .user
+        .as_deref()
+        .filter(|u| !u.is_empty() && u.len() <= MAX_NAME_BYTES);
     match app
         .store
-        .park(&session, &req.record, Duration::from_millis(req.ttl_ms))
+        .park(
+            &session,
+            &req.record,
+            Duration::from_millis(req.ttl_ms),
+            user,
+        )
         .await
     {
         Ok(()) => {
@@ -280,6 +292,37 @@ async fn park(
         Err(e) => {
             app.metrics.redis_errors.inc();
             tracing::warn!(error = %e, "cannot park a session");
+            Err(ApiError::unavailable(e.to_string()))
+        }
+    }
+}
+
+/// `POST /v1/users/{user}/end`: the API ended a user; every record the
+/// user left parked is replaced by the given one.
+async fn end_user(
+    AxumState(app): AxumState<Arc<App>>,
+    Path(user): Path<String>,
+    Json(req): Json<EndUserRequest>,
+) -> Result<Json<EndUserResponse>, ApiError> {
+    if user.is_empty() || user.len() > MAX_NAME_BYTES {
+        return Err(ApiError::bad_request(format!(
+            "user must be 1 to {MAX_NAME_BYTES} bytes"
+        )));
+    }
+    if req.ttl_ms == 0 || req.ttl_ms > MAX_PARK_MS {
+        return Err(ApiError::bad_request(format!(
+            "ttl_ms must be between 1 and {MAX_PARK_MS}"
+        )));
+    }
+    match app
+        .store
+        .end_user(&user, &req.record, Duration::from_millis(req.ttl_ms))
+        .await
+    {
+        Ok(ended) => Ok(Json(EndUserResponse { ended })),
+        Err(e) => {
+            app.metrics.redis_errors.inc();
+            tracing::warn!(error = %e, "cannot end a user's parked sessions");
             Err(ApiError::unavailable(e.to_string()))
         }
     }

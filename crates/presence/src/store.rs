@@ -6,10 +6,18 @@
 //! `SET … PX ttl` and read with `GETDEL`, so a take is atomic: of two nodes
 //! racing to resume the same session, exactly one gets the record. The hash
 //! tag gives each session its own slot in a Redis Cluster.
+//!
+//! A record parked with its user is also listed in that user's set,
+//! `rc:{user:<escaped user>}`, so that the API's disconnect of a user can
+//! end the sessions the user left parked. The set lives as long as the
+//! longest record listed in it; a take leaves its member behind (the set
+//! is only read by [`SessionStore::end_user`], which finds the record gone
+//! and drops the member).
 
 use std::time::Duration;
 
-use fred::prelude::{Expiration, KeysInterface};
+use fred::prelude::{Expiration, KeysInterface, SetsInterface};
+use fred::types::{ExpireOptions, SetOptions};
 use roomcast_protocol::Data;
 
 use crate::redis::Redis;
@@ -38,18 +46,40 @@ impl SessionStore {
         format!("rc:{{sess:{session}}}")
     }
 
-    /// Stores (or replaces) the record of `session` for `ttl`.
+    /// The Redis key of the set of a user's parked sessions. `%`, `{` and
+    /// `}` are escaped, so the user's name is its hash tag whatever it
+    /// holds, and two names never share a key.
+    pub fn user_key(user: &str) -> String {
+        let mut escaped = String::with_capacity(user.len());
+        for c in user.chars() {
+            match c {
+                '%' => escaped.push_str("%25"),
+                '{' => escaped.push_str("%7B"),
+                '}' => escaped.push_str("%7D"),
+                c => escaped.push(c),
+            }
+        }
+        format!("rc:{{user:{escaped}}}")
+    }
+
+    /// Stores (or replaces) the record of `session` for `ttl`, listed under
+    /// `user` when one is given.
     pub async fn park(
         &self,
         session: &str,
         record: &Data,
         ttl: Duration,
+        user: Option<&str>,
     ) -> Result<(), StoreError> {
         let text = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
-        let () = self
-            .redis
-            .client
+        // One pipeline: the record and, with a user, its listing and the
+        // listing's expiry. An end of the user that runs before the listing
+        // misses a session whose park had not landed yet; the gateway's
+        // owning node ends the user again after its parks (see
+        // docs/decisions.md).
+        let pipeline = self.redis.client.pipeline();
+        let () = pipeline
             .set(
                 Self::key(session),
                 text,
@@ -58,7 +88,63 @@ impl SessionStore {
                 false,
             )
             .await?;
+        if let Some(user) = user {
+            let user_key = Self::user_key(user);
+            let () = pipeline.sadd(&user_key, session).await?;
+            // The set outlives every record in it: set the expiry on a new
+            // set, lengthen it on an older one.
+            let () = pipeline
+                .pexpire(&user_key, ttl_ms, Some(ExpireOptions::NX))
+                .await?;
+            let () = pipeline
+                .pexpire(&user_key, ttl_ms, Some(ExpireOptions::GT))
+                .await?;
+        }
+        for reply in pipeline.try_all::<fred::types::Value>().await {
+            reply?;
+        }
         Ok(())
+    }
+
+    /// Replaces the parked record of every session listed under `user`
+    /// with `record`, kept for `ttl`, and forgets the listing; a session
+    /// whose record is gone (taken or expired) is left without one.
+    /// Returns how many records were replaced.
+    pub async fn end_user(
+        &self,
+        user: &str,
+        record: &Data,
+        ttl: Duration,
+    ) -> Result<u64, StoreError> {
+        let text = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        let user_key = Self::user_key(user);
+        let sessions: Vec<String> = self.redis.client.smembers(&user_key).await?;
+        if sessions.is_empty() {
+            return Ok(0);
+        }
+        let pipeline = self.redis.client.pipeline();
+        for session in &sessions {
+            // XX: only where a record is parked now.
+            let () = pipeline
+                .set(
+                    Self::key(session),
+                    text.as_str(),
+                    Some(Expiration::PX(ttl_ms)),
+                    Some(SetOptions::XX),
+                    false,
+                )
+                .await?;
+        }
+        let mut ended = 0;
+        for reply in pipeline.try_all::<Option<String>>().await {
+            if reply?.is_some() {
+                ended += 1;
+            }
+        }
+        // Only the members read: a session parked meanwhile stays listed.
+        let () = self.redis.client.srem(&user_key, sessions).await?;
+        Ok(ended)
     }
 
     /// Takes the records of several sessions in one pipeline (each key in

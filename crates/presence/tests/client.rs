@@ -64,7 +64,12 @@ async fn reported_ops_show_up_in_members_lookup_and_events() {
     assert!(owners.iter().all(|o| o.node == "node-a"));
 
     client
-        .park("s1", json!({"rooms": ["lobby"]}), Duration::from_secs(30))
+        .park(
+            "s1",
+            json!({"rooms": ["lobby"]}),
+            Duration::from_secs(30),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -145,7 +150,12 @@ async fn concurrent_takes_share_requests_and_each_record_is_taken_once() {
     assert!(client.flush(Duration::from_secs(5)).await);
     for i in 0..400 {
         client
-            .park(&format!("p{i}"), json!({"n": i}), Duration::from_secs(60))
+            .park(
+                &format!("p{i}"),
+                json!({"n": i}),
+                Duration::from_secs(60),
+                None,
+            )
             .await
             .unwrap();
     }

@@ -186,6 +186,67 @@ async fn a_parked_session_is_taken_exactly_once_even_across_a_presence_restart()
     assert!(status == 400 || status == 422, "{status}");
 }
 
+/// The API's disconnect of a user reaches the sessions it left parked: a
+/// record parked with its user is listed under that user, and ending the
+/// user replaces its records that are still parked, and no one else's,
+/// with the record given (the gateway's mark of an ended session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ending_a_user_replaces_the_records_it_left_parked_and_no_others() {
+    let redis = RedisServer::start();
+    let presence = Presence::start(&redis.url(), &[]);
+    let park = |session: &str, user: Option<&str>, ttl_ms: u64| {
+        let mut body = json!({"record": {"s": session}, "ttl_ms": ttl_ms});
+        if let Some(user) = user {
+            body["user"] = json!(user);
+        }
+        let (status, body) = presence.call("PUT", &format!("/v1/sessions/{session}"), Some(body));
+        assert_eq!(status, 204, "{body}");
+    };
+    // Braces in a name are escaped in its key: two names never share one.
+    park("a1", Some("al{ce}"), 60_000);
+    park("a2", Some("al{ce}"), 120_000);
+    park("a3", Some("al{ce}"), 60_000);
+    park("b1", Some("al%7Bce%7D"), 60_000);
+    park("c1", None, 60_000);
+    // The listing lives as long as its longest record.
+    let ttl: i64 = redis
+        .cmd(&["PTTL", "rc:{user:al%7Bce%7D}"])
+        .parse()
+        .unwrap();
+    assert!(ttl > 110_000, "PTTL {ttl}");
+    assert_eq!(redis.cmd(&["SCARD", "rc:{user:al%257Bce%257D}"]), "1");
+    // a3 resumed meanwhile: ending the user leaves it without a record.
+    let (status, _) = presence.call("POST", "/v1/sessions/a3/take", None);
+    assert_eq!(status, 200);
+
+    let mark = json!({"ended": true});
+    let end = json!({"record": mark, "ttl_ms": 30_000});
+    let (status, body) = presence.call("POST", "/v1/users/al%7Bce%7D/end", Some(end.clone()));
+    assert_eq!((status, body), (200, json!({"ended": 2})));
+    for (session, record) in [
+        ("a1", Some(mark.clone())),
+        ("a2", Some(mark.clone())),
+        ("a3", None),
+        ("b1", Some(json!({"s": "b1"}))),
+        ("c1", Some(json!({"s": "c1"}))),
+    ] {
+        let (status, body) = presence.call("POST", &format!("/v1/sessions/{session}/take"), None);
+        match record {
+            Some(record) => assert_eq!((status, body), (200, json!({ "record": record }))),
+            None => assert_eq!(status, 404, "{session}: {body}"),
+        }
+    }
+    assert_eq!(redis.cmd(&["EXISTS", "rc:{user:al%7Bce%7D}"]), "0");
+    let (status, body) = presence.call("POST", "/v1/users/al%7Bce%7D/end", Some(end));
+    assert_eq!((status, body), (200, json!({"ended": 0})));
+    let (status, body) = presence.call(
+        "POST",
+        "/v1/users/x/end",
+        Some(json!({"record": 1, "ttl_ms": 0})),
+    );
+    assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_lease_expires_has_its_sessions_purged_with_leave_events() {
     let redis = RedisServer::start();
@@ -340,6 +401,34 @@ async fn presence_events_use_sharded_pubsub_on_a_redis_cluster() {
     );
     let (status, body) = presence.call("POST", "/v1/take", Some(json!({"sessions": ["s2"]})));
     assert_eq!((status, body), (200, json!({"records": {}})));
+    // Ending a user spans slots too: its listing has one, each record its own.
+    for s in ["u1", "u2", "u3"] {
+        let (status, _) = presence.call(
+            "PUT",
+            &format!("/v1/sessions/{s}"),
+            Some(json!({"record": {"s": s}, "ttl_ms": 10_000, "user": "alice"})),
+        );
+        assert_eq!(status, 204);
+    }
+    let (status, body) = presence.call(
+        "POST",
+        "/v1/users/alice/end",
+        Some(json!({"record": {"ended": true}, "ttl_ms": 10_000})),
+    );
+    assert_eq!((status, body), (200, json!({"ended": 3})));
+    let (status, body) = presence.call(
+        "POST",
+        "/v1/take",
+        Some(json!({"sessions": ["u1", "u2", "u3"]})),
+    );
+    let ended = json!({"ended": true});
+    assert_eq!(
+        (status, body),
+        (
+            200,
+            json!({"records": {"u1": ended, "u2": ended, "u3": ended}})
+        )
+    );
     listener.close().await;
 }
 

@@ -270,6 +270,7 @@ pub fn resume_hello(
 pub struct Joined {
     pub client: RawClient,
     pub session: String,
+    pub user: String,
     pub token: String,
     pub offset: u64,
     pub epoch: String,
@@ -280,6 +281,7 @@ pub async fn joined(url: &str, room: &str) -> Joined {
     let (mut client, welcome) = RawClient::ready(url, Codec::Json).await;
     let ServerFrame::Welcome {
         session,
+        user,
         resume_token,
         ..
     } = welcome
@@ -293,6 +295,7 @@ pub async fn joined(url: &str, room: &str) -> Joined {
     Joined {
         client,
         session,
+        user,
         token: resume_token,
         offset,
         epoch,
@@ -310,6 +313,7 @@ pub async fn resume_over_a_lingering_connection(url: &str, room: &str) -> (RawCl
         token,
         offset,
         epoch,
+        ..
     } = joined(url, room).await;
     let mut new = RawClient::connect(url, Codec::Json).await;
     new.send(&resume_hello(&session, &token, room, offset, &epoch))
@@ -343,6 +347,7 @@ pub async fn close_and_resume_at_once(url: &str, room: &str, cycles: usize) -> R
         mut token,
         mut offset,
         epoch,
+        ..
     } = joined(url, room).await;
     let mut fresh = 0;
     for _ in 0..cycles {
