@@ -10,14 +10,14 @@
 //! A record parked with its user is also listed in that user's set,
 //! `rc:{user:<escaped user>}`, so that the API's disconnect of a user can
 //! end the sessions the user left parked. The set lives as long as the
-//! longest record listed in it; a take leaves its member behind (the set
+//! last record parked in it; a take leaves its member behind (the set
 //! is only read by [`SessionStore::end_user`], which finds the record gone
 //! and drops the member).
 
 use std::time::Duration;
 
 use fred::prelude::{Expiration, KeysInterface, SetsInterface};
-use fred::types::{ExpireOptions, SetOptions};
+use fred::types::SetOptions;
 use roomcast_protocol::Data;
 
 use crate::redis::Redis;
@@ -91,14 +91,10 @@ impl SessionStore {
         if let Some(user) = user {
             let user_key = Self::user_key(user);
             let () = pipeline.sadd(&user_key, session).await?;
-            // The set outlives every record in it: set the expiry on a new
-            // set, lengthen it on an older one.
-            let () = pipeline
-                .pexpire(&user_key, ttl_ms, Some(ExpireOptions::NX))
-                .await?;
-            let () = pipeline
-                .pexpire(&user_key, ttl_ms, Some(ExpireOptions::GT))
-                .await?;
+            // The set lives as long as the last record parked in it: the
+            // gateways park with one TTL (`session.ttl_ms`), so that is
+            // also the longest.
+            let () = pipeline.pexpire(&user_key, ttl_ms, None).await?;
         }
         for reply in pipeline.try_all::<fred::types::Value>().await {
             reply?;

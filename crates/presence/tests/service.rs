@@ -204,11 +204,11 @@ async fn ending_a_user_replaces_the_records_it_left_parked_and_no_others() {
     };
     // Braces in a name are escaped in its key: two names never share one.
     park("a1", Some("al{ce}"), 60_000);
-    park("a2", Some("al{ce}"), 120_000);
     park("a3", Some("al{ce}"), 60_000);
+    park("a2", Some("al{ce}"), 120_000);
     park("b1", Some("al%7Bce%7D"), 60_000);
     park("c1", None, 60_000);
-    // The listing lives as long as its longest record.
+    // The listing lives as long as the last record parked in it.
     let ttl: i64 = redis
         .cmd(&["PTTL", "rc:{user:al%7Bce%7D}"])
         .parse()
