@@ -85,8 +85,8 @@ pub struct Hub {
     backlog: AtomicUsize,
     /// Notified whenever a teardown's park ends.
     parks_ended: tokio::sync::Notify,
-    /// Sessions whose parked copy the node must drop (a disconnect sent by
-    /// another node for a session this one no longer lists).
+    /// What a disconnect sent by another node leaves for the node's session
+    /// store to end: a session this node no longer lists, or a user.
     discards: OnceLock<tokio::sync::mpsc::UnboundedSender<Target>>,
 }
 

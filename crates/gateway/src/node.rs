@@ -169,12 +169,7 @@ impl Node {
         tokio::spawn(async move {
             while let Some(to) = discard.recv().await {
                 let Some(node) = weak.upgrade() else { return };
-                if let Some(session) = &to.session {
-                    node.sessions.discard(session).await;
-                }
-                if let Some(user) = &to.user {
-                    node.sessions.end_user(user).await;
-                }
+                node.sessions.end(&to).await;
             }
         });
         let weak = Arc::downgrade(&node);
@@ -530,12 +525,7 @@ impl Node {
             envelope.target = Some(to.clone());
             self.route(to, envelope).await?
         };
-        if let Some(session) = &to.session {
-            self.sessions.discard(session).await;
-        }
-        if let Some(user) = &to.user {
-            self.sessions.end_user(user).await;
-        }
+        self.sessions.end(to).await;
         Ok(closed)
     }
 

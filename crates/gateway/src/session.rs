@@ -190,6 +190,17 @@ impl SessionStore {
         (before - parked.len()) as u64
     }
 
+    /// The API ended `to`: a session's parked copy, or every session a user
+    /// left parked.
+    pub async fn end(&self, to: &roomcast_protocol::Target) {
+        if let Some(session) = &to.session {
+            self.discard(session).await;
+        }
+        if let Some(user) = &to.user {
+            self.end_user(user).await;
+        }
+    }
+
     /// Drops expired sessions; returns how many.
     pub fn sweep(&self) -> usize {
         let now = Instant::now();

@@ -1,7 +1,7 @@
 //! The HTTP API and the operations endpoints, with and without the key.
 
 use roomcast_protocol::{Codec, ServerFrame};
-use roomcast_testkit::ws::{join, joined, resume_hello, Joined, RawClient};
+use roomcast_testkit::ws::{join, joined, RawClient};
 use roomcast_testkit::{http_request, Gateway};
 
 const KEY: (&str, &str) = ("Authorization", "Bearer test-key");
@@ -97,29 +97,6 @@ async fn publish_send_presence_disconnect_and_stats_work_with_the_key() {
     assert_eq!(member.expect_close().await, 1000);
 }
 
-/// Closes the client's connection with a close frame: its session parks.
-async fn park(j: &mut Joined) {
-    j.client
-        .send_frame(yawc::Frame::close(yawc::close::CloseCode::Normal, b""))
-        .await
-        .unwrap();
-    // Whatever the code the client sees, the connection has ended.
-    j.client.expect_close().await;
-}
-
-/// Whether a resume of `j`'s session on a new connection resumed it.
-async fn resumes(url: &str, j: &Joined, room: &str) -> bool {
-    let mut back = RawClient::connect(url, Codec::Json).await;
-    back.send(&resume_hello(
-        &j.session, &j.token, room, j.offset, &j.epoch,
-    ))
-    .await;
-    match back.recv().await {
-        ServerFrame::Welcome { resumed, .. } => resumed,
-        other => panic!("{other:?}"),
-    }
-}
-
 /// A `{user}` disconnect also ends the sessions the user left parked (a
 /// client whose connection dropped before the disconnect cannot come back
 /// with its resume token), and no one else's.
@@ -129,19 +106,19 @@ async fn a_user_disconnect_ends_the_users_parked_sessions_too() {
     let url = gw.ws_url();
     let mut gone = joined(&url, "ban").await;
     let mut other = joined(&url, "ban").await;
-    park(&mut gone).await;
-    park(&mut other).await;
+    gone.close().await;
+    other.close().await;
     // The teardown parks right after the close handshake.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let body = format!(r#"{{"user":"{}"}}"#, gone.user);
     let (status, answer) = http_request(gw.addr, "POST", "/api/disconnect", &[KEY], &body).unwrap();
     assert_eq!((status, answer.as_str()), (200, r#"{"disconnected":0}"#));
     assert!(
-        !resumes(&url, &gone, "ban").await,
+        !gone.resumes(&url, "ban").await,
         "resumed after its user's disconnect"
     );
     assert!(
-        resumes(&url, &other, "ban").await,
+        other.resumes(&url, "ban").await,
         "another user's parked session"
     );
 }

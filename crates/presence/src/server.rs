@@ -193,6 +193,15 @@ fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+fn check_ttl(ttl_ms: u64) -> Result<(), ApiError> {
+    if ttl_ms == 0 || ttl_ms > MAX_PARK_MS {
+        return Err(ApiError::bad_request(format!(
+            "ttl_ms must be between 1 and {MAX_PARK_MS}"
+        )));
+    }
+    Ok(())
+}
+
 async fn sync(
     AxumState(app): AxumState<Arc<App>>,
     Path(node): Path<String>,
@@ -264,13 +273,9 @@ async fn park(
     Json(req): Json<ParkRequest>,
 ) -> Result<StatusCode, ApiError> {
     check_name("session", &session)?;
-    if req.ttl_ms == 0 || req.ttl_ms > MAX_PARK_MS {
-        return Err(ApiError::bad_request(format!(
-            "ttl_ms must be between 1 and {MAX_PARK_MS}"
-        )));
-    }
-    // A user whose name the service could not list under (no name at
-    // all) still gets its record parked; only its listing is left out.
+    check_ttl(req.ttl_ms)?;
+    // A user name that could not be a path segment of the end call (empty
+    // or over MAX_NAME_BYTES) still gets its record parked, unlisted.
     let user = req
         .user
         .as_deref()
@@ -309,11 +314,7 @@ async fn end_user(
             "user must be 1 to {MAX_NAME_BYTES} bytes"
         )));
     }
-    if req.ttl_ms == 0 || req.ttl_ms > MAX_PARK_MS {
-        return Err(ApiError::bad_request(format!(
-            "ttl_ms must be between 1 and {MAX_PARK_MS}"
-        )));
-    }
+    check_ttl(req.ttl_ms)?;
     match app
         .store
         .end_user(&user, &req.record, Duration::from_millis(req.ttl_ms))

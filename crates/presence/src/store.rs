@@ -31,6 +31,15 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// A record as stored, and its TTL as Redis takes it.
+fn encode(record: &Data, ttl: Duration) -> Result<(String, i64), StoreError> {
+    let text = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok((
+        text,
+        i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1),
+    ))
+}
+
 #[derive(Clone)]
 pub struct SessionStore {
     redis: Redis,
@@ -71,8 +80,7 @@ impl SessionStore {
         ttl: Duration,
         user: Option<&str>,
     ) -> Result<(), StoreError> {
-        let text = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        let (text, ttl_ms) = encode(record, ttl)?;
         // One pipeline: the record and, with a user, its listing and the
         // listing's expiry. An end of the user that runs before the listing
         // misses a session whose park had not landed yet; the gateway's
@@ -112,8 +120,7 @@ impl SessionStore {
         record: &Data,
         ttl: Duration,
     ) -> Result<u64, StoreError> {
-        let text = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        let (text, ttl_ms) = encode(record, ttl)?;
         let user_key = Self::user_key(user);
         let sessions: Vec<String> = self.redis.client.smembers(&user_key).await?;
         if sessions.is_empty() {

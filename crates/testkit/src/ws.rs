@@ -276,6 +276,36 @@ pub struct Joined {
     pub epoch: String,
 }
 
+impl Joined {
+    /// Ends the connection with a close frame (the node parks the session)
+    /// and waits for it to end, whatever code the node answers with.
+    pub async fn close(&mut self) {
+        self.client
+            .send_frame(Frame::close(yawc::close::CloseCode::Normal, b""))
+            .await
+            .unwrap();
+        self.client.expect_close().await;
+    }
+
+    /// Whether a resume of this session (in `room`, from where it joined)
+    /// on a new connection to `url` resumed it.
+    pub async fn resumes(&self, url: &str, room: &str) -> bool {
+        let mut back = RawClient::connect(url, Codec::Json).await;
+        back.send(&resume_hello(
+            &self.session,
+            &self.token,
+            room,
+            self.offset,
+            &self.epoch,
+        ))
+        .await;
+        match back.recv().await {
+            ServerFrame::Welcome { resumed, .. } => resumed,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
 /// Connects to `url` and joins `room` (join id 1).
 pub async fn joined(url: &str, room: &str) -> Joined {
     let (mut client, welcome) = RawClient::ready(url, Codec::Json).await;
