@@ -90,7 +90,8 @@ impl Process {
         let mut cmd = Command::new(program);
         // The harness's own settings are not the child's configuration.
         cmd.env_remove("ROOMCAST_BIN_DIR")
-            .env_remove("ROOMCAST_TEST_NO_BUILD");
+            .env_remove("ROOMCAST_TEST_NO_BUILD")
+            .env_remove("ROOMCAST_KEEP_LOGS");
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
@@ -148,6 +149,8 @@ impl Drop for Process {
         let _ = self.child.wait();
         if std::thread::panicking() {
             eprintln!("--- log of {} ---\n{}", self.name, self.output());
+        } else if std::env::var_os("ROOMCAST_KEEP_LOGS").is_some() {
+            eprintln!("log of {} kept in {}", self.name, self.log.display());
         } else {
             let _ = std::fs::remove_file(&self.log);
         }

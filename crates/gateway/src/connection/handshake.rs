@@ -255,12 +255,15 @@ async fn take_session(node: &Node, resume: &Resume, presented: &Identity) -> Opt
             SessionFate::Ended => return None,
         }
     }
-    match node.sessions.take(&resume.session).await {
+    let parked = |taken: Taken| match taken {
         Taken::Parked(parked) if *parked.user == *owner => {
-            return Some(here(Arc::from(resume.session.as_str()), pick(parked)));
+            Some(Some(here(Arc::from(resume.session.as_str()), pick(parked))))
         }
-        Taken::Parked(_) | Taken::Ended => return None,
-        Taken::Nothing => {}
+        Taken::Parked(_) | Taken::Ended => Some(None),
+        Taken::Nothing => None,
+    };
+    if let Some(outcome) = parked(node.sessions.take(&resume.session).await) {
+        return outcome;
     }
     // Cluster: a session the presence service still knows resumes on the
     // token's word: its node crashed and its lease has not run out yet, or
@@ -277,7 +280,12 @@ async fn take_session(node: &Node, resume: &Resume, presented: &Identity) -> Opt
         .map(|o| o.node.clone())
         .collect();
     if held_elsewhere.is_empty() {
-        return None;
+        // Neither parked nor listed: its old node may have moved it from
+        // one to the other between the two questions (a draining node
+        // parks a session, then drops its listing). That node parks
+        // before it unlists, so a session unlisted by now is parked by
+        // now, unless it was never parked at all: ask once more.
+        return parked(node.sessions.take(&resume.session).await).flatten();
     }
     held_elsewhere.retain(|n| *n != *node.id);
     Some(Resumed {
