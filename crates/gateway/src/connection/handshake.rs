@@ -255,6 +255,9 @@ async fn take_session(node: &Node, resume: &Resume, presented: &Identity) -> Opt
             SessionFate::Ended => return None,
         }
     }
+    // What the parked store says: `Some(answer)` when it decides the
+    // resume (resumed, or refused: ended or another user's), `None` when
+    // it holds nothing for the session.
     let parked = |taken: Taken| match taken {
         Taken::Parked(parked) if *parked.user == *owner => {
             Some(Some(here(Arc::from(resume.session.as_str()), pick(parked))))
