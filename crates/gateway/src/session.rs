@@ -18,6 +18,8 @@ use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
 use sha2::Sha256;
 
+use roomcast_presence::client::{Parked, PresenceError};
+
 use crate::auth::Identity;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -82,9 +84,9 @@ struct ParkedSession {
 pub struct SessionStore {
     parked: Mutex<HashMap<Arc<str>, ParkedSession>>,
     remote: Option<roomcast_presence::client::PresenceClient>,
-    /// How long the mark of a session the API ended stays in the remote
-    /// store (the session TTL).
-    ended_ttl: Duration,
+    /// The session TTL: how long the mark of a session the API ended
+    /// stays in the remote store, and a claim on a session lasts.
+    ttl: Duration,
 }
 
 /// What a resume finds in the store.
@@ -109,18 +111,24 @@ impl SessionStore {
         SessionStore {
             parked: Mutex::default(),
             remote: Some(client),
-            ended_ttl: ttl,
+            ttl,
         }
     }
 
     pub async fn park(&self, session: Arc<str>, identity: Identity, ttl: Duration) {
         if let Some(remote) = &self.remote {
             let record = serde_json::to_value(&identity).unwrap_or_default();
-            if let Err(e) = remote
+            match remote
                 .park(&session, record, ttl, Some(&identity.user))
                 .await
             {
-                tracing::warn!(error = %e, "session not parked; its resume will start fresh");
+                Ok(Parked::Stored) => {}
+                Ok(Parked::Superseded) => {
+                    tracing::debug!(%session, "session not parked: it resumed on another node");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "session not parked; its resume will start fresh");
+                }
             }
             return;
         }
@@ -136,14 +144,35 @@ impl SessionStore {
     /// Takes a parked session out of the store, if it has not expired.
     pub async fn take(&self, session: &str) -> Taken {
         if let Some(remote) = &self.remote {
-            return match remote.take(session).await {
-                Ok(Some(record)) if record == ended_record() => Taken::Ended,
-                Ok(Some(record)) => serde_json::from_value(record)
-                    .map(Taken::Parked)
-                    .unwrap_or(Taken::Nothing),
-                _ => Taken::Nothing,
-            };
+            return Self::taken(remote.take(session).await);
         }
+        self.take_local(session)
+    }
+
+    /// Takes a parked session, as [`Self::take`] does, for a resume on the
+    /// token's word (the presence service lists the session on another
+    /// node): in a cluster the session is claimed for this node first, so
+    /// its old node's park of it, should that come later, is refused and no
+    /// copy is left to resume a second time. A park that came first is
+    /// taken here.
+    pub async fn claim(&self, session: &str) -> Taken {
+        if let Some(remote) = &self.remote {
+            return Self::taken(remote.claim(session, self.ttl).await);
+        }
+        self.take_local(session)
+    }
+
+    fn taken(answer: Result<Option<serde_json::Value>, PresenceError>) -> Taken {
+        match answer {
+            Ok(Some(record)) if record == ended_record() => Taken::Ended,
+            Ok(Some(record)) => serde_json::from_value(record)
+                .map(Taken::Parked)
+                .unwrap_or(Taken::Nothing),
+            _ => Taken::Nothing,
+        }
+    }
+
+    fn take_local(&self, session: &str) -> Taken {
         match self.parked.lock().remove(session) {
             Some(parked) if parked.expires > Instant::now() => Taken::Parked(parked.identity),
             _ => Taken::Nothing,
@@ -158,10 +187,7 @@ impl SessionStore {
     /// resume on the token's word.
     pub async fn discard(&self, session: &str) {
         if let Some(remote) = &self.remote {
-            if let Err(e) = remote
-                .park(session, ended_record(), self.ended_ttl, None)
-                .await
-            {
+            if let Err(e) = remote.mark(session, ended_record(), self.ttl).await {
                 tracing::warn!(session, error = %e, "ended session not marked in the store");
             }
             return;
@@ -176,7 +202,7 @@ impl SessionStore {
     /// [`Self::discard`]; here the copies go. Returns how many there were.
     pub async fn end_user(&self, user: &str) -> u64 {
         if let Some(remote) = &self.remote {
-            return match remote.end_user(user, ended_record(), self.ended_ttl).await {
+            return match remote.end_user(user, ended_record(), self.ttl).await {
                 Ok(ended) => ended,
                 Err(e) => {
                     tracing::warn!(user, error = %e, "parked sessions of an ended user not marked");

@@ -498,19 +498,8 @@ async fn a_session_resumed_on_another_node_closes_its_lingering_connection() {
         "moved"
     )
     .contains(&session)));
-    let mut new = RawClient::connect(&c.nodes[1].ws_url(), Codec::Json).await;
-    new.send(&resume_hello(
-        &session,
-        &first.token,
-        "moved",
-        first.offset,
-        &first.epoch,
-    ))
-    .await;
-    match new.recv().await {
-        ServerFrame::Welcome { resumed, .. } => assert!(resumed, "not resumed"),
-        other => panic!("{other:?}"),
-    }
+    let (new, resumed) = first.resume_on(&c.nodes[1].ws_url(), "moved").await;
+    assert!(resumed, "not resumed");
     let code = tokio::time::timeout(Duration::from_secs(5), first.client.expect_close())
         .await
         .expect("the old node left its connection of the session open");
@@ -531,6 +520,87 @@ async fn a_session_resumed_on_another_node_closes_its_lingering_connection() {
         );
     }
     drop(new);
+}
+
+/// A session resumed on the token's word is claimed for its new node: a
+/// park of it by the node that listed it, landing after the resume (a
+/// drain parks before it unlists, and the moved notice finds nothing left
+/// to stop), is refused with 409 `superseded`, and no copy is parked. So a
+/// later resume on a third node, while the session is live on the second,
+/// goes through the listing and tells the second node it moved, instead
+/// of taking a stale copy and leaving the session live on two nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_nodes_park_after_a_resume_on_the_tokens_word_is_refused() {
+    let c = cluster(3);
+    let first = joined(&c.nodes[0].ws_url(), "late").await;
+    let session = first.session.clone();
+    assert!(wait_until(Duration::from_secs(5), || presence_sessions(
+        &c.nodes[1],
+        "late"
+    )
+    .contains(&session)));
+    let (mut second, resumed) = first.resume_on(&c.nodes[1].ws_url(), "late").await;
+    assert!(resumed, "not resumed on the second node");
+
+    // node-0's park of the session, as its teardown sends it, late.
+    let park = json!({
+        "record": {"user": "late-park", "anonymous": true},
+        "ttl_ms": 60_000,
+        "node": "node-0",
+    });
+    let (status, body) = http_request(
+        c.presence.addr,
+        "PUT",
+        &format!("/v1/sessions/{session}"),
+        &[("Content-Type", "application/json")],
+        &park.to_string(),
+    )
+    .unwrap();
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("superseded"), "{body}");
+    let key = format!("rc:{{sess:{session}}}");
+    assert_eq!(c.redis.cmd(&["EXISTS", &key]), "0", "a copy was parked");
+
+    // A resume on the third node while the session is live on the second,
+    // once the presence service lists it there.
+    let listed_on = || {
+        let (_, body) = http_request(
+            c.presence.addr,
+            "POST",
+            "/v1/lookup",
+            &[("Content-Type", "application/json")],
+            &json!({"sessions": [session]}).to_string(),
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["sessions"]
+            .as_array()
+            .map(|owners| {
+                owners
+                    .iter()
+                    .map(|o| o["node"].to_string())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || listed_on() == ["\"node-1\""]),
+        "listed on {:?}",
+        listed_on()
+    );
+    let (third, resumed) = first.resume_on(&c.nodes[2].ws_url(), "late").await;
+    assert!(resumed, "not resumed on the third node");
+    let code = tokio::time::timeout(Duration::from_secs(5), second.expect_close())
+        .await
+        .expect("the second node was not told the session moved");
+    assert_eq!(code, 1000);
+    assert!(
+        c.presence
+            .metric("roomcast_presence_session_parks_superseded_total")
+            >= 1,
+        "refused park not counted"
+    );
+    drop((first, third));
 }
 
 /// A `{user}` disconnect reaches the sessions the user left parked in the

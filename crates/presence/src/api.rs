@@ -152,6 +152,13 @@ pub struct ParkRequest {
     /// for `POST /v1/users/{user}/end`. Absent from older gateways.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The node whose connection of the session ended. The park is then
+    /// refused (409 `superseded`) while another node holds a claim on the
+    /// session (see [`TakeManyRequest::claims`]): the session went on over
+    /// there, and a parked copy would let it resume twice. Absent (older
+    /// gateways, and the mark of an ended session): stored unconditionally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// `POST /v1/users/{user}/end`: replace every parked record of the user's
@@ -179,6 +186,22 @@ pub struct TakeResponse {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TakeManyRequest {
     pub sessions: Vec<String>,
+    /// Sessions taken as well (they may be in `sessions` too, as the
+    /// gateway's client lists them for services older than claims), and
+    /// claimed for `node` for `claim_ms`: the
+    /// node resumes them on the token's word (another node still lists
+    /// them), so until it parks one itself, or the claim runs out, a park
+    /// of it by any other node is refused. The claim is set before the
+    /// take, so a park racing it either lands first (and is taken here) or
+    /// is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claims: Vec<String>,
+    /// The claiming node; required with `claims`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// How long the claims last; required with `claims`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_ms: Option<u64>,
 }
 
 /// The records found, by session; a session with nothing parked is absent.
@@ -190,7 +213,8 @@ pub struct TakeManyResponse {
 /// Body of every non-2xx answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
-    /// `bad_request`, `unauthorized`, `not_found`, `unavailable`.
+    /// `bad_request`, `unauthorized`, `not_found`, `superseded`,
+    /// `unavailable`.
     pub error: String,
     pub message: String,
 }

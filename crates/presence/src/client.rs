@@ -110,6 +110,14 @@ impl ClientOptions {
     }
 }
 
+/// What became of a park ([`PresenceClient::park`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parked {
+    Stored,
+    /// Refused: another node claimed the session since (it resumed there).
+    Superseded,
+}
+
 /// Why a call to the presence service failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PresenceError {
@@ -258,6 +266,8 @@ impl Waiter for LookupWaiter {
 
 struct TakeWaiter {
     session: String,
+    /// Claim the session for this node, for so long, before taking it.
+    claim: Option<Duration>,
     reply: oneshot::Sender<Result<Option<Data>, PresenceError>>,
 }
 
@@ -444,19 +454,49 @@ impl PresenceClient {
         self.shared.answer(answer).await
     }
 
-    /// Parks a session record for `ttl` (replacing any earlier one), listed
-    /// under `user` when one is given (see [`Self::end_user`]).
+    /// Parks the record of a session whose connection to this node ended,
+    /// for `ttl` (replacing any earlier one), listed under `user` when one
+    /// is given (see [`Self::end_user`]). Refused, as
+    /// [`Parked::Superseded`], while another node holds a claim on the
+    /// session ([`Self::claim`]): it resumed there since.
     pub async fn park(
         &self,
         session: &str,
         record: Data,
         ttl: Duration,
         user: Option<&str>,
+    ) -> Result<Parked, PresenceError> {
+        let node = Some(self.shared.options.node_id.clone());
+        match self.put_record(session, record, ttl, user, node).await {
+            Err(PresenceError::Status { status: 409, .. }) => Ok(Parked::Superseded),
+            other => other.map(|()| Parked::Stored),
+        }
+    }
+
+    /// Stores `record` for a session whatever node holds it (the mark of a
+    /// session the API ended), for `ttl`, replacing any earlier one.
+    pub async fn mark(
+        &self,
+        session: &str,
+        record: Data,
+        ttl: Duration,
+    ) -> Result<(), PresenceError> {
+        self.put_record(session, record, ttl, None, None).await
+    }
+
+    async fn put_record(
+        &self,
+        session: &str,
+        record: Data,
+        ttl: Duration,
+        user: Option<&str>,
+        node: Option<String>,
     ) -> Result<(), PresenceError> {
         let body = ParkRequest {
             record,
             ttl_ms: (ttl.as_millis() as u64).max(1),
             user: user.map(str::to_string),
+            node,
         };
         let path = format!("/v1/sessions/{}", segment(session));
         let (status, body) = self
@@ -496,9 +536,29 @@ impl PresenceClient {
     /// there is none (never parked, expired, or already taken). Takes made
     /// while others are in flight share a request.
     pub async fn take(&self, session: &str) -> Result<Option<Data>, PresenceError> {
+        self.take_waiting(session, None).await
+    }
+
+    /// Claims a session for this node, for `ttl`, then takes its parked
+    /// record, if any, like [`Self::take`]. For a session this node
+    /// resumes on the token's word while another node still lists it:
+    /// until this node parks it, or `ttl` passes, that node's park of it
+    /// is refused, so no copy is left parked while it is live here. A park
+    /// that landed before the claim is taken here. Against a service older
+    /// than claims it is a plain take.
+    pub async fn claim(&self, session: &str, ttl: Duration) -> Result<Option<Data>, PresenceError> {
+        self.take_waiting(session, Some(ttl)).await
+    }
+
+    async fn take_waiting(
+        &self,
+        session: &str,
+        claim: Option<Duration>,
+    ) -> Result<Option<Data>, PresenceError> {
         let (reply, answer) = oneshot::channel();
         let start_runner = self.shared.takes.lock().push(TakeWaiter {
             session: session.to_string(),
+            claim,
             reply,
         });
         if start_runner {
@@ -528,11 +588,26 @@ impl Shared {
             if batch.is_empty() {
                 return;
             }
-            let mut request = TakeManyRequest {
-                sessions: batch.iter().map(|w| w.session.clone()).collect(),
+            // The claimed sessions are asked as takes too, so that a
+            // service older than claims still takes them.
+            let claims: Vec<&TakeWaiter> = batch.iter().filter(|w| w.claim.is_some()).collect();
+            let names = |waiters: Vec<&TakeWaiter>| {
+                let mut names: Vec<String> = waiters.iter().map(|w| w.session.clone()).collect();
+                names.sort_unstable();
+                names.dedup();
+                names
             };
-            request.sessions.sort_unstable();
-            request.sessions.dedup();
+            let claim_ms = claims
+                .iter()
+                .filter_map(|w| w.claim)
+                .max()
+                .map(|ttl| (ttl.as_millis() as u64).max(1));
+            let request = TakeManyRequest {
+                node: claim_ms.map(|_| self.options.node_id.clone()),
+                claim_ms,
+                claims: names(claims),
+                sessions: names(batch.iter().collect()),
+            };
             let answer: Result<Option<BTreeMap<String, Data>>, PresenceError> = async {
                 let (status, body) = self
                     .query(

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub parked: Counter,
     pub taken: Counter,
     pub take_misses: Counter,
+    pub claims: Counter,
+    pub parks_superseded: Counter,
     pub unauthorized: Counter,
 }
 
@@ -96,7 +98,7 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE roomcast_presence_{name} gauge");
             let _ = writeln!(out, "roomcast_presence_{name} {value}");
         }
-        let counter_rows: [(&str, &str, &Counter); 18] = [
+        let counter_rows: [(&str, &str, &Counter); 20] = [
             (
                 "sync_requests_total",
                 "Sync requests received.",
@@ -173,6 +175,16 @@ impl Metrics {
                 "session_take_misses_total",
                 "Takes of a session with no record.",
                 &self.take_misses,
+            ),
+            (
+                "session_claims_total",
+                "Sessions claimed by a node resuming them on the token's word.",
+                &self.claims,
+            ),
+            (
+                "session_parks_superseded_total",
+                "Parks refused: another node claimed the session since.",
+                &self.parks_superseded,
             ),
             (
                 "unauthorized_total",

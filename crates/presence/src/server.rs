@@ -33,7 +33,7 @@ use crate::events::EventQueue;
 use crate::metrics::{Gauges, Metrics};
 use crate::redis::Redis;
 use crate::state::{Event, State, MAX_NAME_BYTES};
-use crate::store::SessionStore;
+use crate::store::{self, SessionStore};
 
 /// Largest sync body: a full sync of a node with tens of thousands of
 /// sessions is tens of megabytes of JSON.
@@ -280,6 +280,9 @@ async fn park(
         .user
         .as_deref()
         .filter(|u| !u.is_empty() && u.len() <= MAX_NAME_BYTES);
+    if let Some(node) = &req.node {
+        check_name("node", node)?;
+    }
     match app
         .store
         .park(
@@ -287,12 +290,21 @@ async fn park(
             &req.record,
             Duration::from_millis(req.ttl_ms),
             user,
+            req.node.as_deref(),
         )
         .await
     {
-        Ok(()) => {
+        Ok(true) => {
             app.metrics.parked.inc();
             Ok(StatusCode::NO_CONTENT)
+        }
+        Ok(false) => {
+            app.metrics.parks_superseded.inc();
+            Err(ApiError {
+                status: StatusCode::CONFLICT,
+                code: "superseded",
+                message: "the session resumed on another node since".into(),
+            })
         }
         Err(e) => {
             app.metrics.redis_errors.inc();
@@ -361,22 +373,52 @@ async fn take_many(
     Json(req): Json<TakeManyRequest>,
 ) -> Result<Json<TakeManyResponse>, ApiError> {
     app.metrics.take_requests.inc();
-    if req.sessions.len() > MAX_LOOKUP {
-        return Err(ApiError::bad_request(format!(
-            "at most {MAX_LOOKUP} sessions per take"
-        )));
+    let too_many = || ApiError::bad_request(format!("at most {MAX_LOOKUP} sessions per take"));
+    if req.sessions.len() > MAX_LOOKUP || req.claims.len() > MAX_LOOKUP {
+        return Err(too_many());
     }
-    for session in &req.sessions {
+    for session in req.sessions.iter().chain(&req.claims) {
         check_name("session", session)?;
     }
-    let asked = req.sessions.len() as u64;
-    match app.store.take_many(&req.sessions).await {
+    let claim = match (&req.node, req.claim_ms) {
+        _ if req.claims.is_empty() => None,
+        (Some(node), Some(claim_ms)) => {
+            check_name("node", node)?;
+            check_ttl(claim_ms)?;
+            Some(store::Claim {
+                node,
+                ttl: Duration::from_millis(claim_ms),
+            })
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "claims need the claiming node and claim_ms",
+            ))
+        }
+    };
+    // Each session once: claimed when it is asked as a claim at all (the
+    // gateway lists its claims under `sessions` too, for older services).
+    let mut asks: BTreeMap<&str, bool> = req.sessions.iter().map(|s| (s.as_str(), false)).collect();
+    for session in &req.claims {
+        asks.insert(session, true);
+    }
+    if asks.len() > MAX_LOOKUP {
+        return Err(too_many());
+    }
+    let asks: Vec<(String, bool)> = asks
+        .into_iter()
+        .map(|(session, claimed)| (session.to_string(), claimed))
+        .collect();
+    let asked = asks.len() as u64;
+    match app.store.take_many(&asks, claim).await {
         Ok(found) => {
-            let records: BTreeMap<String, Data> = req
-                .sessions
+            app.metrics
+                .claims
+                .add(asks.iter().filter(|(_, claimed)| *claimed).count() as u64);
+            let records: BTreeMap<String, Data> = asks
                 .into_iter()
                 .zip(found)
-                .filter_map(|(session, record)| Some((session, record?)))
+                .filter_map(|(session, record)| Some((session.0, record?)))
                 .collect();
             app.metrics.taken.add(records.len() as u64);
             app.metrics.take_misses.add(asked - records.len() as u64);

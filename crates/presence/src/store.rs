@@ -13,11 +13,39 @@
 //! last record parked in it; a take leaves its member behind (the set
 //! is only read by [`SessionStore::end_user`], which finds the record gone
 //! and drops the member).
+//!
+//! A node that resumes a session on the token's word (the service still
+//! lists it on another node) claims it: `rc:{sess:<id>}:held`, in the
+//! record's slot, names that node for a while, and a park of the session
+//! by any other node is refused. The old node's connection of it may end
+//! after the resume (a drain parks a session before it unlists it), and a
+//! record parked then would let the session resume a second time, from
+//! that copy, while it is live on the new node. The holder's own park
+//! ends the claim.
+
+/// Parks a record unless another node holds a claim on the session; the
+/// holder's own park ends the claim. KEYS: record, claim; ARGV: record
+/// text, TTL in ms, the parking node. Returns 1 when stored, 0 when
+/// refused.
+const PARK_LUA: &str = "\
+local held = redis.call('GET', KEYS[2])
+if held and held ~= ARGV[3] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if held then redis.call('DEL', KEYS[2]) end
+return 1";
+
+/// A claim that comes with a take ([`SessionStore::take_many`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    /// The node resuming the session.
+    pub node: &'a str,
+    pub ttl: Duration,
+}
 
 use std::time::Duration;
 
-use fred::prelude::{Expiration, KeysInterface, SetsInterface};
-use fred::types::SetOptions;
+use fred::prelude::{ClientLike, Expiration, KeysInterface, SetsInterface};
+use fred::types::{ClusterHash, CustomCommand, FromValue, SetOptions, Value};
 use roomcast_protocol::Data;
 
 use crate::redis::Redis;
@@ -34,10 +62,12 @@ pub enum StoreError {
 /// A record as stored, and its TTL as Redis takes it.
 fn encode(record: &Data, ttl: Duration) -> Result<(String, i64), StoreError> {
     let text = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    Ok((
-        text,
-        i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1),
-    ))
+    Ok((text, ttl_ms(ttl)))
+}
+
+/// A TTL as Redis takes it: whole milliseconds, at least one.
+fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
 #[derive(Clone)]
@@ -53,6 +83,11 @@ impl SessionStore {
     /// The Redis key of a session's record.
     pub fn key(session: &str) -> String {
         format!("rc:{{sess:{session}}}")
+    }
+
+    /// The Redis key of the claim on a session, in its record's slot.
+    pub fn claim_key(session: &str) -> String {
+        format!("rc:{{sess:{session}}}:held")
     }
 
     /// The Redis key of the set of a user's parked sessions. `%`, `{` and
@@ -72,30 +107,55 @@ impl SessionStore {
     }
 
     /// Stores (or replaces) the record of `session` for `ttl`, listed under
-    /// `user` when one is given.
+    /// `user` when one is given. Parked by `node`, the record is refused
+    /// (`Ok(false)`) while another node holds a claim on the session;
+    /// without one it is stored whatever the claims.
     pub async fn park(
         &self,
         session: &str,
         record: &Data,
         ttl: Duration,
         user: Option<&str>,
-    ) -> Result<(), StoreError> {
+        node: Option<&str>,
+    ) -> Result<bool, StoreError> {
         let (text, ttl_ms) = encode(record, ttl)?;
         // One pipeline: the record and, with a user, its listing and the
         // listing's expiry. An end of the user that runs before the listing
         // misses a session whose park had not landed yet; the gateway's
         // owning node ends the user again after its parks (see
-        // docs/decisions.md).
+        // docs/decisions.md). A refused park still lists the session under
+        // its user: the listing names sessions to look for, and an end of
+        // the user skips one with no record.
         let pipeline = self.redis.client.pipeline();
-        let () = pipeline
-            .set(
-                Self::key(session),
-                text,
-                Some(Expiration::PX(ttl_ms)),
-                None,
-                false,
-            )
-            .await?;
+        match node {
+            // EVAL as a plain command: fred sends its own EVAL alone on the
+            // connection, waiting for the answer before anything else goes;
+            // this one is pipelined like the SET it replaces.
+            Some(node) => {
+                let eval = CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false);
+                let args: Vec<Value> = vec![
+                    PARK_LUA.into(),
+                    2i64.into(),
+                    Self::key(session).into(),
+                    Self::claim_key(session).into(),
+                    text.into(),
+                    ttl_ms.into(),
+                    node.into(),
+                ];
+                let () = pipeline.custom(eval, args).await?;
+            }
+            None => {
+                let () = pipeline
+                    .set(
+                        Self::key(session),
+                        text,
+                        Some(Expiration::PX(ttl_ms)),
+                        None,
+                        false,
+                    )
+                    .await?;
+            }
+        }
         if let Some(user) = user {
             let user_key = Self::user_key(user);
             let () = pipeline.sadd(&user_key, session).await?;
@@ -104,10 +164,15 @@ impl SessionStore {
             // also the longest.
             let () = pipeline.pexpire(&user_key, ttl_ms, None).await?;
         }
-        for reply in pipeline.try_all::<fred::types::Value>().await {
+        let mut replies = pipeline.try_all::<Value>().await.into_iter();
+        let stored = match replies.next().transpose()? {
+            Some(Value::Integer(stored)) => stored == 1,
+            _ => true,
+        };
+        for reply in replies {
             reply?;
         }
-        Ok(())
+        Ok(stored)
     }
 
     /// Replaces the parked record of every session listed under `user`
@@ -152,21 +217,45 @@ impl SessionStore {
 
     /// Takes the records of several sessions in one pipeline (each key in
     /// its own slot, so each `GETDEL` stays atomic); `None` where nothing
-    /// (or nothing readable) was parked, in the order asked.
-    pub async fn take_many(&self, sessions: &[String]) -> Result<Vec<Option<Data>>, StoreError> {
+    /// (or nothing readable) was parked, in the order asked. A session
+    /// asked with `true` is claimed for `claim`'s node first, in the same
+    /// slot and on the same connection, so a park racing the take either
+    /// lands before it (and is taken) or is refused.
+    pub async fn take_many(
+        &self,
+        sessions: &[(String, bool)],
+        claim: Option<Claim<'_>>,
+    ) -> Result<Vec<Option<Data>>, StoreError> {
         if sessions.is_empty() {
             return Ok(Vec::new());
         }
         let pipeline = self.redis.client.pipeline();
-        for session in sessions {
+        let mut takes = Vec::with_capacity(sessions.len());
+        for (session, claimed) in sessions {
+            if let (true, Some(claim)) = (claimed, claim) {
+                let () = pipeline
+                    .set(
+                        Self::claim_key(session),
+                        claim.node,
+                        Some(Expiration::PX(ttl_ms(claim.ttl))),
+                        None,
+                        false,
+                    )
+                    .await?;
+                takes.push(false);
+            }
             let () = pipeline.getdel(Self::key(session)).await?;
+            takes.push(true);
         }
-        pipeline
-            .try_all::<Option<String>>()
-            .await
+        let replies = pipeline.try_all::<Value>().await;
+        let texts = replies
             .into_iter()
+            .zip(takes)
+            .filter(|(_, take)| *take)
+            .map(|(reply, _)| Option::<String>::from_value(reply?).map_err(StoreError::from));
+        texts
             .zip(sessions)
-            .map(|(text, session)| {
+            .map(|(text, (session, _))| {
                 // A record that is not JSON is that session's loss alone.
                 Ok(text?.and_then(|t| match serde_json::from_str(&t) {
                     Ok(record) => Some(record),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{eventually, seen, Gateway, Listener, Presence, KEY};
 use roomcast_presence::api::Op;
-use roomcast_presence::client::{ClientOptions, PresenceClient, PresenceError};
+use roomcast_presence::client::{ClientOptions, Parked, PresenceClient, PresenceError};
 use roomcast_testkit::free_port;
 use roomcast_testkit::redis::RedisServer;
 use serde_json::json;
@@ -188,6 +188,115 @@ async fn concurrent_takes_share_requests_and_each_record_is_taken_once() {
     );
     // All taken: nothing is left to take.
     assert_eq!(client.take("p7").await.unwrap(), None);
+}
+
+/// A claim (a resume on the token's word) refuses other nodes' parks of the
+/// session until the claiming node parks it itself; a park that came before
+/// the claim is taken by it; the mark of an ended session is stored
+/// whatever the claims; and concurrent claims share requests with takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_session_is_parked_only_by_its_claiming_node() {
+    let redis = RedisServer::start();
+    let presence = Presence::start(&redis.url(), &[]);
+    let (gateway_a, gateway_b) = (Gateway::default(), Gateway::default());
+    let a = client(&presence.url(), "node-a", &gateway_a);
+    let b = client(&presence.url(), "node-b", &gateway_b);
+    let ttl = Duration::from_secs(60);
+
+    // node-b resumes s1 on the token's word: nothing was parked.
+    assert_eq!(b.claim("s1", ttl).await.unwrap(), None);
+    // node-a's connection of it ends after that: its park is refused.
+    assert_eq!(
+        a.park("s1", json!({"by": "a"}), ttl, Some("alice"))
+            .await
+            .unwrap(),
+        Parked::Superseded
+    );
+    assert_eq!(a.take("s1").await.unwrap(), None, "a copy was parked");
+    assert_eq!(
+        presence.metric("roomcast_presence_session_parks_superseded_total"),
+        1
+    );
+    // node-b's own park is stored and ends the claim.
+    assert_eq!(
+        b.park("s1", json!({"by": "b"}), ttl, Some("alice"))
+            .await
+            .unwrap(),
+        Parked::Stored
+    );
+    assert_eq!(a.take("s1").await.unwrap(), Some(json!({"by": "b"})));
+    assert_eq!(
+        a.park("s1", json!({"by": "a again"}), ttl, None)
+            .await
+            .unwrap(),
+        Parked::Stored,
+        "the claim outlived the claiming node's park"
+    );
+    assert_eq!(b.take("s1").await.unwrap(), Some(json!({"by": "a again"})));
+
+    // A park that lands before the claim is what the claim takes.
+    a.park("s2", json!({"by": "a"}), ttl, None).await.unwrap();
+    assert_eq!(b.claim("s2", ttl).await.unwrap(), Some(json!({"by": "a"})));
+    assert_eq!(
+        a.park("s2", json!({"by": "a"}), ttl, None).await.unwrap(),
+        Parked::Superseded
+    );
+
+    // The mark of an ended session goes in whoever holds a claim.
+    assert_eq!(b.claim("s3", ttl).await.unwrap(), None);
+    a.mark("s3", json!({"ended": true}), ttl).await.unwrap();
+    assert_eq!(b.take("s3").await.unwrap(), Some(json!({"ended": true})));
+
+    // A claim lasts its TTL, no longer.
+    assert_eq!(
+        b.claim("s4", Duration::from_millis(200)).await.unwrap(),
+        None
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        a.park("s4", json!({"by": "a"}), ttl, None).await.unwrap(),
+        Parked::Stored
+    );
+
+    // Claims and takes asked at once share requests, and each claim holds.
+    for i in 0..100 {
+        a.park(&format!("c{i}"), json!({"n": i}), ttl, None)
+            .await
+            .unwrap();
+    }
+    let before = presence.metric("roomcast_presence_take_requests_total");
+    let asks = (0..200).map(|i| {
+        let b = b.clone();
+        tokio::spawn(async move {
+            let session = format!("c{}", i % 100 + if i % 2 == 0 { 0 } else { 100 });
+            let got = if i % 4 < 2 {
+                b.claim(&session, ttl).await
+            } else {
+                b.take(&session).await
+            };
+            (session, got.unwrap())
+        })
+    });
+    let mut taken = std::collections::HashMap::new();
+    for ask in asks.collect::<Vec<_>>() {
+        let (session, record) = ask.await.unwrap();
+        if let Some(record) = record {
+            assert!(taken.insert(session, record).is_none(), "taken twice");
+        }
+    }
+    assert_eq!(taken.len(), 50, "c0..c99 asked for at even i: {taken:?}");
+    let requests = presence.metric("roomcast_presence_take_requests_total") - before;
+    assert!((1..=60).contains(&requests), "{requests} requests");
+    // The sessions claimed (c0, c4, ... c96; c2, c6, ... were taken
+    // plainly, c101.. never parked) refuse node-a's parks.
+    for i in (0..100).step_by(4) {
+        let session = format!("c{}", i % 100);
+        assert_eq!(
+            a.park(&session, json!({}), ttl, None).await.unwrap(),
+            Parked::Superseded,
+            "{session}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

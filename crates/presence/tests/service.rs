@@ -401,6 +401,44 @@ async fn presence_events_use_sharded_pubsub_on_a_redis_cluster() {
     );
     let (status, body) = presence.call("POST", "/v1/take", Some(json!({"sessions": ["s2"]})));
     assert_eq!((status, body), (200, json!({"records": {}})));
+    // Claims span slots too, and a claimed session's park by another node
+    // is refused on whichever shard holds it (the park's script runs in
+    // the record's slot).
+    let claims = ["k1", "k2", "k3", "k4", "k5", "k6"];
+    let (status, body) = presence.call(
+        "POST",
+        "/v1/take",
+        Some(json!({"sessions": [], "claims": claims, "node": "node-b", "claim_ms": 10_000})),
+    );
+    assert_eq!((status, body), (200, json!({"records": {}})));
+    for s in claims {
+        let park = |node: &str| {
+            presence.call(
+                "PUT",
+                &format!("/v1/sessions/{s}"),
+                Some(json!({"record": {"by": node}, "ttl_ms": 10_000, "node": node})),
+            )
+        };
+        let (status, body) = park("node-a");
+        assert_eq!(status, 409, "{s}: {body}");
+        assert_eq!(body["error"], "superseded");
+        assert_eq!(park("node-b").0, 204, "{s}");
+        assert_eq!(
+            park("node-a").0,
+            204,
+            "{s}: the claim outlived its holder's park"
+        );
+    }
+    // Claims need their node and duration.
+    for bad in [
+        json!({"sessions": [], "claims": ["k1"]}),
+        json!({"sessions": [], "claims": ["k1"], "node": "node-b"}),
+        json!({"sessions": [], "claims": ["k1"], "node": "node-b", "claim_ms": 0}),
+        json!({"sessions": [], "claims": ["k{1}"], "node": "node-b", "claim_ms": 10}),
+    ] {
+        let (status, body) = presence.call("POST", "/v1/take", Some(bad.clone()));
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
     // Ending a user spans slots too: its listing has one, each record its own.
     for s in ["u1", "u2", "u3"] {
         let (status, _) = presence.call(

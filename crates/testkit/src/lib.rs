@@ -198,12 +198,7 @@ impl Gateway {
     /// The value of the first `/metrics` line that starts with
     /// `line_start` (a name, or a name with its labels); 0 if none does.
     pub fn metric(&self, line_start: &str) -> u64 {
-        let (_, text) = http_request(self.addr, "GET", "/metrics", &[], "").expect("GET /metrics");
-        text.lines()
-            .find(|l| l.starts_with(line_start))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+        metric(self.addr, line_start)
     }
 
     fn wait_healthy(&mut self, timeout: Duration) {
@@ -248,6 +243,23 @@ impl PresenceService {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
+
+    /// The value of the first `/metrics` line starting with `line_start`
+    /// (0 when there is none).
+    pub fn metric(&self, line_start: &str) -> u64 {
+        metric(self.addr, line_start)
+    }
+}
+
+/// The value of the first line of `addr`'s `/metrics` that starts with
+/// `line_start`, 0 when there is none.
+fn metric(addr: SocketAddr, line_start: &str) -> u64 {
+    let (_, text) = http_request(addr, "GET", "/metrics", &[], "").expect("GET /metrics");
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The example application backend (`examples/backend/backend.py`): it

@@ -290,6 +290,13 @@ impl Joined {
     /// Whether a resume of this session (in `room`, from where it joined)
     /// on a new connection to `url` resumed it.
     pub async fn resumes(&self, url: &str, room: &str) -> bool {
+        self.resume_on(url, room).await.1
+    }
+
+    /// Resumes this session (in `room`, from where it joined) on a new
+    /// connection to `url`: the connection, past its `welcome`, and whether
+    /// it resumed.
+    pub async fn resume_on(&self, url: &str, room: &str) -> (RawClient, bool) {
         let mut back = RawClient::connect(url, Codec::Json).await;
         back.send(&resume_hello(
             &self.session,
@@ -300,7 +307,7 @@ impl Joined {
         ))
         .await;
         match back.recv().await {
-            ServerFrame::Welcome { resumed, .. } => resumed,
+            ServerFrame::Welcome { resumed, .. } => (back, resumed),
             other => panic!("{other:?}"),
         }
     }
