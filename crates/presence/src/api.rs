@@ -161,6 +161,35 @@ pub struct ParkRequest {
     pub node: Option<String>,
 }
 
+/// `POST /v1/park`: park several session records at once, each as by
+/// `PUT /v1/sessions/{session}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParkManyRequest {
+    /// The node whose connections of these sessions ended (see
+    /// [`ParkRequest::node`]); absent: stored whatever the claims.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    pub parks: Vec<ParkItem>,
+}
+
+/// One record of a [`ParkManyRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParkItem {
+    pub session: String,
+    pub record: Data,
+    pub ttl_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// The sessions whose park was refused because another node claimed them;
+/// every other record of the request is stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParkManyResponse {
+    #[serde(default)]
+    pub superseded: Vec<String>,
+}
+
 /// `POST /v1/users/{user}/end`: replace every parked record of the user's
 /// sessions with `record`, kept `ttl_ms` (the gateway's mark of a session
 /// the API ended).

@@ -22,7 +22,7 @@
 //! a short timeout. The HTTP client is hyper's (already in the tree through
 //! axum); the service speaks plain HTTP on an internal network, so no TLS.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,8 +41,8 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::api::{
     EndUserRequest, EndUserResponse, ErrorBody, LookupRequest, LookupResponse, Member,
-    MembersResponse, Op, Owner, ParkRequest, SyncRequest, SyncResponse, TakeManyRequest,
-    TakeManyResponse, TakeResponse,
+    MembersResponse, Op, Owner, ParkItem, ParkManyRequest, ParkManyResponse, ParkRequest,
+    SyncRequest, SyncResponse, TakeManyRequest, TakeManyResponse, TakeResponse,
 };
 
 /// Produces connect + join ops for every live session of the node.
@@ -58,7 +58,7 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 /// for thousands at once: unbounded, each beyond the pool's idle
 /// connections would open a connection of its own.
 const MAX_QUERIES: usize = 32;
-/// Lookups (and takes) asked while others are in flight go out together, up
+/// Lookups (and takes, and parks) asked while others are in flight go out together, up
 /// to this many names per request, in at most [`BATCH_RUNNERS`] requests of
 /// each kind at once: a storm of resumes costs a few requests, not one each.
 const BATCH_NAMES: usize = 1000;
@@ -192,6 +192,7 @@ struct Shared {
     queries: tokio::sync::Semaphore,
     lookups: Mutex<Batches<LookupWaiter>>,
     takes: Mutex<Batches<TakeWaiter>>,
+    parks: Mutex<Batches<ParkWaiter>>,
 }
 
 /// Queries waiting to share a request, and how many tasks send them.
@@ -257,6 +258,23 @@ struct LookupWaiter {
 impl Waiter for LookupWaiter {
     fn names(&self) -> usize {
         self.users.len() + self.sessions.len()
+    }
+
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+struct ParkWaiter {
+    item: ParkItem,
+    /// Its share of a request: 1, plus 1 per KiB of record.
+    weight: usize,
+    reply: oneshot::Sender<Result<Parked, PresenceError>>,
+}
+
+impl Waiter for ParkWaiter {
+    fn names(&self) -> usize {
+        self.weight
     }
 
     fn abandoned(&self) -> bool {
@@ -354,6 +372,7 @@ impl PresenceClient {
             queries: tokio::sync::Semaphore::new(MAX_QUERIES),
             lookups: Mutex::default(),
             takes: Mutex::default(),
+            parks: Mutex::default(),
         });
         tokio::spawn(Syncer::new(shared.clone(), snapshot).run());
         PresenceClient {
@@ -466,11 +485,25 @@ impl PresenceClient {
         ttl: Duration,
         user: Option<&str>,
     ) -> Result<Parked, PresenceError> {
-        let node = Some(self.shared.options.node_id.clone());
-        match self.put_record(session, record, ttl, user, node).await {
-            Err(PresenceError::Status { status: 409, .. }) => Ok(Parked::Superseded),
-            other => other.map(|()| Parked::Stored),
+        let item = ParkItem {
+            session: session.to_string(),
+            record,
+            ttl_ms: (ttl.as_millis() as u64).max(1),
+            user: user.map(str::to_string),
+        };
+        // Weighed by size, so that a request carries about BATCH_NAMES KiB
+        // of records at most (or one larger record alone).
+        let weight = 1 + serde_json::to_vec(&item.record).map_or(0, |v| v.len()) / 1024;
+        let (reply, answer) = oneshot::channel();
+        let start_runner = self.shared.parks.lock().push(ParkWaiter {
+            item,
+            weight,
+            reply,
+        });
+        if start_runner {
+            tokio::spawn(self.shared.clone().run_parks());
         }
+        self.shared.answer(answer).await
     }
 
     /// Stores `record` for a session whatever node holds it (the mark of a
@@ -481,29 +514,13 @@ impl PresenceClient {
         record: Data,
         ttl: Duration,
     ) -> Result<(), PresenceError> {
-        self.put_record(session, record, ttl, None, None).await
-    }
-
-    async fn put_record(
-        &self,
-        session: &str,
-        record: Data,
-        ttl: Duration,
-        user: Option<&str>,
-        node: Option<String>,
-    ) -> Result<(), PresenceError> {
         let body = ParkRequest {
             record,
             ttl_ms: (ttl.as_millis() as u64).max(1),
-            user: user.map(str::to_string),
-            node,
+            user: None,
+            node: None,
         };
-        let path = format!("/v1/sessions/{}", segment(session));
-        let (status, body) = self
-            .shared
-            .query(Method::PUT, &path, Some(&body), self.shared.options.timeout)
-            .await?;
-        expect_ok(status, &body)
+        self.shared.put_record(session, &body).await
     }
 
     /// Replaces the record of every session `user` left parked with
@@ -608,26 +625,11 @@ impl Shared {
                 claims: names(claims),
                 sessions: names(batch.iter().collect()),
             };
-            let answer: Result<Option<BTreeMap<String, Data>>, PresenceError> = async {
-                let (status, body) = self
-                    .query(
-                        Method::POST,
-                        "/v1/take",
-                        Some(&request),
-                        self.options.timeout,
-                    )
-                    .await?;
-                if matches!(
-                    status,
-                    StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
-                ) {
-                    // A service older than `/v1/take`: one request each.
-                    return Ok(None);
-                }
-                expect_ok(status, &body)?;
-                Ok(Some(decode::<TakeManyResponse>(&body)?.records))
-            }
-            .await;
+            // None from a service older than `/v1/take`: one request each.
+            let answer = self
+                .batched::<_, TakeManyResponse>("/v1/take", &request)
+                .await
+                .map(|answer| answer.map(|a| a.records));
             match answer {
                 Ok(Some(mut records)) => {
                     for waiter in batch {
@@ -646,6 +648,90 @@ impl Shared {
                     }
                 }
             }
+        }
+    }
+
+    /// A batched call (`POST path`); `None` when the service answers 404 or
+    /// 405, as one older than the call does.
+    async fn batched<T: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        request: &T,
+    ) -> Result<Option<R>, PresenceError> {
+        let (status, body) = self
+            .query(Method::POST, path, Some(request), self.options.timeout)
+            .await?;
+        if matches!(
+            status,
+            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
+        ) {
+            return Ok(None);
+        }
+        expect_ok(status, &body)?;
+        decode(&body).map(Some)
+    }
+
+    /// Sends waiting parks, many per request, until none is left.
+    async fn run_parks(self: Arc<Self>) {
+        loop {
+            let batch = self.parks.lock().next_batch();
+            if batch.is_empty() {
+                return;
+            }
+            let request = ParkManyRequest {
+                node: Some(self.options.node_id.clone()),
+                parks: batch.iter().map(|w| w.item.clone()).collect(),
+            };
+            // None from a service older than `/v1/park`: one request each.
+            let answer = self
+                .batched::<_, ParkManyResponse>("/v1/park", &request)
+                .await
+                .map(|answer| answer.map(|a| a.superseded.into_iter().collect::<HashSet<_>>()));
+            match answer {
+                Ok(Some(refused)) => {
+                    for waiter in batch {
+                        let parked = if refused.contains(&waiter.item.session) {
+                            Parked::Superseded
+                        } else {
+                            Parked::Stored
+                        };
+                        let _ = waiter.reply.send(Ok(parked));
+                    }
+                }
+                Ok(None) => {
+                    for waiter in batch {
+                        let _ = waiter.reply.send(self.park_one(waiter.item).await);
+                    }
+                }
+                Err(e) => {
+                    for waiter in batch {
+                        let _ = waiter.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// `PUT /v1/sessions/{session}`: one record.
+    async fn put_record(&self, session: &str, body: &ParkRequest) -> Result<(), PresenceError> {
+        let path = format!("/v1/sessions/{}", segment(session));
+        let (status, body) = self
+            .query(Method::PUT, &path, Some(body), self.options.timeout)
+            .await?;
+        expect_ok(status, &body)
+    }
+
+    /// One park by this node, as its own request.
+    async fn park_one(&self, item: ParkItem) -> Result<Parked, PresenceError> {
+        let body = ParkRequest {
+            record: item.record,
+            ttl_ms: item.ttl_ms,
+            user: item.user,
+            node: Some(self.options.node_id.clone()),
+        };
+        match self.put_record(&item.session, &body).await {
+            Err(PresenceError::Status { status: 409, .. }) => Ok(Parked::Superseded),
+            other => other.map(|()| Parked::Stored),
         }
     }
 

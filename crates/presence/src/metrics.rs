@@ -50,6 +50,7 @@ pub struct Metrics {
     pub parked: Counter,
     pub taken: Counter,
     pub take_misses: Counter,
+    pub park_requests: Counter,
     pub claims: Counter,
     pub parks_superseded: Counter,
     pub unauthorized: Counter,
@@ -98,7 +99,7 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE roomcast_presence_{name} gauge");
             let _ = writeln!(out, "roomcast_presence_{name} {value}");
         }
-        let counter_rows: [(&str, &str, &Counter); 20] = [
+        let counter_rows: [(&str, &str, &Counter); 21] = [
             (
                 "sync_requests_total",
                 "Sync requests received.",
@@ -175,6 +176,11 @@ impl Metrics {
                 "session_take_misses_total",
                 "Takes of a session with no record.",
                 &self.take_misses,
+            ),
+            (
+                "park_requests_total",
+                "Batched park requests (POST /v1/park).",
+                &self.park_requests,
             ),
             (
                 "session_claims_total",

@@ -27,7 +27,8 @@ use subtle::ConstantTimeEq;
 
 use crate::api::{
     EndUserRequest, EndUserResponse, ErrorBody, LookupRequest, LookupResponse, MembersResponse,
-    ParkRequest, SyncRequest, SyncResponse, TakeManyRequest, TakeManyResponse, TakeResponse,
+    ParkManyRequest, ParkManyResponse, ParkRequest, SyncRequest, SyncResponse, TakeManyRequest,
+    TakeManyResponse, TakeResponse,
 };
 use crate::events::EventQueue;
 use crate::metrics::{Gauges, Metrics};
@@ -40,6 +41,9 @@ use crate::store::{self, SessionStore};
 pub const MAX_SYNC_BYTES: usize = 128 << 20;
 /// Largest body of the other calls (a parked record).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// Largest body of `POST /v1/park`: the gateway's client sends about
+/// 1 MB of records per request at most, or one record of up to 1 MiB.
+pub const MAX_PARK_BATCH_BYTES: usize = 4 << 20;
 /// Longest a session record may stay parked: 30 days.
 pub const MAX_PARK_MS: u64 = 30 * 24 * 3600 * 1000;
 /// Most users plus sessions one lookup may ask about.
@@ -89,6 +93,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/sessions/{session}", put(park))
         .route("/v1/sessions/{session}/take", post(take))
         .route("/v1/take", post(take_many))
+        .route(
+            "/v1/park",
+            post(park_many).layer(DefaultBodyLimit::max(MAX_PARK_BATCH_BYTES)),
+        )
         .route("/v1/users/{user}/end", post(end_user))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_key));
@@ -274,12 +282,7 @@ async fn park(
 ) -> Result<StatusCode, ApiError> {
     check_name("session", &session)?;
     check_ttl(req.ttl_ms)?;
-    // A user name that could not be a path segment of the end call (empty
-    // or over MAX_NAME_BYTES) still gets its record parked, unlisted.
-    let user = req
-        .user
-        .as_deref()
-        .filter(|u| !u.is_empty() && u.len() <= MAX_NAME_BYTES);
+    let user = listed_user(req.user.as_deref());
     if let Some(node) = &req.node {
         check_name("node", node)?;
     }
@@ -309,6 +312,64 @@ async fn park(
         Err(e) => {
             app.metrics.redis_errors.inc();
             tracing::warn!(error = %e, "cannot park a session");
+            Err(ApiError::unavailable(e.to_string()))
+        }
+    }
+}
+
+/// The user a park lists its session under: a name that could not be a
+/// path segment of the end call (empty or over MAX_NAME_BYTES) still gets
+/// its record parked, unlisted.
+fn listed_user(user: Option<&str>) -> Option<&str> {
+    user.filter(|u| !u.is_empty() && u.len() <= MAX_NAME_BYTES)
+}
+
+/// `POST /v1/park`: several parks in one request, each as by
+/// `PUT /v1/sessions/{session}`; answers the sessions refused.
+async fn park_many(
+    AxumState(app): AxumState<Arc<App>>,
+    Json(req): Json<ParkManyRequest>,
+) -> Result<Json<ParkManyResponse>, ApiError> {
+    app.metrics.park_requests.inc();
+    if req.parks.len() > MAX_LOOKUP {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_LOOKUP} parks per request"
+        )));
+    }
+    if let Some(node) = &req.node {
+        check_name("node", node)?;
+    }
+    for park in &req.parks {
+        check_name("session", &park.session)?;
+        check_ttl(park.ttl_ms)?;
+    }
+    let parks: Vec<store::Park> = req
+        .parks
+        .iter()
+        .map(|park| store::Park {
+            session: &park.session,
+            record: &park.record,
+            ttl: Duration::from_millis(park.ttl_ms),
+            user: listed_user(park.user.as_deref()),
+        })
+        .collect();
+    match app.store.park_many(&parks, req.node.as_deref()).await {
+        Ok(stored) => {
+            let superseded: Vec<String> = parks
+                .iter()
+                .zip(&stored)
+                .filter(|(_, stored)| !**stored)
+                .map(|(park, _)| park.session.to_string())
+                .collect();
+            app.metrics
+                .parked
+                .add((parks.len() - superseded.len()) as u64);
+            app.metrics.parks_superseded.add(superseded.len() as u64);
+            Ok(Json(ParkManyResponse { superseded }))
+        }
+        Err(e) => {
+            app.metrics.redis_errors.inc();
+            tracing::warn!(error = %e, parks = parks.len(), "cannot park sessions");
             Err(ApiError::unavailable(e.to_string()))
         }
     }

@@ -34,6 +34,16 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 if held then redis.call('DEL', KEYS[2]) end
 return 1";
 
+/// One record of [`SessionStore::park_many`].
+#[derive(Debug, Clone, Copy)]
+pub struct Park<'a> {
+    pub session: &'a str,
+    pub record: &'a Data,
+    pub ttl: Duration,
+    /// The session's user, to list it under.
+    pub user: Option<&'a str>,
+}
+
 /// A claim that comes with a take ([`SessionStore::take_many`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Claim<'a> {
@@ -118,8 +128,26 @@ impl SessionStore {
         user: Option<&str>,
         node: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let (text, ttl_ms) = encode(record, ttl)?;
-        // One pipeline: the record and, with a user, its listing and the
+        let park = Park {
+            session,
+            record,
+            ttl,
+            user,
+        };
+        Ok(self.park_many(&[park], node).await?[0])
+    }
+
+    /// Parks several records, as [`Self::park`] does each, in one pipeline;
+    /// whether each was stored, in the order given.
+    pub async fn park_many(
+        &self,
+        parks: &[Park<'_>],
+        node: Option<&str>,
+    ) -> Result<Vec<bool>, StoreError> {
+        if parks.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Per park: the record and, with a user, its listing and the
         // listing's expiry. An end of the user that runs before the listing
         // misses a session whose park had not landed yet; the gateway's
         // owning node ends the user again after its parks (see
@@ -127,52 +155,60 @@ impl SessionStore {
         // its user: the listing names sessions to look for, and an end of
         // the user skips one with no record.
         let pipeline = self.redis.client.pipeline();
-        match node {
-            // EVAL as a plain command: fred sends its own EVAL alone on the
-            // connection, waiting for the answer before anything else goes;
-            // this one is pipelined like the SET it replaces.
-            Some(node) => {
-                let eval = CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false);
-                let args: Vec<Value> = vec![
-                    PARK_LUA.into(),
-                    2i64.into(),
-                    Self::key(session).into(),
-                    Self::claim_key(session).into(),
-                    text.into(),
-                    ttl_ms.into(),
-                    node.into(),
-                ];
-                let () = pipeline.custom(eval, args).await?;
+        let mut firsts = Vec::with_capacity(parks.len());
+        let mut queued = 0;
+        for park in parks {
+            let (text, ttl_ms) = encode(park.record, park.ttl)?;
+            firsts.push(queued);
+            match node {
+                // EVAL as a plain command: fred sends its own EVAL alone on
+                // the connection, waiting for the answer before anything
+                // else goes; this one is pipelined like the SET it replaces.
+                Some(node) => {
+                    let eval = CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false);
+                    let args: Vec<Value> = vec![
+                        PARK_LUA.into(),
+                        2i64.into(),
+                        Self::key(park.session).into(),
+                        Self::claim_key(park.session).into(),
+                        text.into(),
+                        ttl_ms.into(),
+                        node.into(),
+                    ];
+                    let () = pipeline.custom(eval, args).await?;
+                }
+                None => {
+                    let () = pipeline
+                        .set(
+                            Self::key(park.session),
+                            text,
+                            Some(Expiration::PX(ttl_ms)),
+                            None,
+                            false,
+                        )
+                        .await?;
+                }
             }
-            None => {
-                let () = pipeline
-                    .set(
-                        Self::key(session),
-                        text,
-                        Some(Expiration::PX(ttl_ms)),
-                        None,
-                        false,
-                    )
-                    .await?;
+            queued += 1;
+            if let Some(user) = park.user {
+                let user_key = Self::user_key(user);
+                let () = pipeline.sadd(&user_key, park.session).await?;
+                // The set lives as long as the last record parked in it:
+                // the gateways park with one TTL (`session.ttl_ms`), so
+                // that is also the longest.
+                let () = pipeline.pexpire(&user_key, ttl_ms, None).await?;
+                queued += 2;
             }
         }
-        if let Some(user) = user {
-            let user_key = Self::user_key(user);
-            let () = pipeline.sadd(&user_key, session).await?;
-            // The set lives as long as the last record parked in it: the
-            // gateways park with one TTL (`session.ttl_ms`), so that is
-            // also the longest.
-            let () = pipeline.pexpire(&user_key, ttl_ms, None).await?;
-        }
-        let mut replies = pipeline.try_all::<Value>().await.into_iter();
-        let stored = match replies.next().transpose()? {
-            Some(Value::Integer(stored)) => stored == 1,
-            _ => true,
-        };
-        for reply in replies {
-            reply?;
-        }
-        Ok(stored)
+        let replies = pipeline
+            .try_all::<Value>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<Value>, _>>()?;
+        Ok(firsts
+            .into_iter()
+            .map(|first| !matches!(replies.get(first), Some(Value::Integer(0))))
+            .collect())
     }
 
     /// Replaces the parked record of every session listed under `user`

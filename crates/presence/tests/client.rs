@@ -258,12 +258,22 @@ async fn a_claimed_session_is_parked_only_by_its_claiming_node() {
         Parked::Stored
     );
 
-    // Claims and takes asked at once share requests, and each claim holds.
-    for i in 0..100 {
-        a.park(&format!("c{i}"), json!({"n": i}), ttl, None)
-            .await
-            .unwrap();
+    // Parks asked at once share requests too.
+    let before = presence.metric("roomcast_presence_park_requests_total");
+    let parks = (0..100).map(|i| {
+        let a = a.clone();
+        tokio::spawn(async move { a.park(&format!("c{i}"), json!({"n": i}), ttl, None).await })
+    });
+    for park in parks.collect::<Vec<_>>() {
+        assert_eq!(park.await.unwrap().unwrap(), Parked::Stored);
     }
+    let requests = presence.metric("roomcast_presence_park_requests_total") - before;
+    assert!(
+        (1..=30).contains(&requests),
+        "{requests} park requests for 100 parks"
+    );
+
+    // Claims and takes asked at once share requests, and each claim holds.
     let before = presence.metric("roomcast_presence_take_requests_total");
     let asks = (0..200).map(|i| {
         let b = b.clone();
@@ -288,14 +298,20 @@ async fn a_claimed_session_is_parked_only_by_its_claiming_node() {
     let requests = presence.metric("roomcast_presence_take_requests_total") - before;
     assert!((1..=60).contains(&requests), "{requests} requests");
     // The sessions claimed (c0, c4, ... c96; c2, c6, ... were taken
-    // plainly, c101.. never parked) refuse node-a's parks.
-    for i in (0..100).step_by(4) {
-        let session = format!("c{}", i % 100);
-        assert_eq!(
-            a.park(&session, json!({}), ttl, None).await.unwrap(),
-            Parked::Superseded,
-            "{session}"
-        );
+    // plainly, c101.. never parked) refuse node-a's parks, the others
+    // take them, in the same batches.
+    let parks = (0..100).map(|i| {
+        let a = a.clone();
+        tokio::spawn(async move { (i, a.park(&format!("c{i}"), json!({}), ttl, None).await) })
+    });
+    for park in parks.collect::<Vec<_>>() {
+        let (i, parked) = park.await.unwrap();
+        let want = if i % 4 == 0 {
+            Parked::Superseded
+        } else {
+            Parked::Stored
+        };
+        assert_eq!(parked.unwrap(), want, "c{i}");
     }
 }
 

@@ -429,6 +429,43 @@ async fn presence_events_use_sharded_pubsub_on_a_redis_cluster() {
             "{s}: the claim outlived its holder's park"
         );
     }
+    // Batched parks span slots, and each claimed session in them is
+    // refused on its own shard.
+    let (status, body) = presence.call(
+        "POST",
+        "/v1/take",
+        Some(json!({"sessions": [], "claims": ["k1", "k4"], "node": "node-b", "claim_ms": 10_000})),
+    );
+    let by_a = json!({"by": "node-a"});
+    assert_eq!(
+        (status, body),
+        (200, json!({"records": {"k1": by_a, "k4": by_a}}))
+    );
+    let parks: Vec<_> = claims
+        .iter()
+        .map(|s| json!({"session": s, "record": {"b": s}, "ttl_ms": 10_000, "user": "carol"}))
+        .collect();
+    let (status, body) = presence.call(
+        "POST",
+        "/v1/park",
+        Some(json!({"node": "node-a", "parks": parks})),
+    );
+    assert_eq!((status, body), (200, json!({"superseded": ["k1", "k4"]})));
+    let (status, body) = presence.call("POST", "/v1/take", Some(json!({"sessions": claims})));
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"records": {"k2": {"b": "k2"}, "k3": {"b": "k3"}, "k5": {"b": "k5"}, "k6": {"b": "k6"}}})
+    );
+    for bad in [
+        json!({"parks": [{"session": "k{1}", "record": 1, "ttl_ms": 10}]}),
+        json!({"parks": [{"session": "k1", "record": 1, "ttl_ms": 0}]}),
+        json!({"node": "", "parks": []}),
+        json!({"parks": [{"session": "k1"}]}),
+    ] {
+        let (status, body) = presence.call("POST", "/v1/park", Some(bad.clone()));
+        assert!(matches!(status, 400 | 422), "{bad}: {status} {body}");
+    }
     // Claims need their node and duration.
     for bad in [
         json!({"sessions": [], "claims": ["k1"]}),
