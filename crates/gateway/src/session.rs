@@ -16,9 +16,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
-use sha2::Sha256;
-
 use roomcast_presence::client::{Parked, PresenceError};
+use sha2::Sha256;
 
 use crate::auth::Identity;
 

@@ -23,6 +23,14 @@
 //! that copy, while it is live on the new node. The holder's own park
 //! ends the claim.
 
+use std::time::Duration;
+
+use fred::prelude::{ClientLike, Expiration, KeysInterface, SetsInterface};
+use fred::types::{ClusterHash, CustomCommand, FromValue, SetOptions, Value};
+use roomcast_protocol::Data;
+
+use crate::redis::Redis;
+
 /// Parks a record unless another node holds a claim on the session; the
 /// holder's own park ends the claim. KEYS: record, claim; ARGV: record
 /// text, TTL in ms, the parking node. Returns 1 when stored, 0 when
@@ -51,14 +59,6 @@ pub struct Claim<'a> {
     pub node: &'a str,
     pub ttl: Duration,
 }
-
-use std::time::Duration;
-
-use fred::prelude::{ClientLike, Expiration, KeysInterface, SetsInterface};
-use fred::types::{ClusterHash, CustomCommand, FromValue, SetOptions, Value};
-use roomcast_protocol::Data;
-
-use crate::redis::Redis;
 
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
