@@ -488,7 +488,7 @@ impl PresenceClient {
         let item = ParkItem {
             session: session.to_string(),
             record,
-            ttl_ms: (ttl.as_millis() as u64).max(1),
+            ttl_ms: wire_ms(ttl),
             user: user.map(str::to_string),
         };
         // Weighed by size, so that a request carries about BATCH_NAMES KiB
@@ -516,7 +516,7 @@ impl PresenceClient {
     ) -> Result<(), PresenceError> {
         let body = ParkRequest {
             record,
-            ttl_ms: (ttl.as_millis() as u64).max(1),
+            ttl_ms: wire_ms(ttl),
             user: None,
             node: None,
         };
@@ -533,7 +533,7 @@ impl PresenceClient {
     ) -> Result<u64, PresenceError> {
         let body = EndUserRequest {
             record,
-            ttl_ms: (ttl.as_millis() as u64).max(1),
+            ttl_ms: wire_ms(ttl),
         };
         let path = format!("/v1/users/{}/end", segment(user));
         let (status, body) = self
@@ -614,11 +614,7 @@ impl Shared {
                 names.dedup();
                 names
             };
-            let claim_ms = claims
-                .iter()
-                .filter_map(|w| w.claim)
-                .max()
-                .map(|ttl| (ttl.as_millis() as u64).max(1));
+            let claim_ms = claims.iter().filter_map(|w| w.claim).max().map(wire_ms);
             let request = TakeManyRequest {
                 node: claim_ms.map(|_| self.options.node_id.clone()),
                 claim_ms,
@@ -1087,6 +1083,11 @@ impl Syncer {
         self.shared.acked.fetch_max(seq, Ordering::AcqRel);
         self.shared.acked_changed.notify_waiters();
     }
+}
+
+/// A duration as the API takes it: whole milliseconds, at least one.
+fn wire_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 fn expect_ok(status: StatusCode, body: &[u8]) -> Result<(), PresenceError> {

@@ -466,10 +466,7 @@ async fn take_many(
     if asks.len() > MAX_LOOKUP {
         return Err(too_many());
     }
-    let asks: Vec<(String, bool)> = asks
-        .into_iter()
-        .map(|(session, claimed)| (session.to_string(), claimed))
-        .collect();
+    let asks: Vec<(&str, bool)> = asks.into_iter().collect();
     let asked = asks.len() as u64;
     match app.store.take_many(&asks, claim).await {
         Ok(found) => {
@@ -479,7 +476,7 @@ async fn take_many(
             let records: BTreeMap<String, Data> = asks
                 .into_iter()
                 .zip(found)
-                .filter_map(|(session, record)| Some((session.0, record?)))
+                .filter_map(|((session, _), record)| Some((session.to_string(), record?)))
                 .collect();
             app.metrics.taken.add(records.len() as u64);
             app.metrics.take_misses.add(asked - records.len() as u64);

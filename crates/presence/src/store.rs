@@ -259,7 +259,7 @@ impl SessionStore {
     /// lands before it (and is taken) or is refused.
     pub async fn take_many(
         &self,
-        sessions: &[(String, bool)],
+        sessions: &[(&str, bool)],
         claim: Option<Claim<'_>>,
     ) -> Result<Vec<Option<Data>>, StoreError> {
         if sessions.is_empty() {
