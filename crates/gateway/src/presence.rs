@@ -13,7 +13,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use roomcast_presence::api::Op;
-use roomcast_presence::client::PresenceClient;
+use roomcast_presence::client::{ClientOptions, PresenceClient};
 
 use crate::config::Config;
 use crate::hub::Hub;
@@ -30,15 +30,16 @@ pub fn start(config: &Config, node_id: &str, hub: &Arc<Hub>) -> Option<PresenceC
         Some(hub) => snapshot_ops(&hub),
         None => Vec::new(),
     });
-    let key = Some(config.presence.key.expose().to_string()).filter(|k| !k.is_empty());
-    Some(PresenceClient::start(
+    let mut options = ClientOptions::new(
         config.presence.url.clone(),
-        key,
         node_id.to_string(),
         uuid::Uuid::new_v4().simple().to_string(),
-        Duration::from_millis(config.presence.lease_ms),
-        snapshot,
-    ))
+    );
+    options.key = Some(config.presence.key.expose().to_string()).filter(|k| !k.is_empty());
+    options.lease = Duration::from_millis(config.presence.lease_ms);
+    // The mark of an ended session refuses every resume, not the first.
+    options.keep = Some(crate::session::ended_record());
+    Some(PresenceClient::start_with(options, snapshot))
 }
 
 /// Every live connection and its rooms, as ops.

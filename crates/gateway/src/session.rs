@@ -98,8 +98,11 @@ pub enum Taken {
     Nothing,
 }
 
-/// The record left in a cluster's store for a session the API ended.
-fn ended_record() -> serde_json::Value {
+/// The record left in a cluster's store for a session the API ended. The
+/// presence client is told to keep it in place when a take reads it
+/// ([`roomcast_presence::client::ClientOptions::keep`]), so that every
+/// resume of the session is refused until it expires.
+pub fn ended_record() -> serde_json::Value {
     serde_json::json!({ "ended": true })
 }
 
@@ -153,12 +156,17 @@ impl SessionStore {
     /// node): in a cluster the session is claimed for this node first, so
     /// its old node's park of it, should that come later, is refused and no
     /// copy is left to resume a second time. A park that came first is
-    /// taken here.
-    pub async fn claim(&self, session: &str) -> Taken {
+    /// taken here. Also answered: another node that had claimed the
+    /// session before (it resumed the session on the token's word too,
+    /// so it may hold it live still).
+    pub async fn claim(&self, session: &str) -> (Taken, Option<String>) {
         if let Some(remote) = &self.remote {
-            return Self::taken(remote.claim(session, self.ttl).await);
+            return match remote.claim(session, self.ttl).await {
+                Ok(claimed) => (Self::taken(Ok(claimed.record)), claimed.displaced),
+                Err(e) => (Self::taken(Err(e)), None),
+            };
         }
-        self.take_local(session)
+        (self.take_local(session), None)
     }
 
     fn taken(answer: Result<Option<serde_json::Value>, PresenceError>) -> Taken {

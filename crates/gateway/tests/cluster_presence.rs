@@ -563,30 +563,11 @@ async fn an_old_nodes_park_after_a_resume_on_the_tokens_word_is_refused() {
 
     // A resume on the third node while the session is live on the second,
     // once the presence service lists it there.
-    let listed_on = || {
-        let (_, body) = http_request(
-            c.presence.addr,
-            "POST",
-            "/v1/lookup",
-            &[("Content-Type", "application/json")],
-            &json!({"sessions": [session]}).to_string(),
-        )
-        .unwrap();
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        v["sessions"]
-            .as_array()
-            .map(|owners| {
-                owners
-                    .iter()
-                    .map(|o| o["node"].to_string())
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default()
-    };
     assert!(
-        wait_until(Duration::from_secs(5), || listed_on() == ["\"node-1\""]),
+        wait_until(Duration::from_secs(5), || listed_on(&c, &session)
+            == ["node-1"]),
         "listed on {:?}",
-        listed_on()
+        listed_on(&c, &session)
     );
     let (third, resumed) = first.resume_on(&c.nodes[2].ws_url(), "late").await;
     assert!(resumed, "not resumed on the third node");
@@ -601,6 +582,148 @@ async fn an_old_nodes_park_after_a_resume_on_the_tokens_word_is_refused() {
         "refused park not counted"
     );
     drop((first, third));
+}
+
+/// The nodes the presence service lists a session on.
+fn listed_on(c: &Cluster, session: &str) -> Vec<String> {
+    let (_, body) = http_request(
+        c.presence.addr,
+        "POST",
+        "/v1/lookup",
+        &[("Content-Type", "application/json")],
+        &json!({"sessions": [session]}).to_string(),
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut nodes: Vec<String> = v["sessions"]
+        .as_array()
+        .map(|owners| {
+            owners
+                .iter()
+                .filter_map(|o| o["node"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    nodes.sort();
+    nodes
+}
+
+/// A cluster whose nodes hold 30 s leases: a killed node stays listed by
+/// the presence service for as long as a test needs.
+fn long_lease_cluster(nodes: usize) -> Cluster {
+    let redis = RedisServer::start();
+    let presence = PresenceService::start(&redis.url(), &[]);
+    let nodes = (0..nodes)
+        .map(|i| {
+            Gateway::start(&[
+                ("ROOMCAST_REDIS__URL", redis.url().as_str()),
+                ("ROOMCAST_PRESENCE__URL", presence.url().as_str()),
+                ("ROOMCAST_PRESENCE__LEASE_MS", "30000"),
+                ("ROOMCAST_NODE__ID", &format!("node-{i}")),
+                ("ROOMCAST_AUTH__RESUME_SECRET", "presence-test-secret"),
+            ])
+        })
+        .collect();
+    Cluster {
+        redis,
+        presence,
+        nodes,
+    }
+}
+
+/// Two resumes on the token's word, on two nodes, so close together that
+/// the presence service does not list the session on the first of them
+/// yet when the second asks: the second node's claim replaces the first
+/// node's, the service names the first node as displaced, and the second
+/// node tells it the session moved, so the session is not left live on
+/// both. node-1 is stopped (SIGSTOP) right after its resume, which holds
+/// its report to the service back for as long as the test needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_resume_on_the_tokens_word_closes_the_first_before_it_is_listed() {
+    // A long lease: the killed node-0 stays listed for the whole test.
+    let c = long_lease_cluster(3);
+    // Several sessions on node-0: one is enough, unless node-1's report
+    // happens to beat the SIGSTOP.
+    let mut sessions = Vec::new();
+    for _ in 0..5 {
+        sessions.push(joined(&c.nodes[0].ws_url(), "twice").await);
+    }
+    for s in &sessions {
+        assert!(
+            wait_until(Duration::from_secs(5), || listed_on(&c, &s.session)
+                == ["node-0"]),
+            "{} not listed on node-0",
+            s.session
+        );
+    }
+    c.nodes[0].process.signal("KILL");
+
+    let mut exercised = false;
+    for s in &sessions {
+        let (mut on_1, resumed) = s.resume_on(&c.nodes[1].ws_url(), "twice").await;
+        c.nodes[1].process.signal("STOP");
+        assert!(resumed, "not resumed on node-1");
+        if listed_on(&c, &s.session) != ["node-0"] {
+            // node-1 reported it before it stopped: nothing to show here.
+            c.nodes[1].process.signal("CONT");
+            continue;
+        }
+        let (on_2, resumed) = s.resume_on(&c.nodes[2].ws_url(), "twice").await;
+        assert!(resumed, "not resumed on node-2");
+        c.nodes[1].process.signal("CONT");
+        let code = tokio::time::timeout(Duration::from_secs(5), on_1.expect_close())
+            .await
+            .expect("node-1 was not told the session moved to node-2");
+        assert_eq!(code, 1000);
+        assert!(
+            wait_until(Duration::from_secs(5), || listed_on(&c, &s.session)
+                .contains(&"node-2".to_string())
+                && !listed_on(&c, &s.session).contains(&"node-1".to_string())),
+            "listed on {:?}",
+            listed_on(&c, &s.session)
+        );
+        drop(on_2);
+        exercised = true;
+        break;
+    }
+    assert!(
+        exercised,
+        "node-1 reported every resume before it was stopped"
+    );
+    assert!(
+        c.presence
+            .metric("roomcast_presence_session_claims_displaced_total")
+            >= 1
+    );
+}
+
+/// The mark of a session the API ended refuses every resume of it, not the
+/// first one only: while its crashed node is still listed, a second resume
+/// with the old token would otherwise find nothing parked and resume on
+/// the token's word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_session_is_refused_on_every_resume_while_its_dead_node_is_listed() {
+    let c = long_lease_cluster(2);
+    let ended = joined(&c.nodes[0].ws_url(), "kick").await;
+    assert!(wait_until(Duration::from_secs(5), || listed_on(
+        &c,
+        &ended.session
+    ) == ["node-0"]));
+    c.nodes[0].process.signal("KILL");
+    let body = json!({"session": ended.session}).to_string();
+    let (status, _) =
+        http_request(c.nodes[1].addr, "POST", "/api/disconnect", &[KEY], &body).unwrap();
+    assert_eq!(status, 200);
+    let key = format!("rc:{{sess:{}}}", ended.session);
+    let url = c.nodes[1].ws_url();
+    for attempt in 0..3 {
+        assert!(
+            !ended.resumes(&url, "kick").await,
+            "resume {attempt} of an ended session went through"
+        );
+        assert_eq!(c.redis.cmd(&["GET", &key]), r#"{"ended":true}"#);
+    }
+    assert_eq!(listed_on(&c, &ended.session), ["node-0"]);
 }
 
 /// A `{user}` disconnect reaches the sessions the user left parked in the

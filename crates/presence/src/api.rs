@@ -231,12 +231,25 @@ pub struct TakeManyRequest {
     /// How long the claims last; required with `claims`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim_ms: Option<u64>,
+    /// A record equal to this one is answered but left in place, so that
+    /// it answers every take until it expires, not the first alone (the
+    /// gateway's mark of a session the API ended: a second resume must be
+    /// refused as the first was). Absent: every record found is taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep: Option<Data>,
 }
 
 /// The records found, by session; a session with nothing parked is absent.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TakeManyResponse {
     pub records: std::collections::BTreeMap<String, Data>,
+    /// Claimed sessions that another node had claimed before this request
+    /// (it resumed the session on the token's word earlier), by session:
+    /// that node, whose claim this one replaced. It may still hold the
+    /// session live, and should be told it moved. Absent from older
+    /// services.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub displaced: std::collections::BTreeMap<String, String>,
 }
 
 /// Body of every non-2xx answer.

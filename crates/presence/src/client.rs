@@ -87,6 +87,11 @@ pub struct ClientOptions {
     /// Most ops kept while the service is unreachable; beyond, the queue is
     /// dropped and replaced by a full sync.
     pub max_queue: usize,
+    /// A parked record equal to this one is read by a take but left in
+    /// place, so it answers every take until it expires (the gateway's
+    /// mark of a session the API ended). Against a service older than
+    /// that, the first take consumes it.
+    pub keep: Option<Data>,
 }
 
 impl ClientOptions {
@@ -106,8 +111,20 @@ impl ClientOptions {
             flush_interval: Duration::from_millis(50),
             batch_max: 500,
             max_queue: 100_000,
+            keep: None,
         }
     }
+}
+
+/// What a claim found ([`PresenceClient::claim`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Claimed {
+    /// The record parked, taken as by [`PresenceClient::take`].
+    pub record: Option<Data>,
+    /// The other node whose claim on the session this one replaced: it
+    /// resumed the session on the token's word before, and may still hold
+    /// it. `None` from services older than that answer.
+    pub displaced: Option<String>,
 }
 
 /// What became of a park ([`PresenceClient::park`]).
@@ -286,7 +303,7 @@ struct TakeWaiter {
     session: String,
     /// Claim the session for this node, for so long, before taking it.
     claim: Option<Duration>,
-    reply: oneshot::Sender<Result<Option<Data>, PresenceError>>,
+    reply: oneshot::Sender<Result<Claimed, PresenceError>>,
 }
 
 impl Waiter for TakeWaiter {
@@ -553,7 +570,7 @@ impl PresenceClient {
     /// there is none (never parked, expired, or already taken). Takes made
     /// while others are in flight share a request.
     pub async fn take(&self, session: &str) -> Result<Option<Data>, PresenceError> {
-        self.take_waiting(session, None).await
+        Ok(self.take_waiting(session, None).await?.record)
     }
 
     /// Claims a session for this node, for `ttl`, then takes its parked
@@ -562,8 +579,10 @@ impl PresenceClient {
     /// until this node parks it, or `ttl` passes, that node's park of it
     /// is refused, so no copy is left parked while it is live here. A park
     /// that landed before the claim is taken here. Against a service older
-    /// than claims it is a plain take.
-    pub async fn claim(&self, session: &str, ttl: Duration) -> Result<Option<Data>, PresenceError> {
+    /// than claims it is a plain take. The answer names the node whose
+    /// claim this one replaced, if another's: it resumed the session
+    /// before, and is to be told the session moved on.
+    pub async fn claim(&self, session: &str, ttl: Duration) -> Result<Claimed, PresenceError> {
         self.take_waiting(session, Some(ttl)).await
     }
 
@@ -571,7 +590,7 @@ impl PresenceClient {
         &self,
         session: &str,
         claim: Option<Duration>,
-    ) -> Result<Option<Data>, PresenceError> {
+    ) -> Result<Claimed, PresenceError> {
         let (reply, answer) = oneshot::channel();
         let start_runner = self.shared.takes.lock().push(TakeWaiter {
             session: session.to_string(),
@@ -620,22 +639,35 @@ impl Shared {
                 claim_ms,
                 claims: names(claims),
                 sessions: names(batch.iter().collect()),
+                keep: self.options.keep.clone(),
             };
             // None from a service older than `/v1/take`: one request each.
             let answer = self
                 .batched::<_, TakeManyResponse>("/v1/take", &request)
-                .await
-                .map(|answer| answer.map(|a| a.records));
+                .await;
             match answer {
-                Ok(Some(mut records)) => {
+                Ok(Some(TakeManyResponse {
+                    mut records,
+                    mut displaced,
+                })) => {
                     for waiter in batch {
-                        // A session asked twice at once: the first caller gets it.
-                        let _ = waiter.reply.send(Ok(records.remove(&waiter.session)));
+                        // A session asked twice at once: the first caller
+                        // gets it, unless it is the record kept in place.
+                        let record = match records.get(&waiter.session) {
+                            Some(r) if self.options.keep.as_ref() == Some(r) => Some(r.clone()),
+                            _ => records.remove(&waiter.session),
+                        };
+                        let displaced = displaced.remove(&waiter.session);
+                        let _ = waiter.reply.send(Ok(Claimed { record, displaced }));
                     }
                 }
                 Ok(None) => {
                     for waiter in batch {
-                        let _ = waiter.reply.send(self.take_one(&waiter.session).await);
+                        let taken = self.take_one(&waiter.session).await;
+                        let _ = waiter.reply.send(taken.map(|record| Claimed {
+                            record,
+                            displaced: None,
+                        }));
                     }
                 }
                 Err(e) => {

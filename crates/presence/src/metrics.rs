@@ -52,6 +52,7 @@ pub struct Metrics {
     pub take_misses: Counter,
     pub park_requests: Counter,
     pub claims: Counter,
+    pub claims_displaced: Counter,
     pub parks_superseded: Counter,
     pub unauthorized: Counter,
 }
@@ -99,7 +100,7 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE roomcast_presence_{name} gauge");
             let _ = writeln!(out, "roomcast_presence_{name} {value}");
         }
-        let counter_rows: [(&str, &str, &Counter); 21] = [
+        let counter_rows: [(&str, &str, &Counter); 22] = [
             (
                 "sync_requests_total",
                 "Sync requests received.",
@@ -186,6 +187,11 @@ impl Metrics {
                 "session_claims_total",
                 "Sessions claimed by a node resuming them on the token's word.",
                 &self.claims,
+            ),
+            (
+                "session_claims_displaced_total",
+                "Claims that replaced another node's claim (two resumes on the token's word).",
+                &self.claims_displaced,
             ),
             (
                 "session_parks_superseded_total",

@@ -21,7 +21,6 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use parking_lot::Mutex;
 use roomcast_hooks::webhook::Webhooks;
-use roomcast_protocol::Data;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -468,19 +467,25 @@ async fn take_many(
     }
     let asks: Vec<(&str, bool)> = asks.into_iter().collect();
     let asked = asks.len() as u64;
-    match app.store.take_many(&asks, claim).await {
+    match app.store.take_many(&asks, claim, req.keep.as_ref()).await {
         Ok(found) => {
             app.metrics
                 .claims
                 .add(asks.iter().filter(|(_, claimed)| *claimed).count() as u64);
-            let records: BTreeMap<String, Data> = asks
-                .into_iter()
-                .zip(found)
-                .filter_map(|((session, _), record)| Some((session.to_string(), record?)))
-                .collect();
+            let mut records = BTreeMap::new();
+            let mut displaced = BTreeMap::new();
+            for ((session, _), took) in asks.into_iter().zip(found) {
+                if let Some(node) = took.displaced {
+                    displaced.insert(session.to_string(), node);
+                }
+                if let Some(record) = took.record {
+                    records.insert(session.to_string(), record);
+                }
+            }
             app.metrics.taken.add(records.len() as u64);
             app.metrics.take_misses.add(asked - records.len() as u64);
-            Ok(Json(TakeManyResponse { records }))
+            app.metrics.claims_displaced.add(displaced.len() as u64);
+            Ok(Json(TakeManyResponse { records, displaced }))
         }
         Err(e) => {
             app.metrics.redis_errors.inc();

@@ -21,7 +21,14 @@
 //! after the resume (a drain parks a session before it unlists it), and a
 //! record parked then would let the session resume a second time, from
 //! that copy, while it is live on the new node. The holder's own park
-//! ends the claim.
+//! ends the claim. A claim replacing another node's names that node, which
+//! resumed the session before and may hold it still: the new holder tells
+//! it the session moved.
+//!
+//! A take may name a record to keep (the gateway's mark of a session the
+//! API ended): one equal to it is read by a short script and left in
+//! place, so it refuses every resume until it expires, not the first one
+//! alone.
 
 use std::time::Duration;
 
@@ -42,6 +49,14 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 if held then redis.call('DEL', KEYS[2]) end
 return 1";
 
+/// Takes a record unless it equals the one to keep, which is read and left
+/// in place. KEYS: record; ARGV: the record text to keep. Returns the
+/// record found, if any.
+const TAKE_LUA: &str = "\
+local found = redis.call('GET', KEYS[1])
+if found and found ~= ARGV[1] then redis.call('DEL', KEYS[1]) end
+return found";
+
 /// One record of [`SessionStore::park_many`].
 #[derive(Debug, Clone, Copy)]
 pub struct Park<'a> {
@@ -58,6 +73,16 @@ pub struct Claim<'a> {
     /// The node resuming the session.
     pub node: &'a str,
     pub ttl: Duration,
+}
+
+/// What [`SessionStore::take_many`] found for one session.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Took {
+    /// The record parked (taken, or read and kept), if any.
+    pub record: Option<Data>,
+    /// For a claimed session, the other node whose claim this one
+    /// replaced: it resumed the session earlier and may still hold it.
+    pub displaced: Option<String>,
 }
 
 /// Why the store could not do what was asked.
@@ -252,56 +277,82 @@ impl SessionStore {
     }
 
     /// Takes the records of several sessions in one pipeline (each key in
-    /// its own slot, so each `GETDEL` stays atomic); `None` where nothing
-    /// (or nothing readable) was parked, in the order asked. A session
-    /// asked with `true` is claimed for `claim`'s node first, in the same
-    /// slot and on the same connection, so a park racing the take either
-    /// lands before it (and is taken) or is refused.
+    /// its own slot, so each take stays atomic), in the order asked; no
+    /// record where nothing (or nothing readable) was parked. A record
+    /// equal to `keep` is read and left in place. A session asked with
+    /// `true` is claimed for `claim`'s node first, in the same slot and on
+    /// the same connection, so a park racing the take either lands before
+    /// it (and is taken) or is refused; the claim it replaces, if another
+    /// node's, is answered as displaced.
     pub async fn take_many(
         &self,
         sessions: &[(&str, bool)],
         claim: Option<Claim<'_>>,
-    ) -> Result<Vec<Option<Data>>, StoreError> {
+        keep: Option<&Data>,
+    ) -> Result<Vec<Took>, StoreError> {
         if sessions.is_empty() {
             return Ok(Vec::new());
         }
+        let keep = keep
+            .map(|k| serde_json::to_string(k).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()?;
         let pipeline = self.redis.client.pipeline();
-        let mut takes = Vec::with_capacity(sessions.len());
-        for (session, claimed) in sessions {
-            if let (true, Some(claim)) = (claimed, claim) {
+        // Per session: whether a claim's reply comes before its take's.
+        let mut claimed = Vec::with_capacity(sessions.len());
+        for (session, claims) in sessions {
+            let claim = claim.filter(|_| *claims);
+            if let Some(claim) = claim {
+                // GET: the claim replaced, if any.
                 let () = pipeline
                     .set(
                         Self::claim_key(session),
                         claim.node,
                         Some(Expiration::PX(ttl_ms(claim.ttl))),
                         None,
-                        false,
+                        true,
                     )
                     .await?;
-                takes.push(false);
             }
-            let () = pipeline.getdel(Self::key(session)).await?;
-            takes.push(true);
+            claimed.push(claim);
+            match &keep {
+                // EVAL as a plain command, pipelined (see park_many).
+                Some(keep) => {
+                    let eval = CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false);
+                    let args: Vec<Value> = vec![
+                        TAKE_LUA.into(),
+                        1i64.into(),
+                        Self::key(session).into(),
+                        keep.as_str().into(),
+                    ];
+                    let () = pipeline.custom(eval, args).await?;
+                }
+                None => {
+                    let () = pipeline.getdel(Self::key(session)).await?;
+                }
+            }
         }
-        let replies = pipeline.try_all::<Value>().await;
-        let texts = replies
-            .into_iter()
-            .zip(takes)
-            .filter(|(_, take)| *take)
-            .map(|(reply, _)| Option::<String>::from_value(reply?).map_err(StoreError::from));
-        texts
-            .zip(sessions)
-            .map(|(text, (session, _))| {
-                // A record that is not JSON is that session's loss alone.
-                Ok(text?.and_then(|t| match serde_json::from_str(&t) {
-                    Ok(record) => Some(record),
-                    Err(e) => {
-                        tracing::warn!(session, error = %e, "parked record is not JSON; dropped");
-                        None
-                    }
-                }))
-            })
-            .collect()
+        let mut replies = pipeline.try_all::<Value>().await.into_iter();
+        let mut next = || -> Result<Option<String>, StoreError> {
+            let reply = replies.next().unwrap_or(Ok(Value::Null))?;
+            Ok(Option::<String>::from_value(reply)?)
+        };
+        let mut found = Vec::with_capacity(sessions.len());
+        for ((session, _), claim) in sessions.iter().zip(claimed) {
+            let displaced = match claim {
+                Some(claim) => next()?.filter(|held| held != claim.node),
+                None => None,
+            };
+            // A record that is not JSON is that session's loss alone.
+            let record = next()?.and_then(|t| match serde_json::from_str(&t) {
+                Ok(record) => Some(record),
+                Err(e) => {
+                    tracing::warn!(session, error = %e, "parked record is not JSON; dropped");
+                    None
+                }
+            });
+            found.push(Took { record, displaced });
+        }
+        Ok(found)
     }
 
     /// Gets and deletes the record of `session`, atomically.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{eventually, seen, Gateway, Listener, Presence, KEY};
 use roomcast_presence::api::Op;
-use roomcast_presence::client::{ClientOptions, Parked, PresenceClient, PresenceError};
+use roomcast_presence::client::{Claimed, ClientOptions, Parked, PresenceClient, PresenceError};
 use roomcast_testkit::free_port;
 use roomcast_testkit::redis::RedisServer;
 use serde_json::json;
@@ -204,7 +204,7 @@ async fn a_claimed_session_is_parked_only_by_its_claiming_node() {
     let ttl = Duration::from_secs(60);
 
     // node-b resumes s1 on the token's word: nothing was parked.
-    assert_eq!(b.claim("s1", ttl).await.unwrap(), None);
+    assert_eq!(b.claim("s1", ttl).await.unwrap(), Claimed::default());
     // node-a's connection of it ends after that: its park is refused.
     assert_eq!(
         a.park("s1", json!({"by": "a"}), ttl, Some("alice"))
@@ -236,20 +236,26 @@ async fn a_claimed_session_is_parked_only_by_its_claiming_node() {
 
     // A park that lands before the claim is what the claim takes.
     a.park("s2", json!({"by": "a"}), ttl, None).await.unwrap();
-    assert_eq!(b.claim("s2", ttl).await.unwrap(), Some(json!({"by": "a"})));
+    assert_eq!(
+        b.claim("s2", ttl).await.unwrap().record,
+        Some(json!({"by": "a"}))
+    );
     assert_eq!(
         a.park("s2", json!({"by": "a"}), ttl, None).await.unwrap(),
         Parked::Superseded
     );
 
     // The mark of an ended session goes in whoever holds a claim.
-    assert_eq!(b.claim("s3", ttl).await.unwrap(), None);
+    assert_eq!(b.claim("s3", ttl).await.unwrap().record, None);
     a.mark("s3", json!({"ended": true}), ttl).await.unwrap();
     assert_eq!(b.take("s3").await.unwrap(), Some(json!({"ended": true})));
 
     // A claim lasts its TTL, no longer.
     assert_eq!(
-        b.claim("s4", Duration::from_millis(200)).await.unwrap(),
+        b.claim("s4", Duration::from_millis(200))
+            .await
+            .unwrap()
+            .record,
         None
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -280,7 +286,7 @@ async fn a_claimed_session_is_parked_only_by_its_claiming_node() {
         tokio::spawn(async move {
             let session = format!("c{}", i % 100 + if i % 2 == 0 { 0 } else { 100 });
             let got = if i % 4 < 2 {
-                b.claim(&session, ttl).await
+                b.claim(&session, ttl).await.map(|c| c.record)
             } else {
                 b.take(&session).await
             };
@@ -313,6 +319,102 @@ async fn a_claimed_session_is_parked_only_by_its_claiming_node() {
         };
         assert_eq!(parked.unwrap(), want, "c{i}");
     }
+}
+
+/// Two nodes resuming one session on the token's word, one after the
+/// other: the second claim names the node of the first, which must be told
+/// the session moved on (the service may not list it there yet). A node
+/// claiming again displaces nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_names_the_other_node_whose_claim_it_replaced() {
+    let redis = RedisServer::start();
+    let presence = Presence::start(&redis.url(), &[]);
+    let gateways = [Gateway::default(), Gateway::default()];
+    let b = client(&presence.url(), "node-b", &gateways[0]);
+    let c = client(&presence.url(), "node-c", &gateways[1]);
+    let ttl = Duration::from_secs(60);
+    let displaced = |claimed: Claimed| claimed.displaced;
+
+    assert_eq!(displaced(b.claim("s1", ttl).await.unwrap()), None);
+    assert_eq!(
+        displaced(c.claim("s1", ttl).await.unwrap()),
+        Some("node-b".to_string())
+    );
+    assert_eq!(displaced(c.claim("s1", ttl).await.unwrap()), None);
+    assert_eq!(
+        displaced(b.claim("s1", ttl).await.unwrap()),
+        Some("node-c".to_string())
+    );
+    // The last claim holds: node-c's park is refused, node-b's stored.
+    assert_eq!(
+        c.park("s1", json!({"by": "c"}), ttl, None).await.unwrap(),
+        Parked::Superseded
+    );
+    assert_eq!(
+        presence.metric("roomcast_presence_session_claims_displaced_total"),
+        2
+    );
+    // A plain take leaves the claim alone and names nobody.
+    assert_eq!(b.take("s1").await.unwrap(), None);
+    assert_eq!(
+        c.park("s1", json!({"by": "c"}), ttl, None).await.unwrap(),
+        Parked::Superseded
+    );
+}
+
+/// A client told to keep a record (the gateway's mark of an ended session)
+/// reads it on every take, alone or several at once in one request, while
+/// every other record is taken once; a client not told so consumes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_record_answers_every_take_until_it_expires() {
+    let redis = RedisServer::start();
+    let presence = Presence::start(&redis.url(), &[]);
+    let gateways = [Gateway::default(), Gateway::default()];
+    let ended = json!({"ended": true});
+    let mut options = ClientOptions::new(presence.url(), "node-k", "k1");
+    options.key = Some(KEY.to_string());
+    options.keep = Some(ended.clone());
+    let keeper = PresenceClient::start_with(options, gateways[0].snapshot());
+    let plain = client(&presence.url(), "node-p", &gateways[1]);
+    let ttl = Duration::from_secs(60);
+
+    plain.mark("s1", ended.clone(), ttl).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(keeper.take("s1").await.unwrap(), Some(ended.clone()));
+    }
+    assert_eq!(
+        keeper.claim("s1", ttl).await.unwrap().record,
+        Some(ended.clone())
+    );
+    // Asked at once: every caller reads it, in a few requests.
+    let asks = (0..50).map(|_| {
+        let keeper = keeper.clone();
+        tokio::spawn(async move { keeper.take("s1").await.unwrap() })
+    });
+    for ask in asks.collect::<Vec<_>>() {
+        assert_eq!(ask.await.unwrap(), Some(ended.clone()));
+    }
+    // Any other record is taken once.
+    plain
+        .park("s2", json!({"user": "alice"}), ttl, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        keeper.take("s2").await.unwrap(),
+        Some(json!({"user": "alice"}))
+    );
+    assert_eq!(keeper.take("s2").await.unwrap(), None);
+    // A client that keeps nothing takes the mark like any record.
+    assert_eq!(plain.take("s1").await.unwrap(), Some(ended.clone()));
+    assert_eq!(keeper.take("s1").await.unwrap(), None);
+    // A kept mark still expires.
+    plain
+        .mark("s3", ended.clone(), Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(keeper.take("s3").await.unwrap(), Some(ended.clone()));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(keeper.take("s3").await.unwrap(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

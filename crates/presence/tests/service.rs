@@ -457,6 +457,46 @@ async fn presence_events_use_sharded_pubsub_on_a_redis_cluster() {
         body,
         json!({"records": {"k2": {"b": "k2"}, "k3": {"b": "k3"}, "k5": {"b": "k5"}, "k6": {"b": "k6"}}})
     );
+    // Another node's claim of k1 and k4, still node-b's, names node-b as
+    // displaced, on each one's shard.
+    let (status, body) = presence.call(
+        "POST",
+        "/v1/take",
+        Some(json!({"sessions": [], "claims": ["k1", "k4", "k5"], "node": "node-c", "claim_ms": 10_000})),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["displaced"], json!({"k1": "node-b", "k4": "node-b"}));
+    // A record equal to `keep` is read and left in place, on every shard.
+    let ended = json!({"ended": true});
+    for s in ["m1", "m2", "m3"] {
+        let (status, _) = presence.call(
+            "PUT",
+            &format!("/v1/sessions/{s}"),
+            Some(json!({"record": ended, "ttl_ms": 10_000})),
+        );
+        assert_eq!(status, 204);
+    }
+    let marks = json!({"records": {"m1": ended, "m2": ended, "m3": ended}});
+    for _ in 0..2 {
+        let (status, body) = presence.call(
+            "POST",
+            "/v1/take",
+            Some(json!({"sessions": ["m1", "m2", "m3"], "keep": ended})),
+        );
+        assert_eq!((status, body), (200, marks.clone()));
+    }
+    let (status, body) = presence.call(
+        "POST",
+        "/v1/take",
+        Some(json!({"sessions": ["m1", "m2", "m3"]})),
+    );
+    assert_eq!((status, body), (200, marks));
+    let (status, body) = presence.call(
+        "POST",
+        "/v1/take",
+        Some(json!({"sessions": ["m1", "m2", "m3"], "keep": ended})),
+    );
+    assert_eq!((status, body), (200, json!({"records": {}})));
     for bad in [
         json!({"parks": [{"session": "k{1}", "record": 1, "ttl_ms": 10}]}),
         json!({"parks": [{"session": "k1", "record": 1, "ttl_ms": 0}]}),

@@ -290,17 +290,22 @@ async fn take_session(node: &Node, resume: &Resume, presented: &Identity) -> Opt
         // now, unless it was never parked at all: ask once more.
         return parked(node.sessions.take(&resume.session).await).flatten();
     }
-    held_elsewhere.retain(|n| *n != *node.id);
     // Claimed before it resumes here: the node listing it may still park
     // it (its connection of it ending now, or a drain's park landing late),
     // and a copy parked then would let the session resume a second time
     // while it is live here. The claim refuses that park; one that came
     // first is taken now, and resumes here like any park.
-    let identity = match node.sessions.claim(&resume.session).await {
+    let (taken, displaced) = node.sessions.claim(&resume.session).await;
+    let identity = match taken {
         Taken::Parked(parked) if *parked.user == *owner => pick(parked),
         Taken::Parked(_) | Taken::Ended => return None,
         Taken::Nothing => pick(Identity::anonymous_user(&owner)),
     };
+    // Another node claimed it before: a resume there on the token's word
+    // too, so recent that the service does not list it yet. It is told
+    // the session moved on, like the nodes listing it.
+    held_elsewhere.extend(displaced.filter(|d| !held_elsewhere.contains(d)));
+    held_elsewhere.retain(|n| *n != *node.id);
     Some(Resumed {
         session: Arc::from(resume.session.as_str()),
         identity,
