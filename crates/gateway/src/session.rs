@@ -89,13 +89,26 @@ pub struct SessionStore {
 }
 
 /// What a resume finds in the store.
+#[derive(Debug, Default)]
 pub enum Taken {
     /// A parked session, now taken.
     Parked(Identity),
     /// The API ended the session: it must not resume by any other way
     /// either (a cluster's presence service may list it a while longer).
     Ended,
+    #[default]
     Nothing,
+}
+
+/// What [`SessionStore::take_or_claim`] found.
+#[derive(Debug, Default)]
+pub struct Resumable {
+    pub taken: Taken,
+    /// The nodes listing the session under its user (it was claimed for
+    /// this node if any); `None`: not asked (an older service).
+    pub listed: Option<Vec<String>>,
+    /// Another node whose claim this one replaced.
+    pub displaced: Option<String>,
 }
 
 /// The record left in a cluster's store for a session the API ended. The
@@ -167,6 +180,32 @@ impl SessionStore {
             };
         }
         (self.take_local(session), None)
+    }
+
+    /// A resume's first question to a cluster's store, in one request:
+    /// the parked session, taken as [`Self::take`] does, and, if the
+    /// presence service lists the session under `user`, a claim on it for
+    /// this node as [`Self::claim`] makes. `None` in place of the listing
+    /// when the service is older than that question (the answer is then a
+    /// plain take's) or there is no service.
+    pub async fn take_or_claim(&self, session: &str, user: &str) -> Resumable {
+        let Some(remote) = &self.remote else {
+            return Resumable {
+                taken: self.take_local(session),
+                ..Resumable::default()
+            };
+        };
+        match remote.take_or_claim(session, user, self.ttl).await {
+            Ok(claimed) => Resumable {
+                taken: Self::taken(Ok(claimed.record)),
+                listed: claimed.listed,
+                displaced: claimed.displaced,
+            },
+            Err(e) => Resumable {
+                taken: Self::taken(Err(e)),
+                ..Resumable::default()
+            },
+        }
     }
 
     fn taken(answer: Result<Option<serde_json::Value>, PresenceError>) -> Taken {

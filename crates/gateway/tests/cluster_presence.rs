@@ -539,8 +539,15 @@ async fn an_old_nodes_park_after_a_resume_on_the_tokens_word_is_refused() {
         "late"
     )
     .contains(&session)));
+    let lookups = || c.presence.metric("roomcast_presence_lookup_requests_total");
+    let before = lookups();
     let (mut second, resumed) = first.resume_on(&c.nodes[1].ws_url(), "late").await;
     assert!(resumed, "not resumed on the second node");
+    assert_eq!(
+        lookups(),
+        before,
+        "the resume asked the listing apart from its take"
+    );
 
     // node-0's park of the session, as its teardown sends it, late.
     let park = json!({

@@ -225,10 +225,18 @@ pub struct TakeManyRequest {
     /// is refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub claims: Vec<String>,
-    /// The claiming node; required with `claims`.
+    /// Sessions taken as well (listed in `sessions` too, for older
+    /// services) and claimed as `claims` are, but only if the service
+    /// lists them under the given user, on any node: a gateway resuming a
+    /// session asks this way, and learns in one request whether it was
+    /// parked, whether it resumes on the token's word, and which nodes to
+    /// tell it moved. Answered in [`TakeManyResponse::listed`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claims_if_listed: Vec<ListedClaim>,
+    /// The claiming node; required with `claims` or `claims_if_listed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
-    /// How long the claims last; required with `claims`.
+    /// How long the claims last; required with `claims` or `claims_if_listed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim_ms: Option<u64>,
     /// A record equal to this one is answered but left in place, so that
@@ -237,6 +245,14 @@ pub struct TakeManyRequest {
     /// refused as the first was). Absent: every record found is taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep: Option<Data>,
+}
+
+/// One session of [`TakeManyRequest::claims_if_listed`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedClaim {
+    pub session: String,
+    /// The user the session must be listed under to be claimed.
+    pub user: String,
 }
 
 /// The records found, by session; a session with nothing parked is absent.
@@ -250,6 +266,11 @@ pub struct TakeManyResponse {
     /// services.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub displaced: std::collections::BTreeMap<String, String>,
+    /// For every session of `claims_if_listed`: the nodes listing it under
+    /// its user when it was asked (empty: listed nowhere, so not claimed).
+    /// Absent from services older than `claims_if_listed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listed: Option<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 /// Body of every non-2xx answer.

@@ -40,7 +40,7 @@ use serde::Serialize;
 use tokio::sync::{oneshot, Notify};
 
 use crate::api::{
-    EndUserRequest, EndUserResponse, ErrorBody, LookupRequest, LookupResponse, Member,
+    EndUserRequest, EndUserResponse, ErrorBody, ListedClaim, LookupRequest, LookupResponse, Member,
     MembersResponse, Op, Owner, ParkItem, ParkManyRequest, ParkManyResponse, ParkRequest,
     SyncRequest, SyncResponse, TakeManyRequest, TakeManyResponse, TakeResponse,
 };
@@ -125,6 +125,11 @@ pub struct Claimed {
     /// resumed the session on the token's word before, and may still hold
     /// it. `None` from services older than that answer.
     pub displaced: Option<String>,
+    /// Asked with [`PresenceClient::take_or_claim`]: the nodes listing the
+    /// session under its user (the claim was made if any). `None` when
+    /// the service is older than that question, and the answer is a plain
+    /// take's.
+    pub listed: Option<Vec<String>>,
 }
 
 /// What became of a park ([`PresenceClient::park`]).
@@ -303,6 +308,8 @@ struct TakeWaiter {
     session: String,
     /// Claim the session for this node, for so long, before taking it.
     claim: Option<Duration>,
+    /// With `claim`: only if the service lists it under this user.
+    if_listed_by: Option<String>,
     reply: oneshot::Sender<Result<Claimed, PresenceError>>,
 }
 
@@ -570,7 +577,21 @@ impl PresenceClient {
     /// there is none (never parked, expired, or already taken). Takes made
     /// while others are in flight share a request.
     pub async fn take(&self, session: &str) -> Result<Option<Data>, PresenceError> {
-        Ok(self.take_waiting(session, None).await?.record)
+        Ok(self.take_waiting(session, None, None).await?.record)
+    }
+
+    /// A resume's question in one request: takes the session's parked
+    /// record, and claims the session for this node first (as
+    /// [`Self::claim`]) if the service lists it under `user` on any node,
+    /// answering those nodes in [`Claimed::listed`]. Against a service
+    /// older than that question it is a plain take, and `listed` is `None`.
+    pub async fn take_or_claim(
+        &self,
+        session: &str,
+        user: &str,
+        ttl: Duration,
+    ) -> Result<Claimed, PresenceError> {
+        self.take_waiting(session, Some(ttl), Some(user)).await
     }
 
     /// Claims a session for this node, for `ttl`, then takes its parked
@@ -583,18 +604,20 @@ impl PresenceClient {
     /// claim this one replaced, if another's: it resumed the session
     /// before, and is to be told the session moved on.
     pub async fn claim(&self, session: &str, ttl: Duration) -> Result<Claimed, PresenceError> {
-        self.take_waiting(session, Some(ttl)).await
+        self.take_waiting(session, Some(ttl), None).await
     }
 
     async fn take_waiting(
         &self,
         session: &str,
         claim: Option<Duration>,
+        if_listed_by: Option<&str>,
     ) -> Result<Claimed, PresenceError> {
         let (reply, answer) = oneshot::channel();
         let start_runner = self.shared.takes.lock().push(TakeWaiter {
             session: session.to_string(),
             claim,
+            if_listed_by: if_listed_by.map(str::to_string),
             reply,
         });
         if start_runner {
@@ -626,18 +649,33 @@ impl Shared {
             }
             // The claimed sessions are asked as takes too, so that a
             // service older than claims still takes them.
-            let claims: Vec<&TakeWaiter> = batch.iter().filter(|w| w.claim.is_some()).collect();
+            let claims: Vec<&TakeWaiter> = batch
+                .iter()
+                .filter(|w| w.claim.is_some() && w.if_listed_by.is_none())
+                .collect();
+            let mut claims_if_listed: Vec<ListedClaim> = batch
+                .iter()
+                .filter_map(|w| {
+                    w.if_listed_by.as_ref().map(|user| ListedClaim {
+                        session: w.session.clone(),
+                        user: user.clone(),
+                    })
+                })
+                .collect();
+            claims_if_listed.sort_unstable_by(|a, b| a.session.cmp(&b.session));
+            claims_if_listed.dedup_by(|a, b| a.session == b.session);
             let names = |waiters: Vec<&TakeWaiter>| {
                 let mut names: Vec<String> = waiters.iter().map(|w| w.session.clone()).collect();
                 names.sort_unstable();
                 names.dedup();
                 names
             };
-            let claim_ms = claims.iter().filter_map(|w| w.claim).max().map(wire_ms);
+            let claim_ms = batch.iter().filter_map(|w| w.claim).max().map(wire_ms);
             let request = TakeManyRequest {
                 node: claim_ms.map(|_| self.options.node_id.clone()),
                 claim_ms,
                 claims: names(claims),
+                claims_if_listed,
                 sessions: names(batch.iter().collect()),
                 keep: self.options.keep.clone(),
             };
@@ -649,6 +687,7 @@ impl Shared {
                 Ok(Some(TakeManyResponse {
                     mut records,
                     mut displaced,
+                    listed,
                 })) => {
                     for waiter in batch {
                         // A session asked twice at once: the first caller
@@ -658,7 +697,17 @@ impl Shared {
                             _ => records.remove(&waiter.session),
                         };
                         let displaced = displaced.remove(&waiter.session);
-                        let _ = waiter.reply.send(Ok(Claimed { record, displaced }));
+                        let listed = match (&listed, &waiter.if_listed_by) {
+                            (Some(listed), Some(_)) => {
+                                Some(listed.get(&waiter.session).cloned().unwrap_or_default())
+                            }
+                            _ => None,
+                        };
+                        let _ = waiter.reply.send(Ok(Claimed {
+                            record,
+                            displaced,
+                            listed,
+                        }));
                     }
                 }
                 Ok(None) => {
@@ -666,7 +715,7 @@ impl Shared {
                         let taken = self.take_one(&waiter.session).await;
                         let _ = waiter.reply.send(taken.map(|record| Claimed {
                             record,
-                            displaced: None,
+                            ..Claimed::default()
                         }));
                     }
                 }

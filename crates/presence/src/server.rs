@@ -434,14 +434,18 @@ async fn take_many(
 ) -> Result<Json<TakeManyResponse>, ApiError> {
     app.metrics.take_requests.inc();
     let too_many = || ApiError::bad_request(format!("at most {MAX_LOOKUP} sessions per take"));
-    if req.sessions.len() > MAX_LOOKUP || req.claims.len() > MAX_LOOKUP {
+    if req.sessions.len() > MAX_LOOKUP
+        || req.claims.len() > MAX_LOOKUP
+        || req.claims_if_listed.len() > MAX_LOOKUP
+    {
         return Err(too_many());
     }
-    for session in req.sessions.iter().chain(&req.claims) {
+    let if_listed = req.claims_if_listed.iter().map(|c| &c.session);
+    for session in req.sessions.iter().chain(&req.claims).chain(if_listed) {
         check_name("session", session)?;
     }
     let claim = match (&req.node, req.claim_ms) {
-        _ if req.claims.is_empty() => None,
+        _ if req.claims.is_empty() && req.claims_if_listed.is_empty() => None,
         (Some(node), Some(claim_ms)) => {
             check_name("node", node)?;
             check_ttl(claim_ms)?;
@@ -461,6 +465,31 @@ async fn take_many(
     let mut asks: BTreeMap<&str, bool> = req.sessions.iter().map(|s| (s.as_str(), false)).collect();
     for session in &req.claims {
         asks.insert(session, true);
+    }
+    // Claimed only where listed under its user: read from the listings
+    // before the store is asked (see docs/presence.md for the races).
+    let listed = (!req.claims_if_listed.is_empty()).then(|| {
+        let state = app.state.lock();
+        req.claims_if_listed
+            .iter()
+            .map(|c| {
+                let owners = state.lookup(&[], std::slice::from_ref(&c.session));
+                let nodes: Vec<String> = owners
+                    .into_iter()
+                    .filter(|o| o.user == c.user)
+                    .map(|o| o.node)
+                    .collect();
+                (c.session.clone(), nodes)
+            })
+            .collect::<BTreeMap<String, Vec<String>>>()
+    });
+    if let Some(listed) = &listed {
+        for c in &req.claims_if_listed {
+            let claimed = asks.entry(c.session.as_str()).or_insert(false);
+            *claimed |= listed
+                .get(&c.session)
+                .is_some_and(|nodes| !nodes.is_empty());
+        }
     }
     if asks.len() > MAX_LOOKUP {
         return Err(too_many());
@@ -485,7 +514,11 @@ async fn take_many(
             app.metrics.taken.add(records.len() as u64);
             app.metrics.take_misses.add(asked - records.len() as u64);
             app.metrics.claims_displaced.add(displaced.len() as u64);
-            Ok(Json(TakeManyResponse { records, displaced }))
+            Ok(Json(TakeManyResponse {
+                records,
+                displaced,
+                listed,
+            }))
         }
         Err(e) => {
             app.metrics.redis_errors.inc();

@@ -190,17 +190,41 @@ async fn concurrent_takes_share_requests_and_each_record_is_taken_once() {
     assert_eq!(client.take("p7").await.unwrap(), None);
 }
 
+/// A service on its own Redis and the clients of two nodes, `node-a` and
+/// `node-b`.
+struct TwoNodes {
+    _redis: RedisServer,
+    presence: Presence,
+    gateways: [Gateway; 2],
+    a: PresenceClient,
+    b: PresenceClient,
+}
+
+impl TwoNodes {
+    fn start() -> TwoNodes {
+        let redis = RedisServer::start();
+        let presence = Presence::start(&redis.url(), &[]);
+        let gateways = [Gateway::default(), Gateway::default()];
+        let a = client(&presence.url(), "node-a", &gateways[0]);
+        let b = client(&presence.url(), "node-b", &gateways[1]);
+        TwoNodes {
+            _redis: redis,
+            presence,
+            gateways,
+            a,
+            b,
+        }
+    }
+}
+
 /// A claim (a resume on the token's word) refuses other nodes' parks of the
 /// session until the claiming node parks it itself; a park that came before
 /// the claim is taken by it; the mark of an ended session is stored
 /// whatever the claims; and concurrent claims share requests with takes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claimed_session_is_parked_only_by_its_claiming_node() {
-    let redis = RedisServer::start();
-    let presence = Presence::start(&redis.url(), &[]);
-    let (gateway_a, gateway_b) = (Gateway::default(), Gateway::default());
-    let a = client(&presence.url(), "node-a", &gateway_a);
-    let b = client(&presence.url(), "node-b", &gateway_b);
+    let nodes = TwoNodes::start();
+    let TwoNodes { presence, a, b, .. } = &nodes;
     let ttl = Duration::from_secs(60);
 
     // node-b resumes s1 on the token's word: nothing was parked.
@@ -360,6 +384,89 @@ async fn a_claim_names_the_other_node_whose_claim_it_replaced() {
         c.park("s1", json!({"by": "c"}), ttl, None).await.unwrap(),
         Parked::Superseded
     );
+}
+
+/// A resume's one question: the take claims the session for the asking
+/// node only where the service lists it under the given user, and answers
+/// the nodes listing it; an unlisted session, or one listed under another
+/// user, is taken plainly and left unclaimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn take_or_claim_claims_only_a_session_listed_under_its_user() {
+    let nodes = TwoNodes::start();
+    let TwoNodes {
+        presence,
+        gateways: [gateway_a, gateway_b],
+        a,
+        b,
+        ..
+    } = &nodes;
+    let ttl = Duration::from_secs(60);
+    gateway_a.report(a, Op::connect("s1", "alice", None));
+    gateway_a.report(a, Op::connect("s2", "alice", None));
+    assert!(a.flush(Duration::from_secs(5)).await);
+    let listed = |nodes: &[&str]| Some(nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>());
+
+    // Listed on node-a under alice: claimed for node-b.
+    let got = b.take_or_claim("s1", "alice", ttl).await.unwrap();
+    assert_eq!((got.record, got.listed), (None, listed(&["node-a"])));
+    assert_eq!(
+        a.park("s1", json!({"by": "a"}), ttl, None).await.unwrap(),
+        Parked::Superseded
+    );
+    // Listed under another user: not claimed, and not listed for it.
+    let got = b.take_or_claim("s2", "mallory", ttl).await.unwrap();
+    assert_eq!((got.record, got.listed), (None, listed(&[])));
+    assert_eq!(
+        a.park("s2", json!({"by": "a"}), ttl, None).await.unwrap(),
+        Parked::Stored
+    );
+    // A park that came first is taken, claimed where listed.
+    let got = b.take_or_claim("s2", "alice", ttl).await.unwrap();
+    assert_eq!(
+        (got.record, got.listed),
+        (Some(json!({"by": "a"})), listed(&["node-a"]))
+    );
+    assert_eq!(
+        a.park("s2", json!({"by": "a"}), ttl, None).await.unwrap(),
+        Parked::Superseded
+    );
+    // Listed nowhere: a plain take.
+    a.park("s3", json!({"by": "a"}), ttl, None).await.unwrap();
+    let got = b.take_or_claim("s3", "alice", ttl).await.unwrap();
+    assert_eq!(
+        (got.record, got.listed),
+        (Some(json!({"by": "a"})), listed(&[]))
+    );
+    assert_eq!(
+        a.park("s3", json!({"by": "a"}), ttl, None).await.unwrap(),
+        Parked::Stored
+    );
+    // A second node asking the same names the first as displaced.
+    let c = client(&presence.url(), "node-c", gateway_b);
+    let got = c.take_or_claim("s1", "alice", ttl).await.unwrap();
+    assert_eq!(got.displaced.as_deref(), Some("node-b"));
+    // Asked at once with plain takes and claims, in shared requests.
+    let before = presence.metric("roomcast_presence_take_requests_total");
+    let asks = (0..60).map(|i| {
+        let b = b.clone();
+        tokio::spawn(async move {
+            match i % 3 {
+                0 => b.take_or_claim("s1", "alice", ttl).await.unwrap().listed,
+                1 => b.claim("s4", ttl).await.unwrap().listed,
+                _ => b.take("s5").await.map(|_| None).unwrap(),
+            }
+        })
+    });
+    for (i, ask) in asks.collect::<Vec<_>>().into_iter().enumerate() {
+        let want = if i % 3 == 0 {
+            listed(&["node-a"])
+        } else {
+            None
+        };
+        assert_eq!(ask.await.unwrap(), want, "ask {i}");
+    }
+    let requests = presence.metric("roomcast_presence_take_requests_total") - before;
+    assert!((1..=30).contains(&requests), "{requests} requests");
 }
 
 /// A client told to keep a record (the gateway's mark of an ended session)

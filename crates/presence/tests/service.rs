@@ -512,6 +512,9 @@ async fn presence_events_use_sharded_pubsub_on_a_redis_cluster() {
         json!({"sessions": [], "claims": ["k1"], "node": "node-b"}),
         json!({"sessions": [], "claims": ["k1"], "node": "node-b", "claim_ms": 0}),
         json!({"sessions": [], "claims": ["k{1}"], "node": "node-b", "claim_ms": 10}),
+        json!({"sessions": [], "claims_if_listed": [{"session": "k1", "user": "u"}]}),
+        json!({"sessions": [], "claims_if_listed": [{"session": "k{1}", "user": "u"}],
+            "node": "node-b", "claim_ms": 10}),
     ] {
         let (status, body) = presence.call("POST", "/v1/take", Some(bad.clone()));
         assert_eq!(status, 400, "{bad}: {body}");

@@ -265,14 +265,47 @@ async fn take_session(node: &Node, resume: &Resume, presented: &Identity) -> Opt
         Taken::Parked(_) | Taken::Ended => Some(None),
         Taken::Nothing => None,
     };
-    if let Some(outcome) = parked(node.sessions.take(&resume.session).await) {
+    let Some(presence) = node.presence.as_ref() else {
+        return parked(node.sessions.take(&resume.session).await).flatten();
+    };
+    // Cluster: one question asks the parked store and the listing. A
+    // session the presence service still lists resumes on the token's
+    // word: its node crashed and its lease has not run out yet, or its
+    // node still holds it (the client came back here before that node saw
+    // its old socket die), and is told it moved. Such a session is claimed
+    // for this node before it is taken: the node listing it may still park
+    // it (its connection of it ending now, or a drain's park landing late),
+    // and a copy parked then would let the session resume a second time
+    // while it is live here. The claim refuses that park; one that came
+    // first is taken now, and resumes here like any park. The service
+    // reads the listing before it takes, and a node parks a session before
+    // it unlists it, so a session found unlisted was parked by then, if
+    // it was parked at all.
+    let first = node.sessions.take_or_claim(&resume.session, &owner).await;
+    if let Some(listed) = first.listed {
+        if let Some(outcome) = parked(first.taken) {
+            return outcome;
+        }
+        if listed.is_empty() {
+            return None;
+        }
+        let mut held_elsewhere = listed;
+        // Another node claimed it before: a resume there on the token's
+        // word too, so recent that the service does not list it there yet.
+        // It is told the session moved on, like the nodes listing it.
+        held_elsewhere.extend(first.displaced.filter(|d| !held_elsewhere.contains(d)));
+        held_elsewhere.retain(|n| *n != *node.id);
+        return Some(Resumed {
+            session: Arc::from(resume.session.as_str()),
+            identity: pick(Identity::anonymous_user(&owner)),
+            held_elsewhere,
+        });
+    }
+    // A service older than that question answered a plain take: the
+    // listing and the claim are asked one after the other.
+    if let Some(outcome) = parked(first.taken) {
         return outcome;
     }
-    // Cluster: a session the presence service still knows resumes on the
-    // token's word: its node crashed and its lease has not run out yet, or
-    // its node still holds it (the client came back here before that node
-    // saw its old socket die), and is told it moved.
-    let presence = node.presence.as_ref()?;
     let owners = presence
         .lookup(&[], std::slice::from_ref(&resume.session))
         .await
@@ -290,20 +323,13 @@ async fn take_session(node: &Node, resume: &Resume, presented: &Identity) -> Opt
         // now, unless it was never parked at all: ask once more.
         return parked(node.sessions.take(&resume.session).await).flatten();
     }
-    // Claimed before it resumes here: the node listing it may still park
-    // it (its connection of it ending now, or a drain's park landing late),
-    // and a copy parked then would let the session resume a second time
-    // while it is live here. The claim refuses that park; one that came
-    // first is taken now, and resumes here like any park.
+    // Claimed before it resumes here, as above.
     let (taken, displaced) = node.sessions.claim(&resume.session).await;
     let identity = match taken {
         Taken::Parked(parked) if *parked.user == *owner => pick(parked),
         Taken::Parked(_) | Taken::Ended => return None,
         Taken::Nothing => pick(Identity::anonymous_user(&owner)),
     };
-    // Another node claimed it before: a resume there on the token's word
-    // too, so recent that the service does not list it yet. It is told
-    // the session moved on, like the nodes listing it.
     held_elsewhere.extend(displaced.filter(|d| !held_elsewhere.contains(d)));
     held_elsewhere.retain(|n| *n != *node.id);
     Some(Resumed {
