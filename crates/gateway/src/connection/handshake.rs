@@ -100,7 +100,7 @@ pub async fn run(
     };
     let resumed = taken.is_some();
     if let Some(r) = &resume {
-        tracing::info!(session = %r.session, resumed, "resume asked");
+        tracing::debug!(session = %r.session, resumed, "resume asked");
     }
     if resume.is_some() {
         if resumed {
