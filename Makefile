@@ -114,7 +114,7 @@ chaos:
 ## BENCH_SCENARIOS (floor,idle,fanout,cross,storm,broadcast); floor (the kernel
 ## alone, no server): BENCH_FLOOR_CONNS (1000), _ROUNDS (200), _MSG_BYTES (150),
 ## _PING_CONNS (1440), _PING_TICKS (4), _TICK_MS (2000); idle: BENCH_IDLE_CONNS
-## (18000), _ROOM_SIZE (10), _MSG_BYTES (2048, over the compression threshold), _QUIET_SECS (60); fanout:
+## (18000), _ROOM_SIZE (10), _MSG_BYTES (2048, over the compression threshold), _QUIET_SECS (100: four heartbeat intervals); fanout:
 ## BENCH_FANOUT_NODES (2), _ROOMS (10), _MEMBERS (100), _PUBLISHERS (10),
 ## _RATES (100,200,400,800,1100,1600,2300,3200,4500,6400 publishes/s), _SECS (5), _PAYLOAD_BYTES (100),
 ## _SLO_P99_MS (10); cross: BENCH_CROSS_MEMBERS (1000 per room, 10 rooms),

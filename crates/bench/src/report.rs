@@ -491,7 +491,12 @@ const METHOD: &str = "\
   arrives after a later one of the same publisher counts as out of order.
 - **Memory** is the server process's VmRSS (`/proc/PID/status`) before the
   connections and after they are set up; **CPU** is utime + stime from
-  `/proc/PID/stat` over the window, as a percentage of one core.
+  `/proc/PID/stat` over the window, as a percentage of one core. The idle
+  window lasts four heartbeat intervals (100 s; all three servers ping every
+  25 s): the pings of connections set up together come in bursts one
+  interval apart, so a window of whole intervals holds as many pings as the
+  steady state, where a shorter one holds two bursts or three depending on
+  where it starts.
 - **Fan-out** rates are swept upwards while the server keeps up (at least
   95 % of the offered rate delivered, no loss, p99 under 1 s); a server's
   figure is the best round with p99 ≤ the objective, and the last rounds show

@@ -21,7 +21,7 @@ const USAGE: &str = "\
 usage: roomcast-bench <command> [--flag value]...
 
 commands (each flag also reads the BENCH_* variable named in brackets):
-  idle       [--conns 18000] [--room-size 10] [--msg-bytes 2048] [--quiet-secs 60]
+  idle       [--conns 18000] [--room-size 10] [--msg-bytes 2048] [--quiet-secs 100]
              [--settle-secs 5] [--standalone]                      (BENCH_IDLE_*)
   fanout     [--nodes 2] [--rooms 10] [--members 100] [--publishers 10]
              [--rates 100,200,400,800,1100,1600,...,6400] [--secs 5] [--warmup-secs 1]
