@@ -703,10 +703,9 @@ mod tests {
 
     #[test]
     fn every_key_is_documented_in_configuration_md() {
-        let doc = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../docs/configuration.md"
-        ))
+        let doc = std::fs::read_to_string(
+            roomcast_testkit::workspace_root().join("docs/configuration.md"),
+        )
         .expect("docs/configuration.md");
         for (key, _) in all_keys() {
             let env = format!("ROOMCAST_{}", key.to_uppercase().replace('.', "__"));

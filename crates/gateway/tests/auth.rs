@@ -14,11 +14,10 @@ use serde_json::{json, Value};
 const SECRET: &str = "test-secret-for-hs256-0123456789";
 
 fn fixture(name: &str) -> String {
-    std::fs::read_to_string(format!(
-        "{}/tests/fixtures/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
+    let path = roomcast_testkit::workspace_root()
+        .join("crates/gateway/tests/fixtures")
+        .join(name);
+    std::fs::read_to_string(path).unwrap()
 }
 
 fn now() -> u64 {

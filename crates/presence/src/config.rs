@@ -199,11 +199,9 @@ mod tests {
 
     #[test]
     fn every_key_is_documented_in_presence_md() {
-        let doc = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../docs/presence.md"
-        ))
-        .expect("docs/presence.md");
+        let doc =
+            std::fs::read_to_string(roomcast_testkit::workspace_root().join("docs/presence.md"))
+                .expect("docs/presence.md");
         for key in all_keys() {
             let env = format!("ROOMCAST_{}", key.to_uppercase().replace('.', "__"));
             assert!(doc.contains(&format!("`{key}`")), "{key} is not documented");

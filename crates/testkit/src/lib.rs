@@ -27,8 +27,16 @@ pub fn free_port() -> u16 {
 }
 
 /// The workspace root (the folder with the top-level Cargo.toml).
+///
+/// Read at run time: cargo and nextest set `CARGO_MANIFEST_DIR` for the
+/// test being run (every crate sits two levels below the root). Cargo
+/// shares the build of an unchanged crate between checkouts at other paths
+/// that use the same target dir (`.ci/run` keeps one outside the clone),
+/// so the path baked in at compile time may name a checkout that is gone.
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .join("../..")
         .canonicalize()
         .expect("workspace root")
