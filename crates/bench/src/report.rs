@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::floor::FloorResult;
 use crate::peers::ServerKind;
 use crate::scenario::fanout::{FanoutResult, FanoutRound};
-use crate::scenario::idle::IdleResult;
+use crate::scenario::idle::{self, IdleResult};
 use crate::scenario::storm::StormResult;
 use crate::system;
 
@@ -539,9 +539,8 @@ impl Target {
     }
 }
 
-/// The gateway's default `heartbeat.ping_interval` (25 s), which the idle
-/// scenario runs with.
-const HEARTBEAT_INTERVAL_SECS: f64 = 25.0;
+/// The heartbeat interval the idle scenario runs with, in seconds.
+const HEARTBEAT_INTERVAL_SECS: f64 = idle::HEARTBEAT_INTERVAL_SECS as f64;
 
 /// The kernel floor as a section of the results.
 pub fn floor_table(f: &FloorResult) -> String {

@@ -17,6 +17,17 @@ use crate::peers::{DeployOptions, Deployment, ServerKind};
 use crate::spec::MemberGroup;
 use crate::system::{rss_kib, rss_sum_kib, CpuMeter};
 
+/// The heartbeat interval of all three servers by default (roomcast's
+/// `heartbeat.ping_interval_ms`, Engine.IO's `pingInterval`), which the idle
+/// scenario runs with.
+pub const HEARTBEAT_INTERVAL_SECS: u64 = 25;
+
+/// The quiet window: four whole heartbeat intervals. Connections set up
+/// together are pinged in bursts one interval apart, so a window of whole
+/// intervals counts as many pings as the steady state (60 s held two of
+/// the 2.4).
+const QUIET_SECS: u64 = 4 * HEARTBEAT_INTERVAL_SECS;
+
 #[derive(Clone, Debug, Serialize)]
 pub struct IdleConfig {
     pub conns: usize,
@@ -34,11 +45,7 @@ impl IdleConfig {
             conns: args.num("conns", "BENCH_IDLE_CONNS", 18_000)?,
             room_size: args.num("room-size", "BENCH_IDLE_ROOM_SIZE", 10)?,
             msg_bytes: args.num("msg-bytes", "BENCH_IDLE_MSG_BYTES", 2048)?,
-            // Four heartbeat intervals of 25 s (the default of all three
-            // servers): connections set up together are pinged in bursts
-            // one interval apart, so a window of whole intervals counts as
-            // many pings as the steady state (60 s held two of the 2.4).
-            quiet_secs: args.num("quiet-secs", "BENCH_IDLE_QUIET_SECS", 100)?,
+            quiet_secs: args.num("quiet-secs", "BENCH_IDLE_QUIET_SECS", QUIET_SECS)?,
             settle_secs: args.num("settle-secs", "BENCH_IDLE_SETTLE_SECS", 5)?,
             standalone: args.flag("standalone", "BENCH_STANDALONE"),
         })
