@@ -34,6 +34,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use roomcast_protocol::close;
 use slab::Slab;
+use tokio::sync::Notify;
 
 use crate::handle::{now_ms, ConnHandle};
 use crate::metrics::Counter;
@@ -84,22 +85,47 @@ struct Shard {
     wheel: Vec<Vec<Entry>>,
     /// The next tick (`now_ms / tick_ms`) to process.
     next_tick: u64,
+    /// The tick the shard's ticker sleeps until: the first one after
+    /// `next_tick` whose bucket holds an entry ([`NOTHING_DUE`]: none does).
+    wake_tick: u64,
 }
+
+/// `wake_tick` of a shard whose wheel is empty: its ticker sleeps until a
+/// connection is filed.
+const NOTHING_DUE: u64 = u64::MAX;
 
 impl Shard {
     /// Files `entry` under the tick at which time `due_ms` has passed,
     /// at least one tick after `current` and less than a turn ahead.
-    fn schedule(&mut self, timing: &Timing, current: u64, due_ms: u64, entry: Entry) {
+    /// True when that tick comes before the one the ticker sleeps until
+    /// (which it now is).
+    fn schedule(&mut self, timing: &Timing, current: u64, due_ms: u64, entry: Entry) -> bool {
         let len = self.wheel.len() as u64;
         let tick = due_ms
             .div_ceil(timing.tick_ms)
             .clamp(current + 1, current + len - 1);
         self.wheel[(tick % len) as usize].push(entry);
+        let sooner = tick < self.wake_tick;
+        if sooner {
+            self.wake_tick = tick;
+        }
+        sooner
+    }
+
+    /// The first tick after `last` whose bucket holds an entry.
+    fn first_due_after(&self, last: u64) -> u64 {
+        let len = self.wheel.len() as u64;
+        (last + 1..last + len)
+            .find(|t| !self.wheel[(t % len) as usize].is_empty())
+            .unwrap_or(NOTHING_DUE)
     }
 }
 
 pub struct Registry {
     shards: Vec<Mutex<Shard>>,
+    /// One per shard: wakes its ticker when a connection is filed before
+    /// the tick it sleeps until (and when the registry goes).
+    wakers: Vec<Arc<Notify>>,
     timing: Timing,
     /// Pings written straight to the socket, and pings queued to the
     /// connection's task.
@@ -137,9 +163,11 @@ impl Registry {
                         conns: Slab::new(),
                         wheel: (0..timing.buckets()).map(|_| Vec::new()).collect(),
                         next_tick: now_tick,
+                        wake_tick: NOTHING_DUE,
                     })
                 })
                 .collect(),
+            wakers: (0..SHARDS).map(|_| Arc::new(Notify::new())).collect(),
             timing,
             pings_direct: Counter::default(),
             pings_queued: Counter::default(),
@@ -152,8 +180,19 @@ impl Registry {
         let id = conn.id as u32;
         let mut shard = self.shards[shard_index].lock();
         let key = shard.conns.insert(conn);
-        let current = shard.next_tick.saturating_sub(1);
-        shard.schedule(&self.timing, current, due, (key as u32, id));
+        // The ticker may have slept through ticks with nothing due, so
+        // `next_tick` can lag the clock.
+        let current = shard.next_tick.max(now_ms() / self.timing.tick_ms);
+        let sooner = shard.schedule(
+            &self.timing,
+            current.saturating_sub(1),
+            due,
+            (key as u32, id),
+        );
+        drop(shard);
+        if sooner {
+            self.wakers[shard_index].notify_one();
+        }
         Slot {
             shard: shard_index,
             key,
@@ -184,18 +223,36 @@ impl Registry {
         out
     }
 
-    /// Starts the shard tickers.
+    /// Starts the shard tickers. Each sleeps until the next tick whose
+    /// bucket holds an entry, not from tick to tick: a node whose
+    /// connections are all heard from, or all pinged together, wakes for
+    /// those ticks only (every wake-up of an idle process costs tens of
+    /// microseconds on a virtual machine, more than a tick's work).
     pub fn spawn_tickers(self: &Arc<Self>) {
-        let tick_every = Duration::from_millis(self.timing.tick_ms);
+        let tick_ms = self.timing.tick_ms;
         for shard in 0..SHARDS {
             let weak = Arc::downgrade(self);
+            let waker = self.wakers[shard].clone();
+            // The shards' ticks are spread over one tick.
+            let offset_ms = tick_ms * shard as u64 / SHARDS as u64;
             tokio::spawn(async move {
-                // Spread the shards' wake-ups over one tick.
-                tokio::time::sleep(tick_every * shard as u32 / SHARDS as u32).await;
-                let mut tick = tokio::time::interval(tick_every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
-                    tick.tick().await;
+                    let wake_tick = match weak.upgrade() {
+                        Some(registry) => registry.shards[shard].lock().wake_tick,
+                        None => return,
+                    };
+                    if wake_tick == NOTHING_DUE {
+                        waker.notified().await;
+                        continue;
+                    }
+                    let at = wake_tick.saturating_mul(tick_ms).saturating_add(offset_ms);
+                    let now = now_ms();
+                    if at > now {
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(at - now)) => {}
+                            _ = waker.notified() => continue,
+                        }
+                    }
                     let Some(registry) = weak.upgrade() else {
                         return;
                     };
@@ -259,7 +316,7 @@ impl Registry {
                             at
                         }
                     };
-                    shard.schedule(&timing, tick, next, (key, id));
+                    let _ = shard.schedule(&timing, tick, next, (key, id));
                 }
                 // Keep the bucket's memory for the next turn, unless a
                 // burst made it much larger than usual.
@@ -271,6 +328,7 @@ impl Registry {
                 shard.wheel[bucket] = entries;
             }
             shard.next_tick = shard.next_tick.max(last + 1);
+            shard.wake_tick = shard.first_due_after(shard.next_tick - 1);
         }
         // Outside the lock: these are system calls.
         for conn in to_ping {
@@ -281,6 +339,15 @@ impl Registry {
                     self.pings_queued.inc();
                 }
             }
+        }
+    }
+}
+
+impl Drop for Registry {
+    /// Lets the tickers see that the registry is gone.
+    fn drop(&mut self) {
+        for waker in &self.wakers {
+            waker.notify_one();
         }
     }
 }
@@ -440,6 +507,53 @@ mod tests {
         }
         registry.check_shard(0, base + 86_400_000 + tick);
         assert!(pinged(&c));
+    }
+
+    #[test]
+    fn a_shard_sleeps_until_its_next_filled_tick() {
+        let (registry, base) = registry();
+        let wake = |r: &Registry| r.shards[0].lock().wake_tick;
+        assert_eq!(wake(&registry), NOTHING_DUE);
+        let c = conn(8, base);
+        let slot = registry.insert(c.clone());
+        // Due one interval (400 ms) after it was last heard from.
+        assert_eq!(wake(&registry), (base + 400).div_ceil(100));
+        registry.check_shard(0, base + 100);
+        assert_eq!(
+            wake(&registry),
+            (base + 400).div_ceil(100),
+            "nothing due before"
+        );
+        registry.check_shard(0, base + 450);
+        assert!(pinged(&c));
+        // Back at the pong timeout.
+        assert_eq!(wake(&registry), (base + 450 + 400).div_ceil(100));
+        registry.remove(slot);
+        registry.check_shard(0, base + 900);
+        assert_eq!(
+            wake(&registry),
+            NOTHING_DUE,
+            "a gone connection is not filed again"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_tickers_ping_a_connection_filed_while_they_slept() {
+        let ms = Duration::from_millis;
+        let registry = Arc::new(Registry::new(ms(200), ms(2_000)));
+        registry.spawn_tickers();
+        // Every ticker is asleep with nothing due.
+        tokio::time::sleep(ms(120)).await;
+        let c = conn(8, now_ms());
+        registry.insert(c.clone());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !pinged(&c) {
+            assert!(std::time::Instant::now() < deadline, "never pinged");
+            tokio::time::sleep(ms(10)).await;
+        }
+        let late = c.ping_sent.load(Relaxed) - c.last_seen.load(Relaxed);
+        // The interval, rounded up to the 50 ms tick, and at most a tick late.
+        assert!((200..=320).contains(&late), "pinged {late} ms after");
     }
 
     #[test]

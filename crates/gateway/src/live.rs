@@ -132,8 +132,8 @@ fn differences(a: &serde_json::Value, b: &serde_json::Value, prefix: &str, out: 
 }
 
 /// Reloads on SIGHUP, and when the config file's modification time or size
-/// changes (checked every second: this also sees a Kubernetes ConfigMap
-/// swapping its symlink).
+/// changes (checked every second when the node was started with a file:
+/// this also sees a Kubernetes ConfigMap swapping its symlink).
 pub fn spawn_watcher(node: &Arc<Node>) {
     let weak = Arc::downgrade(node);
     let file = node.live.file.clone();
@@ -158,7 +158,9 @@ pub fn spawn_watcher(node: &Arc<Node>) {
         loop {
             let why = tokio::select! {
                 _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => "SIGHUP",
-                _ = tick.tick() => {
+                // Without a config file there is nothing to look at: the
+                // node does not wake every second for it.
+                _ = tick.tick(), if file.is_some() => {
                     let now = stamp(&file);
                     if now == seen || now.is_none() {
                         continue;

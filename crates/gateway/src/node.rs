@@ -172,15 +172,20 @@ impl Node {
                 node.sessions.end(&to).await;
             }
         });
-        let weak = Arc::downgrade(&node);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                let Some(node) = weak.upgrade() else { return };
-                node.sessions.sweep();
-            }
-        });
+        // Sessions parked in this node's memory (single-node mode) expire
+        // here; a cluster's are kept by the presence service, and the node
+        // has nothing to sweep.
+        if !node.sessions.is_remote() {
+            let weak = Arc::downgrade(&node);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    let Some(node) = weak.upgrade() else { return };
+                    node.sessions.sweep();
+                }
+            });
+        }
         Ok(node)
     }
 

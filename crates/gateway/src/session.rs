@@ -273,6 +273,11 @@ impl SessionStore {
         }
     }
 
+    /// True when the presence service keeps the parked sessions.
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
     /// Drops expired sessions; returns how many.
     pub fn sweep(&self) -> usize {
         let now = Instant::now();
