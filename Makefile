@@ -116,7 +116,7 @@ chaos:
 ## _PING_CONNS (1440), _PING_TICKS (4), _TICK_MS (2000); idle: BENCH_IDLE_CONNS
 ## (18000), _ROOM_SIZE (10), _MSG_BYTES (2048, over the compression threshold), _QUIET_SECS (100: four heartbeat intervals); fanout:
 ## BENCH_FANOUT_NODES (2), _ROOMS (10), _MEMBERS (100), _PUBLISHERS (10),
-## _RATES (100,200,400,800,1100,1600,2300,3200,4500,6400 publishes/s), _SECS (5), _PAYLOAD_BYTES (100),
+## _RATES (100,140,200,280,400,560,800,1100,1600,2300,3200,4500,6400 publishes/s), _MIN_RATE (12.5: the lowest rate tried below them when none met the objective), _SECS (5), _PAYLOAD_BYTES (100),
 ## _SLO_P99_MS (10); cross: BENCH_CROSS_MEMBERS (1000 per room, 10 rooms),
 ## _RATES (100); broadcast: BENCH_BROADCAST_CONNS (100000), _NODES (6),
 ## _COUNT (5); storm: BENCH_STORM_CLIENTS (10000), _ROOMS (100), _RATE (200),

@@ -8,7 +8,10 @@
 //! With several rates (`--rates 1000,2000,4000`) the rounds go on while the
 //! server keeps up (at least 95 % of the offered deliveries, no loss, p99
 //! under 1 s), so the last rounds show its capacity; the best round that met
-//! the objective (p99 under `--slo-p99-ms`) is the server's result.
+//! the objective (p99 under `--slo-p99-ms`) is the server's result. A server
+//! that met it at none of those rates gets rounds at half the lowest rate,
+//! a quarter, and so on down to `--min-rate` (12.5 publishes/s), until one
+//! meets it.
 //!
 //! Presets:
 //! - `fanout`: members and publishers spread over the nodes (a member of a
@@ -18,17 +21,18 @@
 //! - `broadcast`: one room whose members are every connection, over many
 //!   nodes, one publisher sending `--count` messages `--interval-secs` apart.
 
-use std::time::Duration;
-
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use super::{plans, start_workers, watch_until, Common, PlanTemplate, SetupSummary};
+use super::{
+    plans, settled_totals, start_workers, watch_until, Common, PlanTemplate, SetupSummary,
+};
 use crate::args::Args;
 use crate::peers::{DeployOptions, Deployment, ServerKind};
 use crate::spec::{Command, MemberGroup, PublisherPlan, Round};
-use crate::stats::{Delivery, Latency, Totals};
+use crate::stats::{Delivery, Latency};
 use crate::system::{now_us, CpuMeter};
+use crate::workers::Workers;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -55,8 +59,11 @@ pub struct FanoutConfig {
     pub payload_bytes: usize,
     pub placement: Placement,
     pub slo_p99_ms: f64,
-    /// Stop at the first round that misses the objective.
+    /// Go on upwards while the server keeps up (see the module doc).
     pub sweep: bool,
+    /// With `sweep`, the lowest rate tried below the first one when no
+    /// round met the objective (halving from the first rate).
+    pub min_rate: f64,
     pub standalone: bool,
     /// Offer/enable permessage-deflate in this scenario (`BENCH_<PRESET>_DEFLATE=0|1`),
     /// when it should differ from the run's `--no-deflate`.
@@ -82,10 +89,12 @@ impl FanoutConfig {
             rates: args.list(
                 "rates",
                 &e("RATES"),
-                // Doubling, then steps of about √2 from 800 on, where the
-                // servers compared here reach their objective's limit.
+                // Steps of about √2: a server's figure is within a step of
+                // its limit, and a ratio of 2 between two servers is two
+                // steps of the same grid.
                 &[
-                    100.0, 200.0, 400.0, 800.0, 1100.0, 1600.0, 2300.0, 3200.0, 4500.0, 6400.0,
+                    100.0, 140.0, 200.0, 280.0, 400.0, 560.0, 800.0, 1100.0, 1600.0, 2300.0,
+                    3200.0, 4500.0, 6400.0,
                 ],
             )?,
             secs: args.num("secs", &e("SECS"), 5.0)?,
@@ -97,6 +106,7 @@ impl FanoutConfig {
             },
             slo_p99_ms: args.num("slo-p99-ms", &e("SLO_P99_MS"), 10.0)?,
             sweep: !args.flag("no-sweep", &e("NO_SWEEP")),
+            min_rate: args.num("min-rate", &e("MIN_RATE"), 12.5)?,
             standalone: args.flag("standalone", "BENCH_STANDALONE"),
             deflate: deflate_override(args, &e("DEFLATE")),
         })
@@ -120,6 +130,7 @@ impl FanoutConfig {
             placement: Placement::Cross,
             slo_p99_ms: args.num("slo-p99-ms", &e("SLO_P99_MS"), 5.0)?,
             sweep: false,
+            min_rate: 0.0,
             standalone: false,
             deflate: deflate_override(args, &e("DEFLATE")),
         })
@@ -144,6 +155,7 @@ impl FanoutConfig {
             placement: Placement::Spread,
             slo_p99_ms: args.num("slo-p99-ms", &e("SLO_P99_MS"), 1000.0)?,
             sweep: false,
+            min_rate: 0.0,
             standalone: false,
             deflate: deflate_override(args, &e("DEFLATE")),
         })
@@ -217,6 +229,14 @@ pub struct FanoutRound {
 }
 
 impl FanoutRound {
+    /// The server did not keep up: under 95 % of the offered deliveries,
+    /// p99 over 1 s, or a message lost.
+    fn saturated(&self) -> bool {
+        self.delivered_per_s < 0.95 * self.offered_per_s
+            || self.latency.p99_ms > 1_000.0
+            || self.delivery.lost > 0
+    }
+
     /// The deployment's CPU (nodes, Redis, presence) per delivery, µs.
     pub fn server_cpu_per_delivery_us(&self) -> f64 {
         if self.delivered_per_s > 0.0 {
@@ -277,87 +297,43 @@ pub async fn run(kind: ServerKind, cfg: &FanoutConfig, common: &Common) -> Resul
     let publishers = cfg.publisher_plans();
     let (mut workers, setup) =
         start_workers(plans(&template, &common, &cfg.groups(), &publishers)).await?;
-    let node_pids = deployment.node_pids();
-    let all_pids = deployment.all_pids();
-    let worker_pids = workers.pids();
+    let meter = Meter {
+        publishers: publishers.len(),
+        node_pids: deployment.node_pids(),
+        all_pids: deployment.all_pids(),
+        worker_pids: workers.pids(),
+    };
     let mut rounds = Vec::new();
     for &rate in &cfg.rates {
-        let start = now_us() + 500_000;
-        let from = start + (cfg.warmup_secs * 1e6) as u64;
-        let until = from + (cfg.secs * 1e6) as u64;
-        workers
-            .send(&Command::Round(Round {
-                rate_per_publisher: rate / publishers.len() as f64,
-                start_us: start,
-                until_us: until,
-                measure_from_us: from,
-                measure_until_us: until,
-            }))
-            .await?;
-        watch_until(&mut workers, from).await?;
-        let node_cpu = CpuMeter::start(&node_pids);
-        let all_cpu = CpuMeter::start(&all_pids);
-        let client_cpu = CpuMeter::start(&worker_pids);
-        watch_until(&mut workers, until).await?;
-        let (node_cpu_pct, _) = node_cpu.percent();
-        let (_, all_cpu_pct) = all_cpu.percent();
-        let (_, client_cpu_pct) = client_cpu.percent();
-        // In-flight messages land; a server far behind gets 30 s at most.
-        workers
-            .wait_quiet(Duration::from_secs(1), Duration::from_secs(30))
-            .await?;
-        let mut totals = Totals::default();
-        for report in workers.reports(Duration::from_secs(60)).await? {
-            totals.add(&report);
-        }
-        let delivery = totals.delivery();
-        let latency = totals.latency();
-        let offered_per_s = rate * cfg.members as f64;
-        let delivered_per_s = totals.delivered_in_window as f64 / cfg.secs;
-        let meets_slo = delivery.lost == 0
-            && delivery.duplicates == 0
-            && delivery.members_dead == 0
-            && totals.publishers_dead == 0
-            && latency.count > 0
-            && latency.p99_ms <= cfg.slo_p99_ms
-            && delivered_per_s >= 0.95 * offered_per_s;
-        let round = FanoutRound {
-            rate,
-            offered_per_s,
-            delivered_per_s,
-            delivery,
-            latency,
-            node_cpu_pct,
-            all_cpu_pct,
-            client_cpu_pct,
-            server_errors: totals.server_errors.clone().into_iter().collect(),
-            client_errors: totals.top_errors(5),
-            publishers_dead: totals.publishers_dead,
-            meets_slo,
-        };
-        eprintln!(
-            "  rate {rate}/s: {:.0} deliveries/s of {:.0} offered, p50 {:.2} ms, p99 {:.2} ms, lost {}, duplicates {}, out of order {}, server CPU {:.0} %, load generator CPU {:.0} %{}",
-            round.delivered_per_s,
-            round.offered_per_s,
-            latency.p50_ms,
-            latency.p99_ms,
-            delivery.lost,
-            delivery.duplicates,
-            delivery.reordered,
-            all_cpu_pct,
-            client_cpu_pct,
-            if meets_slo { "" } else { "  (objective missed)" }
-        );
+        let round = measure(&mut workers, cfg, &meter, rate).await?;
         // Sweep on to the server's capacity, not just to the objective: the
         // rounds past it show how far each server gets.
-        let saturated = round.delivered_per_s < 0.95 * round.offered_per_s
-            || latency.p99_ms > 1_000.0
-            || delivery.lost > 0;
-        let stop = cfg.sweep && saturated;
+        let stop = cfg.sweep && round.saturated();
+        let dead = round.publishers_dead > 0;
         rounds.push(round);
-        if stop || totals.publishers_dead > 0 {
+        if stop || dead {
             break;
         }
+    }
+    // A server that met the objective at no rate of the sweep gets rounds
+    // at lower rates, halving down to `min_rate`, until one meets it: its
+    // figure is then a rate, not "none", and the ratios between servers
+    // are defined. Those rounds come first in the list, lowest first.
+    if cfg.sweep && !rounds.iter().any(|r| r.meets_slo || r.publishers_dead > 0) {
+        let mut rate = cfg.rates.iter().copied().fold(f64::INFINITY, f64::min) / 2.0;
+        let mut lower = Vec::new();
+        while rate.is_finite() && rate >= cfg.min_rate && cfg.min_rate > 0.0 {
+            let round = measure(&mut workers, cfg, &meter, rate).await?;
+            let done = round.meets_slo || round.publishers_dead > 0;
+            lower.push(round);
+            if done {
+                break;
+            }
+            rate /= 2.0;
+        }
+        lower.reverse();
+        lower.append(&mut rounds);
+        rounds = lower;
     }
     workers.exit().await;
     let best = rounds
@@ -374,6 +350,84 @@ pub async fn run(kind: ServerKind, cfg: &FanoutConfig, common: &Common) -> Resul
         rounds,
         best,
     })
+}
+
+/// What a round's CPU figures are taken of.
+struct Meter {
+    publishers: usize,
+    node_pids: Vec<u32>,
+    all_pids: Vec<u32>,
+    worker_pids: Vec<u32>,
+}
+
+/// One round at `rate` publishes per second: publish, measure the window,
+/// wait for the stragglers, and check every member's stream.
+async fn measure(
+    workers: &mut Workers,
+    cfg: &FanoutConfig,
+    meter: &Meter,
+    rate: f64,
+) -> Result<FanoutRound> {
+    let start = now_us() + 500_000;
+    let from = start + (cfg.warmup_secs * 1e6) as u64;
+    let until = from + (cfg.secs * 1e6) as u64;
+    workers
+        .send(&Command::Round(Round {
+            rate_per_publisher: rate / meter.publishers.max(1) as f64,
+            start_us: start,
+            until_us: until,
+            measure_from_us: from,
+            measure_until_us: until,
+        }))
+        .await?;
+    watch_until(workers, from).await?;
+    let node_cpu = CpuMeter::start(&meter.node_pids);
+    let all_cpu = CpuMeter::start(&meter.all_pids);
+    let client_cpu = CpuMeter::start(&meter.worker_pids);
+    watch_until(workers, until).await?;
+    let (node_cpu_pct, _) = node_cpu.percent();
+    let (_, all_cpu_pct) = all_cpu.percent();
+    let (_, client_cpu_pct) = client_cpu.percent();
+    let totals = settled_totals(workers).await?;
+    let delivery = totals.delivery();
+    let latency = totals.latency();
+    let offered_per_s = rate * cfg.members as f64;
+    let delivered_per_s = totals.delivered_in_window as f64 / cfg.secs;
+    let meets_slo = delivery.lost == 0
+        && delivery.duplicates == 0
+        && delivery.members_dead == 0
+        && totals.publishers_dead == 0
+        && latency.count > 0
+        && latency.p99_ms <= cfg.slo_p99_ms
+        && delivered_per_s >= 0.95 * offered_per_s;
+    let round = FanoutRound {
+        rate,
+        offered_per_s,
+        delivered_per_s,
+        delivery,
+        latency,
+        node_cpu_pct,
+        all_cpu_pct,
+        client_cpu_pct,
+        server_errors: totals.server_errors.clone().into_iter().collect(),
+        client_errors: totals.top_errors(5),
+        publishers_dead: totals.publishers_dead,
+        meets_slo,
+    };
+    eprintln!(
+        "  rate {rate}/s: {:.0} deliveries/s of {:.0} offered, p50 {:.2} ms, p99 {:.2} ms, lost {}, duplicates {}, out of order {}, server CPU {:.0} %, load generator CPU {:.0} %{}",
+        round.delivered_per_s,
+        round.offered_per_s,
+        round.latency.p50_ms,
+        round.latency.p99_ms,
+        round.delivery.lost,
+        round.delivery.duplicates,
+        round.delivery.reordered,
+        all_cpu_pct,
+        client_cpu_pct,
+        if meets_slo { "" } else { "  (objective missed)" }
+    );
+    Ok(round)
 }
 
 #[cfg(test)]
@@ -394,6 +448,7 @@ mod tests {
             placement,
             slo_p99_ms: 10.0,
             sweep: false,
+            min_rate: 0.0,
             standalone: false,
             deflate: None,
         }

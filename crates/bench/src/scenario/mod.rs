@@ -236,6 +236,19 @@ pub async fn start_workers(plans: Vec<WorkerPlan>) -> Result<(Workers, SetupSumm
 
 /// Sleeps until `at_us` (µs since the epoch) while the workers' progress is
 /// read.
+/// Waits until nothing has arrived for a second (a server far behind gets
+/// 30 s at most), then adds up every worker's report.
+pub async fn settled_totals(workers: &mut Workers) -> Result<crate::stats::Totals> {
+    workers
+        .wait_quiet(Duration::from_secs(1), Duration::from_secs(30))
+        .await?;
+    let mut totals = crate::stats::Totals::default();
+    for report in workers.reports(Duration::from_secs(60)).await? {
+        totals.add(&report);
+    }
+    Ok(totals)
+}
+
 pub async fn watch_until(workers: &mut Workers, at_us: u64) -> Result<()> {
     let now = crate::system::now_us();
     if at_us > now {

@@ -27,6 +27,7 @@ pub fn config(args: &Args) -> Result<FanoutConfig> {
         placement: Placement::Spread,
         slo_p99_ms: 1000.0,
         sweep: false,
+        min_rate: 0.0,
         standalone: !args.flag("with-redis", &e("WITH_REDIS")),
         deflate: None,
     })

@@ -12,11 +12,11 @@ use std::time::Duration;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{plans, start_workers, Common, PlanTemplate, SetupSummary};
+use super::{plans, settled_totals, start_workers, Common, PlanTemplate, SetupSummary};
 use crate::args::Args;
 use crate::peers::{DeployOptions, Deployment, ServerKind};
 use crate::spec::{Command, Failover, MemberGroup, PublisherPlan, Round};
-use crate::stats::{Delivery, Latency, Totals};
+use crate::stats::{Delivery, Latency};
 use crate::system::now_us;
 
 /// Rooms per publishing connection.
@@ -202,13 +202,7 @@ pub async fn run(kind: ServerKind, cfg: &StormConfig, common: &Common) -> Result
             measure_until_us: now,
         }))
         .await?;
-    workers
-        .wait_quiet(Duration::from_secs(1), Duration::from_secs(30))
-        .await?;
-    let mut totals = Totals::default();
-    for report in workers.reports(Duration::from_secs(60)).await? {
-        totals.add(&report);
-    }
+    let totals = settled_totals(&mut workers).await?;
     workers.exit().await;
 
     let back = totals
