@@ -250,14 +250,14 @@ impl RunReport {
             return Target::not_run(3, goal);
         };
         let rc = if rc_met { rc } else { 0.0 };
-        let ratio = |peer: (f64, bool)| fanout_ratio(rc, peer);
+        let ratio = |(peer, _): (f64, bool)| fanout_ratio(rc, peer);
         let versus = |name: &str, (peer, met): (f64, bool)| {
+            let r = times(fanout_ratio(rc, peer));
             if met {
-                format!("{name} {peer:.0} ({})", times(rc / peer))
+                format!("{name} {peer:.0} ({r})")
             } else if peer.is_finite() {
                 format!(
-                    "{name}: no round met the objective, down to {peer:.0} offered/s (at least {})",
-                    times(rc / peer)
+                    "{name}: no round met the objective, down to {peer:.0} offered/s (at least {r})"
                 )
             } else {
                 format!("{name}: no round run")
@@ -824,10 +824,10 @@ pub fn storm_table(results: &[&StormResult]) -> String {
 }
 
 /// roomcast's fan-out figure over a peer's: `peer` is the peer's best rate
-/// meeting the objective (`true`) or the lowest rate it was tried at
-/// (`false`: its figure is below that, and the ratio a lower bound); 0
-/// when the peer ran no round.
-fn fanout_ratio(roomcast: f64, (peer, _met): (f64, bool)) -> f64 {
+/// meeting the objective, or the lowest rate it was tried at when it met
+/// none (its figure is below that, and the ratio a lower bound); 0 when
+/// the peer ran no round (`peer` infinite).
+fn fanout_ratio(roomcast: f64, peer: f64) -> f64 {
     if peer > 0.0 && peer.is_finite() {
         roomcast / peer
     } else {
@@ -856,13 +856,13 @@ mod tests {
     #[test]
     fn fanout_ratios_are_lower_bounds_against_a_peer_that_met_nothing() {
         // 39,990 against 20,000 is just under 2 and must not print as 2.
-        assert!(fanout_ratio(39_990.0, (20_000.0, true)) < 2.0);
+        assert!(fanout_ratio(39_990.0, 20_000.0) < 2.0);
         assert_eq!(times(39_990.0 / 20_000.0), "1.99×");
         assert_eq!(times(2.0), "2.00×");
         // A peer that met the objective down to 1,250/s: at least 32×.
-        assert_eq!(fanout_ratio(40_000.0, (1_250.0, false)), 32.0);
+        assert_eq!(fanout_ratio(40_000.0, 1_250.0), 32.0);
         // A peer that ran no round gives no ratio at all.
-        assert_eq!(fanout_ratio(40_000.0, (f64::INFINITY, false)), 0.0);
+        assert_eq!(fanout_ratio(40_000.0, f64::INFINITY), 0.0);
     }
 
     #[test]

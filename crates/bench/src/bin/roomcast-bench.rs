@@ -24,9 +24,9 @@ commands (each flag also reads the BENCH_* variable named in brackets):
   idle       [--conns 18000] [--room-size 10] [--msg-bytes 2048] [--quiet-secs 100]
              [--settle-secs 5] [--standalone]                      (BENCH_IDLE_*)
   fanout     [--nodes 2] [--rooms 10] [--members 100] [--publishers 10]
-             [--rates 100,200,400,800,1100,1600,...,6400] [--secs 5] [--warmup-secs 1]
+             [--rates 100,140,200,280,400,...,6400] [--secs 5] [--warmup-secs 1]
              [--payload-bytes 100] [--placement spread|cross] [--slo-p99-ms 10]
-             [--no-sweep] [--standalone]                           (BENCH_FANOUT_*)
+             [--min-rate 12.5] [--no-sweep] [--standalone]         (BENCH_FANOUT_*)
   cross      fanout with publishers on node 1 and members on node 2
              [--rooms 10] [--members 1000] [--publishers 10] [--rates 100]
              [--secs 10] [--slo-p99-ms 5]                          (BENCH_CROSS_*)

@@ -319,10 +319,14 @@ pub async fn run(kind: ServerKind, cfg: &FanoutConfig, common: &Common) -> Resul
     // at lower rates, halving down to `min_rate`, until one meets it: its
     // figure is then a rate, not "none", and the ratios between servers
     // are defined. Those rounds come first in the list, lowest first.
-    if cfg.sweep && !rounds.iter().any(|r| r.meets_slo || r.publishers_dead > 0) {
-        let mut rate = cfg.rates.iter().copied().fold(f64::INFINITY, f64::min) / 2.0;
+    if cfg.sweep
+        && cfg.min_rate > 0.0
+        && !rounds.iter().any(|r| r.meets_slo || r.publishers_dead > 0)
+    {
+        let lowest = rounds.iter().map(|r| r.rate).reduce(f64::min);
+        let mut rate = lowest.unwrap_or(0.0) / 2.0;
         let mut lower = Vec::new();
-        while rate.is_finite() && rate >= cfg.min_rate && cfg.min_rate > 0.0 {
+        while rate >= cfg.min_rate {
             let round = measure(&mut workers, cfg, &meter, rate).await?;
             let done = round.meets_slo || round.publishers_dead > 0;
             lower.push(round);
@@ -331,9 +335,7 @@ pub async fn run(kind: ServerKind, cfg: &FanoutConfig, common: &Common) -> Resul
             }
             rate /= 2.0;
         }
-        lower.reverse();
-        lower.append(&mut rounds);
-        rounds = lower;
+        rounds.splice(0..0, lower.into_iter().rev());
     }
     workers.exit().await;
     let best = rounds

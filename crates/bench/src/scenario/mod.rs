@@ -234,8 +234,6 @@ pub async fn start_workers(plans: Vec<WorkerPlan>) -> Result<(Workers, SetupSumm
     Ok((workers, summary))
 }
 
-/// Sleeps until `at_us` (µs since the epoch) while the workers' progress is
-/// read.
 /// Waits until nothing has arrived for a second (a server far behind gets
 /// 30 s at most), then adds up every worker's report.
 pub async fn settled_totals(workers: &mut Workers) -> Result<crate::stats::Totals> {
@@ -249,6 +247,8 @@ pub async fn settled_totals(workers: &mut Workers) -> Result<crate::stats::Total
     Ok(totals)
 }
 
+/// Sleeps until `at_us` (µs since the epoch) while the workers' progress is
+/// read.
 pub async fn watch_until(workers: &mut Workers, at_us: u64) -> Result<()> {
     let now = crate::system::now_us();
     if at_us > now {
