@@ -54,6 +54,7 @@ common flags:
   --workers N                      worker processes (default: one per 15,000 connections)
   --threads N                      runtime threads per worker (1)
   --connect-concurrency N          connections each worker sets up at once (128)
+  --connect-timeout-ms N           longest one connection's set-up may take (30000)
   --no-deflate                     do not offer or enable permessage-deflate
                                    (fanout, cross, broadcast: --deflate 0|1 for that
                                    scenario alone, BENCH_<SCENARIO>_DEFLATE)
@@ -248,4 +249,66 @@ async fn run(command: &str, args: &Args) -> Result<i32> {
         eprintln!("wrote {}", path.display());
     }
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::documented_flag;
+    use std::path::Path;
+
+    /// Every `--key` read through `Args` (`args.num("key"`, `args.flag(`,
+    /// …) in the crate's sources, calls spread over lines included.
+    fn flags_read(dir: &Path, out: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                flags_read(&path, out);
+                continue;
+            }
+            // ws-compare has a parser of its own, and its own usage.
+            if path.extension().is_none_or(|e| e != "rs") || path.ends_with("ws-compare.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            // Tests (this one too) are not commands.
+            let text = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for method in ["num", "flag", "get", "string", "list"] {
+                let call = format!("args.{method}(");
+                for (at, _) in text.match_indices(&call) {
+                    let rest = text[at + call.len()..].trim_start();
+                    let Some(rest) = rest.strip_prefix('"') else {
+                        continue; // not a literal key
+                    };
+                    let key = &rest[..rest.find('"').unwrap()];
+                    out.push((key.to_string(), path.display().to_string()));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_flag_a_command_reads_is_in_the_usage() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut read = Vec::new();
+        flags_read(&src, &mut read);
+        // The scan finds the calls at all (a renamed method would empty it).
+        assert!(read.len() > 40, "only {} flags found", read.len());
+        assert!(read.iter().any(|(k, _)| k == "min-rate"));
+        let missing: Vec<_> = read
+            .iter()
+            .filter(|(key, _)| !documented_flag(key))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "read but not in USAGE, so refused as unknown: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn a_flag_is_documented_only_as_a_whole_word() {
+        assert!(documented_flag("min-rate"));
+        assert!(documented_flag("connect-timeout-ms"));
+        assert!(!documented_flag("min"));
+        assert!(!documented_flag("rate-min"));
+    }
 }
