@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use roomcast_client::{Backoff, Client, Event};
 use roomcast_protocol::{ClientFrame, Codec, ServerFrame, Target};
+use roomcast_testkit::proxy::TcpProxy;
 use roomcast_testkit::redis::RedisServer;
 use roomcast_testkit::ws::{
     close_and_resume_at_once, join, join_watching, joined, resume_hello,
@@ -771,5 +772,54 @@ async fn a_user_disconnect_ends_the_sessions_the_user_left_parked() {
     assert!(
         other.resumes(&url1, "ban").await,
         "another user's parked session"
+    );
+}
+
+/// A resume whose take the presence service carried out, but whose answer
+/// was lost on its way back to the node, still resumes: the node asks
+/// once more with the same token and gets the same answer. (Before, the
+/// record was gone with the lost answer and the client started fresh.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_whose_take_answer_was_lost_still_resumes() {
+    let redis = RedisServer::start();
+    let presence = PresenceService::start(&redis.url(), &[]);
+    let proxy = TcpProxy::start(presence.addr).await;
+    let a = gateway(&redis.url(), &presence.url(), "node-0");
+    let b = gateway(&redis.url(), &format!("http://{}", proxy.addr), "node-1");
+    let mut first = joined(&a.ws_url(), "lost").await;
+    first.close().await;
+    let key = format!("rc:{{sess:{}}}", first.session);
+    assert!(
+        wait_until(Duration::from_secs(5), || redis.cmd(&["EXISTS", &key])
+            == "1"),
+        "the session was not parked"
+    );
+    // Both nodes made their first full sync (node-1's through the proxy).
+    assert!(wait_until(Duration::from_secs(10), || presence
+        .metric("roomcast_presence_full_syncs_total")
+        >= 2));
+
+    let repeated = || presence.metric("roomcast_presence_session_takes_repeated_total");
+    proxy.hold_replies();
+    let url = b.ws_url();
+    let resume = tokio::spawn(async move { first.resume_on(&url, "lost").await.1 });
+    // The first take reached the service, which took the record; its
+    // answer waits in the proxy, and is dropped by node-1 after 1 s. The
+    // retry reaches the service too, and is answered from the kept answer.
+    assert!(
+        wait_until(Duration::from_secs(5), || repeated() == 1),
+        "no retry of the take reached the service"
+    );
+    assert_eq!(redis.cmd(&["EXISTS", &key]), "0", "the record was taken");
+    proxy.heal();
+    let resumed = tokio::time::timeout(Duration::from_secs(10), resume)
+        .await
+        .expect("no welcome")
+        .unwrap();
+    assert!(resumed, "the session started fresh");
+    assert_eq!(
+        metric(&b, "roomcast_resumes_total{outcome=\"resumed\"}"),
+        1,
+        "not counted as a resume"
     );
 }

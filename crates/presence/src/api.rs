@@ -245,6 +245,13 @@ pub struct TakeManyRequest {
     /// refused as the first was). Absent: every record found is taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep: Option<Data>,
+    /// Names this take, so that the same request sent again (the gateway
+    /// retries a take whose answer it did not get) is answered as the
+    /// first was, for 30 s, instead of finding the records gone: taken by
+    /// the request whose answer was lost. Absent (older gateways): no
+    /// answer is kept, and a lost answer loses the records it carried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// One session of [`TakeManyRequest::claims_if_listed`].

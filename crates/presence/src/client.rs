@@ -19,8 +19,11 @@
 //! queued after it is replayed after the full sync, harmlessly.
 //!
 //! The queries (`members`, `lookup`, `park`, `take`) are plain requests with
-//! a short timeout. The HTTP client is hyper's (already in the tree through
-//! axum); the service speaks plain HTTP on an internal network, so no TLS.
+//! a short timeout. A take that gets no answer is sent once more with the
+//! same token, which the service answers as it did the first time: the
+//! first may have taken the records before its answer was lost. The HTTP
+//! client is hyper's (already in the tree through axum); the service
+//! speaks plain HTTP on an internal network, so no TLS.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -76,7 +79,8 @@ pub struct ClientOptions {
     pub incarnation: String,
     /// The node's lease; renewed every lease/3.
     pub lease: Duration,
-    /// Timeout of `members`, `lookup`, `park` and `take`.
+    /// Timeout of `members`, `lookup`, `park` and of each of a take's two
+    /// tries (a take waits twice this at most).
     pub timeout: Duration,
     /// Timeout of one sync request (a full sync can be large).
     pub sync_timeout: Duration,
@@ -623,7 +627,9 @@ impl PresenceClient {
         if start_runner {
             tokio::spawn(self.shared.clone().run_takes());
         }
-        self.shared.answer(answer).await
+        // Room for the request and its one retry (see run_takes).
+        let within = self.shared.options.timeout * 2;
+        self.shared.answer_within(answer, within).await
     }
 }
 
@@ -633,7 +639,16 @@ impl Shared {
         &self,
         answer: oneshot::Receiver<Result<T, PresenceError>>,
     ) -> Result<T, PresenceError> {
-        match tokio::time::timeout(self.options.timeout, answer).await {
+        self.answer_within(answer, self.options.timeout).await
+    }
+
+    /// A batched query's answer, within `timeout`.
+    async fn answer_within<T>(
+        &self,
+        answer: oneshot::Receiver<Result<T, PresenceError>>,
+        timeout: Duration,
+    ) -> Result<T, PresenceError> {
+        match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(PresenceError::Unavailable("client stopped".into())),
             Err(_) => Err(PresenceError::Timeout),
@@ -678,11 +693,31 @@ impl Shared {
                 claims_if_listed,
                 sessions: names(batch.iter().collect()),
                 keep: self.options.keep.clone(),
+                // A fresh name for each request, kept by its retry.
+                token: Some(uuid::Uuid::new_v4().simple().to_string()),
             };
             // None from a service older than `/v1/take`: one request each.
-            let answer = self
+            let mut answer = self
                 .batched::<_, TakeManyResponse>("/v1/take", &request)
                 .await;
+            // No answer: the service may have taken the records all the
+            // same, and its answer was lost. The same request once more is
+            // answered as the first one was (the token), so those records
+            // are not lost with it; a service older than tokens finds
+            // nothing the second time, as any retry would.
+            if matches!(
+                answer,
+                Err(PresenceError::Timeout | PresenceError::Unavailable(_))
+            ) && !self.stopped.load(Ordering::Acquire)
+            {
+                tracing::debug!(
+                    sessions = request.sessions.len(),
+                    "take unanswered; asked again"
+                );
+                answer = self
+                    .batched::<_, TakeManyResponse>("/v1/take", &request)
+                    .await;
+            }
             match answer {
                 Ok(Some(TakeManyResponse {
                     mut records,

@@ -53,6 +53,7 @@ pub struct Metrics {
     pub park_requests: Counter,
     pub claims: Counter,
     pub claims_displaced: Counter,
+    pub takes_repeated: Counter,
     pub parks_superseded: Counter,
     pub unauthorized: Counter,
 }
@@ -100,7 +101,7 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE roomcast_presence_{name} gauge");
             let _ = writeln!(out, "roomcast_presence_{name} {value}");
         }
-        let counter_rows: [(&str, &str, &Counter); 22] = [
+        let counter_rows: [(&str, &str, &Counter); 23] = [
             (
                 "sync_requests_total",
                 "Sync requests received.",
@@ -192,6 +193,11 @@ impl Metrics {
                 "session_claims_displaced_total",
                 "Claims that replaced another node's claim (two resumes on the token's word).",
                 &self.claims_displaced,
+            ),
+            (
+                "session_takes_repeated_total",
+                "Sessions of a take asked again with its token (a gateway's retry): answered as the first time.",
+                &self.takes_repeated,
             ),
             (
                 "session_parks_superseded_total",

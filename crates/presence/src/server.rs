@@ -444,6 +444,9 @@ async fn take_many(
     for session in req.sessions.iter().chain(&req.claims).chain(if_listed) {
         check_name("session", session)?;
     }
+    if let Some(token) = &req.token {
+        check_name("token", token)?;
+    }
     let claim = match (&req.node, req.claim_ms) {
         _ if req.claims.is_empty() && req.claims_if_listed.is_empty() => None,
         (Some(node), Some(claim_ms)) => {
@@ -496,8 +499,20 @@ async fn take_many(
     }
     let asks: Vec<(&str, bool)> = asks.into_iter().collect();
     let asked = asks.len() as u64;
-    match app.store.take_many(&asks, claim, req.keep.as_ref()).await {
+    let token = req.token.as_deref();
+    match app
+        .store
+        .take_many(&asks, claim, req.keep.as_ref(), token)
+        .await
+    {
         Ok(found) => {
+            // A repeat is counted once, as a repeat, not taken again.
+            let repeated = found.iter().filter(|took| took.repeated).count() as u64;
+            let repeated_records = found
+                .iter()
+                .filter(|took| took.repeated && took.record.is_some())
+                .count() as u64;
+            app.metrics.takes_repeated.add(repeated);
             app.metrics
                 .claims
                 .add(asks.iter().filter(|(_, claimed)| *claimed).count() as u64);
@@ -511,8 +526,9 @@ async fn take_many(
                     records.insert(session.to_string(), record);
                 }
             }
-            app.metrics.taken.add(records.len() as u64);
-            app.metrics.take_misses.add(asked - records.len() as u64);
+            let records_new = records.len() as u64 - repeated_records;
+            app.metrics.taken.add(records_new);
+            app.metrics.take_misses.add(asked - repeated - records_new);
             app.metrics.claims_displaced.add(displaced.len() as u64);
             Ok(Json(TakeManyResponse {
                 records,

@@ -29,6 +29,11 @@
 //! API ended): one equal to it is read by a short script and left in
 //! place, so it refuses every resume until it expires, not the first one
 //! alone.
+//!
+//! A take may carry a token: its answer is then kept for a while,
+//! `rc:{sess:<id>}:took` in the record's slot, and the same token asking
+//! again gets that answer back. A gateway whose take went unanswered sends
+//! it once more, and so gets the record the first request took.
 
 use std::time::Duration;
 
@@ -57,6 +62,34 @@ local found = redis.call('GET', KEYS[1])
 if found and found ~= ARGV[1] then redis.call('DEL', KEYS[1]) end
 return found";
 
+/// A take made with a token (a gateway's retry of a take whose answer it
+/// did not get asks again with the same one): the claim and the take as
+/// the pipeline below makes them, and the answer kept for a while in the
+/// record's slot, so that the same token asking again gets the same answer
+/// instead of nothing. A record taken by a request whose answer was lost
+/// is not lost with it. KEYS: record, claim, answer; ARGV: token, claiming
+/// node ('' for none), claim TTL in ms, record text to keep ('' for none),
+/// answer TTL in ms. Returns {displaced node, record, 1 when repeated}.
+const TAKE_ONCE_LUA: &str = "\
+local was = redis.call('GET', KEYS[3])
+if was then
+  was = cjson.decode(was)
+  if was[1] == ARGV[1] then return {was[2], was[3], 1} end
+end
+local displaced = false
+if ARGV[2] ~= '' then
+  local held = redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3], 'GET')
+  if held and held ~= ARGV[2] then displaced = held end
+end
+local found = redis.call('GET', KEYS[1])
+if found and found ~= ARGV[4] then redis.call('DEL', KEYS[1]) end
+redis.call('SET', KEYS[3], cjson.encode({ARGV[1], displaced, found}), 'PX', ARGV[5])
+return {displaced, found, 0}";
+
+/// How long the answer to a take made with a token is kept for a repeat
+/// of it: well past a gateway's query timeout (1 s) and its one retry.
+pub const TAKE_ANSWER_TTL: Duration = Duration::from_secs(30);
+
 /// One record of [`SessionStore::park_many`].
 #[derive(Debug, Clone, Copy)]
 pub struct Park<'a> {
@@ -83,6 +116,8 @@ pub struct Took {
     /// For a claimed session, the other node whose claim this one
     /// replaced: it resumed the session earlier and may still hold it.
     pub displaced: Option<String>,
+    /// The answer kept from an earlier take with the same token (a retry).
+    pub repeated: bool,
 }
 
 /// Why the store could not do what was asked.
@@ -123,6 +158,12 @@ impl SessionStore {
     /// The Redis key of the claim on a session, in its record's slot.
     pub fn claim_key(session: &str) -> String {
         format!("rc:{{sess:{session}}}:held")
+    }
+
+    /// The Redis key of the answer kept from a take with a token, in the
+    /// record's slot.
+    pub fn answer_key(session: &str) -> String {
+        format!("rc:{{sess:{session}}}:took")
     }
 
     /// The Redis key of the set of a user's parked sessions. `%`, `{` and
@@ -283,12 +324,15 @@ impl SessionStore {
     /// `true` is claimed for `claim`'s node first, in the same slot and on
     /// the same connection, so a park racing the take either lands before
     /// it (and is taken) or is refused; the claim it replaces, if another
-    /// node's, is answered as displaced.
+    /// node's, is answered as displaced. With a `token`, each session's
+    /// answer is also kept for [`TAKE_ANSWER_TTL`], and a take with the
+    /// same token gets it again instead of asking anew ([`Took::repeated`]).
     pub async fn take_many(
         &self,
         sessions: &[(&str, bool)],
         claim: Option<Claim<'_>>,
         keep: Option<&Data>,
+        token: Option<&str>,
     ) -> Result<Vec<Took>, StoreError> {
         if sessions.is_empty() {
             return Ok(Vec::new());
@@ -296,6 +340,11 @@ impl SessionStore {
         let keep = keep
             .map(|k| serde_json::to_string(k).map_err(|e| StoreError::Corrupt(e.to_string())))
             .transpose()?;
+        if let Some(token) = token {
+            return self
+                .take_many_once(sessions, claim, keep.as_deref(), token)
+                .await;
+        }
         let pipeline = self.redis.client.pipeline();
         // Per session: whether a claim's reply comes before its take's.
         let mut claimed = Vec::with_capacity(sessions.len());
@@ -350,7 +399,69 @@ impl SessionStore {
                     None
                 }
             });
-            found.push(Took { record, displaced });
+            found.push(Took {
+                record,
+                displaced,
+                repeated: false,
+            });
+        }
+        Ok(found)
+    }
+
+    /// [`Self::take_many`] with a token: one script per session.
+    async fn take_many_once(
+        &self,
+        sessions: &[(&str, bool)],
+        claim: Option<Claim<'_>>,
+        keep: Option<&str>,
+        token: &str,
+    ) -> Result<Vec<Took>, StoreError> {
+        let pipeline = self.redis.client.pipeline();
+        for (session, claims) in sessions {
+            let claim = claim.filter(|_| *claims);
+            // EVAL as a plain command, pipelined (see park_many).
+            let eval = CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false);
+            let args: Vec<Value> = vec![
+                TAKE_ONCE_LUA.into(),
+                3i64.into(),
+                Self::key(session).into(),
+                Self::claim_key(session).into(),
+                Self::answer_key(session).into(),
+                token.into(),
+                claim.map_or("", |c| c.node).into(),
+                claim.map_or(1, |c| ttl_ms(c.ttl)).into(),
+                keep.unwrap_or("").into(),
+                ttl_ms(TAKE_ANSWER_TTL).into(),
+            ];
+            let () = pipeline.custom(eval, args).await?;
+        }
+        let mut found = Vec::with_capacity(sessions.len());
+        for ((session, _), reply) in sessions.iter().zip(pipeline.try_all::<Value>().await) {
+            let mut parts = match reply? {
+                Value::Array(parts) => parts.into_iter(),
+                other => {
+                    return Err(StoreError::Corrupt(format!(
+                        "take script answered {other:?}"
+                    )))
+                }
+            };
+            let mut next = || Option::<String>::from_value(parts.next().unwrap_or(Value::Null));
+            let displaced = next()?;
+            // A record that is not JSON is that session's loss alone.
+            let record = next()?.and_then(|t| match serde_json::from_str(&t) {
+                Ok(record) => Some(record),
+                Err(e) => {
+                    tracing::warn!(session, error = %e, "parked record is not JSON; dropped");
+                    None
+                }
+            });
+            let repeated =
+                Option::<i64>::from_value(parts.next().unwrap_or(Value::Null))? == Some(1);
+            found.push(Took {
+                record,
+                displaced,
+                repeated,
+            });
         }
         Ok(found)
     }

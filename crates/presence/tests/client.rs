@@ -646,3 +646,80 @@ async fn queries_fail_fast_when_the_service_is_down() {
         Err(PresenceError::Unauthorized)
     );
 }
+
+/// A take whose answer is lost on the way back (the service took the
+/// record, the gateway's client timed out) is asked once more with the
+/// same token, and the service answers it as it did the first time: the
+/// record is not lost with the answer, and is still taken only once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_whose_answer_was_lost_gets_its_record_on_the_retry() {
+    use roomcast_testkit::proxy::TcpProxy;
+
+    let redis = RedisServer::start();
+    let presence = Presence::start(&redis.url(), &[]);
+    let upstream = presence
+        .url()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("presence address");
+    let proxy = TcpProxy::start(upstream).await;
+    let gateway = Gateway::default();
+    let client = client(&format!("http://{}", proxy.addr), "node-a", &gateway);
+    assert!(client.flush(Duration::from_secs(5)).await);
+    let record = json!({"user": "alice", "n": 1});
+    client
+        .park("s1", record.clone(), Duration::from_secs(60), None)
+        .await
+        .unwrap();
+
+    let taken_before = presence.metric("roomcast_presence_sessions_taken_total");
+    proxy.hold_replies();
+    let started = std::time::Instant::now();
+    let take = tokio::spawn({
+        let client = client.clone();
+        async move { client.take("s1").await }
+    });
+    // The first request reached the service and took the record; its
+    // answer waits in the proxy until the client's 1 s timeout drops it.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            presence.metric("roomcast_presence_sessions_taken_total") > taken_before
+        })
+        .await,
+        "the first request took the record"
+    );
+    assert_eq!(
+        presence.call("POST", "/v1/sessions/s1/take", None).0,
+        404,
+        "the record is gone from the store"
+    );
+    // The retry goes out at 1 s, and the service answers it from the
+    // kept answer; that one is let through.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            presence.metric("roomcast_presence_session_takes_repeated_total") == 1
+        })
+        .await,
+        "no retry reached the service"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    proxy.heal();
+    let got = take.await.unwrap();
+    assert_eq!(got, Ok(Some(record)), "after {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(
+        presence.metric("roomcast_presence_session_takes_repeated_total"),
+        1
+    );
+    assert_eq!(
+        presence.metric("roomcast_presence_sessions_taken_total") - taken_before,
+        1,
+        "taken once, answered twice"
+    );
+    // Taken for good: a new take (another token) finds nothing.
+    assert_eq!(client.take("s1").await.unwrap(), None);
+}

@@ -497,6 +497,53 @@ async fn presence_events_use_sharded_pubsub_on_a_redis_cluster() {
         Some(json!({"sessions": ["m1", "m2", "m3"], "keep": ended})),
     );
     assert_eq!((status, body), (200, json!({"records": {}})));
+    // A take with a token keeps its answer in each session's slot: the
+    // same token asking again gets it back (records, displaced claims),
+    // leaving the store alone; another token, or none, finds the records
+    // gone.
+    for s in ["t1", "t2", "t3"] {
+        let (status, _) = presence.call(
+            "PUT",
+            &format!("/v1/sessions/{s}"),
+            Some(json!({"record": {"t": s}, "ttl_ms": 10_000})),
+        );
+        assert_eq!(status, 204);
+    }
+    let (status, _) = presence.call(
+        "POST",
+        "/v1/take",
+        Some(json!({"sessions": [], "claims": ["t4"], "node": "node-c", "claim_ms": 10_000})),
+    );
+    assert_eq!(status, 200);
+    let take = |token: Option<&str>| {
+        presence.call(
+            "POST",
+            "/v1/take",
+            Some(json!({
+                "sessions": ["t1", "t2", "t3", "t4"], "claims": ["t3", "t4"],
+                "node": "node-d", "claim_ms": 10_000, "token": token,
+            })),
+        )
+    };
+    let repeats_before = presence.metric("roomcast_presence_session_takes_repeated_total");
+    let first = json!({
+        "records": {"t1": {"t": "t1"}, "t2": {"t": "t2"}, "t3": {"t": "t3"}},
+        "displaced": {"t4": "node-c"},
+    });
+    assert_eq!(take(Some("tok-1")), (200, first.clone()));
+    assert_eq!(take(Some("tok-1")), (200, first), "the same answer again");
+    assert_eq!(
+        presence.metric("roomcast_presence_session_takes_repeated_total") - repeats_before,
+        4
+    );
+    assert_eq!(take(Some("tok-2")), (200, json!({"records": {}})));
+    assert_eq!(take(None), (200, json!({"records": {}})));
+    let (status, body) = presence.call(
+        "POST",
+        "/v1/take",
+        Some(json!({"sessions": ["t1"], "token": "{t}"})),
+    );
+    assert_eq!(status, 400, "{body}");
     for bad in [
         json!({"parks": [{"session": "k{1}", "record": 1, "ttl_ms": 10}]}),
         json!({"parks": [{"session": "k1", "record": 1, "ttl_ms": 0}]}),

@@ -1,7 +1,9 @@
 //! A TCP proxy the test controls, put between a node and a dependency
 //! (Redis) to stall the link (bytes stop flowing, sockets stay open: what a
-//! network partition looks like) or cut it (every connection reset, new
-//! ones refused), then heal it.
+//! network partition looks like), hold its answers only (requests reach the
+//! dependency and are carried out, their answers wait: a reply lost on the
+//! way back), or cut it (every connection reset, new ones refused), then
+//! heal it.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -15,6 +17,7 @@ use tokio::sync::watch;
 const FLOWING: u8 = 0;
 const STALLED: u8 = 1;
 const CUT: u8 = 2;
+const REPLIES_HELD: u8 = 3;
 
 pub struct TcpProxy {
     pub addr: SocketAddr,
@@ -61,6 +64,12 @@ impl TcpProxy {
         self.set(STALLED);
     }
 
+    /// Bytes flow to the upstream but not back: what the upstream answers
+    /// waits in the proxy (new connections are still accepted).
+    pub fn hold_replies(&self) {
+        self.set(REPLIES_HELD);
+    }
+
     /// Every connection is reset and new ones are refused.
     pub fn cut(&self) {
         self.set(CUT);
@@ -83,7 +92,8 @@ async fn pipe(
     let mut a = [0u8; 16 * 1024];
     let mut b = [0u8; 16 * 1024];
     loop {
-        match state.load(Ordering::Acquire) {
+        let now = state.load(Ordering::Acquire);
+        match now {
             CUT => return,
             STALLED => {
                 // Hold everything until the state changes.
@@ -99,7 +109,8 @@ async fn pipe(
                 Ok(0) | Err(_) => return,
                 Ok(n) => if !forward(&state, &mut watcher, &mut sw, &a[..n]).await { return },
             },
-            n = sr.read(&mut b) => match n {
+            // Answers held: not read from the upstream until that ends.
+            n = sr.read(&mut b), if now != REPLIES_HELD => match n {
                 Ok(0) | Err(_) => return,
                 Ok(n) => if !forward(&state, &mut watcher, &mut cw, &b[..n]).await { return },
             },
