@@ -298,7 +298,7 @@ impl RunReport {
             number: 3,
             goal: goal.into(),
             measured: format!(
-                "best deliveries/s at p99 ≤ 10 ms without loss: roomcast {}, {}, {}{}",
+                "best deliveries/s at p99 ≤ 10 ms without loss or reordering: roomcast {}, {}, {}{}",
                 if rc > 0.0 {
                     format!("{rc:.0}")
                 } else {
@@ -517,8 +517,9 @@ const METHOD: &str = "\
   where it starts.
 - **Fan-out** rates are swept upwards in steps of about √2 while the server
   keeps up (at least 95 % of the offered rate delivered, no loss, p99 under
-  1 s); a server's figure is the best round with p99 ≤ the objective, and the
-  last rounds show its capacity. A server that meets the objective at none of
+  1 s); a server's figure is the best round with p99 ≤ the objective and
+  every message delivered once and in its publisher's order, and the last
+  rounds show its capacity. A server that meets the objective at none of
   those rates gets rounds at half the lowest rate, a quarter, and so on down
   to 1,250 deliveries/s, until one meets it; if none does, its figure is
   below the lowest rate tried, and a ratio against it is a lower bound.

@@ -395,13 +395,14 @@ async fn measure(
     let latency = totals.latency();
     let offered_per_s = rate * cfg.members as f64;
     let delivered_per_s = totals.delivered_in_window as f64 / cfg.secs;
-    let meets_slo = delivery.lost == 0
-        && delivery.duplicates == 0
-        && delivery.members_dead == 0
-        && totals.publishers_dead == 0
-        && latency.count > 0
-        && latency.p99_ms <= cfg.slo_p99_ms
-        && delivered_per_s >= 0.95 * offered_per_s;
+    let meets_slo = meets_objective(
+        &delivery,
+        totals.publishers_dead,
+        &latency,
+        cfg.slo_p99_ms,
+        delivered_per_s,
+        offered_per_s,
+    );
     let round = FanoutRound {
         rate,
         offered_per_s,
@@ -432,9 +433,69 @@ async fn measure(
     Ok(round)
 }
 
+/// Whether a round meets the objective: every message delivered exactly
+/// once and in its publisher's order (a message after a later one of the
+/// same publisher is a failure of delivery, as a loss is), no member or
+/// publisher gone, the p99 within `slo_p99_ms`, and at least 95 % of the
+/// offered rate delivered.
+pub fn meets_objective(
+    delivery: &Delivery,
+    publishers_dead: u64,
+    latency: &Latency,
+    slo_p99_ms: f64,
+    delivered_per_s: f64,
+    offered_per_s: f64,
+) -> bool {
+    delivery.lost == 0
+        && delivery.duplicates == 0
+        && delivery.reordered == 0
+        && delivery.members_dead == 0
+        && publishers_dead == 0
+        && latency.count > 0
+        && latency.p99_ms <= slo_p99_ms
+        && delivered_per_s >= 0.95 * offered_per_s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_round_with_messages_out_of_order_misses_the_objective() {
+        let delivery = Delivery {
+            published: 100,
+            expected: 10_000,
+            received: 10_000,
+            ..Delivery::default()
+        };
+        let latency = Latency {
+            count: 10_000,
+            p50_ms: 1.0,
+            p99_ms: 4.0,
+            p999_ms: 6.0,
+            max_ms: 8.0,
+        };
+        let met = |d: &Delivery, p99: f64| meets_objective(d, 0, &latency, p99, 9_990.0, 10_000.0);
+        assert!(met(&delivery, 10.0));
+        assert!(!met(&delivery, 3.9), "p99 over the objective");
+        let reordered = Delivery {
+            reordered: 1,
+            ..delivery
+        };
+        assert!(!met(&reordered, 10.0), "one message out of order");
+        let lost = Delivery {
+            lost: 1,
+            ..delivery
+        };
+        assert!(!met(&lost, 10.0));
+        assert!(
+            !meets_objective(&delivery, 0, &latency, 10.0, 9_000.0, 10_000.0),
+            "under 95 %"
+        );
+        assert!(!meets_objective(
+            &delivery, 1, &latency, 10.0, 9_990.0, 10_000.0
+        ));
+    }
 
     fn config(placement: Placement, rooms: usize, publishers: usize) -> FanoutConfig {
         FanoutConfig {
