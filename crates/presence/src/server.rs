@@ -506,19 +506,19 @@ async fn take_many(
         .await
     {
         Ok(found) => {
-            // A repeat is counted once, as a repeat, not taken again.
-            let repeated = found.iter().filter(|took| took.repeated).count() as u64;
-            let repeated_records = found
-                .iter()
-                .filter(|took| took.repeated && took.record.is_some())
-                .count() as u64;
-            app.metrics.takes_repeated.add(repeated);
             app.metrics
                 .claims
                 .add(asks.iter().filter(|(_, claimed)| *claimed).count() as u64);
             let mut records = BTreeMap::new();
             let mut displaced = BTreeMap::new();
+            // A repeat is counted as a repeat, not as taken or missed again.
+            let (mut taken, mut repeated) = (0, 0);
             for ((session, _), took) in asks.into_iter().zip(found) {
+                if took.repeated {
+                    repeated += 1;
+                } else if took.record.is_some() {
+                    taken += 1;
+                }
                 if let Some(node) = took.displaced {
                     displaced.insert(session.to_string(), node);
                 }
@@ -526,9 +526,9 @@ async fn take_many(
                     records.insert(session.to_string(), record);
                 }
             }
-            let records_new = records.len() as u64 - repeated_records;
-            app.metrics.taken.add(records_new);
-            app.metrics.take_misses.add(asked - repeated - records_new);
+            app.metrics.takes_repeated.add(repeated);
+            app.metrics.taken.add(taken);
+            app.metrics.take_misses.add(asked - repeated - taken);
             app.metrics.claims_displaced.add(displaced.len() as u64);
             Ok(Json(TakeManyResponse {
                 records,

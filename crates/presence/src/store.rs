@@ -3,7 +3,8 @@
 //! survive a presence restart.
 //!
 //! One string key per session, `rc:{sess:<id>}`, written with
-//! `SET … PX ttl` and read with `GETDEL`, so a take is atomic: of two nodes
+//! `SET … PX ttl` and taken by a script that reads and deletes it (or
+//! `GETDEL`), so a take is atomic: of two nodes
 //! racing to resume the same session, exactly one gets the record. The hash
 //! tag gives each session its own slot in a Redis Cluster.
 //!
@@ -26,7 +27,7 @@
 //! it the session moved.
 //!
 //! A take may name a record to keep (the gateway's mark of a session the
-//! API ended): one equal to it is read by a short script and left in
+//! API ended): one equal to it is read by the take's script and left in
 //! place, so it refuses every resume until it expires, not the first one
 //! alone.
 //!
@@ -54,27 +55,23 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 if held then redis.call('DEL', KEYS[2]) end
 return 1";
 
-/// Takes a record unless it equals the one to keep, which is read and left
-/// in place. KEYS: record; ARGV: the record text to keep. Returns the
-/// record found, if any.
+/// One session's take (every take of [`SessionStore::take_many`]): the
+/// claim, when one is asked (`SET … GET`: the claim replaced, if another
+/// node's, is answered as displaced), then the record, taken unless it
+/// equals the one to keep, which is read and left in place. With a token,
+/// the answer is also kept for a while in the record's slot, and the same
+/// token asking again gets it back, touching nothing else: a record taken
+/// by a request whose answer was lost is not lost with it. KEYS: record,
+/// claim, kept answer; ARGV: token ('' for none), claiming node ('' for
+/// none), claim TTL in ms, record text to keep ('' for none), answer TTL
+/// in ms. Returns {displaced node, record, 1 when repeated}.
 const TAKE_LUA: &str = "\
-local found = redis.call('GET', KEYS[1])
-if found and found ~= ARGV[1] then redis.call('DEL', KEYS[1]) end
-return found";
-
-/// A take made with a token (a gateway's retry of a take whose answer it
-/// did not get asks again with the same one): the claim and the take as
-/// the pipeline below makes them, and the answer kept for a while in the
-/// record's slot, so that the same token asking again gets the same answer
-/// instead of nothing. A record taken by a request whose answer was lost
-/// is not lost with it. KEYS: record, claim, answer; ARGV: token, claiming
-/// node ('' for none), claim TTL in ms, record text to keep ('' for none),
-/// answer TTL in ms. Returns {displaced node, record, 1 when repeated}.
-const TAKE_ONCE_LUA: &str = "\
-local was = redis.call('GET', KEYS[3])
-if was then
-  was = cjson.decode(was)
-  if was[1] == ARGV[1] then return {was[2], was[3], 1} end
+if ARGV[1] ~= '' then
+  local was = redis.call('GET', KEYS[3])
+  if was then
+    was = cjson.decode(was)
+    if was[1] == ARGV[1] then return {was[2], was[3], 1} end
+  end
 end
 local displaced = false
 if ARGV[2] ~= '' then
@@ -83,7 +80,9 @@ if ARGV[2] ~= '' then
 end
 local found = redis.call('GET', KEYS[1])
 if found and found ~= ARGV[4] then redis.call('DEL', KEYS[1]) end
-redis.call('SET', KEYS[3], cjson.encode({ARGV[1], displaced, found}), 'PX', ARGV[5])
+if ARGV[1] ~= '' then
+  redis.call('SET', KEYS[3], cjson.encode({ARGV[1], displaced, found}), 'PX', ARGV[5])
+end
 return {displaced, found, 0}";
 
 /// How long the answer to a take made with a token is kept for a repeat
@@ -317,14 +316,14 @@ impl SessionStore {
         Ok(ended)
     }
 
-    /// Takes the records of several sessions in one pipeline (each key in
-    /// its own slot, so each take stays atomic), in the order asked; no
-    /// record where nothing (or nothing readable) was parked. A record
-    /// equal to `keep` is read and left in place. A session asked with
-    /// `true` is claimed for `claim`'s node first, in the same slot and on
-    /// the same connection, so a park racing the take either lands before
-    /// it (and is taken) or is refused; the claim it replaces, if another
-    /// node's, is answered as displaced. With a `token`, each session's
+    /// Takes the records of several sessions in one pipeline of
+    /// [`TAKE_LUA`] (each session's keys in its own slot, so each take
+    /// stays atomic), in the order asked; no record where nothing (or
+    /// nothing readable) was parked. A record equal to `keep` is read and
+    /// left in place. A session asked with `true` is claimed for `claim`'s
+    /// node first, in the same script, so a park racing the take either
+    /// lands before it (and is taken) or is refused; the claim it
+    /// replaces, if another node's, is answered as displaced. With a `token`, each session's
     /// answer is also kept for [`TAKE_ANSWER_TTL`], and a take with the
     /// same token gets it again instead of asking anew ([`Took::repeated`]).
     pub async fn take_many(
@@ -340,123 +339,42 @@ impl SessionStore {
         let keep = keep
             .map(|k| serde_json::to_string(k).map_err(|e| StoreError::Corrupt(e.to_string())))
             .transpose()?;
-        if let Some(token) = token {
-            return self
-                .take_many_once(sessions, claim, keep.as_deref(), token)
-                .await;
-        }
-        let pipeline = self.redis.client.pipeline();
-        // Per session: whether a claim's reply comes before its take's.
-        let mut claimed = Vec::with_capacity(sessions.len());
-        for (session, claims) in sessions {
-            let claim = claim.filter(|_| *claims);
-            if let Some(claim) = claim {
-                // GET: the claim replaced, if any.
-                let () = pipeline
-                    .set(
-                        Self::claim_key(session),
-                        claim.node,
-                        Some(Expiration::PX(ttl_ms(claim.ttl))),
-                        None,
-                        true,
-                    )
-                    .await?;
-            }
-            claimed.push(claim);
-            match &keep {
-                // EVAL as a plain command, pipelined (see park_many).
-                Some(keep) => {
-                    let eval = CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false);
-                    let args: Vec<Value> = vec![
-                        TAKE_LUA.into(),
-                        1i64.into(),
-                        Self::key(session).into(),
-                        keep.as_str().into(),
-                    ];
-                    let () = pipeline.custom(eval, args).await?;
-                }
-                None => {
-                    let () = pipeline.getdel(Self::key(session)).await?;
-                }
-            }
-        }
-        let mut replies = pipeline.try_all::<Value>().await.into_iter();
-        let mut next = || -> Result<Option<String>, StoreError> {
-            let reply = replies.next().unwrap_or(Ok(Value::Null))?;
-            Ok(Option::<String>::from_value(reply)?)
-        };
-        let mut found = Vec::with_capacity(sessions.len());
-        for ((session, _), claim) in sessions.iter().zip(claimed) {
-            let displaced = match claim {
-                Some(claim) => next()?.filter(|held| held != claim.node),
-                None => None,
-            };
-            // A record that is not JSON is that session's loss alone.
-            let record = next()?.and_then(|t| match serde_json::from_str(&t) {
-                Ok(record) => Some(record),
-                Err(e) => {
-                    tracing::warn!(session, error = %e, "parked record is not JSON; dropped");
-                    None
-                }
-            });
-            found.push(Took {
-                record,
-                displaced,
-                repeated: false,
-            });
-        }
-        Ok(found)
-    }
-
-    /// [`Self::take_many`] with a token: one script per session.
-    async fn take_many_once(
-        &self,
-        sessions: &[(&str, bool)],
-        claim: Option<Claim<'_>>,
-        keep: Option<&str>,
-        token: &str,
-    ) -> Result<Vec<Took>, StoreError> {
         let pipeline = self.redis.client.pipeline();
         for (session, claims) in sessions {
             let claim = claim.filter(|_| *claims);
             // EVAL as a plain command, pipelined (see park_many).
             let eval = CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false);
             let args: Vec<Value> = vec![
-                TAKE_ONCE_LUA.into(),
+                TAKE_LUA.into(),
                 3i64.into(),
                 Self::key(session).into(),
                 Self::claim_key(session).into(),
                 Self::answer_key(session).into(),
-                token.into(),
+                token.unwrap_or("").into(),
                 claim.map_or("", |c| c.node).into(),
                 claim.map_or(1, |c| ttl_ms(c.ttl)).into(),
-                keep.unwrap_or("").into(),
+                keep.as_deref().unwrap_or("").into(),
                 ttl_ms(TAKE_ANSWER_TTL).into(),
             ];
             let () = pipeline.custom(eval, args).await?;
         }
         let mut found = Vec::with_capacity(sessions.len());
         for ((session, _), reply) in sessions.iter().zip(pipeline.try_all::<Value>().await) {
-            let mut parts = match reply? {
-                Value::Array(parts) => parts.into_iter(),
-                other => {
-                    return Err(StoreError::Corrupt(format!(
-                        "take script answered {other:?}"
-                    )))
-                }
+            let Value::Array(parts) = reply? else {
+                return Err(StoreError::Corrupt("take script answered no array".into()));
             };
-            let mut next = || Option::<String>::from_value(parts.next().unwrap_or(Value::Null));
-            let displaced = next()?;
+            let mut parts = parts.into_iter();
+            let mut next = || parts.next().unwrap_or(Value::Null);
+            let displaced = Option::<String>::from_value(next())?;
             // A record that is not JSON is that session's loss alone.
-            let record = next()?.and_then(|t| match serde_json::from_str(&t) {
-                Ok(record) => Some(record),
-                Err(e) => {
-                    tracing::warn!(session, error = %e, "parked record is not JSON; dropped");
-                    None
-                }
+            let record = Option::<String>::from_value(next())?.and_then(|t| {
+                serde_json::from_str(&t)
+                    .map_err(|e| {
+                        tracing::warn!(session, error = %e, "parked record is not JSON; dropped")
+                    })
+                    .ok()
             });
-            let repeated =
-                Option::<i64>::from_value(parts.next().unwrap_or(Value::Null))? == Some(1);
+            let repeated = Option::<i64>::from_value(next())? == Some(1);
             found.push(Took {
                 record,
                 displaced,

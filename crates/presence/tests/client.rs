@@ -657,12 +657,7 @@ async fn a_take_whose_answer_was_lost_gets_its_record_on_the_retry() {
 
     let redis = RedisServer::start();
     let presence = Presence::start(&redis.url(), &[]);
-    let upstream = presence
-        .url()
-        .trim_start_matches("http://")
-        .parse()
-        .expect("presence address");
-    let proxy = TcpProxy::start(upstream).await;
+    let proxy = TcpProxy::start(presence.addr).await;
     let gateway = Gateway::default();
     let client = client(&format!("http://{}", proxy.addr), "node-a", &gateway);
     assert!(client.flush(Duration::from_secs(5)).await);
