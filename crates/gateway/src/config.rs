@@ -165,6 +165,8 @@ pub struct RedisConfig {
     pub command_timeout_ms: u64,
     /// PEM file of the CA that signed the Redis server's certificate (with a `rediss://` URL). Empty: the system roots.
     pub tls_ca_file: String,
+    /// How often the node checks that Redis still holds its pub/sub subscriptions (and subscribes again what it lost), in milliseconds.
+    pub subscription_check_ms: u64,
 }
 
 impl Default for RedisConfig {
@@ -173,6 +175,7 @@ impl Default for RedisConfig {
             url: Secret::default(),
             command_timeout_ms: 2_000,
             tls_ca_file: String::new(),
+            subscription_check_ms: 2_000,
         }
     }
 }
@@ -513,6 +516,10 @@ impl Config {
             ),
             ("drain.timeout_ms", self.drain.timeout_ms),
             ("redis.command_timeout_ms", self.redis.command_timeout_ms),
+            (
+                "redis.subscription_check_ms",
+                self.redis.subscription_check_ms,
+            ),
             ("presence.lease_ms", self.presence.lease_ms),
             ("proxy.max_in_flight", self.proxy.max_in_flight as u64),
         ];

@@ -117,6 +117,7 @@ impl Node {
                 &id,
                 limits,
                 Duration::from_millis(config.redis.command_timeout_ms),
+                Duration::from_millis(config.redis.subscription_check_ms),
             )
             .await
             .map_err(ConfigError)?;

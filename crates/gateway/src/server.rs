@@ -73,10 +73,33 @@ async fn index(State(node): State<Arc<Node>>) -> String {
 
 async fn ready(State(node): State<Arc<Node>>) -> Response {
     if node.drain.is_draining() {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
-    } else {
-        (StatusCode::OK, "ready\n").into_response()
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
+    if let Some(redis) = &node.redis {
+        // A node whose pub/sub is down would accept members it cannot
+        // deliver to: not ready until every wanted channel is held again.
+        let health = redis.pubsub_health();
+        if !health.connected {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "redis pub/sub not connected\n",
+            )
+                .into_response();
+        }
+        if !health.is_healthy() {
+            let text = format!(
+                "redis pub/sub: {} room subscriptions missing{}\n",
+                health.rooms_unsubscribed,
+                if health.node_channels_unsubscribed {
+                    ", node channels missing"
+                } else {
+                    ""
+                }
+            );
+            return (StatusCode::SERVICE_UNAVAILABLE, text).into_response();
+        }
+    }
+    (StatusCode::OK, "ready\n").into_response()
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
@@ -108,6 +131,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     }
     if let Some(redis) = &node.redis {
         render_redis(&mut text, &redis.stats);
+        render_pubsub_health(&mut text, redis.pubsub_health(), &redis.stats);
     }
     if let Some(presence) = &node.presence {
         use std::fmt::Write;
@@ -176,6 +200,44 @@ fn render_redis(out: &mut String, stats: &roomcast_broker::redis::RedisStats) {
             value.load(Relaxed)
         );
     }
+}
+
+/// Whether pub/sub holds what the node needs, and how repairs went.
+fn render_pubsub_health(
+    out: &mut String,
+    health: roomcast_broker::redis::PubsubHealth,
+    stats: &roomcast_broker::redis::RedisStats,
+) {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let _ = writeln!(
+        out,
+        "# HELP roomcast_pubsub_rooms_unsubscribed Rooms with local members whose Redis channel is not known to be subscribed (should be 0).\n\
+         # TYPE roomcast_pubsub_rooms_unsubscribed gauge\nroomcast_pubsub_rooms_unsubscribed {}\n\
+         # HELP roomcast_pubsub_node_channels_unsubscribed 1 while the node's own channels (direct messages, all nodes) are not known to be subscribed.\n\
+         # TYPE roomcast_pubsub_node_channels_unsubscribed gauge\nroomcast_pubsub_node_channels_unsubscribed {}\n\
+         # HELP roomcast_pubsub_connected 1 while the Redis pub/sub connection is up.\n\
+         # TYPE roomcast_pubsub_connected gauge\nroomcast_pubsub_connected {}\n\
+         # HELP roomcast_pubsub_resubscribes_total Channels subscribed again after Redis lost them (reconnect, failover, slot move).\n\
+         # TYPE roomcast_pubsub_resubscribes_total counter\nroomcast_pubsub_resubscribes_total {}\n\
+         # HELP roomcast_pubsub_subscription_shortfalls_total Checks that found Redis holding fewer of the node's subscriptions than wanted.\n\
+         # TYPE roomcast_pubsub_subscription_shortfalls_total counter\nroomcast_pubsub_subscription_shortfalls_total {}\n\
+         # HELP roomcast_pubsub_repair_seconds Time from losing subscriptions to holding every wanted channel again.\n\
+         # TYPE roomcast_pubsub_repair_seconds summary\nroomcast_pubsub_repair_seconds_sum {:.3}\nroomcast_pubsub_repair_seconds_count {}\n\
+         # HELP roomcast_pubsub_last_repair_seconds How long the last subscription repair took.\n\
+         # TYPE roomcast_pubsub_last_repair_seconds gauge\nroomcast_pubsub_last_repair_seconds {:.3}\n\
+         # HELP roomcast_pubsub_gap_repair_failures_total History reads for a gap repair that failed (retried until one succeeds).\n\
+         # TYPE roomcast_pubsub_gap_repair_failures_total counter\nroomcast_pubsub_gap_repair_failures_total {}",
+        health.rooms_unsubscribed,
+        u8::from(health.node_channels_unsubscribed),
+        u8::from(health.connected),
+        stats.resubscribes.load(Relaxed),
+        stats.subscription_shortfalls.load(Relaxed),
+        stats.repair_ms_total.load(Relaxed) as f64 / 1000.0,
+        stats.repairs.load(Relaxed),
+        stats.last_repair_ms.load(Relaxed) as f64 / 1000.0,
+        stats.gap_repair_failures.load(Relaxed),
+    );
 }
 
 /// Who is at the other end of an accepted connection: the address, and the

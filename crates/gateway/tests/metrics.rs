@@ -172,6 +172,14 @@ async fn a_cluster_node_and_the_presence_service_export_their_families() {
         "roomcast_pubsub_gap_unrepaired_total",
         "roomcast_pubsub_duplicates_dropped_total",
         "roomcast_redis_history_reads_total",
+        "roomcast_pubsub_rooms_unsubscribed",
+        "roomcast_pubsub_node_channels_unsubscribed",
+        "roomcast_pubsub_connected",
+        "roomcast_pubsub_resubscribes_total",
+        "roomcast_pubsub_subscription_shortfalls_total",
+        "roomcast_pubsub_repair_seconds",
+        "roomcast_pubsub_last_repair_seconds",
+        "roomcast_pubsub_gap_repair_failures_total",
         "roomcast_presence_queue_depth",
         "roomcast_presence_reachable",
     ] {
@@ -182,6 +190,13 @@ async fn a_cluster_node_and_the_presence_service_export_their_families() {
     }
     // The join read the room's history (and its subscription its position).
     assert!(value(&text, "roomcast_redis_history_reads_total") >= 1.0);
+    // Every wanted channel is held: the room and the node's own.
+    assert_eq!(value(&text, "roomcast_pubsub_rooms_unsubscribed"), 0.0);
+    assert_eq!(
+        value(&text, "roomcast_pubsub_node_channels_unsubscribed"),
+        0.0
+    );
+    assert_eq!(value(&text, "roomcast_pubsub_connected"), 1.0);
     assert!(wait_until(Duration::from_secs(5), || value(
         &scrape(gw.addr),
         "roomcast_presence_reachable"

@@ -2,8 +2,8 @@
 //! (Redis) to stall the link (bytes stop flowing, sockets stay open: what a
 //! network partition looks like), hold its answers only (requests reach the
 //! dependency and are carried out, their answers wait: a reply lost on the
-//! way back), or cut it (every connection reset, new ones refused), then
-//! heal it.
+//! way back), refuse new connections only, or cut it (every connection
+//! reset, new ones refused), then heal it.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -18,6 +18,7 @@ const FLOWING: u8 = 0;
 const STALLED: u8 = 1;
 const CUT: u8 = 2;
 const REPLIES_HELD: u8 = 3;
+const REFUSING_NEW: u8 = 4;
 
 pub struct TcpProxy {
     pub addr: SocketAddr,
@@ -36,7 +37,7 @@ impl TcpProxy {
         let accept_state = state.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                if accept_state.load(Ordering::Acquire) == CUT {
+                if matches!(accept_state.load(Ordering::Acquire), CUT | REFUSING_NEW) {
                     drop(client);
                     continue;
                 }
@@ -68,6 +69,12 @@ impl TcpProxy {
     /// waits in the proxy (new connections are still accepted).
     pub fn hold_replies(&self) {
         self.set(REPLIES_HELD);
+    }
+
+    /// Connections already open keep flowing; new ones are closed at once
+    /// (a client that reconnects cannot, the others notice nothing).
+    pub fn refuse_new(&self) {
+        self.set(REFUSING_NEW);
     }
 
     /// Every connection is reset and new ones are refused.

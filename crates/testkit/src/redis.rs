@@ -210,8 +210,8 @@ impl Drop for RedisServer {
     }
 }
 
-/// A Redis Cluster of three masters (no replicas) on loopback, each owning a
-/// third of the 16384 slots. Killed on drop.
+/// A Redis Cluster of three masters on loopback, each owning a third of the
+/// 16384 slots, with or without a replica each. Killed on drop.
 ///
 /// Its URL ([`url`](Self::url)) is the form fred's `Config::from_url` parses
 /// as a cluster: scheme `redis-cluster`, one seed node as the host, the
@@ -222,6 +222,7 @@ impl Drop for RedisServer {
 /// ```
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    replicas: usize,
 }
 
 impl RedisCluster {
@@ -230,7 +231,15 @@ impl RedisCluster {
     /// `redis-cli --cluster create … --cluster-replicas 0 --cluster-yes` and
     /// waits until every node reports `cluster_state:ok`.
     pub fn start() -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..3)
+        Self::start_with(0, 5000)
+    }
+
+    /// Three masters with `replicas` replicas each (`--cluster-replicas`),
+    /// and `cluster-node-timeout` in milliseconds (how long a master may be
+    /// unreachable before its replica takes over).
+    pub fn start_with(replicas: usize, node_timeout_ms: u64) -> RedisCluster {
+        let timeout = node_timeout_ms.to_string();
+        let nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|_| {
                 RedisServer::start_with(
                     |port, dir| {
@@ -241,7 +250,7 @@ impl RedisCluster {
                             "--cluster-config-file".into(),
                             conf.to_string_lossy().into_owned(),
                             "--cluster-node-timeout".into(),
-                            "5000".into(),
+                            timeout.clone(),
                         ]
                     },
                     |port| {
@@ -251,10 +260,36 @@ impl RedisCluster {
                 )
             })
             .collect();
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster { nodes, replicas };
         cluster.create();
         cluster.wait_ok(Duration::from_secs(30));
         cluster
+    }
+
+    /// The ports of the nodes that are masters now (`CLUSTER NODES` as one
+    /// running node sees it), in no particular order.
+    pub fn master_ports(&self) -> Vec<u16> {
+        let nodes = self.cmd(&["CLUSTER", "NODES"]);
+        nodes
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let flags = fields.get(2)?;
+                if !flags.contains("master") || flags.contains("fail") {
+                    return None;
+                }
+                let addr = fields[1].split('@').next()?;
+                addr.rsplit_once(':')?.1.parse().ok()
+            })
+            .collect()
+    }
+
+    /// The node on `port`, to stop, restart or query.
+    pub fn node_on(&mut self, port: u16) -> &mut RedisServer {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .unwrap_or_else(|| panic!("no cluster node on port {port}"))
     }
 
     fn create(&self) {
@@ -265,7 +300,8 @@ impl RedisCluster {
             .collect();
         let mut args = vec!["--cluster", "create"];
         args.extend(addrs.iter().map(String::as_str));
-        args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        let replicas = self.replicas.to_string();
+        args.extend(["--cluster-replicas", replicas.as_str(), "--cluster-yes"]);
         let mut command = Command::new(redis_binary("redis-cli"));
         command.args(&args);
         match run_bounded(&mut command, Duration::from_secs(60)) {
@@ -275,10 +311,10 @@ impl RedisCluster {
         }
     }
 
-    /// Waits until every node says `cluster_state:ok`.
+    /// Waits until every running node says `cluster_state:ok`.
     pub fn wait_ok(&self, timeout: Duration) {
         let ok = wait_until(timeout, || {
-            self.nodes.iter().all(|n| {
+            self.nodes.iter().filter(|n| n.process.is_some()).all(|n| {
                 query(n.port, &["CLUSTER", "INFO"], Duration::from_secs(1))
                     .is_ok_and(|info| info.contains("cluster_state:ok"))
             })
@@ -287,6 +323,7 @@ impl RedisCluster {
             let states: Vec<String> = self
                 .nodes
                 .iter()
+                .filter(|n| n.process.is_some())
                 .map(|n| format!("{}: {}", n.port, n.cmd(&["CLUSTER", "INFO"])))
                 .collect();
             panic!("cluster not ok in {timeout:?}:\n{}", states.join("\n"));
@@ -324,9 +361,14 @@ impl RedisCluster {
     }
 
     /// Runs a command with `redis-cli -c` (following MOVED/ASK redirects)
-    /// through the first node; output as in [`RedisServer::cmd`].
+    /// through the first running node; output as in [`RedisServer::cmd`].
     pub fn cmd(&self, args: &[&str]) -> String {
-        redis_cli(self.nodes[0].port, true, args)
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.process.is_some())
+            .unwrap_or(&self.nodes[0]);
+        redis_cli(node.port, true, args)
     }
 
     /// The client port of the master owning `key`'s hash slot (for a sharded

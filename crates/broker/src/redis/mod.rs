@@ -13,17 +13,18 @@
 //!   from history before the newer message goes out. Losses are counted, and
 //!   repaired, never silent.
 //! - Commands fail fast while Redis is unreachable (publish answers
-//!   `unavailable`; nothing unstored is acked); the clients reconnect and
-//!   resubscribe by themselves, and after a reconnect every room is checked
-//!   against history.
+//!   `unavailable`; nothing unstored is acked). The clients reconnect by
+//!   themselves; the broker, not fred, keeps the channels subscribed
+//!   ([`subscriptions`]): it subscribes again whatever Redis no longer holds
+//!   (reconnect, failover, slot move), and every room subscribed again is
+//!   checked against history, retried until the read succeeds.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::Message as PubsubMessage;
@@ -31,6 +32,10 @@ use roomcast_protocol::envelope::{names, Envelope, Kind, EPOCH_LEN, EPOCH_POS, O
 use roomcast_protocol::{Data, Member, Since};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{oneshot, Notify};
+
+mod subscriptions;
+pub use subscriptions::PubsubHealth;
+use subscriptions::Subscriptions;
 
 use crate::message::now_us;
 use crate::{
@@ -59,6 +64,17 @@ pub struct RedisStats {
     pub duplicates_dropped: AtomicU64,
     /// `read.lua` calls (concurrent reads of one room share one).
     pub history_reads: AtomicU64,
+    /// Channels subscribed again by the reconciler.
+    pub resubscribes: AtomicU64,
+    /// Checks that found Redis holding fewer subscriptions than wanted.
+    pub subscription_shortfalls: AtomicU64,
+    /// Times every wanted channel was held again after some went missing,
+    /// and how long those repairs took in total and the last time.
+    pub repairs: AtomicU64,
+    pub repair_ms_total: AtomicU64,
+    pub last_repair_ms: AtomicU64,
+    /// Gap repairs whose history read failed (retried).
+    pub gap_repair_failures: AtomicU64,
 }
 
 /// The last offset delivered to this node's members of one room.
@@ -70,22 +86,22 @@ struct Cursor {
 pub struct RedisBroker {
     node: Arc<str>,
     client: Client,
-    subscriber: SubscriberClient,
     cluster: bool,
     publish_script: Script,
     limits: HistoryLimits,
     /// History reads, coalesced per room.
     reader: Reader,
     delivery: OnceLock<Arc<dyn Delivery>>,
-    /// Local subscription counts per room; the lock serialises
-    /// SUBSCRIBE/UNSUBSCRIBE so their order on the wire is the logical one.
-    subscriptions: tokio::sync::Mutex<HashMap<String, usize>>,
+    /// The channels wanted and the task that keeps them subscribed.
+    subscriptions: Arc<Subscriptions>,
     cursors: parking_lot::Mutex<HashMap<String, Cursor>>,
+    /// Rooms to check against history (resubscribed, or a failed repair).
+    to_repair: parking_lot::Mutex<HashSet<String>>,
     repair: Notify,
     pub stats: Arc<RedisStats>,
 }
 
-fn unavailable(stats: &RedisStats, e: impl std::fmt::Display) -> BrokerError {
+pub(crate) fn unavailable(stats: &RedisStats, e: impl std::fmt::Display) -> BrokerError {
     stats.errors.fetch_add(1, Relaxed);
     BrokerError::Unavailable(e.to_string())
 }
@@ -133,6 +149,11 @@ pub fn redis_config(url: &str, tls_ca_file: &str) -> Result<Config, String> {
     Ok(config)
 }
 
+/// The Redis Cluster hash slot of a key or sharded channel (its `{tag}`).
+pub fn key_slot(key: &str) -> u16 {
+    fred::util::redis_keyslot(key.as_bytes())
+}
+
 impl RedisBroker {
     /// Connects to Redis with a configuration from [`redis_config`]. The
     /// broker keeps reconnecting by itself if Redis is down now or later.
@@ -141,6 +162,7 @@ impl RedisBroker {
         node: &str,
         limits: HistoryLimits,
         command_timeout: Duration,
+        subscription_check: Duration,
     ) -> Result<Arc<RedisBroker>, String> {
         // Keep retrying the first connection too: a node may start before Redis.
         config.fail_fast = false;
@@ -155,12 +177,15 @@ impl RedisBroker {
                 c.connection_timeout = Duration::from_secs(2);
                 c.internal_command_timeout = Duration::from_secs(2);
                 c.max_command_attempts = 1;
+                // Named connections: the subscription check finds the
+                // subscriber's in CLIENT LIST by the client's id.
+                c.auto_client_setname = true;
             })
             .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2));
         let client = builder.build().map_err(|e| format!("redis.url: {e}"))?;
-        let subscriber = builder
-            .build_subscriber_client()
-            .map_err(|e| format!("redis.url: {e}"))?;
+        // A plain client: the broker tracks and restores its subscriptions
+        // itself (see `subscriptions`), so fred's tracking is not wanted.
+        let subscriber = builder.build().map_err(|e| format!("redis.url: {e}"))?;
         client.connect();
         subscriber.connect();
         let first_wait = Duration::from_secs(5);
@@ -178,20 +203,26 @@ impl RedisBroker {
                 tracing::warn!("redis {name} connection not up yet; retrying in the background");
             }
         }
-        subscriber.manage_subscriptions();
-
         let stats = Arc::new(RedisStats::default());
         let client_for_reads = client.clone();
+        let messages = subscriber.message_rx();
+        let subscriptions = Arc::new(Subscriptions::new(
+            subscriber,
+            client.clone(),
+            cluster,
+            node,
+            stats.clone(),
+        ));
         let broker = Arc::new(RedisBroker {
             node: Arc::from(node),
             client,
-            subscriber,
             cluster,
             publish_script: Script::from_lua(PUBLISH_LUA),
             limits,
             delivery: OnceLock::new(),
-            subscriptions: tokio::sync::Mutex::new(HashMap::new()),
+            subscriptions,
             cursors: parking_lot::Mutex::new(HashMap::new()),
+            to_repair: parking_lot::Mutex::new(HashSet::new()),
             repair: Notify::new(),
             stats: stats.clone(),
             reader: Reader {
@@ -202,13 +233,8 @@ impl RedisBroker {
                 waiting: Arc::default(),
             },
         });
-        for channel in [names::node_channel(node), names::ALL_NODES.to_string()] {
-            if let Err(e) = broker.channel_subscribe(&channel).await {
-                tracing::warn!(error = %e, channel, "cannot subscribe yet; fred resubscribes on reconnect");
-            }
-        }
-        broker.spawn_dispatcher();
-        broker.spawn_reconnect_watch();
+        broker.spawn_dispatcher(messages);
+        broker.spawn_reconciler(subscription_check).await;
         Ok(broker)
     }
 
@@ -219,22 +245,6 @@ impl RedisBroker {
 
     pub fn is_cluster(&self) -> bool {
         self.cluster
-    }
-
-    async fn channel_subscribe(&self, channel: &str) -> Result<(), Error> {
-        if self.cluster {
-            self.subscriber.ssubscribe(channel).await
-        } else {
-            self.subscriber.subscribe(channel).await
-        }
-    }
-
-    async fn channel_unsubscribe(&self, channel: &str) -> Result<(), Error> {
-        if self.cluster {
-            self.subscriber.sunsubscribe(channel).await
-        } else {
-            self.subscriber.unsubscribe(channel).await
-        }
     }
 
     /// See [`Reader::ensure_connected`] (the same command connection).
@@ -264,29 +274,42 @@ impl RedisBroker {
         )
     }
 
-    fn spawn_reconnect_watch(self: &Arc<Self>) {
-        let mut reconnects = self.subscriber.reconnect_rx();
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                match reconnects.recv().await {
-                    Ok(_) | Err(RecvError::Lagged(_)) => {}
-                    Err(RecvError::Closed) => return,
-                }
-                let Some(broker) = weak.upgrade() else { return };
-                broker.stats.reconnects.fetch_add(1, Relaxed);
-                tracing::info!("redis pub/sub reconnected; checking rooms against history");
-                broker.repair.notify_one();
-            }
-        });
+    /// Whether pub/sub holds every channel this node needs.
+    pub fn pubsub_health(&self) -> PubsubHealth {
+        self.subscriptions.health()
     }
 
-    fn spawn_dispatcher(self: &Arc<Self>) {
-        let mut messages = self.subscriber.message_rx();
+    /// Subscribes the node's own channels (once, now, if Redis is up), then
+    /// leaves the subscriptions to the reconciler.
+    async fn spawn_reconciler(self: &Arc<Self>, check_every: Duration) {
+        let weak = Arc::downgrade(self);
+        let resubscribed = move |rooms: Vec<String>| {
+            if let Some(broker) = weak.upgrade() {
+                broker.to_repair.lock().extend(rooms);
+                broker.repair.notify_one();
+            }
+        };
+        let subscriptions = self.subscriptions.clone();
+        tokio::spawn(subscriptions.reconcile(check_every, resubscribed));
+        // Give the first pass a moment so a node that starts with Redis up
+        // is subscribed when `connect` returns.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while !self.pubsub_health().is_healthy() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn spawn_dispatcher(
+        self: &Arc<Self>,
+        mut messages: tokio::sync::broadcast::Receiver<PubsubMessage>,
+    ) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
+            // Rooms whose history check failed wait this long for another try.
+            let mut retry: Option<Duration> = None;
             loop {
                 let Some(broker) = weak.upgrade() else { return };
+                let wait = retry.unwrap_or(Duration::from_secs(3600));
                 tokio::select! {
                     received = messages.recv() => match received {
                         Ok(message) => {
@@ -298,11 +321,17 @@ impl RedisBroker {
                         Err(RecvError::Lagged(n)) => {
                             broker.stats.pubsub_lost.fetch_add(n, Relaxed);
                             tracing::warn!(lost = n, "pub/sub reader lagged; repairing from history");
-                            broker.repair_all().await;
+                            let rooms: Vec<String> = broker.cursors.lock().keys().cloned().collect();
+                            broker.to_repair.lock().extend(rooms);
+                            retry = broker.repair_pending().await;
                         }
                         Err(RecvError::Closed) => return,
                     },
-                    _ = broker.repair.notified() => broker.repair_all().await,
+                    _ = broker.repair.notified() => retry = broker.repair_pending().await,
+                    _ = tokio::time::sleep(wait), if retry.is_some() => {
+                        let before = retry.unwrap_or_default();
+                        retry = broker.repair_pending().await.map(|_| (before * 2).min(Duration::from_secs(2)));
+                    }
                 }
             }
         });
@@ -338,10 +367,15 @@ impl RedisBroker {
                 return; // no longer subscribed
             };
             if cursor.epoch != envelope.epoch {
-                // The room's history was lost (new epoch): start over.
-                cursor.epoch = envelope.epoch.clone();
-                cursor.last = envelope.offset;
-                None
+                if envelope.offset == 1 {
+                    // The room's history was lost and this starts the new one.
+                    cursor.epoch = envelope.epoch.clone();
+                    cursor.last = 1;
+                    None
+                } else {
+                    // A new epoch already under way: read it from its start.
+                    Some((cursor.epoch.clone(), cursor.last))
+                }
             } else if envelope.offset <= cursor.last {
                 self.stats.duplicates_dropped.fetch_add(1, Relaxed);
                 return;
@@ -349,86 +383,128 @@ impl RedisBroker {
                 cursor.last = envelope.offset;
                 None
             } else {
-                Some(cursor.last)
+                Some((cursor.epoch.clone(), cursor.last))
             }
         };
         match gap_from {
             None => delivery.deliver(Self::to_message(envelope)),
-            Some(last) => {
-                let (room, epoch) = (envelope.room.clone(), envelope.epoch.clone());
-                self.fill_gap(&room, &epoch, last, Some(envelope)).await
+            Some((epoch, last)) => {
+                let room = envelope.room.clone();
+                if !self.fill_gap(&room, &epoch, last, Some(envelope)).await {
+                    // The message is in history (publish stores before it
+                    // publishes): the retry delivers it in order.
+                    self.to_repair.lock().insert(room);
+                    self.repair.notify_one();
+                }
             }
         }
     }
 
     /// Delivers what history has after `last` for `room`; `newer`, a message
-    /// that revealed the gap, is delivered in its place whatever happens.
-    async fn fill_gap(&self, room: &str, epoch: &str, last: u64, newer: Option<Envelope>) {
+    /// that revealed the gap, is delivered in its place when history no
+    /// longer has it. When the room's epoch changed (its history was lost),
+    /// the new epoch is delivered from its start. Returns false when history
+    /// could not be read: nothing was delivered, and the caller retries.
+    async fn fill_gap(&self, room: &str, epoch: &str, last: u64, newer: Option<Envelope>) -> bool {
         let Some(delivery) = self.delivery.get() else {
-            return;
+            return true;
         };
-        let since = Since {
+        let mut since = Since {
             offset: last,
             epoch: epoch.to_string(),
         };
-        let read = self.reader.read_raw(room, Some(&since)).await;
-        let mut to_deliver: Vec<Arc<RoomMessage>> = Vec::new();
-        match read {
-            Ok((position, raw)) if *position.epoch == *epoch => {
-                let messages = decode_all(raw);
-                match recover(&since, &position, &messages, self.limits.ttl) {
-                    Recovery::Recovered(msgs) => {
-                        self.stats
-                            .gap_repaired
-                            .fetch_add(msgs.len() as u64, Relaxed);
-                        to_deliver = msgs;
-                    }
-                    Recovery::NotRecoverable => {
-                        let upto = newer.as_ref().map(|e| e.offset).unwrap_or(position.offset);
-                        self.stats
-                            .gap_unrepaired
-                            .fetch_add(upto.saturating_sub(last + 1), Relaxed);
-                    }
+        let (position, messages) = match self.reader.read_raw(room, Some(&since)).await {
+            Ok((position, _)) if *position.epoch != *epoch => {
+                // A new epoch: everything it has is news to our members.
+                since = Since {
+                    offset: 0,
+                    epoch: position.epoch.to_string(),
+                };
+                match self.reader.read_raw(room, Some(&since)).await {
+                    Ok((position, raw)) => (position, decode_all(raw)),
+                    Err(e) => return self.gap_read_failed(room, e),
                 }
             }
-            Ok((position, _)) => {
-                // Epoch changed under us: restart the cursor at the new position.
-                if let Some(c) = self.cursors.lock().get_mut(room) {
-                    c.epoch = position.epoch.to_string();
-                    c.last = position.offset;
+            Ok((position, raw)) => (position, decode_all(raw)),
+            Err(e) => return self.gap_read_failed(room, e),
+        };
+        let mut to_deliver: Vec<Arc<RoomMessage>> =
+            match recover(&since, &position, &messages, self.limits.ttl) {
+                Recovery::Recovered(msgs) => {
+                    self.stats
+                        .gap_repaired
+                        .fetch_add(msgs.len() as u64, Relaxed);
+                    msgs
                 }
-                return;
-            }
-            Err(e) => tracing::warn!(error = %e, room, "cannot fill a pub/sub gap from history"),
-        }
-        if to_deliver.is_empty() {
-            if let Some(env) = newer {
+                Recovery::NotRecoverable => {
+                    // Part of the gap left history: deliver what is still
+                    // there, count the rest as lost.
+                    let upto = newer.as_ref().map(|e| e.offset).unwrap_or(position.offset);
+                    let kept: Vec<Arc<RoomMessage>> = messages
+                        .into_iter()
+                        .filter(|m| m.offset > since.offset && *m.epoch == *position.epoch)
+                        .collect();
+                    self.stats.gap_unrepaired.fetch_add(
+                        upto.saturating_sub(since.offset + kept.len() as u64),
+                        Relaxed,
+                    );
+                    self.stats
+                        .gap_repaired
+                        .fetch_add(kept.len() as u64, Relaxed);
+                    kept
+                }
+            };
+        if let Some(env) = newer {
+            if env.epoch == *position.epoch && !to_deliver.iter().any(|m| m.offset == env.offset) {
                 to_deliver.push(Self::to_message(env));
             }
         }
         let mut cursors = self.cursors.lock();
         let Some(cursor) = cursors.get_mut(room) else {
-            return;
+            return true;
         };
+        if cursor.epoch != *position.epoch {
+            cursor.epoch = position.epoch.to_string();
+            cursor.last = 0;
+        }
         for msg in to_deliver {
             if msg.offset > cursor.last && *msg.epoch == *cursor.epoch {
                 cursor.last = msg.offset;
                 delivery.deliver(msg);
             }
         }
+        true
     }
 
-    /// After a reconnect or a lag: bring every subscribed room up to date.
-    async fn repair_all(&self) {
-        let rooms: Vec<(String, String, u64)> = self
-            .cursors
-            .lock()
-            .iter()
-            .map(|(room, c)| (room.clone(), c.epoch.clone(), c.last))
-            .collect();
-        for (room, epoch, last) in rooms {
-            self.fill_gap(&room, &epoch, last, None).await;
+    fn gap_read_failed(&self, room: &str, e: BrokerError) -> bool {
+        self.stats.gap_repair_failures.fetch_add(1, Relaxed);
+        tracing::warn!(error = %e, room, "cannot fill a pub/sub gap from history yet; will retry");
+        false
+    }
+
+    /// Checks the rooms waiting for it against history. Returns the delay
+    /// before the next try when some could not be read.
+    async fn repair_pending(&self) -> Option<Duration> {
+        let rooms: Vec<String> = self.to_repair.lock().drain().collect();
+        let mut failed = Vec::new();
+        for room in rooms {
+            let cursor = self
+                .cursors
+                .lock()
+                .get(&room)
+                .map(|c| (c.epoch.clone(), c.last));
+            let Some((epoch, last)) = cursor else {
+                continue; // no longer subscribed
+            };
+            if !self.fill_gap(&room, &epoch, last, None).await {
+                failed.push(room);
+            }
         }
+        if failed.is_empty() {
+            return None;
+        }
+        self.to_repair.lock().extend(failed);
+        Some(Duration::from_millis(100))
     }
 }
 
@@ -482,16 +558,7 @@ impl Broker for RedisBroker {
     }
 
     async fn subscribe(&self, room: &str) -> Result<(), BrokerError> {
-        let mut subscriptions = self.subscriptions.lock().await;
-        let count = subscriptions.entry(room.to_string()).or_insert(0);
-        *count += 1;
-        if *count > 1 {
-            return Ok(());
-        }
-        let result = async {
-            self.channel_subscribe(&names::room_channel(room))
-                .await
-                .map_err(|e| unavailable(&self.stats, e))?;
+        let position = async {
             let (position, _) = self.reader.read_raw(room, None).await?;
             self.cursors.lock().insert(
                 room.to_string(),
@@ -501,29 +568,17 @@ impl Broker for RedisBroker {
                 },
             );
             Ok(())
-        }
-        .await;
-        if result.is_err() {
-            subscriptions.remove(room);
-            let _ = self.channel_unsubscribe(&names::room_channel(room)).await;
-        }
-        result
+        };
+        self.subscriptions.add_room(room, position).await
     }
 
     async fn unsubscribe(&self, room: &str) {
-        let mut subscriptions = self.subscriptions.lock().await;
-        let Some(count) = subscriptions.get_mut(room) else {
-            return;
-        };
-        *count -= 1;
-        if *count > 0 {
-            return;
-        }
-        subscriptions.remove(room);
-        self.cursors.lock().remove(room);
-        if let Err(e) = self.channel_unsubscribe(&names::room_channel(room)).await {
-            tracing::debug!(error = %e, room, "unsubscribe failed (resubscription will skip it)");
-        }
+        // The cursor goes under the subscriptions' lock, with the channel.
+        self.subscriptions
+            .remove_room(room, || {
+                self.cursors.lock().remove(room);
+            })
+            .await;
     }
 
     async fn read(&self, room: &str, since: Option<&Since>) -> Result<HistoryRead, BrokerError> {
