@@ -44,6 +44,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub api: ApiConfig,
     pub limits: LimitsConfig,
+    pub http: HttpConfig,
     pub history: HistoryConfig,
     pub session: SessionConfig,
     pub heartbeat: HeartbeatConfig,
@@ -244,8 +245,10 @@ pub struct LimitsConfig {
     pub max_message_bytes: usize,
     /// Connections this node accepts before closing new ones with 1013.
     pub max_connections: usize,
-    /// Connections from one IP address before closing new ones with 1013. 0: no limit.
+    /// Sockets one IP address may hold in any state, counted from `accept`; one more is closed at once. 0: no limit.
     pub max_connections_per_ip: usize,
+    /// Sockets accepted that have not yet sent a whole request head, on the whole node; one more is closed at once.
+    pub max_pending_handshakes: usize,
     /// Sustained frames per second one connection may send.
     pub messages_per_second: u32,
     /// Frames one connection may send in a burst above the rate.
@@ -270,6 +273,7 @@ impl Default for LimitsConfig {
             max_message_bytes: 64 * 1024,
             max_connections: 50_000,
             max_connections_per_ip: 2_000,
+            max_pending_handshakes: 10_000,
             messages_per_second: 100,
             message_burst: 200,
             rate_limit_strikes: 20,
@@ -278,6 +282,32 @@ impl Default for LimitsConfig {
             outbound_queue_frames: 1024,
             outbound_queue_bytes: 1024 * 1024,
             max_bad_frames: 10,
+        }
+    }
+}
+
+/// The HTTP layer in front of the WebSocket upgrade and the API: how long a
+/// socket may take over each part of a request, and how large a head may be.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpConfig {
+    /// Time to send a whole request head: from `accept`, or from the first byte of a later request on a kept-alive connection, in milliseconds.
+    pub header_read_timeout_ms: u64,
+    /// Time to send a whole request body, from the end of its head, in milliseconds.
+    pub body_timeout_ms: u64,
+    /// Time a kept-alive connection may wait for its next request, from the end of the last response, in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// Largest request head (request line and headers), in bytes; a larger one is answered 431 and closed.
+    pub max_header_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_read_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            max_header_bytes: 32 * 1024,
         }
     }
 }
@@ -406,6 +436,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             api: ApiConfig::default(),
             limits: LimitsConfig::default(),
+            http: HttpConfig::default(),
             history: HistoryConfig::default(),
             session: SessionConfig::default(),
             heartbeat: HeartbeatConfig::default(),
@@ -494,6 +525,16 @@ impl Config {
                 self.limits.outbound_queue_bytes as u64,
             ),
             ("limits.max_bad_frames", self.limits.max_bad_frames as u64),
+            (
+                "limits.max_pending_handshakes",
+                self.limits.max_pending_handshakes as u64,
+            ),
+            (
+                "http.header_read_timeout_ms",
+                self.http.header_read_timeout_ms,
+            ),
+            ("http.body_timeout_ms", self.http.body_timeout_ms),
+            ("http.idle_timeout_ms", self.http.idle_timeout_ms),
             ("history.size", self.history.size as u64),
             ("history.ttl_ms", self.history.ttl_ms),
             ("session.ttl_ms", self.session.ttl_ms),
@@ -527,6 +568,12 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError(format!("{key} must be greater than 0")));
             }
+        }
+        if self.http.max_header_bytes < MIN_HEADER_BYTES {
+            return Err(ConfigError(format!(
+                "http.max_header_bytes ({}) must be at least {MIN_HEADER_BYTES}",
+                self.http.max_header_bytes
+            )));
         }
         if !(0.0..=1.0).contains(&self.tracing.sample_ratio) {
             return Err(ConfigError(
@@ -687,6 +734,10 @@ impl Config {
     }
 }
 
+/// The smallest `http.max_header_bytes`: below it, a browser's ordinary
+/// upgrade request (cookies, user agent, WebSocket headers) would not fit.
+pub const MIN_HEADER_BYTES: usize = 1024;
+
 /// Keys whose values are secrets.
 const SECRET_KEYS: [&str; 7] = [
     "proxy.key",
@@ -748,5 +799,21 @@ mod tests {
         };
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("listen_backlog"), "{err}");
+    }
+
+    #[test]
+    fn bad_http_limits_are_refused_by_name() {
+        let mut config = Config::default();
+        config.http.header_read_timeout_ms = 0;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("http.header_read_timeout_ms"), "{err}");
+        let mut config = Config::default();
+        config.http.max_header_bytes = 100;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("http.max_header_bytes"), "{err}");
+        let mut config = Config::default();
+        config.limits.max_pending_handshakes = 0;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("limits.max_pending_handshakes"), "{err}");
     }
 }

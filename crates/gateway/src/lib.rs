@@ -1,6 +1,8 @@
 //! The roomcast gateway node.
 //!
 //! Where things are, by name:
+//! - [`front`]: the accept loop, per-address and pending-head limits, HTTP
+//!   timeouts;
 //! - [`server`]: HTTP routes and the WebSocket upgrade;
 //! - [`connection`]: one connection's task (hello, commands, writes);
 //! - [`node`]: the operations shared by connections and the API;
@@ -17,6 +19,7 @@ pub mod connection;
 pub mod demo;
 pub mod drain;
 pub mod error;
+pub mod front;
 pub mod handle;
 pub mod heartbeat;
 pub mod hub;
@@ -96,12 +99,7 @@ pub async fn run(config: Config, file: Option<std::path::PathBuf>) -> anyhow::Re
             }
         }
     };
-    axum::serve(
-        server::NodeListener(listener),
-        app.into_make_service_with_connect_info::<server::Peer>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    front::serve(listener, node.clone(), app, shutdown).await;
     let _: Arc<Node> = node;
     Ok(())
 }

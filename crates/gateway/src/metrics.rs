@@ -89,6 +89,25 @@ const REJECTIONS: [&str; 6] = [
     "unauthorized",
 ];
 
+/// Why a socket was closed right after `accept`, before hyper saw it.
+#[derive(Clone, Copy)]
+pub enum AcceptRefusal {
+    /// Its address already holds `limits.max_connections_per_ip` sockets.
+    PerIp = 0,
+    /// `limits.max_pending_handshakes` sockets are waiting for their head.
+    Pending,
+}
+const ACCEPT_REFUSALS: [&str; 2] = ["per_ip", "pending"];
+
+/// Which HTTP timeout closed a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpTimeout {
+    Header = 0,
+    Body,
+    Idle,
+}
+const HTTP_TIMEOUTS: [&str; 3] = ["header", "body", "idle"];
+
 /// Client frame types counted by `roomcast_frames_in_total`, then `invalid`.
 const CLIENT_TYPES: usize = ClientFrame::KINDS.len() + 1;
 const SERVER_TYPES: [&str; 13] = ServerFrame::KINDS;
@@ -104,6 +123,10 @@ pub struct Metrics {
     pub connections: Gauge,
     pub connections_accepted: Counter,
     rejected: [Counter; REJECTIONS.len()],
+    accept_refused: [Counter; ACCEPT_REFUSALS.len()],
+    http_timeouts: [Counter; HTTP_TIMEOUTS.len()],
+    /// Sockets waiting for (the rest of) a request head.
+    pub pending_handshakes: Gauge,
     frames_in: [Counter; CLIENT_TYPES],
     frames_out: [Counter; SERVER_TYPES.len()],
     disconnects: [Counter; CLOSE_LABELS],
@@ -143,6 +166,14 @@ const PROXY_RESULTS: [&str; 3] = ["allow", "deny", "failure"];
 impl Metrics {
     pub fn reject(&self, why: Rejection) {
         self.rejected[why as usize].inc();
+    }
+
+    pub fn refuse_at_accept(&self, why: AcceptRefusal) {
+        self.accept_refused[why as usize].inc();
+    }
+
+    pub fn http_timeout(&self, kind: HttpTimeout) {
+        self.http_timeouts[kind as usize].inc();
     }
 
     pub fn frame_in(&self, frame: Option<&ClientFrame>) {
@@ -215,6 +246,38 @@ impl Metrics {
                 out,
                 "roomcast_connections_rejected_total{{reason=\"{reason}\"}} {}",
                 self.rejected[i].get()
+            );
+        }
+        header(
+            &mut out,
+            "roomcast_accept_refused_total",
+            "Sockets closed right after accept, by reason (per_ip: the address holds limits.max_connections_per_ip sockets; pending: limits.max_pending_handshakes sockets wait for their request head).",
+            "counter",
+        );
+        for (i, reason) in ACCEPT_REFUSALS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "roomcast_accept_refused_total{{reason=\"{reason}\"}} {}",
+                self.accept_refused[i].get()
+            );
+        }
+        gauge(
+            &mut out,
+            "roomcast_pending_handshakes",
+            "Sockets waiting for (the rest of) a request head.",
+            self.pending_handshakes.get(),
+        );
+        header(
+            &mut out,
+            "roomcast_http_timeouts_total",
+            "HTTP connections closed by a timeout, by kind (header: request head; body: request body; idle: keep-alive wait).",
+            "counter",
+        );
+        for (i, kind) in HTTP_TIMEOUTS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "roomcast_http_timeouts_total{{kind=\"{kind}\"}} {}",
+                self.http_timeouts[i].get()
             );
         }
         header(

@@ -249,45 +249,6 @@ pub struct Peer {
     pub fd: Option<crate::wire::Fd>,
 }
 
-/// The node's listening socket, as the HTTP server sees it.
-pub struct NodeListener(pub tokio::net::TcpListener);
-
-impl axum::serve::Listener for NodeListener {
-    type Io = tokio::net::TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (tcp, addr) = axum::serve::Listener::accept(&mut self.0).await;
-        // No Nagle: a frame is written when it is ready. (yawc's
-        // `no_delay` option only reaches the sockets it dials, not
-        // accepted ones; with Nagle on, a member's second frame waited
-        // for the first one's ACK.)
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-        (tcp, addr)
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.0.local_addr()
-    }
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, NodeListener>>
-    for Peer
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, NodeListener>) -> Self {
-        #[cfg(unix)]
-        let fd = Some(std::os::fd::AsRawFd::as_raw_fd(stream.io()));
-        #[cfg(not(unix))]
-        let fd = None;
-        Peer {
-            addr: *stream.remote_addr(),
-            fd,
-        }
-    }
-}
-
 /// Counts a socket as open from the upgrade until its task ends.
 pub struct OpenSocket(Arc<Node>);
 
@@ -358,20 +319,13 @@ async fn upgrade(
             Some((name.to_ascii_lowercase(), value.to_string()))
         })
         .collect();
+    // The address's slot was taken at accept and stays with the socket
+    // ([`crate::front`]); the node-wide cap counts WebSockets from here.
     let open = node.open.fetch_add(1, Ordering::Relaxed) + 1;
     let guard = OpenSocket(node.clone());
-    let ip_slot = node
-        .per_ip
-        .acquire(remote.ip(), limits.max_connections_per_ip);
     let refuse = if open > limits.max_connections {
         node.metrics.reject(Rejection::MaxConnections);
         Some((close::TRY_AGAIN_LATER, "node at capacity"))
-    } else if ip_slot.is_none() {
-        node.metrics.reject(Rejection::MaxConnectionsPerIp);
-        Some((
-            close::TRY_AGAIN_LATER,
-            "too many connections from this address",
-        ))
     } else {
         None
     };
@@ -399,7 +353,6 @@ async fn upgrade(
                     bearer,
                     headers: forwarded,
                     refuse,
-                    ip_slot,
                     open: Some(guard),
                 });
                 // A task of its own, spawned with the bare `serve` future

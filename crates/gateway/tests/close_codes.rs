@@ -7,7 +7,7 @@ use std::time::Duration;
 use roomcast_protocol::{ClientFrame, Codec, ErrorCode, ReconnectReason, ServerFrame};
 use roomcast_testkit::stalled::StalledClient;
 use roomcast_testkit::ws::{join, Event, RawClient};
-use roomcast_testkit::{http_request, Gateway};
+use roomcast_testkit::{http_request, http_request_from, Gateway};
 
 #[tokio::test]
 async fn a_message_over_the_size_limit_closes_with_1009_and_others_are_unaffected() {
@@ -36,16 +36,32 @@ async fn over_capacity_connections_are_closed_with_1013() {
     let mut second = RawClient::connect(&gw.ws_url(), Codec::Json).await;
     assert_eq!(second.expect_close().await, 1013);
 
+    // The per-address limit counts sockets from accept (issue #34): the
+    // address's third socket is closed at once, before any HTTP, so it
+    // never gets to a close code; the metrics are read from another address.
     let gw = Gateway::start(&[("ROOMCAST_LIMITS__MAX_CONNECTIONS_PER_IP", "2")]);
     let (_a, _) = RawClient::ready(&gw.ws_url(), Codec::Json).await;
     let (_b, _) = RawClient::ready(&gw.ws_url(), Codec::Json).await;
-    let mut c = RawClient::connect(&gw.ws_url(), Codec::Json).await;
-    assert_eq!(c.expect_close().await, 1013);
-    let (_, text) = http_request(gw.addr, "GET", "/metrics", &[], "").unwrap();
+    let third = RawClient::connect_with(&gw.ws_url(), Codec::Json, &[], true).await;
+    assert!(third.is_err(), "a third socket from one address got in");
+    let observer = std::net::IpAddr::from([127, 0, 0, 3]);
+    let (_, text) = http_request_from(observer, gw.addr, "GET", "/metrics", &[], "")
+        .await
+        .unwrap();
     assert!(
         text.contains("roomcast_connections_rejected_total{reason=\"max_connections_per_ip\"} 1"),
         "{text}"
     );
+    assert!(
+        text.contains("roomcast_accept_refused_total{reason=\"per_ip\"} 1"),
+        "{text}"
+    );
+    // A slot is the socket's until it closes.
+    drop(_a);
+    assert!(roomcast_testkit::wait_until(Duration::from_secs(5), || {
+        std::thread::sleep(Duration::from_millis(50));
+        http_request(gw.addr, "GET", "/healthz", &[], "").is_ok_and(|r| r.0 == 200)
+    }));
 }
 
 #[tokio::test]

@@ -24,7 +24,7 @@ fn value(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no series {series}"))
 }
 
-const FAMILIES: [&str; 29] = [
+const FAMILIES: [&str; 32] = [
     "roomcast_connections",
     "roomcast_connections_accepted_total",
     "roomcast_connections_rejected_total",
@@ -54,6 +54,9 @@ const FAMILIES: [&str; 29] = [
     "roomcast_proxy_duration_seconds",
     "roomcast_config_reloads_total",
     "roomcast_heartbeat_pings_total",
+    "roomcast_accept_refused_total",
+    "roomcast_pending_handshakes",
+    "roomcast_http_timeouts_total",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,6 +73,10 @@ async fn counters_move_for_a_scripted_session() {
         assert!(
             before.contains(&format!("# TYPE {family} ")),
             "family {family} missing"
+        );
+        assert!(
+            before.contains(&format!("# HELP {family} ")),
+            "family {family} has no HELP"
         );
     }
 

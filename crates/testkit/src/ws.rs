@@ -36,11 +36,32 @@ impl RawClient {
             .unwrap_or_else(|e| panic!("connect {url}: {e}"))
     }
 
+    /// Connects from `local` (another loopback address, say `127.0.0.2`,
+    /// to be a client of its own for per-address limits), without
+    /// permessage-deflate.
+    pub async fn connect_from(
+        url: &str,
+        codec: Codec,
+        local: std::net::IpAddr,
+    ) -> Result<RawClient, String> {
+        Self::connect_full(url, codec, &[], false, Some(local)).await
+    }
+
     pub async fn connect_with(
         url: &str,
         codec: Codec,
         headers: &[(&str, &str)],
         deflate: bool,
+    ) -> Result<RawClient, String> {
+        Self::connect_full(url, codec, headers, deflate, None).await
+    }
+
+    async fn connect_full(
+        url: &str,
+        codec: Codec,
+        headers: &[(&str, &str)],
+        deflate: bool,
+        local: Option<std::net::IpAddr>,
     ) -> Result<RawClient, String> {
         let mut request =
             http::Request::builder().header("Sec-WebSocket-Protocol", codec.subprotocol());
@@ -57,11 +78,13 @@ impl RawClient {
             options.without_compression()
         };
         let url = url.parse().map_err(|e| format!("{e}"))?;
-        let ws = WebSocket::connect(url)
+        let mut builder = WebSocket::connect(url)
             .with_options(options)
-            .with_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
+            .with_request(request);
+        if let Some(local) = local {
+            builder = builder.with_local_address(local);
+        }
+        let ws = builder.await.map_err(|e| e.to_string())?;
         Ok(RawClient {
             ws,
             codec,

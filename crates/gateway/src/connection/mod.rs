@@ -27,7 +27,7 @@ use yawc::close::CloseCode;
 use yawc::{Frame, HttpStream, OpCode, WebSocket};
 
 use crate::handle::ConnHandle;
-use crate::limits::{IpSlot, RateLimiter};
+use crate::limits::RateLimiter;
 use crate::node::Node;
 use crate::outbox::Outgoing;
 
@@ -45,7 +45,6 @@ pub struct Upgrade {
     pub headers: Vec<(String, String)>,
     /// Refuse right after the upgrade with this close (over capacity).
     pub refuse: Option<(u16, &'static str)>,
-    pub ip_slot: Option<IpSlot>,
     /// Counts the socket as open until the connection ends.
     pub open: Option<crate::server::OpenSocket>,
 }
@@ -57,7 +56,7 @@ pub struct Upgrade {
 /// space in it even after they are moved on, so an inline 624-byte socket
 /// would be paid for twice by every idle connection.
 pub async fn serve(node: Arc<Node>, mut ws: Box<Socket>, mut upgrade: Box<Upgrade>) {
-    let _held = (upgrade.ip_slot.take(), upgrade.open.take());
+    let _held = upgrade.open.take();
     if let Some((code, reason)) = upgrade.refuse {
         node.metrics.disconnect(code);
         Box::pin(close_socket(&mut ws, code, reason)).await;
