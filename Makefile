@@ -67,13 +67,17 @@ test-js: build
 
 ## Deployment files: docker-compose.yml against the Compose schema
 ## (docker-compose from Debian, installed if missing), then the Helm chart
-## linted, rendered and validated with the real Helm library, and the
-## settings of both fed to the real binaries (deploy/tests).
+## linted, rendered and validated with the real Helm library, the settings of
+## both fed to the real binaries, and the Grafana dashboard and alert rules
+## (promtool from Debian's prometheus package; metrics read from running
+## nodes) (deploy/tests).
 test-deploy: build
 	@command -v docker-compose >/dev/null 2>&1 || scripts/deps.sh docker-compose
 	@command -v redis-server >/dev/null 2>&1 || scripts/deps.sh redis
+	@scripts/deps.sh promtool
 	docker-compose -f docker-compose.yml config -q
 	PY=$$(scripts/deploy-venv.sh) && \
+	  ROOMCAST_PROMTOOL=$(CURDIR)/.tools/bin/promtool \
 	  ROOMCAST_GATEWAY_BIN=$(TARGET_DIR)/debug/roomcast-gateway \
 	  ROOMCAST_PRESENCE_BIN=$(TARGET_DIR)/debug/roomcast-presence PYTHONDONTWRITEBYTECODE=1 \
 	  $$PY -m pytest -q deploy/tests
@@ -91,7 +95,7 @@ fuzz:
 
 clean:
 	$(CARGO) clean
-	rm -rf .venv .venv-deploy fuzz/target
+	rm -rf .venv .venv-deploy .tools fuzz/target
 
 ## Churn against a two-node cluster for SOAK_MINUTES (30): RSS, fds, tasks, lost acks.
 soak:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Finds or installs the tools `make test` needs that do not come with Rust:
 # cargo-nextest (the test runner), the Python venv of tests/python, and
-# redis-server/redis-cli (real Redis in tests and `make cluster`).
+# redis-server/redis-cli (real Redis in tests and `make cluster`); promtool on
+# request (`scripts/deps.sh promtool`).
 # Debian packages are installed with apt-get when missing (CI runs as root).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -44,6 +45,29 @@ fi
 # needed).
 if [ "${1:-}" = docker-compose ]; then
     command -v docker-compose >/dev/null 2>&1 || apt_install docker-compose
+    exit 0
+fi
+
+# `scripts/deps.sh promtool`: Prometheus's promtool, which `make test-deploy`
+# uses to check deploy/prometheus/roomcast-rules.yml. Taken from Debian's
+# `prometheus` package without installing it (no server, no service, no
+# user): the .deb is downloaded with apt-get and only usr/bin/promtool is
+# extracted, to .tools/bin/promtool (ignored by git, removed by make clean).
+if [ "${1:-}" = promtool ]; then
+    [ -x .tools/bin/promtool ] && exit 0
+    command -v apt-get >/dev/null 2>&1 || { echo "deps: promtool needs apt-get (Debian's prometheus package)" >&2; exit 1; }
+    tmp="$(mktemp -d)"
+    trap 'rm -rf "$tmp"' EXIT
+    if ! (cd "$tmp" && apt-get download -qq prometheus 2>/dev/null); then
+        sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        (cd "$tmp" && apt-get download -qq prometheus)
+    fi
+    mkdir -p .tools/bin
+    dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -x -C "$tmp" ./usr/bin/promtool
+    mv "$tmp/usr/bin/promtool" .tools/bin/promtool
+    .tools/bin/promtool --version 2>&1 | head -1 >&2
     exit 0
 fi
 

@@ -33,6 +33,9 @@ CRD_SCHEMAS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): Path(__file__).parent
     / "schemas"
     / "servicemonitor-monitoring-v1.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): Path(__file__).parent
+    / "schemas"
+    / "prometheusrule-monitoring-v1.json",
 }
 
 # Everything optional switched on at once, so every template is rendered and
@@ -59,7 +62,11 @@ EVERYTHING = {
     },
     "presence": {"env": {"ROOMCAST_LEASE__DEFAULT_MS": "20000"}},
     "ingress": {"enabled": True, "tls": [{"secretName": "rc-tls", "hosts": ["roomcast.local"]}]},
-    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+    "metrics": {
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+        "prometheusRule": {"enabled": True, "labels": {"release": "prom"}},
+        "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "roomcast"}},
+    },
 }
 
 VALUE_SETS = {
@@ -301,6 +308,7 @@ def test_default_values():
     docs = manifests("default")
     assert one(docs, "Deployment", "-gateway")["spec"]["replicas"] == 3
     assert not find(docs, "Ingress") and not find(docs, "ServiceMonitor") and not find(docs, "HorizontalPodAutoscaler")
+    assert not find(docs, "PrometheusRule") and not find(docs, "ConfigMap", "-dashboard")
     secret = one(docs, "Secret")
     assert {"api-key", "resume-secret", "presence-key"} <= set(secret["data"])
     assert one(docs, "Deployment", "-presence")["spec"]["replicas"] == 1
