@@ -3,8 +3,6 @@
 //! under `/api`. Cross-cutting checks (draining, origin, capacity) happen
 //! here, before a connection task exists.
 
-use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -14,43 +12,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use roomcast_protocol::{close, Codec};
-use yawc::{DeflatePool, IncomingUpgrade, Options};
+use yawc::IncomingUpgrade;
 
-use crate::config::Config;
 use crate::connection::{self, Upgrade};
+use crate::front::Peer;
+use crate::limits::OpenSocket;
 use crate::metrics::Rejection;
 use crate::node::Node;
-
-/// The WebSocket settings every connection of the node uses: small buffers,
-/// and permessage-deflate without context takeover, with a shared pool of
-/// compressors, so an idle connection holds no compression state.
-pub fn websocket_options(config: &Config) -> Options {
-    let ws = &config.websocket;
-    let mut options = Options::default()
-        .with_max_payload_read(config.limits.max_message_bytes + 1)
-        .with_max_read_buffer(config.limits.max_message_bytes + 1)
-        .with_read_buffer_capacity(ws.read_buffer_bytes)
-        // The write buffer is allocated on demand: frames gather in it up
-        // to `write_buffer_bytes`, then go out in one write, and a buffer
-        // that grew past that is given back once written. An idle
-        // connection keeps only what its last small write needed.
-        .with_write_buffer_capacity(0)
-        .with_backpressure_boundary(ws.write_buffer_bytes)
-        .with_utf8()
-        .with_no_delay();
-    if ws.compression {
-        options = options
-            .with_low_latency_compression()
-            .server_no_context_takeover()
-            .client_no_context_takeover()
-            .with_compression_threshold(ws.compression_threshold)
-            // About one state per worker thread; more would only hold idle memory.
-            .with_deflate_pool(DeflatePool::new(16));
-    } else {
-        options = options.without_compression();
-    }
-    options
-}
 
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
@@ -133,9 +101,8 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         render_redis(&mut text, &redis.stats);
         render_pubsub_health(&mut text, redis.pubsub_health(), &redis.stats);
     }
-    if let Some(presence) = &node.presence {
+    if let Some(status) = node.presence.status() {
         use std::fmt::Write;
-        let status = presence.status();
         let _ = writeln!(
             text,
             "# HELP roomcast_presence_queue_depth Presence updates waiting to reach the presence service.\n\
@@ -240,24 +207,6 @@ fn render_pubsub_health(
     );
 }
 
-/// Who is at the other end of an accepted connection: the address, and the
-/// socket's descriptor, which the heartbeat uses for direct pings
-/// ([`crate::wire`]).
-#[derive(Debug, Clone, Copy)]
-pub struct Peer {
-    pub addr: SocketAddr,
-    pub fd: Option<crate::wire::Fd>,
-}
-
-/// Counts a socket as open from the upgrade until its task ends.
-pub struct OpenSocket(Arc<Node>);
-
-impl Drop for OpenSocket {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 async fn upgrade(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
@@ -321,8 +270,7 @@ async fn upgrade(
         .collect();
     // The address's slot was taken at accept and stays with the socket
     // ([`crate::front`]); the node-wide cap counts WebSockets from here.
-    let open = node.open.fetch_add(1, Ordering::Relaxed) + 1;
-    let guard = OpenSocket(node.clone());
+    let (guard, open) = OpenSocket::count(node.open.clone());
     let refuse = if open > limits.max_connections {
         node.metrics.reject(Rejection::MaxConnections);
         Some((close::TRY_AGAIN_LATER, "node at capacity"))

@@ -8,6 +8,8 @@
 //! environment variable) and never echo the value of a secret; keys no field
 //! knows are returned so the process can warn about likely typos.
 
+pub mod redis;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
