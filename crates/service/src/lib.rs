@@ -1,6 +1,6 @@
 //! What every roomcast process (the gateway, the presence service) shares:
 //! its command line, how it loads its typed configuration, and how it learns
-//! it must stop.
+//! it must stop; and its metrics' handles and exposition ([`metrics`]).
 //!
 //! Configuration comes from the type's defaults, then a TOML file
 //! (`--config PATH` or `ROOMCAST_CONFIG`), then `ROOMCAST_…` environment
@@ -8,6 +8,7 @@
 //! environment variable) and never echo the value of a secret; keys no field
 //! knows are returned so the process can warn about likely typos.
 
+pub mod metrics;
 pub mod redis;
 
 use std::path::{Path, PathBuf};
