@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -17,15 +17,19 @@ use roomcast_protocol::{Data, ErrorCode, Target};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
-use tracing::Instrument;
 
 use crate::error::NodeError;
+use crate::layers::{require_api_key, trace_request, ApiKey};
 use crate::node::Node;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
+/// The API's routes behind its layers, composed here and only here
+/// (outermost first): the request's span, `Authorization` marked sensitive
+/// (never logged), the API key check, the body limit. The handlers read as
+/// the happy path.
 pub fn router(node: Arc<Node>) -> Router<Arc<Node>> {
     let limit = node.config.limits.max_message_bytes;
+    let key = Arc::new(ApiKey::new(&node.config.api, node.metrics.clone()));
     Router::new()
         .route("/publish", post(publish))
         .route("/send", post(send))
@@ -33,7 +37,10 @@ pub fn router(node: Arc<Node>) -> Router<Arc<Node>> {
         .route("/disconnect", post(disconnect))
         .route("/stats", get(stats))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn_with_state(node, require_key))
+        .layer(middleware::from_fn_with_state(key, require_api_key))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+        ]))
         .layer(middleware::from_fn(trace_request))
 }
 
@@ -45,100 +52,6 @@ impl IntoResponse for NodeError {
         )
             .into_response()
     }
-}
-
-/// A span per API request, child of the caller's `traceparent` if it sent one.
-async fn trace_request(request: Request, next: Next) -> Response {
-    if !crate::telemetry::enabled() {
-        return next.run(request).await;
-    }
-    let span = tracing::info_span!(
-        "api",
-        method = %request.method(),
-        path = %request.uri().path(),
-        status = tracing::field::Empty
-    );
-    if let Some(parent) = request
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-    {
-        crate::telemetry::set_remote_parent(&span, parent);
-    }
-    let response = next.run(request).instrument(span.clone()).await;
-    span.record("status", response.status().as_u16());
-    response
-}
-
-/// Failed key checks per address, in one-minute windows: a client guessing
-/// keys gets 429 once it used up its failures, until the window ends.
-#[derive(Default)]
-pub struct KeyFailures {
-    windows:
-        parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, (std::time::Instant, u32)>>,
-}
-
-const FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
-
-impl KeyFailures {
-    /// True when `ip` may try again; counts a failure when `failed`.
-    fn check(&self, ip: std::net::IpAddr, failed: bool, max: u32) -> bool {
-        let now = std::time::Instant::now();
-        let mut windows = self.windows.lock();
-        if windows.len() > 10_000 {
-            windows.retain(|_, (start, _)| now.duration_since(*start) < FAILURE_WINDOW);
-        }
-        let entry = windows.entry(ip).or_insert((now, 0));
-        if now.duration_since(entry.0) >= FAILURE_WINDOW {
-            *entry = (now, 0);
-        }
-        if entry.1 >= max {
-            return false;
-        }
-        if failed {
-            entry.1 += 1;
-        }
-        true
-    }
-}
-
-async fn require_key(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
-    node.metrics.api_requests.inc();
-    let ip = request
-        .extensions()
-        .get::<axum::extract::ConnectInfo<crate::server::Peer>>()
-        .map(|c| c.0.addr.ip())
-        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-    let max = node.config.api.max_key_failures_per_minute;
-    if !node.api_failures.check(ip, false, max) {
-        node.metrics.api_unauthorized.inc();
-        return NodeError::new(
-            ErrorCode::RateLimited,
-            "too many requests with a wrong API key; try again later",
-        )
-        .into_response();
-    }
-    let expected = node.config.api.key.expose();
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let matches: bool = Sha256::digest(given.as_bytes())
-        .ct_eq(&Sha256::digest(expected.as_bytes()))
-        .into();
-    if expected.is_empty() || !matches {
-        node.metrics.api_unauthorized.inc();
-        node.api_failures.check(ip, true, max);
-        let message = if expected.is_empty() {
-            "the API is disabled: no api.key is configured"
-        } else {
-            "missing or wrong API key"
-        };
-        return NodeError::new(ErrorCode::Unauthorized, message).into_response();
-    }
-    next.run(request).await
 }
 
 /// Parses a JSON body, answering our own error shape for every failure.

@@ -26,6 +26,7 @@
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::io;
+use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -49,7 +50,15 @@ use crate::config::HttpConfig;
 use crate::limits::IpSlot;
 use crate::metrics::{AcceptRefusal, HttpTimeout, Metrics, Rejection};
 use crate::node::Node;
-use crate::server::Peer;
+
+/// Who is at the other end of an accepted connection: the address, and the
+/// socket's descriptor, which the heartbeat uses for direct pings
+/// (`wire.rs`).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub fd: Option<crate::wire::Fd>,
+}
 
 /// Where a connection is in its current request; it decides the deadline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -23,6 +23,7 @@ pub mod front;
 pub mod handle;
 pub mod heartbeat;
 pub mod hub;
+pub mod layers;
 pub mod limits;
 pub mod live;
 pub mod metrics;
@@ -30,9 +31,11 @@ pub mod node;
 pub mod outbox;
 pub mod presence;
 pub mod proxy;
+pub mod routing;
 pub mod server;
 pub mod session;
 pub mod telemetry;
+pub mod websocket;
 pub mod wire;
 
 use std::sync::Arc;
@@ -63,7 +66,7 @@ pub async fn run(config: Config, file: Option<std::path::PathBuf>) -> anyhow::Re
         .map_err(|e| anyhow::anyhow!("listen: cannot bind {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
     let node = Node::new(config, file).await?;
-    live::spawn_watcher(&node);
+    live::spawn_watcher(&node.live, node.metrics.clone());
     tracing::info!(
         node = %node.id,
         engine = node.broker.engine(),
@@ -93,10 +96,8 @@ pub async fn run(config: Config, file: Option<std::path::PathBuf>) -> anyhow::Re
                 .run(&node.registry, &node.metrics, window, deadline)
                 .await;
             // Hand-overs must reach the presence service before we go.
-            if let Some(presence) = &node.presence {
-                let left = deadline.saturating_duration_since(Instant::now());
-                presence.flush(left.min(Duration::from_secs(3))).await;
-            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            node.presence.flush(left.min(Duration::from_secs(3))).await;
         }
     };
     front::serve(listener, node.clone(), app, shutdown).await;

@@ -143,6 +143,24 @@ impl Drop for IpSlot {
     }
 }
 
+/// Counts a socket as open from the upgrade until its task ends.
+pub struct OpenSocket(Arc<std::sync::atomic::AtomicUsize>);
+
+impl OpenSocket {
+    /// Counts one more open socket in `open` until dropped; returns the
+    /// guard and the count with this socket.
+    pub fn count(open: Arc<std::sync::atomic::AtomicUsize>) -> (OpenSocket, usize) {
+        let now = open.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        (OpenSocket(open), now)
+    }
+}
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

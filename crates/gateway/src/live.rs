@@ -9,20 +9,20 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use roomcast_hooks::http::Backend;
 
 use crate::config::Config;
-use crate::node::Node;
+use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 
 /// One version of the live configuration.
 pub struct Live {
     /// The whole configuration; only the reloadable parts ever differ from
-    /// the startup configuration (`Node::config`).
+    /// the startup configuration).
     pub config: Config,
     pub proxy: Proxy,
 }
@@ -134,9 +134,9 @@ fn differences(a: &serde_json::Value, b: &serde_json::Value, prefix: &str, out: 
 /// Reloads on SIGHUP, and when the config file's modification time or size
 /// changes (checked every second when the node was started with a file:
 /// this also sees a Kubernetes ConfigMap swapping its symlink).
-pub fn spawn_watcher(node: &Arc<Node>) {
-    let weak = Arc::downgrade(node);
-    let file = node.live.file.clone();
+pub fn spawn_watcher(live: &Arc<LiveConfig>, metrics: Arc<Metrics>) {
+    let weak = Arc::downgrade(live);
+    let file = live.file.clone();
     tokio::spawn(async move {
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),
@@ -169,28 +169,24 @@ pub fn spawn_watcher(node: &Arc<Node>) {
                     "file changed"
                 }
             };
-            let Some(node) = upgrade(&weak) else { return };
-            match node.live.reload() {
+            let Some(config) = weak.upgrade() else { return };
+            match config.reload() {
                 Ok(()) => {
-                    node.metrics.reloads_applied.inc();
-                    let live = node.live.get();
+                    metrics.reloads_applied.inc();
+                    let live = config.get();
                     tracing::info!(
                         trigger = why,
-                        generation = node.live.generation(),
+                        generation = config.generation(),
                         messages_per_second = live.config.limits.messages_per_second,
                         log_level = %live.config.log.level,
                         "configuration reloaded"
                     );
                 }
                 Err(e) => {
-                    node.metrics.reloads_refused.inc();
+                    metrics.reloads_refused.inc();
                     tracing::error!(trigger = why, "configuration reload refused: {e}");
                 }
             }
         }
     });
-}
-
-fn upgrade(weak: &Weak<Node>) -> Option<Arc<Node>> {
-    weak.upgrade()
 }

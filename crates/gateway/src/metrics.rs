@@ -1,73 +1,26 @@
-//! Prometheus metrics of one node, rendered as text on `/metrics`.
+//! Prometheus metrics of one node, served as text on `/metrics`.
 //!
-//! Plain atomics with fixed label sets: recording is one relaxed increment,
-//! nothing allocates, and there is no registry lock on any hot path. The
-//! fan-out path counts deliveries once per message (adding the member count),
-//! not once per member.
-
-use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+//! Every handle is registered once, at construction, in a
+//! `prometheus-client` registry; labelled children are resolved then too and
+//! kept in arrays indexed by the label's position, so recording is one
+//! relaxed atomic increment, with no lookup and no lock (the latency
+//! histograms take a short mutex, once per message). The fan-out path counts
+//! deliveries once per message (adding the member count), not once per
+//! member. Values read at scrape time (tasks, Redis, presence, webhooks) are
+//! added by the `/metrics` handler (server.rs) with a
+//! [`Snapshot`](roomcast_service::metrics::Snapshot).
 
 use roomcast_protocol::{ClientFrame, ServerFrame};
-
-#[derive(Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Relaxed);
-    }
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Relaxed);
-    }
-    pub fn get(&self) -> u64 {
-        self.0.load(Relaxed)
-    }
-}
-
-#[derive(Default)]
-pub struct Gauge(AtomicI64);
-
-impl Gauge {
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Relaxed);
-    }
-    pub fn dec(&self) {
-        self.0.fetch_sub(1, Relaxed);
-    }
-    pub fn set(&self, v: i64) {
-        self.0.store(v, Relaxed);
-    }
-    pub fn get(&self) -> i64 {
-        self.0.load(Relaxed)
-    }
-}
+use roomcast_service::metrics::{counter, encode, gauge, labelled, Family, Registry};
+pub use roomcast_service::metrics::{Counter, Gauge, Histogram, CONTENT_TYPE};
 
 /// Upper bounds, in seconds, of the latency histograms' buckets.
 const BUCKETS: [f64; 13] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
 ];
 
-#[derive(Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_us: AtomicU64,
-}
-
-impl Histogram {
-    pub fn observe_us(&self, us: u64) {
-        let secs = us as f64 / 1e6;
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Relaxed);
-        }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_us.fetch_add(us, Relaxed);
-    }
-
-    pub fn count(&self) -> u64 {
-        self.count.load(Relaxed)
-    }
+fn histogram() -> Histogram {
+    Histogram::new(&BUCKETS)
 }
 
 /// Why an upgrade or a new connection was turned away.
@@ -118,7 +71,8 @@ const CLOSE_CODES: [u16; 16] = [
 ];
 const CLOSE_LABELS: usize = CLOSE_CODES.len() + 1;
 
-#[derive(Default)]
+const PROXY_RESULTS: [&str; 3] = ["allow", "deny", "failure"];
+
 pub struct Metrics {
     pub connections: Gauge,
     pub connections_accepted: Counter,
@@ -159,11 +113,256 @@ pub struct Metrics {
     /// Configuration reloads: applied, refused.
     pub reloads_applied: Counter,
     pub reloads_refused: Counter,
+    /// Every family above, for [`Metrics::render`].
+    registry: Registry,
 }
 
-const PROXY_RESULTS: [&str; 3] = ["allow", "deny", "failure"];
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl Metrics {
+    /// The node's metrics, each registered under its exposed name (help
+    /// without its final period, counters without `_total`: the registry
+    /// and the encoder add them).
+    pub fn new() -> Metrics {
+        let mut r = Registry::default();
+        let reg = &mut r;
+        let connections = gauge(reg, "roomcast_connections", "Open WebSocket connections");
+        let connections_accepted =
+            counter(reg, "roomcast_connections_accepted", "Connections accepted");
+        let rejected = labelled(
+            reg,
+            "roomcast_connections_rejected",
+            "Upgrades or connections turned away, by reason",
+            Family::default(),
+            "reason",
+            REJECTIONS,
+        );
+        let accept_refused = labelled(
+            reg,
+            "roomcast_accept_refused",
+            "Sockets closed right after accept, by reason (per_ip: the address holds limits.max_connections_per_ip sockets; pending: limits.max_pending_handshakes sockets wait for their request head)",
+            Family::default(),
+            "reason",
+            ACCEPT_REFUSALS,
+        );
+        let pending_handshakes = gauge(
+            reg,
+            "roomcast_pending_handshakes",
+            "Sockets waiting for (the rest of) a request head",
+        );
+        let http_timeouts = labelled(
+            reg,
+            "roomcast_http_timeouts",
+            "HTTP connections closed by a timeout, by kind (header: request head; body: request body; idle: keep-alive wait)",
+            Family::default(),
+            "kind",
+            HTTP_TIMEOUTS,
+        );
+        let client_types: [&str; CLIENT_TYPES] =
+            std::array::from_fn(|i| ClientFrame::KINDS.get(i).copied().unwrap_or("invalid"));
+        let frames_in = labelled(
+            reg,
+            "roomcast_frames_in",
+            "Client frames received, by type",
+            Family::default(),
+            "type",
+            client_types,
+        );
+        let frames_out = labelled(
+            reg,
+            "roomcast_frames_out",
+            "Server frames queued to clients, by type",
+            Family::default(),
+            "type",
+            SERVER_TYPES,
+        );
+        let close_labels: [String; CLOSE_LABELS] =
+            std::array::from_fn(|i| match CLOSE_CODES.get(i) {
+                Some(0) => "none".to_string(),
+                Some(code) => code.to_string(),
+                None => "other".to_string(),
+            });
+        let disconnects = labelled(
+            reg,
+            "roomcast_disconnects",
+            "Connections ended, by close code (none: no close frame)",
+            Family::default(),
+            "code",
+            close_labels.each_ref().map(String::as_str),
+        );
+        let rooms = gauge(
+            reg,
+            "roomcast_rooms",
+            "Rooms with at least one member on this node",
+        );
+        let subscriptions = gauge(
+            reg,
+            "roomcast_subscriptions",
+            "Room memberships on this node",
+        );
+        let published = counter(
+            reg,
+            "roomcast_messages_published",
+            "Messages published through this node",
+        );
+        let deliveries = counter(
+            reg,
+            "roomcast_messages_delivered",
+            "Room messages queued to members on this node",
+        );
+        let deliveries_direct = counter(
+            reg,
+            "roomcast_messages_written_directly",
+            "Of those, messages the fan-out wrote straight to the member's socket (nothing was queued for it)",
+        );
+        let publish_to_deliver = histogram();
+        reg.register(
+            "roomcast_publish_to_deliver_seconds",
+            "From publish to queueing for local members",
+            publish_to_deliver.clone(),
+        );
+        let broker_publish = histogram();
+        reg.register(
+            "roomcast_broker_publish_seconds",
+            "Broker append-and-publish latency",
+            broker_publish.clone(),
+        );
+        let broker_errors = counter(
+            reg,
+            "roomcast_broker_errors",
+            "Broker calls that failed (nothing stored)",
+        );
+        let history_reads = counter(
+            reg,
+            "roomcast_history_reads",
+            "Room history reads (joins and recoveries)",
+        );
+        let [recovered, not_recovered] = labelled(
+            reg,
+            "roomcast_recovery",
+            "Recoveries asked for with since or resume, by outcome",
+            Family::default(),
+            "outcome",
+            ["recovered", "not_recovered"],
+        );
+        let [resumes_ok, resumes_failed] = labelled(
+            reg,
+            "roomcast_resumes",
+            "Session resumes, by outcome",
+            Family::default(),
+            "outcome",
+            ["resumed", "refused"],
+        );
+        let rate_limited = counter(
+            reg,
+            "roomcast_rate_limited",
+            "Frames refused by the per-connection rate limit",
+        );
+        let outbound_overflows = counter(
+            reg,
+            "roomcast_outbound_overflows",
+            "Connections closed as slow consumers (4508)",
+        );
+        let direct_sent = counter(
+            reg,
+            "roomcast_direct_messages",
+            "Direct messages queued to local connections",
+        );
+        let api_requests = counter(reg, "roomcast_api_requests", "HTTP API requests");
+        let api_unauthorized = counter(
+            reg,
+            "roomcast_api_unauthorized",
+            "HTTP API requests refused for a missing or wrong key",
+        );
+        let draining = gauge(reg, "roomcast_draining", "1 while the node drains");
+        let [routed_to_node, routed_to_all] = labelled(
+            reg,
+            "roomcast_control_routed",
+            "Direct messages and disconnects sent to other nodes, by route",
+            Family::default(),
+            "route",
+            ["owner", "all"],
+        );
+        let control_received = counter(
+            reg,
+            "roomcast_control_received",
+            "Direct messages and disconnects this node received from the cluster",
+        );
+        let calls = crate::proxy::Call::ALL.map(|call| call.name());
+        let proxy_family = Family::<_, Counter>::default();
+        let proxy_calls = calls.map(|call| {
+            PROXY_RESULTS.map(|result| {
+                proxy_family.get_or_create_owned(&vec![
+                    ("call", call.to_string()),
+                    ("result", result.to_string()),
+                ])
+            })
+        });
+        reg.register(
+            "roomcast_proxy_calls",
+            "Calls to the application's backend, by call and result",
+            proxy_family,
+        );
+        let proxy_duration = labelled(
+            reg,
+            "roomcast_proxy_duration_seconds",
+            "Duration of calls to the application's backend, retries included",
+            Family::new_with_constructor(histogram as fn() -> Histogram),
+            "call",
+            calls,
+        );
+        let [reloads_applied, reloads_refused] = labelled(
+            reg,
+            "roomcast_config_reloads",
+            "Configuration reloads (SIGHUP or file change), by result",
+            Family::default(),
+            "result",
+            ["applied", "refused"],
+        );
+        Metrics {
+            connections,
+            connections_accepted,
+            rejected,
+            accept_refused,
+            http_timeouts,
+            pending_handshakes,
+            frames_in,
+            frames_out,
+            disconnects,
+            rooms,
+            subscriptions,
+            published,
+            deliveries,
+            deliveries_direct,
+            publish_to_deliver,
+            broker_publish,
+            broker_errors,
+            history_reads,
+            recovered,
+            not_recovered,
+            rate_limited,
+            outbound_overflows,
+            direct_sent,
+            resumes_ok,
+            resumes_failed,
+            api_requests,
+            api_unauthorized,
+            draining,
+            routed_to_node,
+            routed_to_all,
+            control_received,
+            proxy_calls,
+            proxy_duration,
+            reloads_applied,
+            reloads_refused,
+            registry: r,
+        }
+    }
+
     pub fn reject(&self, why: Rejection) {
         self.rejected[why as usize].inc();
     }
@@ -222,341 +421,8 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(8 * 1024);
-        gauge(
-            &mut out,
-            "roomcast_connections",
-            "Open WebSocket connections.",
-            self.connections.get(),
-        );
-        counter(
-            &mut out,
-            "roomcast_connections_accepted_total",
-            "Connections accepted.",
-            self.connections_accepted.get(),
-        );
-        header(
-            &mut out,
-            "roomcast_connections_rejected_total",
-            "Upgrades or connections turned away, by reason.",
-            "counter",
-        );
-        for (i, reason) in REJECTIONS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "roomcast_connections_rejected_total{{reason=\"{reason}\"}} {}",
-                self.rejected[i].get()
-            );
-        }
-        header(
-            &mut out,
-            "roomcast_accept_refused_total",
-            "Sockets closed right after accept, by reason (per_ip: the address holds limits.max_connections_per_ip sockets; pending: limits.max_pending_handshakes sockets wait for their request head).",
-            "counter",
-        );
-        for (i, reason) in ACCEPT_REFUSALS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "roomcast_accept_refused_total{{reason=\"{reason}\"}} {}",
-                self.accept_refused[i].get()
-            );
-        }
-        gauge(
-            &mut out,
-            "roomcast_pending_handshakes",
-            "Sockets waiting for (the rest of) a request head.",
-            self.pending_handshakes.get(),
-        );
-        header(
-            &mut out,
-            "roomcast_http_timeouts_total",
-            "HTTP connections closed by a timeout, by kind (header: request head; body: request body; idle: keep-alive wait).",
-            "counter",
-        );
-        for (i, kind) in HTTP_TIMEOUTS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "roomcast_http_timeouts_total{{kind=\"{kind}\"}} {}",
-                self.http_timeouts[i].get()
-            );
-        }
-        header(
-            &mut out,
-            "roomcast_frames_in_total",
-            "Client frames received, by type.",
-            "counter",
-        );
-        let client_types = ClientFrame::KINDS.iter().chain(std::iter::once(&"invalid"));
-        for (i, t) in client_types.enumerate() {
-            let _ = writeln!(
-                out,
-                "roomcast_frames_in_total{{type=\"{t}\"}} {}",
-                self.frames_in[i].get()
-            );
-        }
-        header(
-            &mut out,
-            "roomcast_frames_out_total",
-            "Server frames queued to clients, by type.",
-            "counter",
-        );
-        for (i, t) in SERVER_TYPES.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "roomcast_frames_out_total{{type=\"{t}\"}} {}",
-                self.frames_out[i].get()
-            );
-        }
-        header(
-            &mut out,
-            "roomcast_disconnects_total",
-            "Connections ended, by close code (none: no close frame).",
-            "counter",
-        );
-        for (i, counter) in self.disconnects.iter().enumerate() {
-            let label = match CLOSE_CODES.get(i) {
-                Some(0) => "none".to_string(),
-                Some(code) => code.to_string(),
-                None => "other".to_string(),
-            };
-            let _ = writeln!(
-                out,
-                "roomcast_disconnects_total{{code=\"{label}\"}} {}",
-                counter.get()
-            );
-        }
-        gauge(
-            &mut out,
-            "roomcast_rooms",
-            "Rooms with at least one member on this node.",
-            self.rooms.get(),
-        );
-        gauge(
-            &mut out,
-            "roomcast_subscriptions",
-            "Room memberships on this node.",
-            self.subscriptions.get(),
-        );
-        counter(
-            &mut out,
-            "roomcast_messages_published_total",
-            "Messages published through this node.",
-            self.published.get(),
-        );
-        counter(
-            &mut out,
-            "roomcast_messages_delivered_total",
-            "Room messages queued to members on this node.",
-            self.deliveries.get(),
-        );
-        counter(
-            &mut out,
-            "roomcast_messages_written_directly_total",
-            "Of those, messages the fan-out wrote straight to the member's socket (nothing was queued for it).",
-            self.deliveries_direct.get(),
-        );
-        histogram(
-            &mut out,
-            "roomcast_publish_to_deliver_seconds",
-            "From publish to queueing for local members.",
-            &self.publish_to_deliver,
-        );
-        histogram(
-            &mut out,
-            "roomcast_broker_publish_seconds",
-            "Broker append-and-publish latency.",
-            &self.broker_publish,
-        );
-        counter(
-            &mut out,
-            "roomcast_broker_errors_total",
-            "Broker calls that failed (nothing stored).",
-            self.broker_errors.get(),
-        );
-        counter(
-            &mut out,
-            "roomcast_history_reads_total",
-            "Room history reads (joins and recoveries).",
-            self.history_reads.get(),
-        );
-        header(
-            &mut out,
-            "roomcast_recovery_total",
-            "Recoveries asked for with since or resume, by outcome.",
-            "counter",
-        );
-        let _ = writeln!(
-            out,
-            "roomcast_recovery_total{{outcome=\"recovered\"}} {}",
-            self.recovered.get()
-        );
-        let _ = writeln!(
-            out,
-            "roomcast_recovery_total{{outcome=\"not_recovered\"}} {}",
-            self.not_recovered.get()
-        );
-        header(
-            &mut out,
-            "roomcast_resumes_total",
-            "Session resumes, by outcome.",
-            "counter",
-        );
-        let _ = writeln!(
-            out,
-            "roomcast_resumes_total{{outcome=\"resumed\"}} {}",
-            self.resumes_ok.get()
-        );
-        let _ = writeln!(
-            out,
-            "roomcast_resumes_total{{outcome=\"refused\"}} {}",
-            self.resumes_failed.get()
-        );
-        counter(
-            &mut out,
-            "roomcast_rate_limited_total",
-            "Frames refused by the per-connection rate limit.",
-            self.rate_limited.get(),
-        );
-        counter(
-            &mut out,
-            "roomcast_outbound_overflows_total",
-            "Connections closed as slow consumers (4508).",
-            self.outbound_overflows.get(),
-        );
-        counter(
-            &mut out,
-            "roomcast_direct_messages_total",
-            "Direct messages queued to local connections.",
-            self.direct_sent.get(),
-        );
-        counter(
-            &mut out,
-            "roomcast_api_requests_total",
-            "HTTP API requests.",
-            self.api_requests.get(),
-        );
-        counter(
-            &mut out,
-            "roomcast_api_unauthorized_total",
-            "HTTP API requests refused for a missing or wrong key.",
-            self.api_unauthorized.get(),
-        );
-        gauge(
-            &mut out,
-            "roomcast_draining",
-            "1 while the node drains.",
-            self.draining.get(),
-        );
-        header(
-            &mut out,
-            "roomcast_control_routed_total",
-            "Direct messages and disconnects sent to other nodes, by route.",
-            "counter",
-        );
-        let _ = writeln!(
-            out,
-            "roomcast_control_routed_total{{route=\"owner\"}} {}",
-            self.routed_to_node.get()
-        );
-        let _ = writeln!(
-            out,
-            "roomcast_control_routed_total{{route=\"all\"}} {}",
-            self.routed_to_all.get()
-        );
-        counter(
-            &mut out,
-            "roomcast_control_received_total",
-            "Direct messages and disconnects this node received from the cluster.",
-            self.control_received.get(),
-        );
-        header(
-            &mut out,
-            "roomcast_proxy_calls_total",
-            "Calls to the application's backend, by call and result.",
-            "counter",
-        );
-        for call in crate::proxy::Call::ALL {
-            for (i, result) in PROXY_RESULTS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "roomcast_proxy_calls_total{{call=\"{}\",result=\"{result}\"}} {}",
-                    call.name(),
-                    self.proxy_calls[call as usize][i].get()
-                );
-            }
-        }
-        header(
-            &mut out,
-            "roomcast_proxy_duration_seconds",
-            "Duration of calls to the application's backend, retries included.",
-            "histogram",
-        );
-        for call in crate::proxy::Call::ALL {
-            let label = format!("call=\"{}\"", call.name());
-            histogram_series(
-                &mut out,
-                "roomcast_proxy_duration_seconds",
-                &label,
-                &self.proxy_duration[call as usize],
-            );
-        }
-        header(
-            &mut out,
-            "roomcast_config_reloads_total",
-            "Configuration reloads (SIGHUP or file change), by result.",
-            "counter",
-        );
-        let _ = writeln!(
-            out,
-            "roomcast_config_reloads_total{{result=\"applied\"}} {}",
-            self.reloads_applied.get()
-        );
-        let _ = writeln!(
-            out,
-            "roomcast_config_reloads_total{{result=\"refused\"}} {}",
-            self.reloads_refused.get()
-        );
+        let mut out = String::with_capacity(16 * 1024);
+        encode(&mut out, &self.registry);
         out
     }
-}
-
-fn header(out: &mut String, name: &str, help: &str, kind: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-fn counter(out: &mut String, name: &str, help: &str, v: u64) {
-    header(out, name, help, "counter");
-    let _ = writeln!(out, "{name} {v}");
-}
-
-fn gauge(out: &mut String, name: &str, help: &str, v: i64) {
-    header(out, name, help, "gauge");
-    let _ = writeln!(out, "{name} {v}");
-}
-
-fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
-    header(out, name, help, "histogram");
-    histogram_series(out, name, "", h);
-}
-
-/// One histogram's series; `labels` (`a="b"`) are added to each.
-fn histogram_series(out: &mut String, name: &str, labels: &str, h: &Histogram) {
-    let (sep, braces) = if labels.is_empty() {
-        ("", String::new())
-    } else {
-        (",", format!("{{{labels}}}"))
-    };
-    let mut cumulative = 0;
-    for (i, b) in BUCKETS.iter().enumerate() {
-        cumulative += h.buckets[i].load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
-    }
-    let count = h.count.load(Relaxed);
-    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-    let _ = writeln!(
-        out,
-        "{name}_sum{braces} {}",
-        h.sum_us.load(Relaxed) as f64 / 1e6
-    );
-    let _ = writeln!(out, "{name}_count{braces} {count}");
 }

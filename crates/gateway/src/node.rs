@@ -1,18 +1,22 @@
-//! A gateway node: its shared state and the operations that both the
-//! WebSocket connections and the HTTP API perform (publish, send, join,
-//! leave, presence, disconnect). Follow `publish` from here to find where a
-//! message goes: broker append → hub delivery → member outboxes.
+//! A gateway node: the parts it is made of, and the operations that both
+//! the WebSocket connections and the HTTP API perform (publish, send, join,
+//! leave, presence, disconnect).
+//!
+//! The node is the composition root: the modules below it (hub, broker,
+//! presence, routing, heartbeat, proxies, live configuration) take only
+//! what they use and never name `Node`; the connection tasks and the HTTP
+//! handlers above it call its operations. A publish goes from
+//! [`Node::publish`] to the broker, which stores it and sends it to every
+//! node with members; each node's dispatcher hands it back to its hub in
+//! offset order (docs/architecture.md, "Follow a publish").
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use roomcast_broker::memory::MemoryBroker;
 use roomcast_broker::redis::RedisBroker;
-use roomcast_broker::{Broker, HistoryLimits, HistoryRead, Recovery, RoomMessage, Route};
-use roomcast_protocol::envelope::{Envelope, Kind};
+use roomcast_broker::{Broker, HistoryLimits, HistoryRead, Recovery, RoomMessage};
 use roomcast_protocol::{Data, ErrorCode, Member, Since, Target};
 
 use crate::auth::Authenticator;
@@ -24,11 +28,10 @@ use crate::heartbeat::Registry;
 use crate::hub::{Added, Hub};
 use crate::limits::{check_room_name, PerIpCounter};
 use crate::metrics::Metrics;
+use crate::presence::Presence;
+use crate::routing::Routing;
 use crate::session::{ResumeSigner, SessionStore};
 use crate::telemetry;
-use roomcast_hooks::webhook::{EndReason, WebhookEvent};
-use roomcast_presence::api::Op;
-use roomcast_presence::client::PresenceClient;
 use tracing::Instrument;
 
 /// The largest encoded room message written directly when compression is
@@ -39,7 +42,7 @@ pub struct Node {
     /// The configuration the node started with. What may change while it
     /// runs (limits, proxies, log level) is read from [`Node::live`].
     pub config: Config,
-    pub live: crate::live::LiveConfig,
+    pub live: Arc<crate::live::LiveConfig>,
     /// Webhooks of a single node (a cluster's come from the presence service).
     pub webhooks: Option<roomcast_hooks::webhook::Webhooks>,
     pub id: Arc<str>,
@@ -48,8 +51,10 @@ pub struct Node {
     memory: Option<Arc<MemoryBroker>>,
     pub redis: Option<Arc<RedisBroker>>,
     pub sessions: SessionStore,
-    /// The presence service's client (cluster); `None`: presence is local.
-    pub presence: Option<PresenceClient>,
+    /// In-node presence, or the presence service's client (cluster).
+    pub presence: Arc<dyn Presence>,
+    /// Direct messages and disconnects, here or to the owning nodes.
+    pub routing: Arc<Routing>,
     pub signer: ResumeSigner,
     pub auth: Authenticator,
     pub registry: Arc<Registry>,
@@ -57,12 +62,7 @@ pub struct Node {
     pub drain: Drain,
     pub per_ip: Arc<PerIpCounter>,
     /// Sockets open on this node, including those still before `hello`.
-    pub open: AtomicUsize,
-    /// Sessions resumed here that other nodes may still hold, by node,
-    /// waiting to be told ([`Node::session_moved`]).
-    moved: Mutex<HashMap<String, Vec<String>>>,
-    /// Failed API key checks per address.
-    pub api_failures: crate::api::KeyFailures,
+    pub open: Arc<AtomicUsize>,
     /// WebSocket settings shared by every connection (one deflate pool).
     pub ws_options: yawc::Options,
     next_conn: AtomicU64,
@@ -124,8 +124,21 @@ impl Node {
             redis.set_delivery(hub.clone());
             (redis.clone(), None, Some(redis))
         };
-        let presence = crate::presence::start(&config, &id, &hub);
-        let sessions = match &presence {
+        let webhooks = roomcast_hooks::webhook::Webhooks::start(
+            config.webhooks.clone(),
+            roomcast_hooks::http::Backend::new(),
+        );
+        let (presence, client) =
+            crate::presence::start(&config, &id, &hub, &broker, webhooks.clone());
+        let routing = Arc::new(Routing::new(
+            id.clone(),
+            hub.clone(),
+            broker.clone(),
+            presence.clone(),
+            metrics.clone(),
+            redis.is_none(),
+        ));
+        let sessions = match &client {
             Some(client) => {
                 SessionStore::remote(client.clone(), Duration::from_millis(config.session.ttl_ms))
             }
@@ -136,11 +149,7 @@ impl Node {
             Duration::from_millis(config.heartbeat.pong_timeout_ms),
         ));
         registry.spawn_tickers();
-        let live = crate::live::LiveConfig::new(config.clone(), file, &id);
-        let webhooks = roomcast_hooks::webhook::Webhooks::start(
-            config.webhooks.clone(),
-            roomcast_hooks::http::Backend::new(),
-        );
+        let live = Arc::new(crate::live::LiveConfig::new(config.clone(), file, &id));
         let node = Arc::new(Node {
             live,
             webhooks,
@@ -153,14 +162,13 @@ impl Node {
             redis,
             sessions,
             presence,
+            routing,
             registry,
             metrics,
             drain: Drain::default(),
             per_ip: Arc::new(PerIpCounter::default()),
-            open: AtomicUsize::new(0),
-            moved: Mutex::default(),
-            api_failures: crate::api::KeyFailures::default(),
-            ws_options: crate::server::websocket_options(&config),
+            open: Arc::default(),
+            ws_options: crate::websocket::options(&config),
             next_conn: AtomicU64::new(1),
             config,
         });
@@ -235,123 +243,30 @@ impl Node {
         }
     }
 
-    /// Delivers a direct message; returns how many connections it reached
-    /// (or, on a cluster, how many sessions the presence service knows for
-    /// the target). Only the nodes that own those sessions are sent to.
+    /// Delivers a direct message; see [`Routing::send`].
     pub async fn send(
         &self,
         to: &Target,
         data: Data,
         from: Option<Member>,
     ) -> Result<usize, NodeError> {
-        if self.hub.targets(to).is_none() {
-            return Err(NodeError::bad_request(
-                "`to` must have exactly one of `user` or `session`",
-            ));
-        }
-        if self.redis.is_none() {
-            return Ok(self.hub.deliver_direct(to, data, from));
-        }
-        let span = if telemetry::enabled() {
-            tracing::info_span!("send", node = %self.id)
-        } else {
-            tracing::Span::none()
-        };
-        async {
-            let mut envelope = self.envelope(Kind::Direct, "");
-            envelope.data = Some(data);
-            envelope.from = from;
-            envelope.target = Some(to.clone());
-            envelope.trace = telemetry::current_traceparent();
-            self.route(to, envelope).await
-        }
-        .instrument(span)
-        .await
-    }
-
-    /// Sends a control envelope to the nodes owning `to`'s sessions, as the
-    /// presence service knows them; to every node when it cannot tell.
-    async fn route(&self, to: &Target, envelope: Envelope) -> Result<usize, NodeError> {
-        let owners = match &self.presence {
-            Some(presence) => {
-                let users: Vec<String> = to.user.iter().cloned().collect();
-                let sessions: Vec<String> = to.session.iter().cloned().collect();
-                presence
-                    .lookup(&users, &sessions)
-                    .instrument(presence_span("presence.lookup"))
-                    .await
-                    .ok()
-            }
-            None => None,
-        };
-        let Some(owners) = owners else {
-            let local = self.hub.targets(to).map(|t| t.len()).unwrap_or(0);
-            self.metrics.routed_to_all.inc();
-            self.broker.send_control(Route::AllNodes, envelope).await?;
-            return Ok(local);
-        };
-        let mut nodes: Vec<&str> = owners.iter().map(|o| o.node.as_str()).collect();
-        nodes.sort_unstable();
-        nodes.dedup();
-        for node in nodes {
-            self.metrics.routed_to_node.inc();
-            self.broker
-                .send_control(Route::Node(node.to_string()), envelope.clone())
-                .await?;
-        }
-        Ok(owners.len())
-    }
-
-    fn envelope(&self, kind: Kind, room: &str) -> Envelope {
-        Envelope::new(kind, room, &self.id, roomcast_broker::message::now_us())
-    }
-
-    /// Tells the room's members, on every node, that `member` joined or left.
-    async fn presence_changed(&self, kind: Kind, room: &str, member: Member) {
-        let mut envelope = self.envelope(kind, room);
-        envelope.member = Some(member);
-        if let Err(e) = self
-            .broker
-            .send_control(Route::Room(room.to_string()), envelope)
-            .await
-        {
-            tracing::warn!(error = %e, room, "presence event not sent");
-        }
+        self.routing.send(to, data, from).await
     }
 
     /// Members of a room, on every node.
     pub async fn presence(&self, room: &str) -> Result<Vec<Member>, NodeError> {
         self.check_room(room)?;
-        match &self.presence {
-            None => Ok(self.hub.members(room)),
-            Some(presence) => presence
-                .members(room)
-                .instrument(presence_span("presence.members"))
-                .await
-                .map_err(|e| NodeError::new(ErrorCode::Unavailable, e.to_string())),
-        }
+        self.presence.members(room).await
     }
 
     /// A connection passed `hello`.
     pub fn connected(&self, conn: &ConnHandle) {
-        if let Some(presence) = &self.presence {
-            presence.enqueue(Op::connect(
-                conn.session.to_string(),
-                conn.user().to_string(),
-                conn.identity.info.clone(),
-            ));
-        }
+        self.presence.connected(conn);
     }
 
-    /// A connection ended: it leaves its rooms. While the node drains, its
-    /// session is handed over (its presence is kept for the grace time, so
-    /// a client that resumes elsewhere causes no leave and no join).
-    ///
-    /// When a resume has already taken the session over (the new connection
-    /// holds it in the hub), the session goes on: it leaves only the rooms
-    /// its new connection does not hold, and is neither disconnected nor
-    /// handed over (on one node: no `session_end` webhook; a cluster's
-    /// presence service decides that on `disconnect`).
+    /// A connection ended: it leaves its rooms, and presence is told (see
+    /// [`Presence::closed`]: a session handed over by a drain, or taken
+    /// over by a resume, does not flap).
     pub async fn closed(&self, conn: &Arc<ConnHandle>, rooms: Vec<String>) {
         let mut vacated = Vec::new();
         for room in &rooms {
@@ -359,52 +274,9 @@ impl Node {
                 vacated.push(room.as_str());
             }
         }
-        if let Some(presence) = &self.presence {
-            if conn.has_moved() {
-                // Another node holds the session now: what this one
-                // would tell the service could only undo that.
-                return;
-            }
-            let session = || conn.session.to_string();
-            // Under the session table's lock: ordered against the new
-            // connection's `connect` (Hub::register).
-            self.hub.with_holder(conn, |holder| match holder {
-                Some(holder) => {
-                    for room in &rooms {
-                        self.hub.unless_member(room, holder.id, || {
-                            presence.enqueue(Op::leave(session(), room.as_str()))
-                        });
-                    }
-                }
-                None if self.drain.is_draining() => presence.enqueue(Op::handoff(
-                    session(),
-                    self.config.presence.handoff_grace_ms,
-                )),
-                None => presence.enqueue(Op::disconnect(session())),
-            });
-            return;
-        }
-        // One node: the rooms the new connection holds see no leave.
-        let holder = self.hub.with_holder(conn, |holder| holder.map(|h| h.id));
-        let left: Vec<&String> = rooms
-            .iter()
-            .filter(|room| holder.is_none_or(|id| !self.hub.is_member(room, id)))
-            .collect();
-        for &room in &left {
-            self.webhook(|| WebhookEvent::presence_leave(room, &**conn.user(), &*conn.session));
-            if vacated.contains(&room.as_str()) {
-                self.webhook(|| WebhookEvent::room_vacated(room));
-            }
-        }
-        for room in left {
-            self.presence_changed(Kind::PresenceLeave, room, conn.member())
-                .await;
-        }
-        if holder.is_none() {
-            self.webhook(|| {
-                WebhookEvent::session_end(&**conn.user(), &*conn.session, EndReason::Closed)
-            });
-        }
+        self.presence
+            .closed(conn, &rooms, &vacated, self.drain.is_draining())
+            .await;
     }
 
     /// First half of a join: become a (buffering) member, make sure the
@@ -421,7 +293,7 @@ impl Node {
             Added::Already => return Ok(None),
             Added::New { subscribed, first } => {
                 if first {
-                    self.webhook(|| WebhookEvent::room_occupied(room));
+                    self.presence.occupied(room);
                 }
                 subscribed
             }
@@ -441,7 +313,7 @@ impl Node {
             Err(e) => {
                 self.metrics.broker_errors.inc();
                 if self.remove_member(conn.id, room).await == Some(true) {
-                    self.webhook(|| WebhookEvent::room_vacated(room));
+                    self.presence.vacated(room);
                 }
                 Err(e.into())
             }
@@ -465,14 +337,7 @@ impl Node {
             None => {}
         }
         self.hub.activate(room, conn.id, &read.position);
-        match &self.presence {
-            Some(presence) => presence.enqueue(Op::join(conn.session.to_string(), room)),
-            None => {
-                self.webhook(|| WebhookEvent::presence_join(room, &**conn.user(), &*conn.session));
-                self.presence_changed(Kind::PresenceJoin, room, conn.member())
-                    .await
-            }
-        }
+        self.presence.joined(conn, room).await;
     }
 
     /// Removes a connection from a room, telling presence watchers.
@@ -480,17 +345,7 @@ impl Node {
         let Some(now_empty) = self.remove_member(conn.id, room).await else {
             return false;
         };
-        match &self.presence {
-            Some(presence) => presence.enqueue(Op::leave(conn.session.to_string(), room)),
-            None => {
-                self.webhook(|| WebhookEvent::presence_leave(room, &**conn.user(), &*conn.session));
-                if now_empty {
-                    self.webhook(|| WebhookEvent::room_vacated(room));
-                }
-                self.presence_changed(Kind::PresenceLeave, room, conn.member())
-                    .await
-            }
-        }
+        self.presence.left(conn, room, now_empty).await;
         true
     }
 
@@ -502,13 +357,6 @@ impl Node {
             self.broker.unsubscribe(room).await;
         }
         Some(now_empty)
-    }
-
-    /// Queues a webhook event (single node with webhooks configured).
-    fn webhook(&self, event: impl FnOnce() -> WebhookEvent) {
-        if let Some(webhooks) = &self.webhooks {
-            webhooks.push(event());
-        }
     }
 
     /// Closes the connections of a user or a session; they cannot resume.
@@ -524,59 +372,15 @@ impl Node {
         // (here, or by the owning nodes): a connection the hub no longer
         // lists has parked its session already, one it lists is marked and
         // does not park it, or takes the copy back out (Hub::disconnect).
-        let closed = if self.redis.is_none() {
-            self.hub.disconnect(to)
-        } else {
-            let mut envelope = self.envelope(Kind::Disconnect, "");
-            envelope.target = Some(to.clone());
-            self.route(to, envelope).await?
-        };
+        let closed = self.routing.disconnect(to).await?;
         self.sessions.end(to).await;
         Ok(closed)
     }
 
-    /// Tells `nodes`, which the presence service listed as holding
-    /// `session`, that it resumed here: each closes its connection of the
-    /// session, if it still has one, without parking it. The notices wait
-    /// [`MOVED_GATHER`] and go out together, one envelope per node and up
-    /// to [`MOVED_PER_ENVELOPE`] sessions: a storm of resumes from a
-    /// crashed node (whose channel nobody reads) costs a few publishes,
-    /// and no resume waits for them.
-    pub fn session_moved(self: &Arc<Self>, session: &str, nodes: &[String]) {
-        let first = {
-            let mut moved = self.moved.lock();
-            let first = moved.is_empty();
-            for to in nodes {
-                moved
-                    .entry(to.clone())
-                    .or_default()
-                    .push(session.to_string());
-            }
-            first
-        };
-        if !first {
-            return;
-        }
-        let node = Arc::downgrade(self);
-        tokio::spawn(async move {
-            tokio::time::sleep(MOVED_GATHER).await;
-            let Some(node) = node.upgrade() else { return };
-            let moved = std::mem::take(&mut *node.moved.lock());
-            for (to, sessions) in moved {
-                for chunk in sessions.chunks(MOVED_PER_ENVELOPE) {
-                    let mut envelope = node.envelope(Kind::Disconnect, "");
-                    envelope.data = Some(serde_json::json!({ crate::hub::MOVED: chunk }));
-                    if let Err(e) = node
-                        .broker
-                        .send_control(Route::Node(to.clone()), envelope)
-                        .await
-                    {
-                        tracing::warn!(error = %e, node = %to, sessions = chunk.len(),
-                            "resumes not told to the sessions' old node");
-                    }
-                }
-            }
-        });
+    /// A session resumed here that `nodes` may still hold; see
+    /// [`Routing::session_moved`].
+    pub fn session_moved(&self, session: &str, nodes: &[String]) {
+        self.routing.session_moved(session, nodes);
     }
 
     /// Rooms known to this node (with members or with history).
@@ -585,19 +389,5 @@ impl Node {
             Some(m) => m.room_count(),
             None => self.hub.room_count(),
         }
-    }
-}
-
-/// How long moved-session notices gather before they go out.
-const MOVED_GATHER: Duration = Duration::from_millis(5);
-/// Most sessions named in one moved-session envelope.
-const MOVED_PER_ENVELOPE: usize = 500;
-
-/// A span around a call to the presence service (none when not tracing).
-fn presence_span(name: &'static str) -> tracing::Span {
-    if telemetry::enabled() {
-        tracing::info_span!("presence", call = name)
-    } else {
-        tracing::Span::none()
     }
 }

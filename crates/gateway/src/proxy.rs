@@ -22,11 +22,9 @@ use serde_json::json;
 
 use crate::auth::Identity;
 use crate::config::{ProxyConfig, ProxyEndpoint};
-use crate::connection::Upgrade;
 use crate::error::NodeError;
 use crate::handle::ConnHandle;
 use crate::metrics::Metrics;
-use crate::node::Node;
 use crate::telemetry;
 
 /// The calls a node makes.
@@ -208,17 +206,26 @@ impl Proxy {
     }
 }
 
+/// What the connect proxy is told about the WebSocket that sent `hello`.
+pub struct ConnectRequest<'a> {
+    pub remote: std::net::SocketAddr,
+    /// MessagePack (true) or JSON.
+    pub binary: bool,
+    /// The upgrade's headers named in `proxy.forward_headers`.
+    pub headers: &'a [(String, String)],
+}
+
 /// The connect proxy's decision on a `hello`: the identity to connect
 /// with, or the refusal (error frame code, message, close code).
 pub async fn connect(
-    node: &Node,
-    upgrade: &Upgrade,
+    proxy: &Proxy,
+    metrics: &Metrics,
+    upgrade: &ConnectRequest<'_>,
     token: Option<&str>,
     identity: Identity,
     resume: bool,
 ) -> Result<Identity, (ErrorCode, String, u16)> {
-    let live = node.live.get_full();
-    let Some(endpoint) = live.proxy.endpoint(Call::Connect, "") else {
+    let Some(endpoint) = proxy.endpoint(Call::Connect, "") else {
         return Ok(identity);
     };
     let headers: Map<String, Value> = upgrade
@@ -228,7 +235,7 @@ pub async fn connect(
         .collect();
     let mut body = json!({
         "remote_addr": upgrade.remote.to_string(),
-        "protocol": if upgrade.codec.is_binary() { "msgpack" } else { "json" },
+        "protocol": if upgrade.binary { "msgpack" } else { "json" },
         "headers": headers,
         "resume": resume,
     });
@@ -238,11 +245,7 @@ pub async fn connect(
     if !identity.anonymous {
         body["user"] = json!(&*identity.user);
     }
-    match live
-        .proxy
-        .call(Call::Connect, endpoint, &body, &node.metrics)
-        .await
-    {
+    match proxy.call(Call::Connect, endpoint, &body, metrics).await {
         Verdict::Allow(result) => match apply_connect(identity.clone(), result) {
             Ok(identity) => Ok(identity),
             Err(e) => {
@@ -318,20 +321,20 @@ const MAX_USER_BYTES: usize = 256;
 /// The join proxy's decision: `Ok(true)` when the backend allowed the join
 /// (the token's room patterns are then not consulted), `Ok(false)` when no
 /// proxy decided (none configured, or failed open).
-pub async fn join(node: &Node, conn: &ConnHandle, room: &str) -> Result<bool, NodeError> {
-    let live = node.live.get_full();
-    let Some(endpoint) = live.proxy.endpoint(Call::Join, room) else {
+pub async fn join(
+    proxy: &Proxy,
+    metrics: &Metrics,
+    conn: &ConnHandle,
+    room: &str,
+) -> Result<bool, NodeError> {
+    let Some(endpoint) = proxy.endpoint(Call::Join, room) else {
         return Ok(false);
     };
     let mut body = json!({"user": conn.user(), "session": &*conn.session, "room": room});
     if let Some(info) = &conn.identity.info {
         body["info"] = info.clone();
     }
-    match live
-        .proxy
-        .call(Call::Join, endpoint, &body, &node.metrics)
-        .await
-    {
+    match proxy.call(Call::Join, endpoint, &body, metrics).await {
         Verdict::Allow(_) => Ok(true),
         Verdict::Deny { message, .. } => Err(NodeError::new(ErrorCode::Forbidden, message)),
         Verdict::Failed {
@@ -344,22 +347,18 @@ pub async fn join(node: &Node, conn: &ConnHandle, room: &str) -> Result<bool, No
 /// The publish proxy's decision: the data to publish (the client's, or the
 /// backend's replacement).
 pub async fn publish(
-    node: &Node,
+    proxy: &Proxy,
+    metrics: &Metrics,
     conn: &ConnHandle,
     room: &str,
     data: Data,
 ) -> Result<Data, NodeError> {
-    let live = node.live.get_full();
-    let Some(endpoint) = live.proxy.endpoint(Call::Publish, room) else {
+    let Some(endpoint) = proxy.endpoint(Call::Publish, room) else {
         return Ok(data);
     };
     let mut body =
         json!({"user": conn.user(), "session": &*conn.session, "room": room, "data": data});
-    match live
-        .proxy
-        .call(Call::Publish, endpoint, &body, &node.metrics)
-        .await
-    {
+    match proxy.call(Call::Publish, endpoint, &body, metrics).await {
         Verdict::Allow(mut result) => Ok(match result.remove("data") {
             Some(replaced) => replaced,
             None => body["data"].take(),
@@ -374,7 +373,8 @@ pub async fn publish(
 
 /// An `rpc` frame: the backend's `data`, or its error.
 pub async fn rpc(
-    node: &Node,
+    proxy: &Proxy,
+    metrics: &Metrics,
     conn: &ConnHandle,
     method: &str,
     data: Data,
@@ -384,19 +384,14 @@ pub async fn rpc(
             "method must be 1 to {MAX_METHOD_BYTES} bytes"
         )));
     }
-    let live = node.live.get_full();
-    let Some(endpoint) = live.proxy.endpoint(Call::Rpc, method) else {
+    let Some(endpoint) = proxy.endpoint(Call::Rpc, method) else {
         return Err(NodeError::bad_request(format!(
             "no rpc endpoint for {method}"
         )));
     };
     let body =
         json!({"user": conn.user(), "session": &*conn.session, "method": method, "data": data});
-    match live
-        .proxy
-        .call(Call::Rpc, endpoint, &body, &node.metrics)
-        .await
-    {
+    match proxy.call(Call::Rpc, endpoint, &body, metrics).await {
         Verdict::Allow(mut result) => Ok(result.remove("data").unwrap_or(Value::Null)),
         Verdict::Deny { code, message } => {
             let code = code

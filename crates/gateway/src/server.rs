@@ -3,8 +3,6 @@
 //! under `/api`. Cross-cutting checks (draining, origin, capacity) happen
 //! here, before a connection task exists.
 
-use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -14,43 +12,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use roomcast_protocol::{close, Codec};
-use yawc::{DeflatePool, IncomingUpgrade, Options};
+use roomcast_service::metrics::Snapshot;
+use yawc::IncomingUpgrade;
 
-use crate::config::Config;
 use crate::connection::{self, Upgrade};
-use crate::metrics::Rejection;
+use crate::front::Peer;
+use crate::limits::OpenSocket;
+use crate::metrics::{self, Rejection};
 use crate::node::Node;
-
-/// The WebSocket settings every connection of the node uses: small buffers,
-/// and permessage-deflate without context takeover, with a shared pool of
-/// compressors, so an idle connection holds no compression state.
-pub fn websocket_options(config: &Config) -> Options {
-    let ws = &config.websocket;
-    let mut options = Options::default()
-        .with_max_payload_read(config.limits.max_message_bytes + 1)
-        .with_max_read_buffer(config.limits.max_message_bytes + 1)
-        .with_read_buffer_capacity(ws.read_buffer_bytes)
-        // The write buffer is allocated on demand: frames gather in it up
-        // to `write_buffer_bytes`, then go out in one write, and a buffer
-        // that grew past that is given back once written. An idle
-        // connection keeps only what its last small write needed.
-        .with_write_buffer_capacity(0)
-        .with_backpressure_boundary(ws.write_buffer_bytes)
-        .with_utf8()
-        .with_no_delay();
-    if ws.compression {
-        options = options
-            .with_low_latency_compression()
-            .server_no_context_takeover()
-            .client_no_context_takeover()
-            .with_compression_threshold(ws.compression_threshold)
-            // About one state per worker thread; more would only hold idle memory.
-            .with_deflate_pool(DeflatePool::new(16));
-    } else {
-        options = options.without_compression();
-    }
-    options
-}
 
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
@@ -103,159 +72,146 @@ async fn ready(State(node): State<Arc<Node>>) -> Response {
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    let mut text = node.metrics.render();
+    let mut scrape = Snapshot::default();
     if let Some(webhooks) = &node.webhooks {
-        webhooks.stats().render(&mut text);
+        webhooks.stats().register(scrape.registry());
     }
-    {
-        use std::fmt::Write;
-        let tasks = tokio::runtime::Handle::current()
-            .metrics()
-            .num_alive_tasks();
-        let _ = writeln!(
-            text,
-            "# HELP roomcast_tasks Tasks alive in the node's runtime.\n# TYPE roomcast_tasks gauge\nroomcast_tasks {tasks}"
-        );
-    }
-    {
-        use std::fmt::Write;
-        let _ = writeln!(
-            text,
-            "# HELP roomcast_heartbeat_pings_total WebSocket pings sent to silent connections, by path: written by the heartbeat itself (direct) or queued to the connection's task.\n\
-             # TYPE roomcast_heartbeat_pings_total counter\n\
-             roomcast_heartbeat_pings_total{{path=\"direct\"}} {}\n\
-             roomcast_heartbeat_pings_total{{path=\"queued\"}} {}",
-            node.registry.pings_direct.get(),
-            node.registry.pings_queued.get()
-        );
-    }
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    scrape.gauge(
+        "roomcast_tasks",
+        "Tasks alive in the node's runtime",
+        tasks as i64,
+    );
+    scrape.counters(
+        "roomcast_heartbeat_pings",
+        "WebSocket pings sent to silent connections, by path: written by the heartbeat itself (direct) or queued to the connection's task",
+        "path",
+        &[
+            ("direct", node.registry.pings_direct.get()),
+            ("queued", node.registry.pings_queued.get()),
+        ],
+    );
     if let Some(redis) = &node.redis {
-        render_redis(&mut text, &redis.stats);
-        render_pubsub_health(&mut text, redis.pubsub_health(), &redis.stats);
+        redis_families(&mut scrape, &redis.stats);
+        pubsub_health(&mut scrape, redis.pubsub_health(), &redis.stats);
     }
-    if let Some(presence) = &node.presence {
-        use std::fmt::Write;
-        let status = presence.status();
-        let _ = writeln!(
-            text,
-            "# HELP roomcast_presence_queue_depth Presence updates waiting to reach the presence service.\n\
-             # TYPE roomcast_presence_queue_depth gauge\nroomcast_presence_queue_depth {}\n\
-             # HELP roomcast_presence_reachable 1 while the last sync with the presence service succeeded.\n\
-             # TYPE roomcast_presence_reachable gauge\nroomcast_presence_reachable {}\n\
-             # HELP roomcast_presence_queue_overflows_total Times the update queue overflowed and a full sync replaced it.\n\
-             # TYPE roomcast_presence_queue_overflows_total counter\nroomcast_presence_queue_overflows_total {}",
-            status.queued,
-            u8::from(status.connected),
-            status.overflows
+    if let Some(status) = node.presence.status() {
+        scrape.gauge(
+            "roomcast_presence_queue_depth",
+            "Presence updates waiting to reach the presence service",
+            status.queued as i64,
+        );
+        scrape.gauge(
+            "roomcast_presence_reachable",
+            "1 while the last sync with the presence service succeeded",
+            i64::from(status.connected),
+        );
+        scrape.counter(
+            "roomcast_presence_queue_overflows",
+            "Times the update queue overflowed and a full sync replaced it",
+            status.overflows,
         );
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    let mut text = node.metrics.render();
+    scrape.encode(&mut text);
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
 
-/// The Redis engine's counters, in the same exposition.
-fn render_redis(out: &mut String, stats: &roomcast_broker::redis::RedisStats) {
-    use std::fmt::Write;
+/// The Redis engine's counters.
+fn redis_families(scrape: &mut Snapshot, stats: &roomcast_broker::redis::RedisStats) {
     use std::sync::atomic::Ordering::Relaxed;
     let families = [
         (
-            "roomcast_redis_errors_total",
-            "Redis commands that failed.",
+            "roomcast_redis_errors",
+            "Redis commands that failed",
             &stats.errors,
         ),
         (
-            "roomcast_redis_reconnects_total",
-            "Reconnections of the pub/sub connection.",
+            "roomcast_redis_reconnects",
+            "Reconnections of the pub/sub connection",
             &stats.reconnects,
         ),
         (
-            "roomcast_pubsub_lost_total",
-            "Pub/sub messages dropped because the dispatcher lagged (then repaired from history).",
+            "roomcast_pubsub_lost",
+            "Pub/sub messages dropped because the dispatcher lagged (then repaired from history)",
             &stats.pubsub_lost,
         ),
         (
-            "roomcast_pubsub_gap_repaired_total",
-            "Messages delivered from history to fill a pub/sub gap.",
+            "roomcast_pubsub_gap_repaired",
+            "Messages delivered from history to fill a pub/sub gap",
             &stats.gap_repaired,
         ),
         (
-            "roomcast_pubsub_gap_unrepaired_total",
-            "Messages of a pub/sub gap no longer in history (members missed them).",
+            "roomcast_pubsub_gap_unrepaired",
+            "Messages of a pub/sub gap no longer in history (members missed them)",
             &stats.gap_unrepaired,
         ),
         (
-            "roomcast_redis_history_reads_total",
-            "read.lua calls: joins, resumes and gap repairs (concurrent reads of a room share one).",
+            "roomcast_redis_history_reads",
+            "read.lua calls: joins, resumes and gap repairs (concurrent reads of a room share one)",
             &stats.history_reads,
         ),
         (
-            "roomcast_pubsub_duplicates_dropped_total",
-            "Pub/sub messages dropped as already delivered.",
+            "roomcast_pubsub_duplicates_dropped",
+            "Pub/sub messages dropped as already delivered",
             &stats.duplicates_dropped,
         ),
     ];
     for (name, help, value) in families {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-            value.load(Relaxed)
-        );
+        scrape.counter(name, help, value.load(Relaxed));
     }
 }
 
 /// Whether pub/sub holds what the node needs, and how repairs went.
-fn render_pubsub_health(
-    out: &mut String,
+fn pubsub_health(
+    scrape: &mut Snapshot,
     health: roomcast_broker::redis::PubsubHealth,
     stats: &roomcast_broker::redis::RedisStats,
 ) {
-    use std::fmt::Write;
     use std::sync::atomic::Ordering::Relaxed;
-    let _ = writeln!(
-        out,
-        "# HELP roomcast_pubsub_rooms_unsubscribed Rooms with local members whose Redis channel is not known to be subscribed (should be 0).\n\
-         # TYPE roomcast_pubsub_rooms_unsubscribed gauge\nroomcast_pubsub_rooms_unsubscribed {}\n\
-         # HELP roomcast_pubsub_node_channels_unsubscribed 1 while the node's own channels (direct messages, all nodes) are not known to be subscribed.\n\
-         # TYPE roomcast_pubsub_node_channels_unsubscribed gauge\nroomcast_pubsub_node_channels_unsubscribed {}\n\
-         # HELP roomcast_pubsub_connected 1 while the Redis pub/sub connection is up.\n\
-         # TYPE roomcast_pubsub_connected gauge\nroomcast_pubsub_connected {}\n\
-         # HELP roomcast_pubsub_resubscribes_total Channels subscribed again after Redis lost them (reconnect, failover, slot move).\n\
-         # TYPE roomcast_pubsub_resubscribes_total counter\nroomcast_pubsub_resubscribes_total {}\n\
-         # HELP roomcast_pubsub_subscription_shortfalls_total Checks that found Redis holding fewer of the node's subscriptions than wanted.\n\
-         # TYPE roomcast_pubsub_subscription_shortfalls_total counter\nroomcast_pubsub_subscription_shortfalls_total {}\n\
-         # HELP roomcast_pubsub_repair_seconds Time from losing subscriptions to holding every wanted channel again.\n\
-         # TYPE roomcast_pubsub_repair_seconds summary\nroomcast_pubsub_repair_seconds_sum {:.3}\nroomcast_pubsub_repair_seconds_count {}\n\
-         # HELP roomcast_pubsub_last_repair_seconds How long the last subscription repair took.\n\
-         # TYPE roomcast_pubsub_last_repair_seconds gauge\nroomcast_pubsub_last_repair_seconds {:.3}\n\
-         # HELP roomcast_pubsub_gap_repair_failures_total History reads for a gap repair that failed (retried until one succeeds).\n\
-         # TYPE roomcast_pubsub_gap_repair_failures_total counter\nroomcast_pubsub_gap_repair_failures_total {}",
-        health.rooms_unsubscribed,
-        u8::from(health.node_channels_unsubscribed),
-        u8::from(health.connected),
+    scrape.gauge(
+        "roomcast_pubsub_rooms_unsubscribed",
+        "Rooms with local members whose Redis channel is not known to be subscribed (should be 0)",
+        health.rooms_unsubscribed as i64,
+    );
+    scrape.gauge(
+        "roomcast_pubsub_node_channels_unsubscribed",
+        "1 while the node's own channels (direct messages, all nodes) are not known to be subscribed",
+        i64::from(health.node_channels_unsubscribed),
+    );
+    scrape.gauge(
+        "roomcast_pubsub_connected",
+        "1 while the Redis pub/sub connection is up",
+        i64::from(health.connected),
+    );
+    scrape.counter(
+        "roomcast_pubsub_resubscribes",
+        "Channels subscribed again after Redis lost them (reconnect, failover, slot move)",
         stats.resubscribes.load(Relaxed),
+    );
+    scrape.counter(
+        "roomcast_pubsub_subscription_shortfalls",
+        "Checks that found Redis holding fewer of the node's subscriptions than wanted",
         stats.subscription_shortfalls.load(Relaxed),
+    );
+    scrape.summary(
+        "roomcast_pubsub_repair_seconds",
+        "Time from losing subscriptions to holding every wanted channel again.",
         stats.repair_ms_total.load(Relaxed) as f64 / 1000.0,
         stats.repairs.load(Relaxed),
+    );
+    scrape.gauge_f64(
+        "roomcast_pubsub_last_repair_seconds",
+        "How long the last subscription repair took",
         stats.last_repair_ms.load(Relaxed) as f64 / 1000.0,
+    );
+    scrape.counter(
+        "roomcast_pubsub_gap_repair_failures",
+        "History reads for a gap repair that failed (retried until one succeeds)",
         stats.gap_repair_failures.load(Relaxed),
     );
-}
-
-/// Who is at the other end of an accepted connection: the address, and the
-/// socket's descriptor, which the heartbeat uses for direct pings
-/// ([`crate::wire`]).
-#[derive(Debug, Clone, Copy)]
-pub struct Peer {
-    pub addr: SocketAddr,
-    pub fd: Option<crate::wire::Fd>,
-}
-
-/// Counts a socket as open from the upgrade until its task ends.
-pub struct OpenSocket(Arc<Node>);
-
-impl Drop for OpenSocket {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 async fn upgrade(
@@ -321,8 +277,7 @@ async fn upgrade(
         .collect();
     // The address's slot was taken at accept and stays with the socket
     // ([`crate::front`]); the node-wide cap counts WebSockets from here.
-    let open = node.open.fetch_add(1, Ordering::Relaxed) + 1;
-    let guard = OpenSocket(node.clone());
+    let (guard, open) = OpenSocket::count(node.open.clone());
     let refuse = if open > limits.max_connections {
         node.metrics.reject(Rejection::MaxConnections);
         Some((close::TRY_AGAIN_LATER, "node at capacity"))

@@ -16,7 +16,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
-use roomcast_presence::client::{Parked, PresenceError};
+use roomcast_presence_client::client::{Parked, PresenceError};
 use sha2::Sha256;
 
 use crate::auth::Identity;
@@ -82,7 +82,7 @@ struct ParkedSession {
 #[derive(Default)]
 pub struct SessionStore {
     parked: Mutex<HashMap<Arc<str>, ParkedSession>>,
-    remote: Option<roomcast_presence::client::PresenceClient>,
+    remote: Option<roomcast_presence_client::client::PresenceClient>,
     /// The session TTL: how long the mark of a session the API ended
     /// stays in the remote store, and a claim on a session lasts.
     ttl: Duration,
@@ -113,7 +113,7 @@ pub struct Resumable {
 
 /// The record left in a cluster's store for a session the API ended. The
 /// presence client is told to keep it in place when a take reads it
-/// ([`roomcast_presence::client::ClientOptions::keep`]), so that every
+/// ([`roomcast_presence_client::client::ClientOptions::keep`]), so that every
 /// resume of the session is refused until it expires.
 pub fn ended_record() -> serde_json::Value {
     serde_json::json!({ "ended": true })
@@ -122,7 +122,7 @@ pub fn ended_record() -> serde_json::Value {
 impl SessionStore {
     /// A store kept by the presence service; an ended session's mark stays
     /// `ttl`.
-    pub fn remote(client: roomcast_presence::client::PresenceClient, ttl: Duration) -> Self {
+    pub fn remote(client: roomcast_presence_client::client::PresenceClient, ttl: Duration) -> Self {
         SessionStore {
             parked: Mutex::default(),
             remote: Some(client),
@@ -274,6 +274,24 @@ impl SessionStore {
     }
 
     /// True when the presence service keeps the parked sessions.
+    /// The nodes the presence service lists as holding `session` for
+    /// `user` (cluster); `None` when it cannot tell or there is no service.
+    pub async fn listed_on(&self, session: &str, user: &str) -> Option<Vec<String>> {
+        let owners = self
+            .remote
+            .as_ref()?
+            .lookup(&[], &[session.to_string()])
+            .await
+            .ok()?;
+        Some(
+            owners
+                .into_iter()
+                .filter(|o| o.session == session && o.user == user)
+                .map(|o| o.node)
+                .collect(),
+        )
+    }
+
     pub fn is_remote(&self) -> bool {
         self.remote.is_some()
     }

@@ -33,6 +33,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use parking_lot::Mutex;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 use serde::{Deserialize, Deserializer, Serialize};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -378,46 +381,38 @@ pub struct WebhookStats {
 }
 
 impl WebhookStats {
-    /// Appends the `roomcast_webhook_*` metrics in the Prometheus text format.
-    pub fn render(&self, out: &mut String) {
-        use std::fmt::Write;
-        let w = self;
-        let webhook_rows: [(&str, &str, &str, u64); 5] = [
+    /// Registers the `roomcast_webhook_*` families with these values, for
+    /// one scrape (help without its final period: the registry adds it).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "roomcast_webhook_events_queued",
+            "Webhook events waiting to be delivered",
+            ConstGauge::new(self.queued as i64),
+        );
+        let counters = [
             (
-                "events_queued",
-                "gauge",
-                "Webhook events waiting to be delivered.",
-                w.queued,
+                "roomcast_webhook_events_sent",
+                "Webhook events the backend accepted",
+                self.events_sent,
             ),
             (
-                "events_sent_total",
-                "counter",
-                "Webhook events the backend accepted.",
-                w.events_sent,
+                "roomcast_webhook_batches_sent",
+                "Webhook requests the backend accepted",
+                self.batches_sent,
             ),
             (
-                "batches_sent_total",
-                "counter",
-                "Webhook requests the backend accepted.",
-                w.batches_sent,
+                "roomcast_webhook_failures",
+                "Webhook requests that failed (not 2xx, no answer in time, transport error); each is retried",
+                self.failures,
             ),
             (
-                "failures_total",
-                "counter",
-                "Webhook requests that failed (not 2xx, no answer in time, transport error); each is retried.",
-                w.failures,
-            ),
-            (
-                "events_dropped_total",
-                "counter",
-                "Webhook events dropped because the queue was full.",
-                w.dropped,
+                "roomcast_webhook_events_dropped",
+                "Webhook events dropped because the queue was full",
+                self.dropped,
             ),
         ];
-        for (name, kind, help, value) in webhook_rows {
-            let _ = writeln!(out, "# HELP roomcast_webhook_{name} {help}");
-            let _ = writeln!(out, "# TYPE roomcast_webhook_{name} {kind}");
-            let _ = writeln!(out, "roomcast_webhook_{name} {value}");
+        for (name, help, value) in counters {
+            registry.register(name, help, ConstCounter::new(value));
         }
     }
 }

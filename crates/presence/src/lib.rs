@@ -1,4 +1,5 @@
-//! The roomcast presence service, and the client gateways use to talk to it.
+//! The roomcast presence service (its client is the crate
+//! `roomcast-presence-client`).
 //!
 //! Gateways are the source of truth for their own connections; this service
 //! aggregates them cluster-wide: who owns which session (for direct sends),
@@ -7,7 +8,8 @@
 //! node's sessions are purged), and parked session records (resume and
 //! drain handoff). Where things are, by name:
 //!
-//! - [`api`]: the JSON types of the HTTP API, shared by server and client;
+//! - [`api`]: the JSON types of the HTTP API, shared with the client crate
+//!   (re-exported from it);
 //! - [`state`]: the pure state machine with every no-flap rule;
 //! - [`server`]: routes, the key check, handlers;
 //! - [`events`]: the queue and task publishing presence envelopes;
@@ -15,11 +17,9 @@
 //!   backend (rooms occupied and vacated, sessions ended, joins, leaves);
 //! - [`store`]: parked sessions in Redis;
 //! - [`sweeper`]: lease and handoff expiry;
-//! - [`client`]: [`client::PresenceClient`], the gateway side;
 //! - [`config`], [`metrics`], [`redis`], [`shutdown`].
 
-pub mod api;
-pub mod client;
+pub use roomcast_presence_client::api;
 pub mod config;
 pub mod events;
 pub mod metrics;

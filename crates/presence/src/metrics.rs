@@ -1,37 +1,21 @@
-//! Counters of the presence service and their Prometheus text rendering.
+//! Counters of the presence service and their Prometheus exposition.
 //!
-//! Plain atomics bumped on the request path; gauges (nodes, sessions,
+//! Counters are `prometheus-client` handles registered once, at
+//! construction, and bumped on the request path; gauges (nodes, sessions,
 //! rooms, queued events) are read from the state at scrape time rather than
 //! kept in step with it, so they cannot drift. Every name starts with
 //! `roomcast_presence_`, except the webhooks' (`roomcast_webhook_`), which
 //! are named as on a gateway that sends its own.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use roomcast_hooks::webhook::WebhookStats;
+pub use roomcast_service::metrics::Counter;
+use roomcast_service::metrics::{counter, encode, Registry, Snapshot};
 
 use crate::state::Counts;
 
-/// A monotonically increasing counter.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    pub fn inc(&self) {
-        self.add(1);
-    }
-
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-#[derive(Debug, Default)]
+/// The service's counters (help without its final period, names without
+/// `_total`: the registry and the encoder add them).
+#[derive(Debug)]
 pub struct Metrics {
     pub sync_requests: Counter,
     pub lookup_requests: Counter,
@@ -56,6 +40,7 @@ pub struct Metrics {
     pub takes_repeated: Counter,
     pub parks_superseded: Counter,
     pub unauthorized: Counter,
+    registry: Registry,
 }
 
 /// What the scrape reads besides the counters.
@@ -67,155 +52,179 @@ pub struct Gauges {
     pub webhooks: WebhookStats,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let r = &mut registry;
+        Metrics {
+            sync_requests: counter(
+                r,
+                "roomcast_presence_sync_requests",
+                "Sync requests received",
+            ),
+            lookup_requests: counter(
+                r,
+                "roomcast_presence_lookup_requests",
+                "Lookup requests received (a gateway batches concurrent lookups)",
+            ),
+            take_requests: counter(
+                r,
+                "roomcast_presence_take_requests",
+                "Batched take requests received (a gateway batches concurrent takes)",
+            ),
+            full_syncs: counter(
+                r,
+                "roomcast_presence_full_syncs",
+                "Full syncs applied",
+            ),
+            silent_syncs: counter(
+                r,
+                "roomcast_presence_silent_syncs",
+                "Full syncs applied without events (rebuild after a restart)",
+            ),
+            need_full: counter(
+                r,
+                "roomcast_presence_need_full",
+                "Syncs answered with need_full",
+            ),
+            ops_applied: counter(
+                r,
+                "roomcast_presence_ops_applied",
+                "Ops applied",
+            ),
+            ops_ignored: counter(
+                r,
+                "roomcast_presence_ops_ignored",
+                "Ops ignored (invalid, stale or already applied)",
+            ),
+            purges: counter(
+                r,
+                "roomcast_presence_purges",
+                "Nodes purged after their lease expired",
+            ),
+            sessions_purged: counter(
+                r,
+                "roomcast_presence_sessions_purged",
+                "Sessions removed with their node's expired lease",
+            ),
+            handoffs_expired: counter(
+                r,
+                "roomcast_presence_handoffs_expired",
+                "Handed-off sessions not taken within their grace",
+            ),
+            events_published: counter(
+                r,
+                "roomcast_presence_events_published",
+                "Presence events published to Redis",
+            ),
+            events_dropped: counter(
+                r,
+                "roomcast_presence_events_dropped",
+                "Presence events dropped because the queue was full",
+            ),
+            redis_errors: counter(
+                r,
+                "roomcast_presence_redis_errors",
+                "Failed Redis commands",
+            ),
+            parked: counter(
+                r,
+                "roomcast_presence_sessions_parked",
+                "Session records parked",
+            ),
+            taken: counter(
+                r,
+                "roomcast_presence_sessions_taken",
+                "Session records taken",
+            ),
+            take_misses: counter(
+                r,
+                "roomcast_presence_session_take_misses",
+                "Takes of a session with no record",
+            ),
+            park_requests: counter(
+                r,
+                "roomcast_presence_park_requests",
+                "Batched park requests (POST /v1/park)",
+            ),
+            claims: counter(
+                r,
+                "roomcast_presence_session_claims",
+                "Sessions claimed by a node resuming them on the token's word",
+            ),
+            claims_displaced: counter(
+                r,
+                "roomcast_presence_session_claims_displaced",
+                "Claims that replaced another node's claim (two resumes on the token's word)",
+            ),
+            takes_repeated: counter(
+                r,
+                "roomcast_presence_session_takes_repeated",
+                "Sessions of a take asked again with its token (a gateway's retry): answered as the first time",
+            ),
+            parks_superseded: counter(
+                r,
+                "roomcast_presence_session_parks_superseded",
+                "Parks refused: another node claimed the session since",
+            ),
+            unauthorized: counter(
+                r,
+                "roomcast_presence_unauthorized",
+                "Requests refused for a missing or wrong key",
+            ),
+            registry,
+        }
+    }
+
     /// Prometheus text exposition format.
     pub fn render(&self, gauges: &Gauges) -> String {
-        let mut out = String::with_capacity(4096);
+        let mut scrape = Snapshot::default();
         let c = &gauges.counts;
-        let gauge_rows: [(&str, &str, u64); 6] = [
-            ("nodes", "Gateway nodes holding a lease.", c.nodes as u64),
+        let gauge_rows = [
             (
-                "sessions",
-                "Sessions known cluster-wide.",
-                c.sessions as u64,
-            ),
-            ("rooms", "Rooms with at least one member.", c.rooms as u64),
-            (
-                "handoffs",
-                "Sessions waiting in a handoff grace.",
-                c.handoffs as u64,
+                "roomcast_presence_nodes",
+                "Gateway nodes holding a lease",
+                c.nodes,
             ),
             (
-                "events_queued",
-                "Presence events waiting to be published.",
-                gauges.events_queued as u64,
+                "roomcast_presence_sessions",
+                "Sessions known cluster-wide",
+                c.sessions,
             ),
             (
-                "redis_connected",
-                "1 when connected to Redis.",
-                gauges.redis_connected as u64,
+                "roomcast_presence_rooms",
+                "Rooms with at least one member",
+                c.rooms,
+            ),
+            (
+                "roomcast_presence_handoffs",
+                "Sessions waiting in a handoff grace",
+                c.handoffs,
+            ),
+            (
+                "roomcast_presence_events_queued",
+                "Presence events waiting to be published",
+                gauges.events_queued,
+            ),
+            (
+                "roomcast_presence_redis_connected",
+                "1 when connected to Redis",
+                usize::from(gauges.redis_connected),
             ),
         ];
         for (name, help, value) in gauge_rows {
-            let _ = writeln!(out, "# HELP roomcast_presence_{name} {help}");
-            let _ = writeln!(out, "# TYPE roomcast_presence_{name} gauge");
-            let _ = writeln!(out, "roomcast_presence_{name} {value}");
+            scrape.gauge(name, help, value as i64);
         }
-        let counter_rows: [(&str, &str, &Counter); 23] = [
-            (
-                "sync_requests_total",
-                "Sync requests received.",
-                &self.sync_requests,
-            ),
-            (
-                "lookup_requests_total",
-                "Lookup requests received (a gateway batches concurrent lookups).",
-                &self.lookup_requests,
-            ),
-            (
-                "take_requests_total",
-                "Batched take requests received (a gateway batches concurrent takes).",
-                &self.take_requests,
-            ),
-            ("full_syncs_total", "Full syncs applied.", &self.full_syncs),
-            (
-                "silent_syncs_total",
-                "Full syncs applied without events (rebuild after a restart).",
-                &self.silent_syncs,
-            ),
-            (
-                "need_full_total",
-                "Syncs answered with need_full.",
-                &self.need_full,
-            ),
-            ("ops_applied_total", "Ops applied.", &self.ops_applied),
-            (
-                "ops_ignored_total",
-                "Ops ignored (invalid, stale or already applied).",
-                &self.ops_ignored,
-            ),
-            (
-                "purges_total",
-                "Nodes purged after their lease expired.",
-                &self.purges,
-            ),
-            (
-                "sessions_purged_total",
-                "Sessions removed with their node's expired lease.",
-                &self.sessions_purged,
-            ),
-            (
-                "handoffs_expired_total",
-                "Handed-off sessions not taken within their grace.",
-                &self.handoffs_expired,
-            ),
-            (
-                "events_published_total",
-                "Presence events published to Redis.",
-                &self.events_published,
-            ),
-            (
-                "events_dropped_total",
-                "Presence events dropped because the queue was full.",
-                &self.events_dropped,
-            ),
-            (
-                "redis_errors_total",
-                "Failed Redis commands.",
-                &self.redis_errors,
-            ),
-            (
-                "sessions_parked_total",
-                "Session records parked.",
-                &self.parked,
-            ),
-            (
-                "sessions_taken_total",
-                "Session records taken.",
-                &self.taken,
-            ),
-            (
-                "session_take_misses_total",
-                "Takes of a session with no record.",
-                &self.take_misses,
-            ),
-            (
-                "park_requests_total",
-                "Batched park requests (POST /v1/park).",
-                &self.park_requests,
-            ),
-            (
-                "session_claims_total",
-                "Sessions claimed by a node resuming them on the token's word.",
-                &self.claims,
-            ),
-            (
-                "session_claims_displaced_total",
-                "Claims that replaced another node's claim (two resumes on the token's word).",
-                &self.claims_displaced,
-            ),
-            (
-                "session_takes_repeated_total",
-                "Sessions of a take asked again with its token (a gateway's retry): answered as the first time.",
-                &self.takes_repeated,
-            ),
-            (
-                "session_parks_superseded_total",
-                "Parks refused: another node claimed the session since.",
-                &self.parks_superseded,
-            ),
-            (
-                "unauthorized_total",
-                "Requests refused for a missing or wrong key.",
-                &self.unauthorized,
-            ),
-        ];
-        for (name, help, counter) in counter_rows {
-            let _ = writeln!(out, "# HELP roomcast_presence_{name} {help}");
-            let _ = writeln!(out, "# TYPE roomcast_presence_{name} counter");
-            let _ = writeln!(out, "roomcast_presence_{name} {}", counter.get());
-        }
-        gauges.webhooks.render(&mut out);
+        gauges.webhooks.register(scrape.registry());
+        let mut out = String::with_capacity(4096);
+        scrape.encode(&mut out);
+        encode(&mut out, &self.registry);
         out
     }
 }

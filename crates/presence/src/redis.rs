@@ -33,7 +33,7 @@ impl Redis {
         let sharded = config.redis_is_cluster();
         let url = cluster_url(&config.redis.url, sharded);
         let mut redis_config =
-            roomcast_broker::redis::redis_config(&url, &config.redis.tls_ca_file)
+            roomcast_service::redis::redis_config(&url, &config.redis.tls_ca_file)
                 .map_err(ConfigError)?;
         // Keep trying when Redis is down at startup instead of failing.
         redis_config.fail_fast = false;

@@ -566,7 +566,7 @@ async fn metrics(AxumState(app): AxumState<Arc<App>>) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; version=0.0.4"),
+        header::HeaderValue::from_static(roomcast_service::metrics::CONTENT_TYPE),
     );
     (headers, app.metrics.render(&gauges)).into_response()
 }

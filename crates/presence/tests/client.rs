@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use common::{eventually, seen, Gateway, Listener, Presence, KEY};
 use roomcast_presence::api::Op;
-use roomcast_presence::client::{Claimed, ClientOptions, Parked, PresenceClient, PresenceError};
+use roomcast_presence_client::client::{
+    Claimed, ClientOptions, Parked, PresenceClient, PresenceError,
+};
 use roomcast_testkit::free_port;
 use roomcast_testkit::redis::RedisServer;
 use serde_json::json;

@@ -1,12 +1,15 @@
 //! What every roomcast process (the gateway, the presence service) shares:
 //! its command line, how it loads its typed configuration, and how it learns
-//! it must stop.
+//! it must stop; and its metrics' handles and exposition ([`metrics`]).
 //!
 //! Configuration comes from the type's defaults, then a TOML file
 //! (`--config PATH` or `ROOMCAST_CONFIG`), then `ROOMCAST_…` environment
 //! variables with `__` between levels. Errors name the key (and its
 //! environment variable) and never echo the value of a secret; keys no field
 //! knows are returned so the process can warn about likely typos.
+
+pub mod metrics;
+pub mod redis;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -31,22 +31,22 @@ use fred::types::Message as PubsubMessage;
 use roomcast_protocol::envelope::{names, Envelope, Kind, EPOCH_LEN, EPOCH_POS, OFFSET_POS};
 use roomcast_protocol::{Data, Member, Since};
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
+mod history;
 mod subscriptions;
+use history::{decode_all, recover, Reader};
 pub use subscriptions::PubsubHealth;
 use subscriptions::Subscriptions;
 
 use crate::message::now_us;
 use crate::{
-    Broker, BrokerError, Delivery, HistoryLimits, HistoryRead, Position, Recovery, RoomMessage,
-    Route,
+    Broker, BrokerError, Delivery, HistoryLimits, HistoryRead, Recovery, RoomMessage, Route,
 };
 
 const PUBLISH_LUA: &str = include_str!("publish.lua");
-const READ_LUA: &str = include_str!("read.lua");
 /// How long a room's epoch and offset outlive its last publish or read.
-const META_TTL: Duration = Duration::from_secs(24 * 3600);
+pub(super) const META_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Pub/sub messages buffered between fred's reader and the dispatcher.
 const PUBSUB_CAPACITY: usize = 1 << 16;
 
@@ -106,48 +106,15 @@ pub(crate) fn unavailable(stats: &RedisStats, e: impl std::fmt::Display) -> Brok
     BrokerError::Unavailable(e.to_string())
 }
 
-fn new_epoch() -> String {
+pub(super) fn new_epoch() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..EPOCH_LEN].to_string()
 }
 
-fn value_bytes(v: &Value) -> Option<&[u8]> {
+pub(super) fn value_bytes(v: &Value) -> Option<&[u8]> {
     v.as_bytes()
 }
 
-/// The fred configuration for a Redis URL: `redis://` or `rediss://` (TLS)
-/// for one server, `redis-cluster://` or `rediss-cluster://` for a cluster;
-/// a password goes in the URL (`redis://:pass@host:port` or
-/// `redis://user:pass@…`, AUTH or ACL). With TLS the server's certificate is
-/// checked against the system roots, or against the CA in `tls_ca_file`
-/// (PEM) when one is given. Shared by the gateway and the presence service.
-pub fn redis_config(url: &str, tls_ca_file: &str) -> Result<Config, String> {
-    let mut config = Config::from_url(url).map_err(|e| format!("redis.url: {e}"))?;
-    if tls_ca_file.is_empty() {
-        return Ok(config);
-    }
-    if !config.uses_tls() {
-        return Err("redis.tls_ca_file needs a rediss:// (TLS) redis.url".into());
-    }
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
-    let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(tls_ca_file)
-        .map_err(|e| format!("redis.tls_ca_file: cannot read {tls_ca_file}: {e}"))?;
-    for cert in certs {
-        let cert = cert.map_err(|e| format!("redis.tls_ca_file: {e}"))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("redis.tls_ca_file: {e}"))?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("redis.tls_ca_file: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.tls = Some(fred::types::config::TlsConnector::from(client).into());
-    Ok(config)
-}
+pub use roomcast_service::redis::redis_config;
 
 /// The Redis Cluster hash slot of a key or sharded channel (its `{tag}`).
 pub fn key_slot(key: &str) -> u16 {
@@ -225,13 +192,7 @@ impl RedisBroker {
             to_repair: parking_lot::Mutex::new(HashSet::new()),
             repair: Notify::new(),
             stats: stats.clone(),
-            reader: Reader {
-                client: client_for_reads,
-                script: Script::from_lua(READ_LUA),
-                ttl: limits.ttl,
-                stats,
-                waiting: Arc::default(),
-            },
+            reader: Reader::new(client_for_reads, limits.ttl, stats),
         });
         broker.spawn_dispatcher(messages);
         broker.spawn_reconciler(subscription_check).await;
@@ -607,277 +568,5 @@ impl Broker for RedisBroker {
 
     fn engine(&self) -> &'static str {
         "redis"
-    }
-}
-
-/// Reads of rooms' history, coalesced per room. A resume storm asks for the
-/// same rooms thousands of times at once; one task per room serves every
-/// read queued while its previous read was in flight with one `read.lua`
-/// call from the oldest offset asked (per epoch asked), and gives each caller
-/// its own slice. Each read still starts after its caller asked (after the
-/// member began buffering), which is what keeps recovery exact.
-#[derive(Clone)]
-struct Reader {
-    client: Client,
-    script: Script,
-    ttl: Duration,
-    stats: Arc<RedisStats>,
-    /// Reads waiting, per room; a room is here while its task runs.
-    waiting: Arc<parking_lot::Mutex<HashMap<String, Vec<ReadWaiter>>>>,
-}
-
-struct ReadWaiter {
-    since: Option<Since>,
-    reply: oneshot::Sender<Result<HistoryRead, BrokerError>>,
-}
-
-impl Reader {
-    /// Fails at once while the command connection is down (fred would queue
-    /// the command until the reconnect or the timeout): an outage must answer
-    /// `unavailable` fast, not hold publishers or joins for the timeout.
-    fn ensure_connected(&self) -> Result<(), BrokerError> {
-        if self.client.is_connected() {
-            Ok(())
-        } else {
-            Err(unavailable(&self.stats, "not connected to Redis"))
-        }
-    }
-
-    async fn read(&self, room: &str, since: Option<&Since>) -> Result<HistoryRead, BrokerError> {
-        self.ensure_connected()?;
-        let (reply, answer) = oneshot::channel();
-        let waiter = ReadWaiter {
-            since: since.cloned(),
-            reply,
-        };
-        let start = {
-            let mut waiting = self.waiting.lock();
-            match waiting.get_mut(room) {
-                Some(queue) => {
-                    queue.push(waiter);
-                    false
-                }
-                None => {
-                    waiting.insert(room.to_string(), vec![waiter]);
-                    true
-                }
-            }
-        };
-        if start {
-            tokio::spawn(self.clone().run(room.to_string()));
-        }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(unavailable(&self.stats, "history read abandoned")))
-    }
-
-    /// Serves the room's queued reads until none is left.
-    async fn run(self, room: String) {
-        loop {
-            let batch = {
-                let mut waiting = self.waiting.lock();
-                let Some(queue) = waiting.get_mut(&room) else {
-                    return;
-                };
-                if queue.is_empty() {
-                    waiting.remove(&room);
-                    return;
-                }
-                std::mem::take(queue)
-            };
-            self.serve(&room, batch).await;
-        }
-    }
-
-    /// One read per epoch asked (usually one), from the oldest offset asked.
-    async fn serve(&self, room: &str, mut batch: Vec<ReadWaiter>) {
-        while !batch.is_empty() {
-            let epoch = batch
-                .iter()
-                .find_map(|w| w.since.as_ref().map(|s| s.epoch.clone()));
-            let (mine, rest): (Vec<ReadWaiter>, Vec<ReadWaiter>) =
-                batch.into_iter().partition(|w| match &w.since {
-                    Some(s) => epoch.as_deref() == Some(s.epoch.as_str()),
-                    // Position-only reads ride along with the first group.
-                    None => true,
-                });
-            batch = rest;
-            let from = epoch.map(|epoch| Since {
-                offset: mine
-                    .iter()
-                    .filter_map(|w| w.since.as_ref().map(|s| s.offset))
-                    .min()
-                    .unwrap_or(0),
-                epoch,
-            });
-            match self.read_raw(room, from.as_ref()).await {
-                Ok((position, raw)) => {
-                    let messages = decode_all(raw);
-                    for waiter in mine {
-                        let recovery = waiter
-                            .since
-                            .as_ref()
-                            .map(|s| recover(s, &position, &messages, self.ttl));
-                        let _ = waiter.reply.send(Ok(HistoryRead {
-                            position: position.clone(),
-                            recovery,
-                        }));
-                    }
-                }
-                Err(e) => {
-                    for waiter in mine {
-                        let _ = waiter.reply.send(Err(e.clone()));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Runs `read.lua`: the room's position, and the raw envelopes after
-    /// `since` (only when the epoch matches).
-    async fn read_raw(
-        &self,
-        room: &str,
-        since: Option<&Since>,
-    ) -> Result<(Position, Vec<Vec<u8>>), BrokerError> {
-        self.ensure_connected()?;
-        self.stats.history_reads.fetch_add(1, Relaxed);
-        let keys = vec![names::room_meta(room), names::room_history(room)];
-        let (after, epoch) = match since {
-            Some(s) => (s.offset as i64, s.epoch.clone()),
-            None => (-1, String::new()),
-        };
-        let args: Vec<Value> = vec![
-            new_epoch().into(),
-            (META_TTL.as_millis() as i64).into(),
-            after.into(),
-            epoch.into(),
-        ];
-        let reply: Vec<Value> = self
-            .script
-            .evalsha_with_reload(&self.client, keys, args)
-            .await
-            .map_err(|e| unavailable(&self.stats, e))?;
-        let mut items = reply.into_iter();
-        let epoch = items
-            .next()
-            .and_then(|v| v.as_string())
-            .ok_or_else(|| unavailable(&self.stats, "read.lua: no epoch"))?;
-        let offset = items
-            .next()
-            .and_then(|v| v.as_u64())
-            .ok_or_else(|| unavailable(&self.stats, "read.lua: no offset"))?;
-        let raw = items
-            .filter_map(|v| value_bytes(&v).map(<[u8]>::to_vec))
-            .collect();
-        Ok((
-            Position {
-                offset,
-                epoch: Arc::from(epoch),
-            },
-            raw,
-        ))
-    }
-}
-
-/// History entries decoded, in offset order. An undecodable entry is left
-/// out (and logged): a read whose range holds it then comes up one message
-/// short and is not recoverable, while reads sharing the same `read.lua`
-/// call whose ranges start after it are served in full.
-fn decode_all(raw: Vec<Vec<u8>>) -> Vec<Arc<RoomMessage>> {
-    let mut messages = Vec::with_capacity(raw.len());
-    for bytes in raw {
-        match Envelope::decode(&bytes) {
-            Ok(env) => messages.push(RedisBroker::to_message(env)),
-            Err(e) => tracing::error!(error = %e, "undecodable history entry left out"),
-        }
-    }
-    messages
-}
-
-/// What a client that asked for the messages after `since` gets, from the
-/// history read at `position` (`messages`: the entries after some offset at
-/// or before `since.offset`, in order): all of them after `since.offset`, in
-/// history and younger than `ttl`, or nothing.
-fn recover(
-    since: &Since,
-    position: &Position,
-    messages: &[Arc<RoomMessage>],
-    ttl: Duration,
-) -> Recovery {
-    if since.epoch != *position.epoch || since.offset > position.offset {
-        return Recovery::NotRecoverable;
-    }
-    let missing = position.offset - since.offset;
-    if missing == 0 {
-        return Recovery::Recovered(Vec::new());
-    }
-    let mine = &messages[messages.partition_point(|m| m.offset <= since.offset)..];
-    let oldest_allowed = now_us().saturating_sub(ttl.as_micros() as u64);
-    let complete = mine.len() as u64 == missing
-        && mine
-            .first()
-            .is_some_and(|m| m.offset == since.offset + 1 && m.published_at_us >= oldest_allowed);
-    if complete {
-        Recovery::Recovered(mine.to_vec())
-    } else {
-        Recovery::NotRecoverable
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(offset: u64) -> Vec<u8> {
-        let mut env = Envelope::new(Kind::Message, "r", "node-a", now_us());
-        env.offset = offset;
-        env.epoch = "0123456789abcdef".into();
-        env.data = Some(serde_json::json!({ "n": offset }));
-        env.encode().unwrap()
-    }
-
-    #[test]
-    fn an_undecodable_entry_spoils_only_the_reads_whose_range_holds_it() {
-        // One shared read from offset 0: entries 1..=5, the second corrupt.
-        let raw = vec![
-            entry(1),
-            b"\xc1 not an envelope".to_vec(),
-            entry(3),
-            entry(4),
-            entry(5),
-        ];
-        let messages = decode_all(raw);
-        assert_eq!(
-            messages.iter().map(|m| m.offset).collect::<Vec<_>>(),
-            [1, 3, 4, 5]
-        );
-        let position = Position {
-            offset: 5,
-            epoch: Arc::from("0123456789abcdef"),
-        };
-        let since = |offset| Since {
-            offset,
-            epoch: "0123456789abcdef".into(),
-        };
-        let ttl = Duration::from_secs(60);
-        // From 2 on, the corrupt entry is behind the reader: served in full.
-        for from in [2, 3] {
-            match recover(&since(from), &position, &messages, ttl) {
-                Recovery::Recovered(got) => assert_eq!(
-                    got.iter().map(|m| m.offset).collect::<Vec<_>>(),
-                    ((from + 1)..=5).collect::<Vec<_>>()
-                ),
-                Recovery::NotRecoverable => panic!("since {from}: not recoverable"),
-            }
-        }
-        // Ranges that hold offset 2 cannot be served whole: not recoverable,
-        // never a gap.
-        for from in [0, 1] {
-            assert!(matches!(
-                recover(&since(from), &position, &messages, ttl),
-                Recovery::NotRecoverable
-            ));
-        }
     }
 }

@@ -36,7 +36,7 @@ pub async fn handle(
             let backend_allowed = if state.rooms.contains(&room) {
                 false
             } else {
-                crate::proxy::join(node, conn, &room).await?
+                crate::proxy::join(&node.live.get_full().proxy, &node.metrics, conn, &room).await?
             };
             if !backend_allowed && !conn.identity.may_join(&room) {
                 return Err(NodeError::new(
@@ -100,7 +100,14 @@ pub async fn handle(
                 node.check_room(&room)?;
                 return Err(not_joined(&room, "publishing to"));
             }
-            let data = crate::proxy::publish(node, conn, &room, data).await?;
+            let data = crate::proxy::publish(
+                &node.live.get_full().proxy,
+                &node.metrics,
+                conn,
+                &room,
+                data,
+            )
+            .await?;
             let message = node.publish(&room, data, Some(conn.member())).await?;
             Ok(id.map(|id| ServerFrame::Ack {
                 id,
@@ -121,7 +128,14 @@ pub async fn handle(
         }
         ClientFrame::Ping { id } => Ok(Some(ServerFrame::Pong { id })),
         ClientFrame::Rpc { id, method, data } => {
-            let data = crate::proxy::rpc(node, conn, &method, data).await?;
+            let data = crate::proxy::rpc(
+                &node.live.get_full().proxy,
+                &node.metrics,
+                conn,
+                &method,
+                data,
+            )
+            .await?;
             Ok(Some(ServerFrame::RpcResult { id, data }))
         }
     }

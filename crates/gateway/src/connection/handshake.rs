@@ -83,16 +83,30 @@ pub async fn run(
             return Err((close::UNAUTHORIZED, "unauthorized".into()));
         }
     };
-    let identity =
-        match crate::proxy::connect(node, upgrade, token, identity, resume.is_some()).await {
-            Ok(identity) => identity,
-            Err((code, message, close_code)) => {
-                node.metrics.reject(crate::metrics::Rejection::Unauthorized);
-                let reason = close_reason(&message);
-                send_now(ws, codec, &ServerFrame::error(id, code, message)).await;
-                return Err((close_code, reason.into()));
-            }
-        };
+    let request = crate::proxy::ConnectRequest {
+        remote: upgrade.remote,
+        binary: upgrade.codec.is_binary(),
+        headers: &upgrade.headers,
+    };
+    let live = node.live.get_full();
+    let identity = match crate::proxy::connect(
+        &live.proxy,
+        &node.metrics,
+        &request,
+        token,
+        identity,
+        resume.is_some(),
+    )
+    .await
+    {
+        Ok(identity) => identity,
+        Err((code, message, close_code)) => {
+            node.metrics.reject(crate::metrics::Rejection::Unauthorized);
+            let reason = close_reason(&message);
+            send_now(ws, codec, &ServerFrame::error(id, code, message)).await;
+            return Err((close_code, reason.into()));
+        }
+    };
 
     let taken = match &resume {
         Some(r) => take_session(node, r, &identity).await,
@@ -265,9 +279,9 @@ async fn take_session(node: &Node, resume: &Resume, presented: &Identity) -> Opt
         Taken::Parked(_) | Taken::Ended => Some(None),
         Taken::Nothing => None,
     };
-    let Some(presence) = node.presence.as_ref() else {
+    if !node.sessions.is_remote() {
         return parked(node.sessions.take(&resume.session).await).flatten();
-    };
+    }
     // Cluster: one question asks the parked store and the listing. A
     // session the presence service still lists resumes on the token's
     // word: its node crashed and its lease has not run out yet, or its
@@ -306,15 +320,7 @@ async fn take_session(node: &Node, resume: &Resume, presented: &Identity) -> Opt
     if let Some(outcome) = parked(first.taken) {
         return outcome;
     }
-    let owners = presence
-        .lookup(&[], std::slice::from_ref(&resume.session))
-        .await
-        .ok()?;
-    let mut held_elsewhere: Vec<String> = owners
-        .iter()
-        .filter(|o| o.session == resume.session && o.user == owner)
-        .map(|o| o.node.clone())
-        .collect();
+    let mut held_elsewhere = node.sessions.listed_on(&resume.session, &owner).await?;
     if held_elsewhere.is_empty() {
         // Neither parked nor listed: its old node may have moved it from
         // one to the other between the two questions (a draining node

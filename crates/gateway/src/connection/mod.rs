@@ -46,7 +46,7 @@ pub struct Upgrade {
     /// Refuse right after the upgrade with this close (over capacity).
     pub refuse: Option<(u16, &'static str)>,
     /// Counts the socket as open until the connection ends.
-    pub open: Option<crate::server::OpenSocket>,
+    pub open: Option<crate::limits::OpenSocket>,
 }
 
 /// Runs one connection to its end.

@@ -15,7 +15,7 @@ use std::time::Duration;
 use fred::prelude::{Builder, ClientLike, EventInterface, PubsubInterface};
 use parking_lot::Mutex;
 use roomcast_presence::api::Op;
-use roomcast_presence::client::{PresenceClient, Snapshot};
+use roomcast_presence_client::client::{PresenceClient, Snapshot};
 use roomcast_protocol::envelope::{names, Envelope, Kind};
 use roomcast_testkit::{binary, http_request, wait_for_listen_line, Process};
 use serde_json::Value;

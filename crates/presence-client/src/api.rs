@@ -1,5 +1,5 @@
 //! The presence service's HTTP API types, shared by the server and by the
-//! gateway-side [`crate::client::PresenceClient`], so the two cannot drift.
+//! gateway-side `PresenceClient` (`client.rs` beside this file), so the two cannot drift.
 //!
 //! Everything is JSON. A gateway reports what happens to its connections as
 //! a stream of [`Op`]s (connect, join, leave, disconnect, handoff) in
