@@ -57,7 +57,7 @@ use crate::node::Node;
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
     pub addr: SocketAddr,
-    pub fd: Option<crate::wire::Fd>,
+    pub fd: Option<crate::direct_write::Fd>,
 }
 
 /// Where a connection is in its current request; it decides the deadline.

@@ -26,7 +26,7 @@
 //! does not wake for the empty ticks between).
 //!
 //! The ping itself is written straight to the socket when the connection
-//! allows it ([`crate::wire`]), outside the shard's lock.
+//! allows it ([`crate::direct_write`]), outside the shard's lock.
 //!
 //! The registry is also the node's list of connections, used by drain and
 //! stats.
@@ -40,9 +40,9 @@ use roomcast_protocol::close;
 use slab::Slab;
 use tokio::sync::Notify;
 
-use crate::handle::{now_ms, ConnHandle};
+use crate::conn_handle::{now_ms, ConnHandle};
+use crate::direct_write::Direct;
 use crate::metrics::Counter;
-use crate::wire::Direct;
 
 const SHARDS: usize = 8;
 /// At most this many ticks per wheel turn (34 minutes at the 2 s tick).

@@ -27,7 +27,7 @@ use roomcast_protocol::envelope::{Envelope, Kind};
 use roomcast_protocol::{close, Data, Member, ServerFrame, Target};
 use tokio::sync::OnceCell;
 
-use crate::handle::{ConnHandle, SessionFate, SharedFrame};
+use crate::conn_handle::{ConnHandle, SessionFate, SharedFrame};
 use crate::metrics::Metrics;
 use crate::outbox::PushError;
 
@@ -556,8 +556,9 @@ impl Delivery for Hub {
                     let ws_frame = if direct_now && m.conn.wire.has_socket() {
                         ws_frames[codec.index()]
                             .get_or_insert_with(|| {
-                                (bytes.len() < self.direct_below)
-                                    .then(|| crate::wire::data_frame(codec.is_binary(), bytes))
+                                (bytes.len() < self.direct_below).then(|| {
+                                    crate::direct_write::data_frame(codec.is_binary(), bytes)
+                                })
                             })
                             .as_ref()
                     } else {

@@ -1,31 +1,48 @@
 //! The roomcast gateway node.
 //!
-//! Where things are, by name:
-//! - [`front`]: the accept loop, per-address and pending-head limits, HTTP
-//!   timeouts;
-//! - [`server`]: HTTP routes and the WebSocket upgrade;
-//! - [`connection`]: one connection's task (hello, commands, writes);
-//! - [`node`]: the operations shared by connections and the API;
-//! - [`hub`]: rooms and their local members, fan-out;
-//! - [`outbox`]: a connection's bounded outbound queue;
-//! - [`heartbeat`]: liveness by shard tickers, and the connection registry;
-//! - [`session`]: resume tokens and parked sessions;
-//! - [`auth`], [`limits`], [`metrics`], [`drain`], [`config`], [`api`].
+//! Where things are, in layers; a module uses only those of its own layer
+//! or below, and nothing below the node layer names [`node::Node`]:
+//!
+//! - edge (HTTP and WebSocket, above the node):
+//!   [`front`] (accept loop, per-address and pending-head limits, HTTP
+//!   timeouts), [`server`] (routes, the upgrade), [`api`] (the HTTP API),
+//!   [`layers`] (its tower layers), [`demo`] (the demo page),
+//!   [`connection`] (one connection's task: hello, commands, writes),
+//!   [`drain`] (how a node stops);
+//! - node: [`node`] (the operations connections and the API share, and
+//!   what they hold);
+//! - below the node, each taking only what it uses:
+//!   [`hub`] (rooms, their local members, fan-out), [`routing`] (direct
+//!   messages, disconnects and session moves across nodes), [`presence`]
+//!   (the `Presence` trait and its local and cluster engines), [`session`]
+//!   (resume tokens, parked sessions, a session's lifecycle), [`proxy`]
+//!   (asking the application's backend), [`heartbeat`] (liveness by shard
+//!   tickers, the connection registry);
+//! - a connection's parts: [`conn_handle`] (what the rest of the node holds
+//!   of a connection), [`outbox`] (its bounded outbound queue),
+//!   [`direct_write`] (frames written straight to its socket, bypassing its
+//!   task), [`websocket`] (the WebSocket options);
+//! - ground: [`config`], [`live_config`] (what reloads while the node
+//!   runs), [`auth`], [`limits`], [`metrics`], [`error`], [`telemetry`].
+//!
+//! How a publish travels through these, hop by hop, is in
+//! `docs/architecture.md`, "Follow a publish".
 
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod conn_handle;
 pub mod connection;
 pub mod demo;
+pub mod direct_write;
 pub mod drain;
 pub mod error;
 pub mod front;
-pub mod handle;
 pub mod heartbeat;
 pub mod hub;
 pub mod layers;
 pub mod limits;
-pub mod live;
+pub mod live_config;
 pub mod metrics;
 pub mod node;
 pub mod outbox;
@@ -36,7 +53,6 @@ pub mod server;
 pub mod session;
 pub mod telemetry;
 pub mod websocket;
-pub mod wire;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,7 +82,7 @@ pub async fn run(config: Config, file: Option<std::path::PathBuf>) -> anyhow::Re
         .map_err(|e| anyhow::anyhow!("listen: cannot bind {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
     let node = Node::new(config, file).await?;
-    live::spawn_watcher(&node.live, node.metrics.clone());
+    live_config::spawn_watcher(&node.live, node.metrics.clone());
     tracing::info!(
         node = %node.id,
         engine = node.broker.engine(),

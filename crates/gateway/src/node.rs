@@ -21,16 +21,16 @@ use roomcast_protocol::{Data, ErrorCode, Member, Since, Target};
 
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError};
+use crate::conn_handle::ConnHandle;
 use crate::drain::Drain;
 use crate::error::NodeError;
-use crate::handle::ConnHandle;
 use crate::heartbeat::Registry;
 use crate::hub::{Added, Hub};
 use crate::limits::{check_room_name, PerIpCounter};
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::routing::Routing;
-use crate::session::{ResumeSigner, SessionStore};
+use crate::session::{ParkedSessions, ResumeSigner};
 use crate::telemetry;
 use tracing::Instrument;
 
@@ -42,7 +42,7 @@ pub struct Node {
     /// The configuration the node started with. What may change while it
     /// runs (limits, proxies, log level) is read from [`Node::live`].
     pub config: Config,
-    pub live: Arc<crate::live::LiveConfig>,
+    pub live: Arc<crate::live_config::LiveConfig>,
     /// Webhooks of a single node (a cluster's come from the presence service).
     pub webhooks: Option<roomcast_hooks::webhook::Webhooks>,
     pub id: Arc<str>,
@@ -50,7 +50,7 @@ pub struct Node {
     pub broker: Arc<dyn Broker>,
     memory: Option<Arc<MemoryBroker>>,
     pub redis: Option<Arc<RedisBroker>>,
-    pub sessions: SessionStore,
+    pub sessions: ParkedSessions,
     /// In-node presence, or the presence service's client (cluster).
     pub presence: Arc<dyn Presence>,
     /// Direct messages and disconnects, here or to the owning nodes.
@@ -140,16 +140,20 @@ impl Node {
         ));
         let sessions = match &client {
             Some(client) => {
-                SessionStore::remote(client.clone(), Duration::from_millis(config.session.ttl_ms))
+                ParkedSessions::remote(client.clone(), Duration::from_millis(config.session.ttl_ms))
             }
-            None => SessionStore::default(),
+            None => ParkedSessions::default(),
         };
         let registry = Arc::new(Registry::new(
             config.ping_interval(),
             Duration::from_millis(config.heartbeat.pong_timeout_ms),
         ));
         registry.spawn_tickers();
-        let live = Arc::new(crate::live::LiveConfig::new(config.clone(), file, &id));
+        let live = Arc::new(crate::live_config::LiveConfig::new(
+            config.clone(),
+            file,
+            &id,
+        ));
         let node = Arc::new(Node {
             live,
             webhooks,
@@ -196,6 +200,17 @@ impl Node {
             });
         }
         Ok(node)
+    }
+
+    /// The session lifecycle over this node's hub and parked sessions.
+    pub fn lifecycle(&self) -> crate::session::Lifecycle<'_> {
+        crate::session::Lifecycle {
+            hub: &self.hub,
+            parked: &self.sessions,
+            signer: &self.signer,
+            node_id: &self.id,
+            ttl: Duration::from_millis(self.config.session.ttl_ms),
+        }
     }
 
     pub fn next_conn_id(&self) -> u64 {

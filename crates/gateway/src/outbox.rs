@@ -27,13 +27,13 @@ pub enum Outgoing {
     /// A WebSocket ping.
     Ping,
     /// Nothing to write: wakes the task to finish a half-written direct
-    /// frame (see [`crate::wire`]), which it does before any write.
+    /// frame (see [`crate::direct_write`]), which it does before any write.
     FinishDirect,
 }
 
 /// What [`Outbox::direct_or_push`] did.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Gate {
+pub enum Claim {
     /// The socket is the caller's for one direct write.
     Claimed,
     /// Frames were queued or being written: the frame is queued behind them.
@@ -139,18 +139,18 @@ impl Outbox {
     /// Either takes the socket for a direct write of `frame` or queues it,
     /// under one lock. Direct only when nothing is queued or being written,
     /// so the frame cannot overtake an earlier one; `claim` takes the socket
-    /// (see [`crate::wire::Wire::claim_direct`]) under the queue's lock, so
+    /// (see [`crate::direct_write::Wire::claim_direct`]) under the queue's lock, so
     /// nothing queued later can be written before the direct write ends.
     pub fn direct_or_push(
         &self,
         frame: &Bytes,
         claim: impl FnOnce() -> bool,
-    ) -> Result<Gate, PushError> {
+    ) -> Result<Claim, PushError> {
         let s = self.state.lock();
         if s.close.is_none() && s.queue.is_empty() && !s.in_flight && claim() {
-            return Ok(Gate::Claimed);
+            return Ok(Claim::Claimed);
         }
-        self.push_locked(s, frame.clone()).map(|()| Gate::Queued)
+        self.push_locked(s, frame.clone()).map(|()| Claim::Queued)
     }
 
     /// Wakes the writer to finish a half-written direct frame.
@@ -273,19 +273,19 @@ mod tests {
                 true
             })
         };
-        assert_eq!(direct_or_push(true), Ok(Gate::Claimed));
+        assert_eq!(direct_or_push(true), Ok(Claim::Claimed));
         // The socket is someone else's: queued.
-        assert_eq!(outbox.direct_or_push(&f, || false), Ok(Gate::Queued));
+        assert_eq!(outbox.direct_or_push(&f, || false), Ok(Claim::Queued));
         // Something is queued: queued behind it.
-        assert_eq!(direct_or_push(false), Ok(Gate::Queued));
+        assert_eq!(direct_or_push(false), Ok(Claim::Queued));
         // Taken by the writer but maybe not written yet: queued.
         assert_eq!(outbox.next().await.unwrap().len(), 2);
-        assert_eq!(direct_or_push(false), Ok(Gate::Queued));
+        assert_eq!(direct_or_push(false), Ok(Claim::Queued));
         assert_eq!(outbox.next().await.unwrap().len(), 1);
         // The writer asks for more: its batch is written.
         let mut next = Box::pin(outbox.next());
         assert!(futures::poll!(next.as_mut()).is_pending());
-        assert_eq!(direct_or_push(true), Ok(Gate::Claimed));
+        assert_eq!(direct_or_push(true), Ok(Claim::Claimed));
         drop(next);
         outbox.close(1000, "bye");
         assert_eq!(direct_or_push(false), Err(PushError::Closing));

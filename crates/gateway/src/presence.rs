@@ -27,8 +27,8 @@ use roomcast_protocol::{ErrorCode, Member, Target};
 use tracing::Instrument;
 
 use crate::config::Config;
+use crate::conn_handle::ConnHandle;
 use crate::error::NodeError;
-use crate::handle::ConnHandle;
 use crate::hub::Hub;
 
 /// What a node tells presence about its connections, and asks it back.

@@ -22,8 +22,8 @@ use serde_json::json;
 
 use crate::auth::Identity;
 use crate::config::{ProxyConfig, ProxyEndpoint};
+use crate::conn_handle::ConnHandle;
 use crate::error::NodeError;
-use crate::handle::ConnHandle;
 use crate::metrics::Metrics;
 use crate::telemetry;
 

@@ -43,7 +43,7 @@ use events::{EventQueue, Publisher};
 use metrics::Metrics;
 use server::App;
 use state::State;
-use store::SessionStore;
+use store::ParkedRecords;
 
 /// How long the publisher (and the webhooks) keep trying to send queued
 /// events at exit.
@@ -77,7 +77,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         state: Mutex::new(State::new(Instant::now(), config.default_lease())),
         events: events.clone(),
         webhooks: webhooks.clone(),
-        store: SessionStore::new(redis.clone()),
+        store: ParkedRecords::new(redis.clone()),
         redis: redis.clone(),
         metrics: metrics.clone(),
         key_hash: server::key_hash(config.presence.key.expose()),

@@ -33,7 +33,7 @@ use crate::events::EventQueue;
 use crate::metrics::{Gauges, Metrics};
 use crate::redis::Redis;
 use crate::state::{Event, State, MAX_NAME_BYTES};
-use crate::store::{self, SessionStore};
+use crate::store::{self, ParkedRecords};
 
 /// Largest sync body: a full sync of a node with tens of thousands of
 /// sessions is tens of megabytes of JSON.
@@ -54,7 +54,7 @@ pub struct App {
     pub events: Arc<EventQueue>,
     /// The backend's webhooks, when `webhooks.url` is set.
     pub webhooks: Option<Webhooks>,
-    pub store: SessionStore,
+    pub store: ParkedRecords,
     pub redis: Redis,
     pub metrics: Arc<Metrics>,
     /// SHA-256 of `presence.key`, when one is configured.

@@ -58,17 +58,9 @@ pub enum Event {
     SessionEnd { member: Member, reason: EndReason },
 }
 
-/// Why a session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndReason {
-    /// Its node disconnected it, or stopped listing it in a full sync.
-    Closed,
-    /// It was handed off and no node took it within the grace time.
-    Expired,
-    /// Its node was lost: the lease expired, or the node restarted (a new
-    /// incarnation) without it.
-    NodeLost,
-}
+/// Why a session ended: the webhooks' `session_end` reason, one type for
+/// both ([`roomcast_hooks::webhook::EndReason`]).
+pub use roomcast_hooks::webhook::EndReason;
 
 /// What a sync did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -12,7 +12,7 @@
 //! `rc:{user:<escaped user>}`, so that the API's disconnect of a user can
 //! end the sessions the user left parked. The set lives as long as the
 //! last record parked in it; a take leaves its member behind (the set
-//! is only read by [`SessionStore::end_user`], which finds the record gone
+//! is only read by [`ParkedRecords::end_user`], which finds the record gone
 //! and drops the member).
 //!
 //! A node that resumes a session on the token's word (the service still
@@ -54,7 +54,7 @@ const TAKE_LUA: &str = include_str!("take.lua");
 /// of it: well past a gateway's query timeout (1 s) and its one retry.
 pub const TAKE_ANSWER_TTL: Duration = Duration::from_secs(30);
 
-/// One record of [`SessionStore::park_many`].
+/// One record of [`ParkedRecords::park_many`].
 #[derive(Debug, Clone, Copy)]
 pub struct Park<'a> {
     pub session: &'a str,
@@ -64,7 +64,7 @@ pub struct Park<'a> {
     pub user: Option<&'a str>,
 }
 
-/// A claim that comes with a take ([`SessionStore::take_many`]).
+/// A claim that comes with a take ([`ParkedRecords::take_many`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Claim<'a> {
     /// The node resuming the session.
@@ -72,7 +72,7 @@ pub struct Claim<'a> {
     pub ttl: Duration,
 }
 
-/// What [`SessionStore::take_many`] found for one session.
+/// What [`ParkedRecords::take_many`] found for one session.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Took {
     /// The record parked (taken, or read and kept), if any.
@@ -105,13 +105,13 @@ fn ttl_ms(ttl: Duration) -> i64 {
 }
 
 #[derive(Clone)]
-pub struct SessionStore {
+pub struct ParkedRecords {
     redis: Redis,
 }
 
-impl SessionStore {
-    pub fn new(redis: Redis) -> SessionStore {
-        SessionStore { redis }
+impl ParkedRecords {
+    pub fn new(redis: Redis) -> ParkedRecords {
+        ParkedRecords { redis }
     }
 
     /// The Redis key of a session's record.

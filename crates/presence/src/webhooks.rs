@@ -7,9 +7,9 @@
 //! order the state produced them. A silent rebuild after this process's own
 //! restart produces no event, so no webhook either.
 
-use roomcast_hooks::webhook::{self, WebhookEvent};
+use roomcast_hooks::webhook::WebhookEvent;
 
-use crate::state::{EndReason, Event};
+use crate::state::Event;
 
 /// The webhook event announcing `event`.
 pub fn webhook_event(event: &Event) -> WebhookEvent {
@@ -23,12 +23,7 @@ pub fn webhook_event(event: &Event) -> WebhookEvent {
         Event::Occupied { room } => WebhookEvent::room_occupied(room),
         Event::Vacated { room } => WebhookEvent::room_vacated(room),
         Event::SessionEnd { member, reason } => {
-            let reason = match reason {
-                EndReason::Closed => webhook::EndReason::Closed,
-                EndReason::Expired => webhook::EndReason::Expired,
-                EndReason::NodeLost => webhook::EndReason::NodeLost,
-            };
-            WebhookEvent::session_end(&member.user, &member.session, reason)
+            WebhookEvent::session_end(&member.user, &member.session, *reason)
         }
     }
 }
@@ -36,6 +31,7 @@ pub fn webhook_event(event: &Event) -> WebhookEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::EndReason;
     use roomcast_hooks::webhook::EventType;
     use roomcast_protocol::Member;
 
@@ -75,17 +71,13 @@ mod tests {
             room: "lobby".into(),
         });
         assert_eq!(vacated.kind, EventType::RoomVacated);
-        for (reason, expected) in [
-            (EndReason::Closed, webhook::EndReason::Closed),
-            (EndReason::Expired, webhook::EndReason::Expired),
-            (EndReason::NodeLost, webhook::EndReason::NodeLost),
-        ] {
+        for reason in [EndReason::Closed, EndReason::Expired, EndReason::NodeLost] {
             let end = webhook_event(&Event::SessionEnd {
                 member: member.clone(),
                 reason,
             });
             assert_eq!(end.kind, EventType::SessionEnd);
-            assert_eq!(end.reason, Some(expected));
+            assert_eq!(end.reason, Some(reason));
             assert_eq!(end.session.as_deref(), Some("s1"));
             assert_eq!(end.room, None);
         }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use roomcast_protocol::{ClientFrame, ErrorCode, ServerFrame};
 
+use crate::conn_handle::ConnHandle;
 use crate::error::NodeError;
-use crate::handle::ConnHandle;
 use crate::node::Node;
 
 /// What the connection's commands change, owned by the command running

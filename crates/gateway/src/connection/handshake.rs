@@ -5,17 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use roomcast_protocol::{close, ClientFrame, ErrorCode, Resume, RoomStatus, ServerFrame, Since};
+use roomcast_protocol::{close, ClientFrame, ErrorCode, RoomStatus, ServerFrame, Since};
 use yawc::OpCode;
 
 use std::borrow::Cow;
 
 use super::{send_now, Socket, Upgrade};
-use crate::auth::Identity;
-use crate::handle::{ConnHandle, SessionFate};
+use crate::conn_handle::ConnHandle;
 use crate::node::Node;
 use crate::outbox::Outbox;
-use crate::session::Taken;
 
 /// A connection past `hello`.
 pub struct Established {
@@ -109,7 +107,7 @@ pub async fn run(
     };
 
     let taken = match &resume {
-        Some(r) => take_session(node, r, &identity).await,
+        Some(r) => node.lifecycle().take(r, &identity).await,
         None => None,
     };
     let resumed = taken.is_some();
@@ -206,143 +204,6 @@ pub async fn run(
         node.finish_join(&conn, room, read).await;
     }
     Ok(Established { conn, rooms })
-}
-
-/// Longest a resume waits for the old connection's teardown to park the
-/// session: longer than a park may take (the presence client's 1 s query
-/// timeout).
-const PARK_PATIENCE: Duration = Duration::from_secs(2);
-
-/// A session a resume takes.
-struct Resumed {
-    session: Arc<str>,
-    identity: Identity,
-    /// Other nodes the presence service lists as holding it.
-    held_elsewhere: Vec<String>,
-}
-
-/// Takes over the session named in `resume` when its token proves it and
-/// the user matches; returns the session id and the identity to use. The
-/// token is checked before the store is touched.
-async fn take_session(node: &Node, resume: &Resume, presented: &Identity) -> Option<Resumed> {
-    let here = |session: Arc<str>, identity: Identity| Resumed {
-        session,
-        identity,
-        held_elsewhere: Vec::new(),
-    };
-    let owner = node.signer.verify(&resume.token, &resume.session)?;
-    if !presented.anonymous && *presented.user != *owner {
-        return None;
-    }
-    // A token, when given, brings fresh claims; anonymous resumes keep theirs.
-    let pick = |kept: Identity| {
-        if presented.anonymous {
-            kept
-        } else {
-            presented.clone()
-        }
-    };
-    // The hub first, then the parked sessions: a connection's teardown
-    // parks its session before the hub lets go of it, so a resume racing
-    // the teardown finds it in one or the other.
-    if let Some(live) = node.hub.by_session(&resume.session) {
-        if *live.identity.user != *owner {
-            return None;
-        }
-        match live.take_over() {
-            // Taken from the live connection, which will not park it.
-            SessionFate::Held => {
-                return Some(here(live.session.clone(), pick(live.identity.clone())))
-            }
-            // Its teardown is parking it: the parked copy is the one to
-            // take, once it is there.
-            SessionFate::Parking => {
-                node.hub.await_park(&live, PARK_PATIENCE).await;
-                // Disconnected by the API meanwhile: its teardown drops
-                // the copy once the hub has let go of it.
-                if live.fate() == SessionFate::Ended {
-                    return None;
-                }
-            }
-            SessionFate::Parked => {}
-            // Disconnected by the API, its close still under way.
-            SessionFate::Ended => return None,
-        }
-    }
-    // What the parked store says: `Some(answer)` when it decides the
-    // resume (resumed, or refused: ended or another user's), `None` when
-    // it holds nothing for the session.
-    let parked = |taken: Taken| match taken {
-        Taken::Parked(parked) if *parked.user == *owner => {
-            Some(Some(here(Arc::from(resume.session.as_str()), pick(parked))))
-        }
-        Taken::Parked(_) | Taken::Ended => Some(None),
-        Taken::Nothing => None,
-    };
-    if !node.sessions.is_remote() {
-        return parked(node.sessions.take(&resume.session).await).flatten();
-    }
-    // Cluster: one question asks the parked store and the listing. A
-    // session the presence service still lists resumes on the token's
-    // word: its node crashed and its lease has not run out yet, or its
-    // node still holds it (the client came back here before that node saw
-    // its old socket die), and is told it moved. Such a session is claimed
-    // for this node before it is taken: the node listing it may still park
-    // it (its connection of it ending now, or a drain's park landing late),
-    // and a copy parked then would let the session resume a second time
-    // while it is live here. The claim refuses that park; one that came
-    // first is taken now, and resumes here like any park. The service
-    // reads the listing before it takes, and a node parks a session before
-    // it unlists it, so a session found unlisted was parked by then, if
-    // it was parked at all.
-    let first = node.sessions.take_or_claim(&resume.session, &owner).await;
-    if let Some(listed) = first.listed {
-        if let Some(outcome) = parked(first.taken) {
-            return outcome;
-        }
-        if listed.is_empty() {
-            return None;
-        }
-        let mut held_elsewhere = listed;
-        // Another node claimed it before: a resume there on the token's
-        // word too, so recent that the service does not list it there yet.
-        // It is told the session moved on, like the nodes listing it.
-        held_elsewhere.extend(first.displaced.filter(|d| !held_elsewhere.contains(d)));
-        held_elsewhere.retain(|n| *n != *node.id);
-        return Some(Resumed {
-            session: Arc::from(resume.session.as_str()),
-            identity: pick(Identity::anonymous_user(&owner)),
-            held_elsewhere,
-        });
-    }
-    // A service older than that question answered a plain take: the
-    // listing and the claim are asked one after the other.
-    if let Some(outcome) = parked(first.taken) {
-        return outcome;
-    }
-    let mut held_elsewhere = node.sessions.listed_on(&resume.session, &owner).await?;
-    if held_elsewhere.is_empty() {
-        // Neither parked nor listed: its old node may have moved it from
-        // one to the other between the two questions (a draining node
-        // parks a session, then drops its listing). That node parks
-        // before it unlists, so a session unlisted by now is parked by
-        // now, unless it was never parked at all: ask once more.
-        return parked(node.sessions.take(&resume.session).await).flatten();
-    }
-    // Claimed before it resumes here, as above.
-    let (taken, displaced) = node.sessions.claim(&resume.session).await;
-    let identity = match taken {
-        Taken::Parked(parked) if *parked.user == *owner => pick(parked),
-        Taken::Parked(_) | Taken::Ended => return None,
-        Taken::Nothing => pick(Identity::anonymous_user(&owner)),
-    };
-    held_elsewhere.extend(displaced.filter(|d| !held_elsewhere.contains(d)));
-    held_elsewhere.retain(|n| *n != *node.id);
-    Some(Resumed {
-        session: Arc::from(resume.session.as_str()),
-        identity,
-        held_elsewhere,
-    })
 }
 
 /// A close reason fits in 123 bytes; cut at a character boundary.

@@ -26,7 +26,7 @@ use tracing::Instrument;
 use yawc::close::CloseCode;
 use yawc::{Frame, HttpStream, OpCode, WebSocket};
 
-use crate::handle::ConnHandle;
+use crate::conn_handle::ConnHandle;
 use crate::limits::RateLimiter;
 use crate::node::Node;
 use crate::outbox::Outgoing;
@@ -37,8 +37,8 @@ pub type Socket = WebSocket<HttpStream>;
 pub struct Upgrade {
     pub codec: Codec,
     pub remote: SocketAddr,
-    /// The socket's descriptor, for direct pings (see [`crate::wire`]).
-    pub fd: Option<crate::wire::Fd>,
+    /// The socket's descriptor, for direct pings (see [`crate::direct_write`]).
+    pub fd: Option<crate::direct_write::Fd>,
     /// Token from `Authorization: Bearer` on the upgrade request.
     pub bearer: Option<String>,
     /// The upgrade's headers named in `proxy.forward_headers`.
@@ -91,7 +91,7 @@ pub async fn serve(node: Arc<Node>, mut ws: Box<Socket>, mut upgrade: Box<Upgrad
     let generation = node.live.generation();
     let live = node.live.get_full();
     let limits = &live.config.limits;
-    let mut gate = Gate {
+    let mut gate = Admission {
         rate: RateLimiter::new(limits.messages_per_second, limits.message_burst),
         bad_frames: 0,
         live,
@@ -106,27 +106,7 @@ pub async fn serve(node: Arc<Node>, mut ws: Box<Socket>, mut upgrade: Box<Upgrad
     drop(wire_off);
     drop(ws);
 
-    // Parked before the hub lets go of the connection: a resume racing
-    // this teardown finds the session in one place or the other (parked,
-    // or still live), never in neither. A resume that comes while the
-    // park is under way waits for it and resumes the parked copy; one that
-    // came before it took the session over, and it is not parked at all
-    // (ConnHandle::begin_park).
-    if conn.begin_park() {
-        Box::pin(node.sessions.park(
-            conn.session.clone(),
-            conn.identity.clone(),
-            Duration::from_millis(node.config.session.ttl_ms),
-        ))
-        .await;
-        node.hub.park_ended(&conn);
-    }
-    node.hub.unregister(&conn);
-    // Disconnected by the API while the park was under way: the mark was
-    // set while the hub still listed the connection, so it shows here.
-    if conn.must_discard() {
-        Box::pin(node.sessions.discard(&conn.session)).await;
-    }
+    Box::pin(node.lifecycle().close(&conn)).await;
     Box::pin(node.closed(&conn, std::mem::take(&mut state.rooms))).await;
     // Last: the drain waits for the registry to empty, then flushes the
     // presence ops queued above.
@@ -138,7 +118,7 @@ pub async fn serve(node: Arc<Node>, mut ws: Box<Socket>, mut upgrade: Box<Upgrad
 
 /// Stops direct pings if the connection's task ends in a panic: unwinding
 /// drops this before the socket.
-struct WireOff<'a>(&'a crate::wire::Wire);
+struct WireOff<'a>(&'a crate::direct_write::Wire);
 
 impl Drop for WireOff<'_> {
     fn drop(&mut self) {
@@ -154,12 +134,12 @@ const READ_AHEAD: usize = 16;
 /// How a frame is admitted as it arrives: the rate limit and the count of
 /// malformed frames apply to arrival times, not to when the frame's turn
 /// comes.
-struct Gate {
+struct Admission {
     rate: RateLimiter,
     /// Undecodable frames in a row.
     bad_frames: u32,
     /// The configuration in force, for its limits.
-    live: Arc<crate::live::Live>,
+    live: Arc<crate::live_config::Live>,
     /// The live configuration's generation `live` came from.
     generation: u64,
 }
@@ -189,7 +169,7 @@ async fn run_loop(
     node: &Arc<Node>,
     conn: &Arc<ConnHandle>,
     ws: &mut Socket,
-    gate: &mut Gate,
+    gate: &mut Admission,
     state: commands::State,
 ) -> (u16, commands::State) {
     // What is awaited only now and then (a write, a close) is boxed, so
@@ -341,7 +321,7 @@ fn refuse(conn: &ConnHandle, reply: &ServerFrame, close: Option<(u16, &'static s
 
 /// Applies the rate limit and the malformed-frame count to a frame as it
 /// arrives, and decodes it.
-fn admit(node: &Arc<Node>, conn: &Arc<ConnHandle>, gate: &mut Gate, payload: &Bytes) -> Turn {
+fn admit(node: &Arc<Node>, conn: &Arc<ConnHandle>, gate: &mut Admission, payload: &Bytes) -> Turn {
     let generation = node.live.generation();
     if generation != gate.generation {
         // The configuration was reloaded: new limits from this frame on.

@@ -15,8 +15,8 @@ use bytes::Bytes;
 use roomcast_protocol::{Codec, Member, ServerFrame};
 
 use crate::auth::Identity;
-use crate::outbox::{Gate, Outbox, PushError};
-use crate::wire::{Direct, Fd, Wire};
+use crate::direct_write::{Direct, Fd, Wire};
+use crate::outbox::{Claim, Outbox, PushError};
 
 /// Milliseconds since the node started: a cheap, monotonic clock shared by
 /// the connections and the heartbeat tickers.
@@ -115,7 +115,7 @@ impl ConnHandle {
         if self
             .outbox
             .direct_or_push(bytes, || self.wire.claim_direct())?
-            == Gate::Queued
+            == Claim::Queued
         {
             return Ok(false);
         }

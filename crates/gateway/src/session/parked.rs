@@ -1,74 +1,14 @@
-//! Sessions that outlive their connection, for resume.
-//!
-//! When a connection ends its session is parked for `session.ttl_ms`; a
-//! `hello` with `resume` takes it back if the resume token matches. The token
-//! is `<user>.<mac>`: the user id (base64url) and an HMAC of the session id
-//! and the user id under the node's (or the cluster's shared) resume secret.
-//! It cannot be forged, a token of one user's session is worthless for
-//! another session or user, and it is checked before the session store is
-//! touched, so a forged token cannot even evict a parked session.
+//! Parked sessions: in this node (single-node mode), or in the presence
+//! service's store (Redis), where any node of the cluster finds them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
 use roomcast_presence_client::client::{Parked, PresenceError};
-use sha2::Sha256;
 
 use crate::auth::Identity;
-
-type HmacSha256 = Hmac<Sha256>;
-
-/// Signs and checks resume tokens.
-pub struct ResumeSigner {
-    key: Vec<u8>,
-}
-
-impl ResumeSigner {
-    /// With an empty secret, a random key for this process.
-    pub fn new(secret: &str) -> Self {
-        let key = if secret.is_empty() {
-            let mut key = vec![0u8; 32];
-            rand::Rng::fill(&mut rand::thread_rng(), &mut key[..]);
-            key
-        } else {
-            secret.as_bytes().to_vec()
-        };
-        ResumeSigner { key }
-    }
-
-    fn mac(&self, session: &str, user: &str) -> HmacSha256 {
-        // A fixed-length key of any size is accepted by HMAC.
-        let mut mac = HmacSha256::new_from_slice(&self.key).expect("hmac accepts any key length");
-        mac.update(b"roomcast-resume-v1\0");
-        mac.update(session.as_bytes());
-        mac.update(b"\0");
-        mac.update(user.as_bytes());
-        mac
-    }
-
-    pub fn sign(&self, session: &str, user: &str) -> String {
-        format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(user),
-            URL_SAFE_NO_PAD.encode(self.mac(session, user).finalize().into_bytes())
-        )
-    }
-
-    /// Checks a token against a session (constant-time MAC comparison);
-    /// returns the user it was issued to.
-    pub fn verify(&self, token: &str, session: &str) -> Option<String> {
-        let (user, mac) = token.split_once('.')?;
-        let user = String::from_utf8(URL_SAFE_NO_PAD.decode(user).ok()?).ok()?;
-        let mac = URL_SAFE_NO_PAD.decode(mac).ok()?;
-        self.mac(session, &user).verify_slice(&mac).ok()?;
-        Some(user)
-    }
-}
 
 /// A session waiting to be resumed.
 #[derive(Clone)]
@@ -80,7 +20,7 @@ struct ParkedSession {
 /// Parked sessions: in this node (single-node mode), or in the presence
 /// service's store (Redis), where any node of the cluster finds them.
 #[derive(Default)]
-pub struct SessionStore {
+pub struct ParkedSessions {
     parked: Mutex<HashMap<Arc<str>, ParkedSession>>,
     remote: Option<roomcast_presence_client::client::PresenceClient>,
     /// The session TTL: how long the mark of a session the API ended
@@ -100,7 +40,7 @@ pub enum Taken {
     Nothing,
 }
 
-/// What [`SessionStore::take_or_claim`] found.
+/// What [`ParkedSessions::take_or_claim`] found.
 #[derive(Debug, Default)]
 pub struct Resumable {
     pub taken: Taken,
@@ -119,11 +59,11 @@ pub fn ended_record() -> serde_json::Value {
     serde_json::json!({ "ended": true })
 }
 
-impl SessionStore {
+impl ParkedSessions {
     /// A store kept by the presence service; an ended session's mark stays
     /// `ttl`.
     pub fn remote(client: roomcast_presence_client::client::PresenceClient, ttl: Duration) -> Self {
-        SessionStore {
+        ParkedSessions {
             parked: Mutex::default(),
             remote: Some(client),
             ttl,
@@ -315,53 +255,5 @@ impl SessionStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_resume_token_is_bound_to_its_session_and_user() {
-        let signer = ResumeSigner::new("secret");
-        let token = signer.sign("s1", "alice");
-        assert_eq!(signer.verify(&token, "s1").as_deref(), Some("alice"));
-        assert_eq!(signer.verify(&token, "s2"), None);
-        let (_, mac) = token.split_once('.').unwrap();
-        let as_bob = format!("{}.{mac}", URL_SAFE_NO_PAD.encode("bob"));
-        assert_eq!(signer.verify(&as_bob, "s1"), None);
-        assert_eq!(signer.verify("garbage!", "s1"), None);
-        assert_eq!(ResumeSigner::new("other").verify(&token, "s1"), None);
-    }
-
-    #[tokio::test]
-    async fn parked_sessions_expire() {
-        let store = SessionStore::default();
-        let short = Duration::from_millis(0);
-        store
-            .park("s".into(), Identity::anonymous("s"), short)
-            .await;
-        std::thread::sleep(Duration::from_millis(2));
-        assert!(matches!(store.take("s").await, Taken::Nothing));
-        let long = Duration::from_secs(60);
-        store.park("t".into(), Identity::anonymous("t"), long).await;
-        assert!(matches!(store.take("t").await, Taken::Parked(_)));
-        assert!(
-            matches!(store.take("t").await, Taken::Nothing),
-            "a session is resumed once"
-        );
-    }
-
-    #[tokio::test]
-    async fn ending_a_user_drops_that_users_parked_sessions_only() {
-        let store = SessionStore::default();
-        let ttl = Duration::from_secs(60);
-        for (session, user) in [("a1", "alice"), ("a2", "alice"), ("b1", "bob")] {
-            store
-                .park(session.into(), Identity::anonymous_user(user), ttl)
-                .await;
-        }
-        assert_eq!(store.end_user("alice").await, 2);
-        assert!(matches!(store.take("a1").await, Taken::Nothing));
-        assert!(matches!(store.take("a2").await, Taken::Nothing));
-        assert!(matches!(store.take("b1").await, Taken::Parked(_)));
-        assert_eq!(store.end_user("alice").await, 0);
-    }
-}
+#[path = "parked_tests.rs"]
+mod tests;
