@@ -459,6 +459,7 @@ impl RunReport {
             let list: Vec<String> = settings.iter().map(|(k, v)| format!("`{k}={v}`")).collect();
             let _ = writeln!(out, "- **Scale overrides:** {}", list.join(", "));
         }
+        out.push_str(HISTORY);
         out.push_str(
             "\n## Targets (issue #8)\n\n| # | target | measured | met |\n|---|---|---|---|\n",
         );
@@ -482,6 +483,12 @@ impl RunReport {
         out
     }
 }
+
+/// The line that points to the earlier runs: this file is rewritten whole,
+/// so runs and the notes written by hand on them are kept in another.
+const HISTORY: &str = "- **Earlier runs:** [benchmarks-history.md](benchmarks-history.md), \
+with the notes written by hand on each. `make bench` rewrites this file whole: \
+move this run and its notes there first.\n";
 
 const METHOD: &str = "\
 ## How it is measured
@@ -876,5 +883,6 @@ mod tests {
         let doc = report.document(&[]);
         assert!(doc.contains("## Targets (issue #8)"));
         assert!(doc.contains("`test`"));
+        assert!(doc.contains("[benchmarks-history.md](benchmarks-history.md)"));
     }
 }
