@@ -53,7 +53,7 @@ use crate::node::Node;
 
 /// Who is at the other end of an accepted connection: the address, and the
 /// socket's descriptor, which the heartbeat uses for direct pings
-/// (`wire.rs`).
+/// (`direct_write.rs`).
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
     pub addr: SocketAddr,
