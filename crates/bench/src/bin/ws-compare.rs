@@ -32,8 +32,7 @@
 //! parent closes their stdin, and each has a hard time limit of its own.
 
 use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, SocketAddr},
     process::Stdio,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -42,6 +41,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::{anyhow, bail, Context, Result};
 use axum::{
     extract::{
         ws::{Message, WebSocket as AxumWebSocket, WebSocketUpgrade},
@@ -55,9 +55,13 @@ use axum::{
 };
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use roomcast_bench::args::{Args, NO_ENV};
+use roomcast_bench::load::filler;
+use roomcast_bench::net::{connect_from, probe_deflate};
+use roomcast_bench::system::{cpu_secs, load_average, rss_kib, rss_sum_kib};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    net::{TcpListener, TcpSocket, TcpStream},
+    io::{AsyncBufReadExt, AsyncReadExt, BufReader},
+    net::{TcpListener, TcpStream},
     process::{Child, ChildStdin, Command},
     sync::{mpsc, Semaphore},
     task::JoinHandle,
@@ -82,9 +86,6 @@ const TUNED_BUFFER: usize = 1024;
 const AXUM_SMALL_BUFFER: usize = 4096;
 /// Idle deflate states kept by the tuned variant's shared pool (per direction).
 const TUNED_POOL_CAPACITY: usize = 16;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Result<T, E = BoxError> = std::result::Result<T, E>;
 
 fn main() {
     let mut argv = std::env::args().skip(1);
@@ -112,13 +113,13 @@ fn main() {
                 println!("{USAGE}");
                 Ok(())
             }
-            other => Err(format!("unknown command {other:?}").into()),
+            other => Err(anyhow!("unknown command {other:?}")),
         }
     });
     // Connection tasks may still be parked; leave without waiting for them.
     runtime.shutdown_timeout(Duration::from_millis(100));
     if let Err(err) = outcome {
-        eprintln!("ws-compare: {err}");
+        eprintln!("ws-compare: {err:#}");
         std::process::exit(1);
     }
 }
@@ -143,55 +144,6 @@ IMPL is one of axum-default, axum-small, yawc-default, yawc-tuned, or the
 diagnostic yawc-plain (yawc without permessage-deflate, 1 KiB buffers).
 --msg-bytes 0 makes `idle` hold connections without exchanging a message.
 Only loopback addresses are used; every run stops by itself.";
-
-// ---------------------------------------------------------------------------
-// Arguments
-// ---------------------------------------------------------------------------
-
-/// `--key value` pairs; a flag not followed by a value is stored as "true".
-struct Args {
-    values: HashMap<String, String>,
-}
-
-impl Args {
-    fn parse(argv: impl Iterator<Item = String>) -> Result<Self, String> {
-        let mut values = HashMap::new();
-        let mut argv = argv.peekable();
-        while let Some(arg) = argv.next() {
-            let Some(key) = arg.strip_prefix("--") else {
-                return Err(format!("unexpected argument {arg:?}"));
-            };
-            let value = match argv.peek() {
-                Some(next) if !next.starts_with("--") => argv.next().unwrap_or_default(),
-                _ => "true".to_owned(),
-            };
-            values.insert(key.to_owned(), value);
-        }
-        Ok(Self { values })
-    }
-
-    fn get(&self, key: &str) -> Option<&str> {
-        self.values.get(key).map(String::as_str)
-    }
-
-    fn flag(&self, key: &str) -> bool {
-        self.get(key) == Some("true")
-    }
-
-    fn number<T: std::str::FromStr>(&self, key: &str, default: T) -> Result<T> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(value) => value
-                .parse()
-                .map_err(|_| format!("--{key}: not a number: {value:?}").into()),
-        }
-    }
-
-    fn implementation(&self) -> Result<Impl> {
-        let name = self.get("impl").ok_or("--impl is required")?;
-        Impl::parse(name)
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Server variants
@@ -219,7 +171,13 @@ impl Impl {
             .into_iter()
             .chain(Self::ALL)
             .find(|imp| imp.name() == name)
-            .ok_or_else(|| format!("unknown --impl {name:?}").into())
+            .ok_or_else(|| anyhow!("unknown --impl {name:?}"))
+    }
+
+    /// The variant `--impl` names.
+    fn from_args(args: &Args) -> Result<Self> {
+        let name = args.get("impl", NO_ENV).context("--impl is required")?;
+        Impl::parse(&name)
     }
 
     fn name(self) -> &'static str {
@@ -506,13 +464,14 @@ async fn axum_publish(State(state): State<Arc<AxumState>>, upgrade: WebSocketUpg
     })
 }
 
+/// `server`: serves one variant, printing `LISTENING <addr>` on stdout.
 async fn server_command(args: &Args) -> Result<()> {
-    let imp = args.implementation()?;
-    let addr: SocketAddr = args.get("addr").unwrap_or("127.0.0.1:0").parse()?;
+    let imp = Impl::from_args(args)?;
+    let addr: SocketAddr = args.string("addr", NO_ENV, "127.0.0.1:0").parse()?;
     if !addr.ip().is_loopback() {
-        return Err("--addr must be a loopback address".into());
+        bail!("--addr must be a loopback address");
     }
-    let max_secs: u64 = args.number("max-secs", 900)?;
+    let max_secs: u64 = args.num("max-secs", NO_ENV, 900)?;
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     println!("LISTENING {local}");
@@ -525,7 +484,7 @@ async fn server_command(args: &Args) -> Result<()> {
         let _ = tcp.set_nodelay(true);
     });
     let serve = axum::serve(listener, router(imp));
-    let exit_on_eof = args.flag("exit-on-eof");
+    let exit_on_eof = args.flag("exit-on-eof", NO_ENV);
     tokio::select! {
         result = std::future::IntoFuture::into_future(serve) => result?,
         _ = sleep(Duration::from_secs(max_secs)) => {
@@ -562,24 +521,24 @@ struct Target {
 
 impl Target {
     async fn from_args(args: &Args) -> Result<Self> {
-        match args.get("addr") {
+        match args.get("addr", NO_ENV) {
             Some(addr) => {
                 let addr: SocketAddr = addr.parse()?;
                 if !addr.ip().is_loopback() {
-                    return Err("--addr must be a loopback address".into());
+                    bail!("--addr must be a loopback address");
                 }
-                let pid = args.number("server-pid", 0u32)?;
+                let pid = args.num("server-pid", NO_ENV, 0u32)?;
                 if pid == 0 {
-                    return Err("--server-pid is required with --addr".into());
+                    bail!("--server-pid is required with --addr");
                 }
                 Ok(Self {
                     addr,
                     pid,
                     child: None,
-                    label: args.get("impl").unwrap_or("external").to_owned(),
+                    label: args.string("impl", NO_ENV, "external"),
                 })
             }
-            None => Self::spawn(args.implementation()?).await,
+            None => Self::spawn(Impl::from_args(args)?).await,
         }
     }
 
@@ -591,18 +550,18 @@ impl Target {
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()?;
-        let stdin = child.stdin.take().ok_or("server stdin")?;
-        let stdout = child.stdout.take().ok_or("server stdout")?;
+        let stdin = child.stdin.take().context("server stdin")?;
+        let stdout = child.stdout.take().context("server stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let line = timeout(Duration::from_secs(10), lines.next_line())
             .await
-            .map_err(|_| "server did not start within 10 s")??
-            .ok_or("server exited before listening")?;
+            .map_err(|_| anyhow!("server did not start within 10 s"))??
+            .context("server exited before listening")?;
         let addr = line
             .strip_prefix("LISTENING ")
-            .ok_or_else(|| format!("unexpected server output {line:?}"))?
+            .with_context(|| format!("unexpected server output {line:?}"))?
             .parse()?;
-        let pid = child.id().ok_or("server pid")?;
+        let pid = child.id().context("server pid")?;
         Ok(Self {
             addr,
             pid,
@@ -623,44 +582,13 @@ impl Target {
     }
 }
 
-/// `VmRSS` of a process in KiB.
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| format!("no VmRSS for pid {pid}").into())
-}
-
-/// User + system CPU time of a process, in seconds (USER_HZ is 100 on Linux).
-fn cpu_secs(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat.rsplit_once(')').ok_or("bad stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11).ok_or("bad stat")?.parse()?;
-    let stime: u64 = fields.get(12).ok_or("bad stat")?.parse()?;
-    Ok((utime + stime) as f64 / 100.0)
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
 // ---------------------------------------------------------------------------
 // Client side
 // ---------------------------------------------------------------------------
 
 /// The `index`-th connection's source address: 127.0.0.1..=127.0.0.10 in turn.
-fn source_address(index: u64) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(
-        127,
-        0,
-        0,
-        1 + (index % u64::from(SOURCE_ADDRESSES)) as u8,
-    ))
+fn source_address(index: u64) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 1 + (index % u64::from(SOURCE_ADDRESSES)) as u8)
 }
 
 /// Client options, the same against every server: permessage-deflate offered
@@ -677,16 +605,14 @@ fn client_options(pool: &DeflatePool) -> Options {
 
 type ClientSocket = WebSocket<TcpStream>;
 
+/// The `index`-th connection to `path` on `server`.
 async fn connect(
     server: SocketAddr,
     index: u64,
     path: &str,
     options: Options,
 ) -> Result<ClientSocket> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(source_address(index), 0))?;
-    let stream = socket.connect(server).await?;
-    stream.set_nodelay(true)?;
+    let stream = connect_from(source_address(index), server).await?;
     let url = format!("ws://{server}{path}").parse()?;
     Ok(WebSocket::handshake(url, stream, options).await?)
 }
@@ -694,14 +620,26 @@ async fn connect(
 /// Next data frame, skipping control frames; an error once the connection ends.
 async fn next_data(ws: &mut ClientSocket) -> Result<Bytes> {
     loop {
-        let frame = ws.next().await.ok_or("connection closed")?;
+        let frame = ws.next().await.context("connection closed")?;
         match frame.opcode() {
             OpCode::Text | OpCode::Binary => return Ok(frame.into_payload()),
-            OpCode::Close => return Err("connection closed".into()),
+            OpCode::Close => bail!("connection closed"),
             _ => {}
         }
     }
 }
+
+/// The words of the messages' text.
+const WORDS: [&str; 8] = [
+    "hello ",
+    "roomcast ",
+    "gateway ",
+    "the ",
+    "quick ",
+    "brown ",
+    "fox ",
+    "jumps ",
+];
 
 /// A JSON message of exactly `len` bytes (at least its fixed part), compressible
 /// the way chat-like JSON is.
@@ -710,58 +648,14 @@ fn json_message(len: usize, seq: u64) -> Bytes {
         "{{\"type\":\"message\",\"room\":\"lobby\",\"offset\":{seq},\"from\":\"user-{}\",\"data\":{{\"text\":\"",
         seq % 997
     );
-    let words = [
-        "hello ",
-        "roomcast ",
-        "gateway ",
-        "the ",
-        "quick ",
-        "brown ",
-        "fox ",
-        "jumps ",
-    ];
     let fixed = text.len();
     let body = len.saturating_sub(3).max(fixed);
-    let mut i = seq as usize;
-    while text.len() < body {
-        text.push_str(words[i % words.len()]);
-        i += 3;
-    }
-    text.truncate(body);
+    text.push_str(&filler(body - fixed, &WORDS, seq as usize));
     text.push_str("\"}}");
     Bytes::from(text)
 }
 
-/// The `Sec-WebSocket-Extensions` answer to a browser-like offer, by a raw handshake.
-async fn probe_deflate(server: SocketAddr) -> Result<Option<String>> {
-    let mut stream = TcpStream::connect(server).await?;
-    let request = format!(
-        "GET /echo HTTP/1.1\r\nHost: {server}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !response.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = timeout(Duration::from_secs(5), stream.read(&mut buf)).await??;
-        if n == 0 {
-            break;
-        }
-        response.extend_from_slice(&buf[..n]);
-    }
-    let response = String::from_utf8_lossy(&response);
-    if !response.starts_with("HTTP/1.1 101") {
-        return Err(format!("probe: unexpected answer {response:?}").into());
-    }
-    Ok(response.lines().find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        name.trim()
-            .eq_ignore_ascii_case("sec-websocket-extensions")
-            .then(|| value.trim().to_owned())
-    }))
-}
-
+/// What a probe of the server's permessage-deflate answer found, for a report.
 fn describe_deflate(answer: &Option<String>) -> String {
     match answer {
         Some(value) if value.contains("permessage-deflate") => format!("yes ({value})"),
@@ -816,6 +710,9 @@ struct Worker {
     lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
 }
 
+/// Opens `conns` connections from `procs` worker processes, each exchanging
+/// one `msg_bytes` message each way (none with 0), holds them `settle`, and
+/// measures.
 async fn run_idle(
     target: &Target,
     conns: u64,
@@ -823,9 +720,11 @@ async fn run_idle(
     msg_bytes: usize,
     settle: Duration,
 ) -> Result<IdleResult> {
-    let deflate = probe_deflate(target.addr).await?;
+    let deflate = probe_deflate(target.addr, "/echo", None).await?;
     sleep(Duration::from_secs(1)).await;
-    let base_kib = rss_kib(target.pid)?;
+    let server_rss =
+        || rss_kib(target.pid).with_context(|| format!("no VmRSS for pid {}", target.pid));
+    let base_kib = server_rss()?;
     let procs = procs.clamp(1, conns.max(1));
     let exe = std::env::current_exe()?;
     let mut workers = Vec::new();
@@ -833,7 +732,7 @@ async fn run_idle(
     for p in 0..procs {
         let n = conns / procs + u64::from(p < conns % procs);
         if n >= 19_000 {
-            return Err("more than 19,000 connections per worker: raise --procs".into());
+            bail!("more than 19,000 connections per worker: raise --procs");
         }
         let mut child = Command::new(&exe)
             .arg("idle-client")
@@ -850,8 +749,8 @@ async fn run_idle(
             .kill_on_drop(true)
             .spawn()?;
         first += n;
-        let stdin = child.stdin.take().ok_or("worker stdin")?;
-        let stdout = child.stdout.take().ok_or("worker stdout")?;
+        let stdin = child.stdin.take().context("worker stdin")?;
+        let stdout = child.stdout.take().context("worker stdout")?;
         workers.push(Worker {
             child,
             stdin,
@@ -862,11 +761,11 @@ async fn run_idle(
     for worker in &mut workers {
         let line = timeout(Duration::from_secs(300), worker.lines.next_line())
             .await
-            .map_err(|_| "a worker did not finish connecting within 300 s")??
-            .ok_or("a worker exited early")?;
+            .map_err(|_| anyhow!("a worker did not finish connecting within 300 s"))??
+            .context("a worker exited early")?;
         let mut fields = line.split_whitespace();
         if fields.next() != Some("READY") {
-            return Err(format!("unexpected worker output {line:?}").into());
+            bail!("unexpected worker output {line:?}");
         }
         ok += fields
             .next()
@@ -878,12 +777,9 @@ async fn run_idle(
             .unwrap_or(0);
     }
     sleep(settle).await;
-    let loaded_kib = rss_kib(target.pid)?;
-    let client_kib = workers
-        .iter()
-        .filter_map(|w| w.child.id())
-        .filter_map(|pid| rss_kib(pid).ok())
-        .sum();
+    let loaded_kib = server_rss()?;
+    let worker_pids: Vec<u32> = workers.iter().filter_map(|w| w.child.id()).collect();
+    let client_kib = rss_sum_kib(&worker_pids);
     let load = load_average();
     for worker in workers {
         let Worker {
@@ -909,14 +805,15 @@ async fn run_idle(
     })
 }
 
+/// `idle`: [`run_idle`] against the server `--impl` or `--addr` names.
 async fn idle_command(args: &Args) -> Result<()> {
     let target = Target::from_args(args).await?;
     let result = run_idle(
         &target,
-        args.number("conns", 10_000)?,
-        args.number("procs", 2)?,
-        args.number("msg-bytes", 512)?,
-        Duration::from_secs(args.number("settle-secs", 3)?),
+        args.num("conns", NO_ENV, 10_000)?,
+        args.num("procs", NO_ENV, 2)?,
+        args.num("msg-bytes", NO_ENV, 512)?,
+        Duration::from_secs(args.num("settle-secs", NO_ENV, 3)?),
     )
     .await;
     target.stop().await;
@@ -927,15 +824,18 @@ async fn idle_command(args: &Args) -> Result<()> {
 /// Worker process of `idle`: opens its connections, exchanges one message on
 /// each, prints `READY <ok> <failed>`, and holds them until stdin closes.
 async fn idle_client_command(args: &Args) -> Result<()> {
-    let addr: SocketAddr = args.get("addr").ok_or("--addr is required")?.parse()?;
+    let addr: SocketAddr = args
+        .get("addr", NO_ENV)
+        .context("--addr is required")?
+        .parse()?;
     if !addr.ip().is_loopback() {
-        return Err("--addr must be a loopback address".into());
+        bail!("--addr must be a loopback address");
     }
-    let conns: u64 = args.number("conns", 1000)?;
-    let first: u64 = args.number("first-index", 0)?;
-    let msg_bytes: usize = args.number("msg-bytes", 512)?;
-    let max_secs: u64 = args.number("max-secs", 600)?;
-    let concurrency: usize = args.number("concurrency", 256)?;
+    let conns: u64 = args.num("conns", NO_ENV, 1000)?;
+    let first: u64 = args.num("first-index", NO_ENV, 0)?;
+    let msg_bytes: usize = args.num("msg-bytes", NO_ENV, 512)?;
+    let max_secs: u64 = args.num("max-secs", NO_ENV, 600)?;
+    let concurrency: usize = args.num("concurrency", NO_ENV, 256)?;
     let pool = DeflatePool::new(TUNED_POOL_CAPACITY);
     let permits = Arc::new(Semaphore::new(concurrency));
     let (done, mut results) = mpsc::unbounded_channel::<bool>();
@@ -952,7 +852,7 @@ async fn idle_client_command(args: &Args) -> Result<()> {
                         .await?;
                     next_data(&mut ws).await?;
                 }
-                Ok::<_, BoxError>(ws)
+                anyhow::Ok(ws)
             })
             .await;
             drop(permit);
@@ -1020,19 +920,21 @@ impl Window {
     /// count per second and the server's CPU microseconds per counted event.
     async fn measure(&self, pid: u32, warmup: Duration, secs: Duration) -> Result<(f64, f64)> {
         sleep(warmup).await;
-        let cpu_before = cpu_secs(pid)?;
+        let server_cpu = || cpu_secs(pid).with_context(|| format!("no CPU time for pid {pid}"));
+        let cpu_before = server_cpu()?;
         self.open.store(true, Ordering::Relaxed);
         let started = Instant::now();
         sleep(secs).await;
         self.open.store(false, Ordering::Relaxed);
         let elapsed = started.elapsed().as_secs_f64();
-        let cpu = cpu_secs(pid)? - cpu_before;
+        let cpu = server_cpu()? - cpu_before;
         self.stop.store(true, Ordering::Relaxed);
         let count = self.count.load(Ordering::Relaxed) as f64;
         Ok((count / elapsed, cpu * 1e6 / count.max(1.0)))
     }
 }
 
+/// `count` connections to `path`, at most 128 being set up at once.
 async fn open_many(
     addr: SocketAddr,
     count: u64,
@@ -1048,7 +950,7 @@ async fn open_many(
             let _permit = permits.acquire_owned().await?;
             timeout(Duration::from_secs(30), connect(addr, i, path, options))
                 .await
-                .map_err(|_| BoxError::from("connect timed out"))?
+                .map_err(|_| anyhow!("connect timed out"))?
         }));
     }
     let mut sockets = Vec::with_capacity(handles.len());
@@ -1058,13 +960,15 @@ async fn open_many(
     Ok(sockets)
 }
 
+/// `conns` connections each sending a `payload_bytes` message and waiting for
+/// its echo, again and again, for `secs`.
 async fn run_echo(
     target: &Target,
     conns: u64,
     secs: u64,
     payload_bytes: usize,
 ) -> Result<ThroughputResult> {
-    let deflate = probe_deflate(target.addr).await?;
+    let deflate = probe_deflate(target.addr, "/echo", None).await?;
     let pool = DeflatePool::new(TUNED_POOL_CAPACITY);
     let sockets = open_many(target.addr, conns, "/echo", &pool).await?;
     let window = Arc::new(Window::default());
@@ -1113,13 +1017,14 @@ async fn run_echo(
     })
 }
 
+/// `echo`: [`run_echo`] against the server `--impl` or `--addr` names.
 async fn echo_command(args: &Args) -> Result<()> {
     let target = Target::from_args(args).await?;
     let result = run_echo(
         &target,
-        args.number("conns", 100)?,
-        args.number("secs", 10)?,
-        args.number("payload-bytes", 100)?,
+        args.num("conns", NO_ENV, 100)?,
+        args.num("secs", NO_ENV, 10)?,
+        args.num("payload-bytes", NO_ENV, 100)?,
     )
     .await;
     target.stop().await;
@@ -1140,20 +1045,22 @@ async fn echo_command(args: &Args) -> Result<()> {
 // fanout
 // ---------------------------------------------------------------------------
 
+/// `subs` subscribers and one publisher sending `payload_bytes` messages as
+/// fast as the server takes them, for `secs`.
 async fn run_fanout(
     target: &Target,
     subs: u64,
     secs: u64,
     payload_bytes: usize,
 ) -> Result<ThroughputResult> {
-    let deflate = probe_deflate(target.addr).await?;
+    let deflate = probe_deflate(target.addr, "/echo", None).await?;
     let pool = DeflatePool::new(TUNED_POOL_CAPACITY);
     let mut subscribers = open_many(target.addr, subs, "/sub", &pool).await?;
     // Each subscriber is registered once its "joined" message arrives.
     for ws in &mut subscribers {
         timeout(Duration::from_secs(30), next_data(ws))
             .await
-            .map_err(|_| "a subscriber was not registered within 30 s")??;
+            .map_err(|_| anyhow!("a subscriber was not registered within 30 s"))??;
     }
     let window = Arc::new(Window::default());
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
@@ -1203,13 +1110,14 @@ async fn run_fanout(
     })
 }
 
+/// `fanout`: [`run_fanout`] against the server `--impl` or `--addr` names.
 async fn fanout_command(args: &Args) -> Result<()> {
     let target = Target::from_args(args).await?;
     let result = run_fanout(
         &target,
-        args.number("subs", 1000)?,
-        args.number("secs", 10)?,
-        args.number("payload-bytes", 100)?,
+        args.num("subs", NO_ENV, 1000)?,
+        args.num("secs", NO_ENV, 10)?,
+        args.num("payload-bytes", NO_ENV, 100)?,
     )
     .await;
     target.stop().await;
@@ -1230,27 +1138,28 @@ async fn fanout_command(args: &Args) -> Result<()> {
 // all
 // ---------------------------------------------------------------------------
 
+/// `all`: every measurement of every variant asked for, then a Markdown table.
 async fn all_command(args: &Args) -> Result<()> {
-    let impls = match args.get("impls") {
+    let impls = match args.get("impls", NO_ENV) {
         Some(list) => list
             .split(',')
             .map(Impl::parse)
             .collect::<Result<Vec<_>>>()?,
         None => Impl::ALL.to_vec(),
     };
-    let conns = args.number("conns", 10_000)?;
-    let procs = args.number("procs", 2)?;
-    let msg_bytes = args.number("msg-bytes", 512)?;
-    let echo_conns = args.number("echo-conns", 100)?;
-    let subs = args.number("subs", 1000)?;
-    let secs = args.number("secs", 10)?;
-    let payload_bytes = args.number("payload-bytes", 100)?;
+    let conns = args.num("conns", NO_ENV, 10_000)?;
+    let procs = args.num("procs", NO_ENV, 2)?;
+    let msg_bytes = args.num("msg-bytes", NO_ENV, 512)?;
+    let echo_conns = args.num("echo-conns", NO_ENV, 100)?;
+    let subs = args.num("subs", NO_ENV, 1000)?;
+    let secs = args.num("secs", NO_ENV, 10)?;
+    let payload_bytes = args.num("payload-bytes", NO_ENV, 100)?;
     let mut rows = Vec::new();
     for imp in impls {
         eprintln!("== {} ==", imp.name());
         let mut row = vec![imp.name().to_owned(), String::new()];
         let mut deflate = None;
-        if args.flag("skip-idle") {
+        if args.flag("skip-idle", NO_ENV) {
             row.push("-".into());
         } else {
             let target = Target::spawn(imp).await?;
@@ -1266,7 +1175,7 @@ async fn all_command(args: &Args) -> Result<()> {
             deflate = Some(result.deflate);
         }
         for (skip, fanout) in [("skip-echo", false), ("skip-fanout", true)] {
-            if args.flag(skip) {
+            if args.flag(skip, NO_ENV) {
                 row.push("-".into());
                 continue;
             }
@@ -1305,4 +1214,46 @@ async fn all_command(args: &Args) -> Result<()> {
         println!("| {} |", row.join(" | "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_json_of_exactly_the_length_asked_for() {
+        for (len, seq) in [
+            (100, 0),
+            (512, 7),
+            (1024, 123_456),
+            (4096, u64::from(u32::MAX)),
+        ] {
+            let message = json_message(len, seq);
+            assert_eq!(message.len(), len, "{len} bytes, seq {seq}");
+            let value: serde_json::Value = serde_json::from_slice(&message).unwrap();
+            assert_eq!(value["offset"], seq);
+        }
+        // Shorter than its fixed part: the fixed part, with an empty text.
+        let short = json_message(10, 3);
+        assert_eq!(
+            &short[..],
+            br#"{"type":"message","room":"lobby","offset":3,"from":"user-3","data":{"text":""}}"#
+        );
+    }
+
+    #[test]
+    fn a_message_is_the_same_bytes_it_always_was() {
+        // As the message builder wrote it before it used the library's filler.
+        assert_eq!(
+            &json_message(120, 5)[..],
+            br#"{"type":"message","room":"lobby","offset":5,"from":"user-5","data":{"text":"brown hello the fox roomcast quick jumps "}}"#
+        );
+    }
+
+    #[test]
+    fn connections_take_ten_loopback_source_addresses_in_turn() {
+        assert_eq!(source_address(0), Ipv4Addr::new(127, 0, 0, 1));
+        assert_eq!(source_address(9), Ipv4Addr::new(127, 0, 0, 10));
+        assert_eq!(source_address(10), Ipv4Addr::new(127, 0, 0, 1));
+    }
 }
