@@ -69,6 +69,40 @@ impl Window {
     }
 }
 
+/// Measures `window` for `secs` after a second of warm-up while `tasks`
+/// load the server, then stops them.
+async fn measure_then_stop(
+    target: &Target,
+    window: &Window,
+    secs: u64,
+    tasks: Vec<JoinHandle<()>>,
+    deflate: Option<String>,
+) -> Result<ThroughputResult> {
+    let measured = window
+        .measure(
+            target.pid,
+            Duration::from_secs(1),
+            Duration::from_secs(secs),
+        )
+        .await;
+    let load = load_average();
+    for task in &tasks {
+        task.abort();
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    let (per_sec, server_cpu_us) = measured?;
+    Ok(ThroughputResult {
+        label: target.label.clone(),
+        per_sec,
+        server_cpu_us,
+        errors: window.errors.load(Ordering::Relaxed),
+        deflate,
+        load,
+    })
+}
+
 /// `conns` connections each sending a `payload_bytes` message and waiting for
 /// its echo, again and again, for `secs`.
 pub async fn run_echo(
@@ -101,29 +135,7 @@ pub async fn run_echo(
             }
         }));
     }
-    let measured = window
-        .measure(
-            target.pid,
-            Duration::from_secs(1),
-            Duration::from_secs(secs),
-        )
-        .await;
-    let load = load_average();
-    for task in &tasks {
-        task.abort();
-    }
-    for task in tasks {
-        let _ = task.await;
-    }
-    let (per_sec, server_cpu_us) = measured?;
-    Ok(ThroughputResult {
-        label: target.label.clone(),
-        per_sec,
-        server_cpu_us,
-        errors: window.errors.load(Ordering::Relaxed),
-        deflate,
-        load,
-    })
+    measure_then_stop(target, &window, secs, tasks, deflate).await
 }
 
 /// `echo`: [`run_echo`] against the server `--impl` or `--addr` names.
@@ -194,29 +206,7 @@ pub async fn run_fanout(
             seq += 1;
         }
     }));
-    let measured = window
-        .measure(
-            target.pid,
-            Duration::from_secs(1),
-            Duration::from_secs(secs),
-        )
-        .await;
-    let load = load_average();
-    for task in &tasks {
-        task.abort();
-    }
-    for task in tasks {
-        let _ = task.await;
-    }
-    let (per_sec, server_cpu_us) = measured?;
-    Ok(ThroughputResult {
-        label: target.label.clone(),
-        per_sec,
-        server_cpu_us,
-        errors: window.errors.load(Ordering::Relaxed),
-        deflate,
-        load,
-    })
+    measure_then_stop(target, &window, secs, tasks, deflate).await
 }
 
 /// `fanout`: [`run_fanout`] against the server `--impl` or `--addr` names.
