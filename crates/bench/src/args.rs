@@ -1,11 +1,15 @@
 //! Command-line flags (`--key value`, or `--flag` alone for true), with an
 //! environment variable as the fallback of each, so `make bench` can be
 //! scaled down without editing anything: `BENCH_IDLE_CONNS=2000 make bench`.
+//! A tool that reads no environment (ws-compare) names [`NO_ENV`] instead.
 
 use std::collections::HashMap;
 use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Result};
+
+/// The variable name of a flag that has no environment fallback.
+pub const NO_ENV: &str = "";
 
 pub struct Args {
     values: HashMap<String, String>,
@@ -33,12 +37,15 @@ impl Args {
         self.values.keys().map(String::as_str)
     }
 
-    /// The flag's value, else the environment variable's, if either is set.
+    /// The flag's value, else the environment variable's (none with
+    /// [`NO_ENV`]), if either is set.
     pub fn get(&self, key: &str, env: &str) -> Option<String> {
-        self.values
-            .get(key)
-            .cloned()
-            .or_else(|| std::env::var(env).ok().filter(|v| !v.is_empty()))
+        self.values.get(key).cloned().or_else(|| {
+            if env == NO_ENV {
+                return None;
+            }
+            std::env::var(env).ok().filter(|v| !v.is_empty())
+        })
     }
 
     pub fn string(&self, key: &str, env: &str, default: &str) -> String {
@@ -50,7 +57,7 @@ impl Args {
             None => Ok(default),
             Some(v) => v
                 .parse()
-                .map_err(|_| anyhow!("--{key} ({env}): not a number: {v:?}")),
+                .map_err(|_| anyhow!("{}: not a number: {v:?}", flag_name(key, env))),
         }
     }
 
@@ -68,9 +75,21 @@ impl Args {
                 .map(|s| {
                     s.trim()
                         .parse()
-                        .map_err(|_| anyhow!("--{key} ({env}): not a number: {s:?}"))
+                        .map_err(|_| anyhow!("{}: not a number: {s:?}", flag_name(key, env)))
                 })
                 .collect(),
         }
     }
 }
+
+/// `--key (ENV)` for error messages, or `--key` alone without a variable.
+fn flag_name(key: &str, env: &str) -> String {
+    if env == NO_ENV {
+        format!("--{key}")
+    } else {
+        format!("--{key} ({env})")
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -79,15 +79,20 @@ pub fn padding(payload_bytes: usize) -> String {
         "fox ",
         "jumps ",
     ];
-    let want = payload_bytes.saturating_sub(FIXED);
-    let mut pad = String::with_capacity(want + 8);
-    let mut i = 0;
-    while pad.len() < want {
-        pad.push_str(WORDS[i % WORDS.len()]);
+    filler(payload_bytes.saturating_sub(FIXED), &WORDS, 0)
+}
+
+/// Exactly `len` bytes of `words` (ASCII), every third one in turn from
+/// the `first`-th on: text that compresses about as well as chat does.
+pub fn filler(len: usize, words: &[&str], first: usize) -> String {
+    let mut text = String::with_capacity(len + 8);
+    let mut i = first;
+    while text.len() < len {
+        text.push_str(words[i % words.len()]);
         i += 3;
     }
-    pad.truncate(want);
-    pad
+    text.truncate(len);
+    text
 }
 
 /// What a connection received.
@@ -265,6 +270,14 @@ mod tests {
             let back: MaybeStamp = serde_json::from_str(&p).unwrap();
             assert_eq!(back.stamp(), Some(stamp));
         }
+    }
+
+    #[test]
+    fn filler_is_as_long_as_asked_every_third_word_in_turn() {
+        let words = ["a ", "b ", "c ", "d "];
+        assert_eq!(filler(9, &words, 0), "a d c b a");
+        assert_eq!(filler(4, &words, 1), "b a ");
+        assert_eq!(filler(0, &words, 5), "");
     }
 
     #[test]
