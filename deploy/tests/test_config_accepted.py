@@ -97,6 +97,20 @@ def workdir():
     shutil.rmtree(path, ignore_errors=True)
 
 
+def wait_for_port(port: int, proc: subprocess.Popen, what: str, secs: float = 10) -> None:
+    """Waits until 127.0.0.1:`port` accepts; fails the test if `proc` exits
+    or `secs` pass first."""
+    deadline = time.monotonic() + secs
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                pytest.fail(f"{what} did not start")
+            time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def redis_url(workdir):
     server = shutil.which("redis-server")
@@ -109,15 +123,7 @@ def redis_url(workdir):
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail("redis-server did not start")
-                time.sleep(0.05)
+        wait_for_port(port, proc, "redis-server")
         yield f"redis://127.0.0.1:{port}"
     finally:
         proc.terminate()

@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_config_accepted import Process, free_port
+from test_config_accepted import Process, _binary, free_port, wait_for_port
 from test_helm_chart import CHART, KUBE_VERSION, one, render, find
 
 import helm_python as helm
@@ -47,7 +47,6 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "roomcast.json"
 RULES = ROOT / "deploy" / "prometheus" / "roomcast-rules.yml"
 CHART_DASHBOARD = CHART / "files" / "roomcast-dashboard.json"
 CHART_RULES = CHART / "files" / "roomcast-rules.yml"
-TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 
 # Series Prometheus itself adds to every target; nothing else outside the
 # nodes' own exposition may be named.
@@ -405,16 +404,6 @@ def test_operations_alert_table_names_the_rules():
 # --- a running gateway and presence service ------------------------------------------------
 
 
-def _binary(var: str, name: str) -> Path:
-    given = os.environ.get(var)
-    path = Path(given) if given else TARGET / "debug" / name
-    if not path.is_file():
-        if given:
-            pytest.fail(f"{var}={given} does not exist")
-        pytest.skip(f"{path} not built (make build), and {var} not set")
-    return path
-
-
 class WebSocket:
     """Just enough of a WebSocket client (RFC 6455, JSON text frames) for a
     little traffic: the deployment venv has no WebSocket library."""
@@ -531,15 +520,7 @@ def scraped():
     )
     started: list[Process] = []
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or redis.poll() is not None:
-                    pytest.fail("redis-server did not start")
-                time.sleep(0.05)
+        wait_for_port(port, redis, "redis-server")
         redis_url = f"redis://127.0.0.1:{port}"
         presence = Process(
             presence_bin, {"ROOMCAST_LISTEN": "127.0.0.1:0", "ROOMCAST_REDIS__URL": redis_url}, workdir, "presence"

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use roomcast_protocol::ErrorCode;
@@ -88,12 +87,7 @@ pub async fn require_api_key(
         .into_response();
     }
     let expected = guard.key.expose();
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let given = roomcast_service::bearer::bearer_token(request.headers());
     let matches: bool = Sha256::digest(given.as_bytes())
         .ct_eq(&Sha256::digest(expected.as_bytes()))
         .into();

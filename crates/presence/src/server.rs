@@ -157,12 +157,7 @@ async fn require_key(
     next: Next,
 ) -> Response {
     if let Some(expected) = &app.key_hash {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+        let given = roomcast_service::bearer::bearer_token(request.headers());
         if !bool::from(hash(given.as_bytes()).ct_eq(expected)) {
             app.metrics.unauthorized.inc();
             return ApiError {

@@ -8,6 +8,7 @@
 //! environment variable) and never echo the value of a secret; keys no field
 //! knows are returned so the process can warn about likely typos.
 
+pub mod bearer;
 pub mod metrics;
 pub mod redis;
 

@@ -149,16 +149,7 @@ pub async fn echo_command(args: &Args) -> Result<()> {
     )
     .await;
     target.stop().await;
-    let r = result?;
-    println!(
-        "echo {}: {:.0} msg/s, server CPU {:.1} us/msg, {} errors, deflate {}, load {}",
-        r.label,
-        r.per_sec,
-        r.server_cpu_us,
-        r.errors,
-        describe_deflate(&r.deflate),
-        r.load
-    );
+    print_result("echo", "msg", &result?);
     Ok(())
 }
 
@@ -220,9 +211,15 @@ pub async fn fanout_command(args: &Args) -> Result<()> {
     )
     .await;
     target.stop().await;
-    let r = result?;
+    print_result("fanout", "delivery", &result?);
+    Ok(())
+}
+
+/// One line per run: `<scenario> <label>: rate, server CPU per `unit`, errors.
+fn print_result(scenario: &str, unit: &str, r: &ThroughputResult) {
+    let rate = if unit == "msg" { "msg" } else { "deliveries" };
     println!(
-        "fanout {}: {:.0} deliveries/s, server CPU {:.2} us/delivery, {} errors, deflate {}, load {}",
+        "{scenario} {}: {:.0} {rate}/s, server CPU {:.2} us/{unit}, {} errors, deflate {}, load {}",
         r.label,
         r.per_sec,
         r.server_cpu_us,
@@ -230,5 +227,4 @@ pub async fn fanout_command(args: &Args) -> Result<()> {
         describe_deflate(&r.deflate),
         r.load
     );
-    Ok(())
 }
