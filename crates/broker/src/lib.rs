@@ -52,6 +52,25 @@ pub struct HistoryLimits {
     pub ttl: std::time::Duration,
 }
 
+/// A room's latest messages still in history ([`Broker::recent`]).
+#[derive(Debug, Clone)]
+pub struct Recent {
+    pub position: Position,
+    /// Oldest first; at most the limit asked for.
+    pub messages: Vec<Arc<RoomMessage>>,
+}
+
+/// One node's latest stats record ([`Broker::report_node`]), as another
+/// node reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeReport {
+    pub node: String,
+    /// How long ago the record was written, by the store's clock (so the
+    /// nodes' clocks need not agree).
+    pub age: std::time::Duration,
+    pub record: Vec<u8>,
+}
+
 /// Why a broker call failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
@@ -109,6 +128,34 @@ pub trait Broker: Send + Sync + 'static {
     /// Sends a control envelope (direct message, disconnect) to one node or
     /// to all of them. Not stored.
     async fn send_control(&self, route: Route, envelope: Envelope) -> Result<(), BrokerError>;
+
+    /// The room's position and its latest `limit` messages still in
+    /// history (within `history.size` and `history.ttl_ms`), oldest first;
+    /// `None` for a room the store does not know. Unlike
+    /// [`Broker::read`], it never creates the room.
+    async fn recent(&self, room: &str, limit: usize) -> Result<Option<Recent>, BrokerError>;
+
+    /// Stores this node's stats record (opaque bytes) where the other
+    /// nodes can read it, replacing its previous one. A record not renewed
+    /// within `forget_after` is dropped. The in-memory engine serves one
+    /// node, which needs no one else's view: it keeps nothing.
+    async fn report_node(
+        &self,
+        _node: &str,
+        _record: Vec<u8>,
+        _forget_after: std::time::Duration,
+    ) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    /// Every node's latest record (this node's own included) younger than
+    /// `forget_after`; older ones are removed on the way.
+    async fn node_reports(
+        &self,
+        _forget_after: std::time::Duration,
+    ) -> Result<Vec<NodeReport>, BrokerError> {
+        Ok(Vec::new())
+    }
 
     /// Engine name for logs and `/api/stats` (`memory`, `redis`).
     fn engine(&self) -> &'static str;

@@ -18,8 +18,8 @@ use roomcast_protocol::{Data, Member, Since};
 
 use crate::message::now_us;
 use crate::{
-    Broker, BrokerError, Delivery, HistoryLimits, HistoryRead, Position, Recovery, RoomMessage,
-    Route,
+    Broker, BrokerError, Delivery, HistoryLimits, HistoryRead, Position, Recent, Recovery,
+    RoomMessage, Route,
 };
 use roomcast_protocol::envelope::Envelope;
 
@@ -239,6 +239,24 @@ impl Broker for MemoryBroker {
         })
     }
 
+    async fn recent(&self, room: &str, limit: usize) -> Result<Option<Recent>, BrokerError> {
+        let Some(log) = self.shard(room).lock().get(room).cloned() else {
+            return Ok(None);
+        };
+        let mut log = log.lock();
+        log.trim(&self.limits, Instant::now());
+        let skip = log.entries.len().saturating_sub(limit);
+        Ok(Some(Recent {
+            position: log.position(),
+            messages: log
+                .entries
+                .iter()
+                .skip(skip)
+                .map(|(_, m)| m.clone())
+                .collect(),
+        }))
+    }
+
     async fn send_control(&self, _route: Route, envelope: Envelope) -> Result<(), BrokerError> {
         if let Some(delivery) = self.delivery.get() {
             delivery.control(envelope);
@@ -324,6 +342,23 @@ mod tests {
         let future = since(&b, "r", 9).await;
         let read = b.read("r", Some(&future)).await.unwrap();
         assert!(matches!(read.recovery, Some(Recovery::NotRecoverable)));
+    }
+
+    #[tokio::test]
+    async fn recent_gives_the_latest_messages_oldest_first_and_creates_no_room() {
+        let b = broker(4, 60_000);
+        assert!(b.recent("r", 3).await.unwrap().is_none());
+        assert_eq!(b.room_count(), 0, "asking created the room");
+        for i in 1..=6 {
+            b.publish("r", json!(i), None, None).await.unwrap();
+        }
+        let recent = b.recent("r", 3).await.unwrap().unwrap();
+        assert_eq!(recent.position.offset, 6);
+        let offsets = |r: &Recent| r.messages.iter().map(|m| m.offset).collect::<Vec<_>>();
+        assert_eq!(offsets(&recent), [4, 5, 6]);
+        // Never more than history holds.
+        let all = b.recent("r", 50).await.unwrap().unwrap();
+        assert_eq!(offsets(&all), [3, 4, 5, 6]);
     }
 
     #[tokio::test]

@@ -158,6 +158,9 @@ pub mod names {
     }
     /// Channel every node listens to (fallback routing).
     pub const ALL_NODES: &str = "rc:{all}:ch";
+    /// Hash of every node's latest stats record, by node id (the cluster
+    /// view of `/api/nodes` and the admin page).
+    pub const NODE_STATS: &str = "rc:{nodes}:stats";
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Reading a room's history from Redis ([`read.lua`](read.lua)): the room's
 //! position and the entries after an offset, in one atomic script; reads of
 //! one room coalesced; what a reader that asked from `since` may recover.
+//! And the latest entries of a room for an operator ([`recent.lua`](recent.lua)).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -13,9 +14,9 @@ use roomcast_protocol::envelope::{names, Envelope};
 use roomcast_protocol::Since;
 use tokio::sync::oneshot;
 
-use super::{new_epoch, unavailable, value_bytes, RedisBroker, RedisStats, META_TTL};
+use super::{connected, new_epoch, unavailable, value_bytes, RedisBroker, RedisStats, META_TTL};
 use crate::message::now_us;
-use crate::{BrokerError, HistoryRead, Position, Recovery, RoomMessage};
+use crate::{BrokerError, HistoryRead, Position, Recent, Recovery, RoomMessage};
 
 /// Reads of rooms' history, coalesced per room. A resume storm asks for the
 /// same rooms thousands of times at once; one task per room serves every
@@ -27,6 +28,7 @@ use crate::{BrokerError, HistoryRead, Position, Recovery, RoomMessage};
 pub(super) struct Reader {
     client: Client,
     script: Script,
+    recent_script: Script,
     ttl: Duration,
     stats: Arc<RedisStats>,
     /// Reads waiting, per room; a room is here while its task runs.
@@ -39,27 +41,23 @@ struct ReadWaiter {
 }
 
 const READ_LUA: &str = include_str!("read.lua");
+const RECENT_LUA: &str = include_str!("recent.lua");
 
 impl Reader {
     pub(super) fn new(client: Client, ttl: Duration, stats: Arc<RedisStats>) -> Reader {
         Reader {
             client,
             script: Script::from_lua(READ_LUA),
+            recent_script: Script::from_lua(RECENT_LUA),
             ttl,
             stats,
             waiting: Arc::default(),
         }
     }
 
-    /// Fails at once while the command connection is down (fred would queue
-    /// the command until the reconnect or the timeout): an outage must answer
-    /// `unavailable` fast, not hold publishers or joins for the timeout.
+    /// See [`connected`] (the command connection).
     pub(super) fn ensure_connected(&self) -> Result<(), BrokerError> {
-        if self.client.is_connected() {
-            Ok(())
-        } else {
-            Err(unavailable(&self.stats, "not connected to Redis"))
-        }
+        connected(&self.client, &self.stats)
     }
 
     pub(super) async fn read(
@@ -181,15 +179,50 @@ impl Reader {
             .evalsha_with_reload(&self.client, keys, args)
             .await
             .map_err(|e| unavailable(&self.stats, e))?;
+        self.position_and_entries("read.lua", reply)
+    }
+
+    /// Runs `recent.lua`: the room's position and its latest `limit`
+    /// entries still within the history TTL, or `None` for a room Redis
+    /// does not know. The stream is trimmed to about `history.size`
+    /// entries; `limit` is at most that.
+    pub(super) async fn recent(
+        &self,
+        room: &str,
+        limit: usize,
+    ) -> Result<Option<Recent>, BrokerError> {
+        self.ensure_connected()?;
+        let keys = vec![names::room_meta(room), names::room_history(room)];
+        let reply: Vec<Value> = self
+            .recent_script
+            .evalsha_with_reload(&self.client, keys, vec![Value::from(limit as i64)])
+            .await
+            .map_err(|e| unavailable(&self.stats, e))?;
+        if reply.is_empty() {
+            return Ok(None);
+        }
+        let (position, raw) = self.position_and_entries("recent.lua", reply)?;
+        let oldest_allowed = now_us().saturating_sub(self.ttl.as_micros() as u64);
+        let mut messages = decode_all(raw);
+        messages.retain(|m| m.published_at_us >= oldest_allowed);
+        Ok(Some(Recent { position, messages }))
+    }
+
+    /// A script's `{epoch, offset, envelope...}` reply.
+    fn position_and_entries(
+        &self,
+        script: &str,
+        reply: Vec<Value>,
+    ) -> Result<(Position, Vec<Vec<u8>>), BrokerError> {
         let mut items = reply.into_iter();
         let epoch = items
             .next()
             .and_then(|v| v.as_string())
-            .ok_or_else(|| unavailable(&self.stats, "read.lua: no epoch"))?;
+            .ok_or_else(|| unavailable(&self.stats, format!("{script}: no epoch")))?;
         let offset = items
             .next()
             .and_then(|v| v.as_u64())
-            .ok_or_else(|| unavailable(&self.stats, "read.lua: no offset"))?;
+            .ok_or_else(|| unavailable(&self.stats, format!("{script}: no offset")))?;
         let raw = items
             .filter_map(|v| value_bytes(&v).map(<[u8]>::to_vec))
             .collect();

@@ -18,6 +18,8 @@
 //!   ([`subscriptions`]): it subscribes again whatever Redis no longer holds
 //!   (reconnect, failover, slot move), and every room subscribed again is
 //!   checked against history, retried until the read succeeds.
+//! - Besides rooms, one hash holds every node's latest stats record
+//!   ([`node_reports`]), so any node can show the whole cluster.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -34,14 +36,17 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::Notify;
 
 mod history;
+mod node_reports;
 mod subscriptions;
 use history::{decode_all, recover, Reader};
+use node_reports::NodeReports;
 pub use subscriptions::PubsubHealth;
 use subscriptions::Subscriptions;
 
 use crate::message::now_us;
 use crate::{
-    Broker, BrokerError, Delivery, HistoryLimits, HistoryRead, Recovery, RoomMessage, Route,
+    Broker, BrokerError, Delivery, HistoryLimits, HistoryRead, NodeReport, Recent, Recovery,
+    RoomMessage, Route,
 };
 
 const PUBLISH_LUA: &str = include_str!("publish.lua");
@@ -91,6 +96,8 @@ pub struct RedisBroker {
     limits: HistoryLimits,
     /// History reads, coalesced per room.
     reader: Reader,
+    /// Every node's stats record.
+    node_reports: NodeReports,
     delivery: OnceLock<Arc<dyn Delivery>>,
     /// The channels wanted and the task that keeps them subscribed.
     subscriptions: Arc<Subscriptions>,
@@ -104,6 +111,17 @@ pub struct RedisBroker {
 pub(crate) fn unavailable(stats: &RedisStats, e: impl std::fmt::Display) -> BrokerError {
     stats.errors.fetch_add(1, Relaxed);
     BrokerError::Unavailable(e.to_string())
+}
+
+/// Fails at once while `client`'s connection is down (fred would queue the
+/// command until the reconnect or the timeout): an outage must answer
+/// `unavailable` fast, not hold publishers or joins for the timeout.
+pub(super) fn connected(client: &Client, stats: &RedisStats) -> Result<(), BrokerError> {
+    if client.is_connected() {
+        Ok(())
+    } else {
+        Err(unavailable(stats, "not connected to Redis"))
+    }
 }
 
 pub(super) fn new_epoch() -> String {
@@ -192,6 +210,7 @@ impl RedisBroker {
             to_repair: parking_lot::Mutex::new(HashSet::new()),
             repair: Notify::new(),
             stats: stats.clone(),
+            node_reports: NodeReports::new(client_for_reads.clone(), stats.clone()),
             reader: Reader::new(client_for_reads, limits.ttl, stats),
         });
         broker.spawn_dispatcher(messages);
@@ -544,6 +563,23 @@ impl Broker for RedisBroker {
 
     async fn read(&self, room: &str, since: Option<&Since>) -> Result<HistoryRead, BrokerError> {
         self.reader.read(room, since).await
+    }
+
+    async fn recent(&self, room: &str, limit: usize) -> Result<Option<Recent>, BrokerError> {
+        self.reader.recent(room, limit.min(self.limits.size)).await
+    }
+
+    async fn report_node(
+        &self,
+        node: &str,
+        record: Vec<u8>,
+        forget_after: Duration,
+    ) -> Result<(), BrokerError> {
+        self.node_reports.write(node, record, forget_after).await
+    }
+
+    async fn node_reports(&self, forget_after: Duration) -> Result<Vec<NodeReport>, BrokerError> {
+        self.node_reports.read(forget_after).await
     }
 
     async fn send_control(&self, route: Route, envelope: Envelope) -> Result<(), BrokerError> {
