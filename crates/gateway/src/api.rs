@@ -1,13 +1,14 @@
 //! The application API under `/api`, for backends: publish, send, presence,
-//! disconnect, stats. Every call needs `Authorization: Bearer <api.key>`;
-//! the key is compared in constant time (both sides hashed first, so not
-//! even the length leaks). Failures answer `{"error": code, "message": …}`.
+//! history, disconnect, stats, nodes. Every call needs `Authorization:
+//! Bearer <api.key>`; the key is compared in constant time (both sides
+//! hashed first, so not even the length leaks). Failures answer
+//! `{"error": code, "message": …}`.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -34,8 +35,10 @@ pub fn router(node: Arc<Node>) -> Router<Arc<Node>> {
         .route("/publish", post(publish))
         .route("/send", post(send))
         .route("/presence/{room}", get(presence))
+        .route("/history/{room}", get(history))
         .route("/disconnect", post(disconnect))
         .route("/stats", get(stats))
+        .route("/nodes", get(nodes))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(key, require_api_key))
         .layer(SetSensitiveRequestHeadersLayer::new([
@@ -119,12 +122,78 @@ async fn disconnect(
 async fn stats(State(node): State<Arc<Node>>) -> Response {
     let connections = node.registry.len();
     let rooms = node.room_count();
+    let cluster = node.nodes().await;
+    let nodes: Vec<_> = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            json!({
+                "node": n.record.node,
+                "connections": n.record.connections,
+                "rooms": n.record.rooms,
+                "live": n.live,
+            })
+        })
+        .collect();
     Json(json!({
         "node": &*node.id,
         "engine": node.broker.engine(),
         "connections": connections,
         "rooms": rooms,
-        "nodes": [{"node": &*node.id, "connections": connections, "rooms": rooms}],
+        "nodes": nodes,
     }))
     .into_response()
+}
+
+/// Every node with its latest stats and their last two minutes.
+async fn nodes(State(node): State<Arc<Node>>) -> Response {
+    let cluster = node.nodes().await;
+    let mut body = json!({"node": &*node.id, "nodes": cluster.nodes});
+    if let Some(error) = cluster.error {
+        body["error"] = error.into();
+    }
+    Json(body).into_response()
+}
+
+/// Most messages `GET /api/history/{room}` returns.
+const HISTORY_MAX: usize = 100;
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    limit: Option<usize>,
+}
+
+/// The room's latest messages still in history, oldest first.
+async fn history(
+    State(node): State<Arc<Node>>,
+    Path(room): Path<String>,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, NodeError> {
+    let Query(query) = query.map_err(|e| NodeError::bad_request(e.body_text()))?;
+    let limit = query.limit.unwrap_or(20).clamp(1, HISTORY_MAX);
+    let Some(recent) = node.recent(&room, limit).await? else {
+        return Ok(
+            Json(json!({"room": room, "epoch": null, "offset": 0, "messages": []})).into_response(),
+        );
+    };
+    let messages: Vec<_> = recent
+        .messages
+        .iter()
+        .map(|m| {
+            json!({
+                "offset": m.offset,
+                "epoch": &*m.epoch,
+                "data": m.data,
+                "from": m.from,
+                "published_at_ms": m.published_at_us / 1000,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "room": room,
+        "epoch": &*recent.position.epoch,
+        "offset": recent.position.offset,
+        "messages": messages,
+    }))
+    .into_response())
 }

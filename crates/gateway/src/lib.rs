@@ -17,7 +17,8 @@
 //!   (the `Presence` trait and its local and cluster engines), [`session`]
 //!   (resume tokens, parked sessions, a session's lifecycle), [`proxy`]
 //!   (asking the application's backend), [`heartbeat`] (liveness by shard
-//!   tickers, the connection registry);
+//!   tickers, the connection registry), [`node_stats`] (this node's
+//!   samples of itself and the cluster view built from every node's);
 //! - a connection's parts: [`conn_handle`] (what the rest of the node holds
 //!   of a connection), [`outbox`] (its bounded outbound queue),
 //!   [`direct_write`] (frames written straight to its socket, bypassing its
@@ -45,6 +46,7 @@ pub mod limits;
 pub mod live_config;
 pub mod metrics;
 pub mod node;
+pub mod node_stats;
 pub mod outbox;
 pub mod presence;
 pub mod proxy;

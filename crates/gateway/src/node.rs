@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use roomcast_broker::memory::MemoryBroker;
 use roomcast_broker::redis::RedisBroker;
-use roomcast_broker::{Broker, HistoryLimits, HistoryRead, Recovery, RoomMessage};
+use roomcast_broker::{Broker, HistoryLimits, HistoryRead, Recent, Recovery, RoomMessage};
 use roomcast_protocol::{Data, ErrorCode, Member, Since, Target};
 
 use crate::auth::Authenticator;
@@ -28,6 +28,7 @@ use crate::heartbeat::Registry;
 use crate::hub::{Added, Hub};
 use crate::limits::{check_room_name, PerIpCounter};
 use crate::metrics::Metrics;
+use crate::node_stats::{ClusterView, NodeStats, Reading};
 use crate::presence::Presence;
 use crate::routing::Routing;
 use crate::session::{ParkedSessions, ResumeSigner};
@@ -59,6 +60,8 @@ pub struct Node {
     pub auth: Authenticator,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
+    /// This node's samples of itself, reported to the others.
+    pub stats: Arc<NodeStats>,
     pub drain: Drain,
     pub per_ip: Arc<PerIpCounter>,
     /// Sockets open on this node, including those still before `hello`.
@@ -154,6 +157,7 @@ impl Node {
             file,
             &id,
         ));
+        let stats = NodeStats::new(id.clone(), broker.engine());
         let node = Arc::new(Node {
             live,
             webhooks,
@@ -169,6 +173,7 @@ impl Node {
             routing,
             registry,
             metrics,
+            stats,
             drain: Drain::default(),
             per_ip: Arc::new(PerIpCounter::default()),
             open: Arc::default(),
@@ -184,6 +189,10 @@ impl Node {
                 let Some(node) = weak.upgrade() else { return };
                 node.sessions.end(&to).await;
             }
+        });
+        let weak = Arc::downgrade(&node);
+        node.stats.spawn(node.broker.clone(), move || {
+            weak.upgrade().map(|node| node.reading())
         });
         // Sessions parked in this node's memory (single-node mode) expire
         // here; a cluster's are kept by the presence service, and the node
@@ -396,6 +405,33 @@ impl Node {
     /// [`Routing::session_moved`].
     pub fn session_moved(&self, session: &str, nodes: &[String]) {
         self.routing.session_moved(session, nodes);
+    }
+
+    /// The room's latest `limit` messages still in history, with its
+    /// position; `None` for a room the broker does not know.
+    pub async fn recent(&self, room: &str, limit: usize) -> Result<Option<Recent>, NodeError> {
+        self.check_room(room)?;
+        self.broker.recent(room, limit).await.map_err(|e| {
+            self.metrics.broker_errors.inc();
+            e.into()
+        })
+    }
+
+    /// Every node of the cluster with its latest stats (this one alone on
+    /// a single node).
+    pub async fn nodes(&self) -> ClusterView {
+        self.stats.cluster(&*self.broker).await
+    }
+
+    /// What [`NodeStats`] samples once a second.
+    fn reading(&self) -> Reading {
+        Reading {
+            connections: self.registry.len() as u64,
+            rooms: self.room_count() as u64,
+            published: self.metrics.published.get(),
+            delivered: self.metrics.deliveries.get(),
+            draining: self.drain.is_draining(),
+        }
     }
 
     /// Rooms known to this node (with members or with history).

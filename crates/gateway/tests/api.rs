@@ -184,3 +184,65 @@ async fn health_readiness_and_metrics_need_no_key() {
         assert!(text.contains(family), "missing {family} in\n{text}");
     }
 }
+
+#[test]
+fn history_gives_a_rooms_last_messages_and_nodes_this_nodes_stats() {
+    let gw = Gateway::start(&[]);
+    for i in 1..=4 {
+        let body = format!(r#"{{"room":"log","data":{{"i":{i}}}}}"#);
+        let (status, _) = http_request(gw.addr, "POST", "/api/publish", &[KEY], &body).unwrap();
+        assert_eq!(status, 200);
+    }
+    let (status, body) =
+        http_request(gw.addr, "GET", "/api/history/log?limit=3", &[KEY], "").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["room"], "log");
+    assert_eq!(v["offset"], 4);
+    let messages = v["messages"].as_array().unwrap();
+    assert_eq!(
+        messages
+            .iter()
+            .map(|m| m["offset"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [2, 3, 4]
+    );
+    assert_eq!(messages[2]["data"]["i"], 4);
+    assert_eq!(messages[2]["epoch"], v["epoch"]);
+    assert_eq!(messages[2]["from"], serde_json::Value::Null);
+    assert!(messages[2]["published_at_ms"].as_u64().unwrap() > 0);
+
+    let (status, body) = http_request(gw.addr, "GET", "/api/history/empty", &[KEY], "").unwrap();
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["epoch"].clone(), v["offset"].clone()),
+        (serde_json::Value::Null, 0.into())
+    );
+    for (path, expected) in [
+        ("/api/history/log?limit=many", 400),
+        ("/api/history/a%20b", 400),
+        ("/api/history/log", 401),
+        ("/api/nodes", 401),
+    ] {
+        let headers: &[(&str, &str)] = if expected == 401 { &[] } else { &[KEY] };
+        let (status, body) = http_request(gw.addr, "GET", path, headers, "").unwrap();
+        assert_eq!(status, expected, "{path}: {body}");
+    }
+
+    let (status, body) = http_request(gw.addr, "GET", "/api/nodes", &[KEY], "").unwrap();
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let nodes = v["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{v}");
+    assert_eq!(nodes[0]["node"], v["node"]);
+    assert_eq!(nodes[0]["engine"], "memory");
+    for series in [
+        "connections",
+        "rooms",
+        "published_per_second",
+        "delivered_per_second",
+    ] {
+        assert!(nodes[0]["history"][series].is_array(), "{series}: {v}");
+    }
+}
