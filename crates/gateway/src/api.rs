@@ -2,7 +2,9 @@
 //! history, disconnect, stats, nodes. Every call needs `Authorization:
 //! Bearer <api.key>`; the key is compared in constant time (both sides
 //! hashed first, so not even the length leaks). Failures answer
-//! `{"error": code, "message": …}`.
+//! `{"error": code, "message": …}`. The admin page serves the same
+//! handlers ([`routes`]) under `/admin/api` behind its session cookie
+//! instead of the key (`admin/`).
 
 use std::sync::Arc;
 
@@ -29,8 +31,20 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 /// (never logged), the API key check, the body limit. The handlers read as
 /// the happy path.
 pub fn router(node: Arc<Node>) -> Router<Arc<Node>> {
-    let limit = node.config.limits.max_message_bytes;
     let key = Arc::new(ApiKey::new(&node.config.api, node.metrics.clone()));
+    routes(&node)
+        .layer(middleware::from_fn_with_state(key, require_api_key))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+        ]))
+        .layer(middleware::from_fn(trace_request))
+}
+
+/// The API's calls with the body limit and nothing else: whoever mounts
+/// them puts its own check in front (the API key here, the admin session
+/// in `admin/`).
+pub fn routes(node: &Node) -> Router<Arc<Node>> {
+    let limit = node.config.limits.max_message_bytes;
     Router::new()
         .route("/publish", post(publish))
         .route("/send", post(send))
@@ -40,11 +54,6 @@ pub fn router(node: Arc<Node>) -> Router<Arc<Node>> {
         .route("/stats", get(stats))
         .route("/nodes", get(nodes))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn_with_state(key, require_api_key))
-        .layer(SetSensitiveRequestHeadersLayer::new([
-            header::AUTHORIZATION,
-        ]))
-        .layer(middleware::from_fn(trace_request))
 }
 
 impl IntoResponse for NodeError {

@@ -54,6 +54,7 @@ pub struct Config {
     pub tracing: TracingConfig,
     pub proxy: ProxyConfig,
     pub webhooks: WebhookConfig,
+    pub admin: AdminConfig,
 }
 
 /// Calls to the application's backend before the node acts (`docs/hooks.md`).
@@ -235,6 +236,67 @@ impl Default for ApiConfig {
             key: Secret::default(),
             max_key_failures_per_minute: 10,
         }
+    }
+}
+
+/// The admin page under `/admin/` (`docs/operations.md`, "Admin page").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdminConfig {
+    /// Serve the admin page. Off: `/admin/…` answers 404.
+    pub enabled: bool,
+    /// The admin page's own login key, at least 16 bytes, different from `api.key`; it also signs the session cookies, so every node of a cluster needs the same one.
+    pub key: Secret,
+    /// How long a login lasts, in milliseconds.
+    pub session_ttl_ms: u64,
+    /// Wrong keys one address may try per minute; past it the address gets 429 until the minute is over.
+    pub max_login_failures_per_minute: u32,
+    /// Mark the session cookie `Secure` (set it when browsers reach the node over HTTPS, through a proxy that ends TLS).
+    pub secure_cookie: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: false,
+            key: Secret::default(),
+            session_ttl_ms: 8 * 3600 * 1000,
+            max_login_failures_per_minute: 5,
+            secure_cookie: false,
+        }
+    }
+}
+
+/// The shortest `admin.key`, in bytes.
+pub const MIN_ADMIN_KEY_BYTES: usize = 16;
+
+impl AdminConfig {
+    fn validate(&self, api: &ApiConfig) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let key = self.key.expose();
+        if key.len() < MIN_ADMIN_KEY_BYTES {
+            let now = if key.is_empty() {
+                "it is empty".to_string()
+            } else {
+                format!("it has {} bytes", key.len())
+            };
+            return Err(ConfigError(format!(
+                "admin.key must be at least {MIN_ADMIN_KEY_BYTES} bytes when admin.enabled is true ({now})"
+            )));
+        }
+        if key == api.key.expose() {
+            return Err(ConfigError(
+                "admin.key must differ from api.key: the admin page has its own key".into(),
+            ));
+        }
+        if self.session_ttl_ms == 0 {
+            return Err(ConfigError(
+                "admin.session_ttl_ms must be greater than 0".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -446,6 +508,7 @@ impl Default for Config {
             tracing: TracingConfig::default(),
             proxy: ProxyConfig::default(),
             webhooks: WebhookConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -484,6 +547,7 @@ impl Config {
             ("auth.jwt_secret", &mut self.auth.jwt_secret.0),
             ("auth.resume_secret", &mut self.auth.resume_secret.0),
             ("api.key", &mut self.api.key.0),
+            ("admin.key", &mut self.admin.key.0),
             ("presence.key", &mut self.presence.key.0),
             ("redis.url", &mut self.redis.url.0),
         ])
@@ -627,6 +691,7 @@ impl Config {
             ));
         }
         self.validate_proxy()?;
+        self.admin.validate(&self.api)?;
         self.webhooks.validate("webhooks").map_err(ConfigError)?;
         if !self.webhooks.url.is_empty() && !self.presence.url.is_empty() {
             return Err(ConfigError(
@@ -739,7 +804,8 @@ impl Config {
 pub const MIN_HEADER_BYTES: usize = 1024;
 
 /// Keys whose values are secrets.
-const SECRET_KEYS: [&str; 7] = [
+const SECRET_KEYS: [&str; 8] = [
+    "admin.key",
     "proxy.key",
     "webhooks.secret",
     "auth.jwt_secret",

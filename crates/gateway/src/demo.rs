@@ -15,11 +15,13 @@ use crate::node::Node;
 const INDEX_HTML: &str = include_str!("../../../clients/demo/index.html");
 const APP_JS: &str = include_str!("../../../clients/demo/app.js");
 const STYLE_CSS: &str = include_str!("../../../clients/demo/style.css");
+/// What the demo and the admin page share (top bar, cards).
+pub const BASE_CSS: &str = include_str!("../../../clients/common/base.css");
 const ROOMCAST_JS: &str = include_str!("../../../clients/js/roomcast.js");
 
-const HTML: &str = "text/html; charset=utf-8";
-const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
-const CSS: &str = "text/css; charset=utf-8";
+pub const HTML: &str = "text/html; charset=utf-8";
+pub const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
+pub const CSS: &str = "text/css; charset=utf-8";
 
 /// The routes, with their full paths (to be merged into the node's router:
 /// a router nested at `/demo` cannot serve `/demo/`). `/demo` redirects to
@@ -32,13 +34,15 @@ pub fn router() -> Router<Arc<Node>> {
         .route("/demo/index.html", get(index))
         .route("/demo/app.js", get(|| async { asset(JAVASCRIPT, APP_JS) }))
         .route("/demo/style.css", get(|| async { asset(CSS, STYLE_CSS) }))
+        .route("/demo/base.css", get(|| async { asset(CSS, BASE_CSS) }))
         .route(
             "/demo/roomcast.js",
             get(|| async { asset(JAVASCRIPT, ROOMCAST_JS) }),
         )
 }
 
-fn asset(content_type: &'static str, body: &'static str) -> Response {
+/// A file of the page, with its type; the admin page serves its own the same way.
+pub fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, content_type),

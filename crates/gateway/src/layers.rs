@@ -73,11 +73,7 @@ pub async fn require_api_key(
     next: Next,
 ) -> Response {
     guard.metrics.api_requests.inc();
-    let ip = request
-        .extensions()
-        .get::<ConnectInfo<Peer>>()
-        .map(|c| c.0.addr.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let ip = peer_ip(&request);
     if !guard.failures.check(ip, false, guard.max_failures) {
         guard.metrics.api_unauthorized.inc();
         return NodeError::new(
@@ -88,10 +84,7 @@ pub async fn require_api_key(
     }
     let expected = guard.key.expose();
     let given = roomcast_service::bearer::bearer_token(request.headers());
-    let matches: bool = Sha256::digest(given.as_bytes())
-        .ct_eq(&Sha256::digest(expected.as_bytes()))
-        .into();
-    if expected.is_empty() || !matches {
+    if expected.is_empty() || !keys_match(given, expected) {
         guard.metrics.api_unauthorized.inc();
         guard.failures.check(ip, true, guard.max_failures);
         let message = if expected.is_empty() {
@@ -104,9 +97,27 @@ pub async fn require_api_key(
     next.run(request).await
 }
 
-/// Failed key checks per address, in one-minute windows.
+/// Whether `given` is `expected`, compared in constant time: both sides
+/// are hashed first, so not even the length leaks.
+pub fn keys_match(given: &str, expected: &str) -> bool {
+    Sha256::digest(given.as_bytes())
+        .ct_eq(&Sha256::digest(expected.as_bytes()))
+        .into()
+}
+
+/// The address a request came from (unspecified when unknown).
+pub fn peer_ip(request: &Request) -> IpAddr {
+    request
+        .extensions()
+        .get::<ConnectInfo<Peer>>()
+        .map(|c| c.0.addr.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+/// Failed key checks per address, in one-minute windows (the API key's,
+/// and the admin page's logins).
 #[derive(Default)]
-struct KeyFailures {
+pub struct KeyFailures {
     windows: parking_lot::Mutex<HashMap<IpAddr, (Instant, u32)>>,
 }
 
@@ -114,7 +125,7 @@ const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
 impl KeyFailures {
     /// True when `ip` may try again; counts a failure when `failed`.
-    fn check(&self, ip: IpAddr, failed: bool, max: u32) -> bool {
+    pub fn check(&self, ip: IpAddr, failed: bool, max: u32) -> bool {
         let now = Instant::now();
         let mut windows = self.windows.lock();
         if windows.len() > 10_000 {

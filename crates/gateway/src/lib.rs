@@ -6,7 +6,8 @@
 //! - edge (HTTP and WebSocket, above the node):
 //!   [`front`] (accept loop, per-address and pending-head limits, HTTP
 //!   timeouts), [`server`] (routes, the upgrade), [`api`] (the HTTP API),
-//!   [`layers`] (its tower layers), [`demo`] (the demo page),
+//!   [`layers`] (its tower layers), [`demo`] (the demo page), [`admin`]
+//!   (the admin page, the API again behind its session cookie),
 //!   [`connection`] (one connection's task: hello, commands, writes),
 //!   [`drain`] (how a node stops);
 //! - node: [`node`] (the operations connections and the API share, and
@@ -29,6 +30,7 @@
 //! How a publish travels through these, hop by hop, is in
 //! `docs/architecture.md`, "Follow a publish".
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod config;

@@ -98,6 +98,7 @@ fn keep_restart_only(old: &Config, new: &mut Config) {
     new.drain = old.drain.clone();
     new.tracing = old.tracing.clone();
     new.webhooks = old.webhooks.clone();
+    new.admin = old.admin.clone();
     new.log.json = old.log.json;
     new.limits.max_message_bytes = old.limits.max_message_bytes;
     let after = serde_json::to_value(&*new).unwrap_or_default();

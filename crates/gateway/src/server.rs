@@ -30,6 +30,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/", get(index))
         .nest("/api", crate::api::router(node.clone()))
         .merge(crate::demo::router())
+        .merge(crate::admin::router(&node))
         .with_state(node)
 }
 
