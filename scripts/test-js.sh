@@ -3,18 +3,25 @@
 #   1. the node --test suite of clients/js against a real gateway;
 #   2. the demo page in headless Chromium (Debian's /usr/bin/chromium, driven
 #      by playwright-core; no browser is downloaded), screenshot in
-#      target/browser/demo.png.
-# Needs the debug gateway (`make build`; $ROOMCAST_GATEWAY_BIN overrides its
-# path), Node.js >= 20.10 with npm; installs Chromium (apt) and the npm
-# devDependencies (npm ci) when they are missing. Every step is time-bounded.
+#      target/browser/demo.png;
+#   3. the admin page in headless Chromium against a real cluster (Redis, the
+#      presence service, two gateways), screenshot in target/admin-screenshot.png.
+# Needs the debug gateway and presence service (`make build`;
+# $ROOMCAST_GATEWAY_BIN and $ROOMCAST_PRESENCE_BIN override their paths),
+# Node.js >= 20.10 with npm; installs Chromium and redis-server (apt) and the
+# npm devDependencies (npm ci) when they are missing. Every step is
+# time-bounded.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export ROOMCAST_GATEWAY_BIN=${ROOMCAST_GATEWAY_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/debug/roomcast-gateway}
-if [ ! -x "$ROOMCAST_GATEWAY_BIN" ]; then
-    echo "test-js: $ROOMCAST_GATEWAY_BIN missing; run make build" >&2
-    exit 1
-fi
+export ROOMCAST_PRESENCE_BIN=${ROOMCAST_PRESENCE_BIN:-$(dirname "$ROOMCAST_GATEWAY_BIN")/roomcast-presence}
+for bin in "$ROOMCAST_GATEWAY_BIN" "$ROOMCAST_PRESENCE_BIN"; do
+    if [ ! -x "$bin" ]; then
+        echo "test-js: $bin missing; run make build" >&2
+        exit 1
+    fi
+done
 
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     echo "test-js: node and npm are needed (Node.js >= 20.10)" >&2
@@ -28,6 +35,7 @@ if ! node --experimental-websocket -e 'process.exit(typeof WebSocket === "functi
 fi
 
 scripts/deps.sh chromium
+scripts/deps.sh redis
 
 # The npm devDependencies (playwright-core), from the committed lock file.
 (
@@ -47,3 +55,7 @@ timeout 300 node "${NODE_FLAGS[@]}" --test --test-timeout=60000 clients/js/test/
 echo "test-js: demo page in headless Chromium"
 timeout 300 node --test --test-timeout=180000 clients/js/test-browser/demo.test.mjs
 echo "test-js: screenshot in target/browser/demo.png"
+
+echo "test-js: admin page in headless Chromium against a two-node cluster"
+timeout 300 node "${NODE_FLAGS[@]}" --test --test-timeout=180000 clients/js/test-browser/admin.test.mjs
+echo "test-js: screenshot in target/admin-screenshot.png"

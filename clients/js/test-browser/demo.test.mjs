@@ -8,25 +8,13 @@
 //   node --test clients/js/test-browser/demo.test.mjs
 
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { after, test } from 'node:test';
 
-import { chromium } from 'playwright-core';
-
 import { REPO, startGateway } from '../test/gateway.mjs';
+import { launchChromium } from './chromium.mjs';
 
-const CHROMIUM = process.env.ROOMCAST_CHROMIUM || '/usr/bin/chromium';
-const ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-  '--disable-quic',
-];
 const SHOTS = path.join(REPO, 'target', 'browser');
 const WAIT = 15_000;
 
@@ -99,10 +87,9 @@ function assertOnceInOrder(messages, expected, who) {
 }
 
 test('two pages chat across a lost socket and a node restart', { timeout: 120_000 }, async () => {
-  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} missing: run scripts/browser-deps.sh`);
   gateway = await startGateway();
   const url = `${gateway.httpUrl}/demo/`;
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS, headless: true, timeout: 30_000 });
+  browser = await launchChromium();
 
   mkdirSync(SHOTS, { recursive: true });
   const alice = await openChat(url, 'Alice', 'demo-room', path.join(SHOTS, 'join.png'));

@@ -1,10 +1,11 @@
-// Starts and stops real roomcast-gateway processes for the tests.
+// Starts and stops real roomcast-gateway processes for the tests (and, for
+// cluster.mjs, the presence service).
 //
 // The binary is $ROOMCAST_GATEWAY_BIN, else <repo>/target/debug/roomcast-gateway
 // (`make build` builds it). Each gateway runs single-node and in-memory on a
-// loopback port: port 0 picks a free one, read back from the log line
-// "listening on http://ADDR". Every process started here is killed when the
-// test process exits, whatever happened.
+// loopback port unless told otherwise: port 0 picks a free one, read back
+// from the log line "listening on http://ADDR". Every process started here is
+// killed when the test process exits, whatever happened.
 
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -24,10 +25,16 @@ process.on('exit', () => {
   for (const child of alive) child.kill('SIGKILL');
 });
 
-export class Gateway {
-  constructor({ port = 0, env = {} } = {}) {
-    this.requestedPort = port;
-    this.extraEnv = env;
+/**
+ * A roomcast server process (a gateway, the presence service) on a loopback
+ * port: port 0 picks a free one, read back from its log line "listening on
+ * http://ADDR".
+ */
+export class Server {
+  constructor({ bin, name = path.basename(bin), env = {} }) {
+    this.bin = bin;
+    this.name = name;
+    this.env = env;
     this.proc = null;
     this.addr = null;
     this.log = [];
@@ -37,27 +44,17 @@ export class Gateway {
     return Number(this.addr.split(':').pop());
   }
 
-  get wsUrl() {
-    return `ws://${this.addr}/ws`;
-  }
-
   get httpUrl() {
     return `http://${this.addr}`;
   }
 
   /** Starts the process and waits for its listening line. */
   async start() {
-    const bin = gatewayBin();
-    if (!existsSync(bin)) throw new Error(`gateway binary ${bin} not found: run make build`);
+    if (!existsSync(this.bin)) throw new Error(`${this.bin} not found: run make build`);
     // A clean environment: inherited ROOMCAST_* settings must not change what is tested.
     const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('ROOMCAST_')));
-    Object.assign(env, {
-      ROOMCAST_LISTEN: `127.0.0.1:${this.requestedPort}`,
-      ROOMCAST_API__KEY: API_KEY,
-      ROOMCAST_LOG__LEVEL: 'info',
-      ...this.extraEnv,
-    });
-    const proc = spawn(bin, [], { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    Object.assign(env, this.env);
+    const proc = spawn(this.bin, [], { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
     this.proc = proc;
     alive.add(proc);
     this.exited = new Promise((resolve) => {
@@ -69,7 +66,7 @@ export class Gateway {
     this.addr = await new Promise((resolve, reject) => {
       let buffered = '';
       const timer = setTimeout(() => {
-        reject(new Error(`gateway did not report its address within ${START_TIMEOUT_MS} ms:\n${this.tail()}`));
+        reject(new Error(`${this.name} did not report its address within ${START_TIMEOUT_MS} ms:\n${this.tail()}`));
       }, START_TIMEOUT_MS);
       const onData = (chunk) => {
         buffered += chunk.toString();
@@ -89,7 +86,7 @@ export class Gateway {
       proc.stderr.on('data', (chunk) => this.log.push(...chunk.toString().split('\n').filter(Boolean)));
       this.exited.then(({ code, signal }) => {
         clearTimeout(timer);
-        reject(new Error(`gateway exited (${code ?? signal}) before listening:\n${this.tail()}`));
+        reject(new Error(`${this.name} exited (${code ?? signal}) before listening:\n${this.tail()}`));
       });
     });
     return this;
@@ -115,6 +112,27 @@ export class Gateway {
 
   resume() {
     this.proc.kill('SIGCONT');
+  }
+}
+
+/** A gateway, single-node and in-memory unless `env` says otherwise, with the API key `test-key`. */
+export class Gateway extends Server {
+  constructor({ port = 0, env = {} } = {}) {
+    super({
+      bin: gatewayBin(),
+      name: 'gateway',
+      env: {
+        ROOMCAST_LISTEN: `127.0.0.1:${port}`,
+        ROOMCAST_API__KEY: API_KEY,
+        ROOMCAST_LOG__LEVEL: 'info',
+        ...env,
+      },
+    });
+    this.extraEnv = env;
+  }
+
+  get wsUrl() {
+    return `ws://${this.addr}/ws`;
   }
 
   /** Starts a new gateway on the same port (the old one must be stopped). */
