@@ -63,6 +63,7 @@ fn main() {
             id: Some(3),
             room: "lobby".into(),
             data: data.clone(),
+            key: None,
         },
         ClientFrame::Send {
             id: Some(4),

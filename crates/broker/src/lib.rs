@@ -50,6 +50,19 @@ pub struct HistoryLimits {
     pub size: usize,
     /// How long a message is kept.
     pub ttl: std::time::Duration,
+    /// How long a publish's idempotency key is remembered
+    /// (`publish.idempotency_window_ms`).
+    pub idempotency_window: std::time::Duration,
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub offset: u64,
+    pub epoch: Arc<str>,
+    /// The key was seen within the window: this is the first publish's
+    /// answer, and nothing was stored or delivered again.
+    pub duplicate: bool,
 }
 
 /// A room's latest messages still in history ([`Broker::recent`]).
@@ -108,13 +121,18 @@ pub trait Broker: Send + Sync + 'static {
     /// Appends `data` to the room's history with the next offset and delivers
     /// it to every node with members. An `Ok` means the message is stored.
     /// `trace` is the W3C `traceparent` of the publishing span, if traced.
+    /// With a `key` (already checked by `valid_idempotency_key`), a publish
+    /// to the room with the same key within the idempotency window is not
+    /// stored again: it gets the first one's offset and epoch, marked
+    /// `duplicate`. The check and the append are one atomic step.
     async fn publish(
         &self,
         room: &str,
         data: Data,
         from: Option<Member>,
         trace: Option<String>,
-    ) -> Result<Arc<RoomMessage>, BrokerError>;
+        key: Option<&str>,
+    ) -> Result<Published, BrokerError>;
 
     /// Starts delivering the room's messages to this node (first local member).
     async fn subscribe(&self, room: &str) -> Result<(), BrokerError>;

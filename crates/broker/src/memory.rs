@@ -18,8 +18,8 @@ use roomcast_protocol::{Data, Member, Since};
 
 use crate::message::now_us;
 use crate::{
-    Broker, BrokerError, Delivery, HistoryLimits, HistoryRead, Position, Recent, Recovery,
-    RoomMessage, Route,
+    Broker, BrokerError, Delivery, HistoryLimits, HistoryRead, Position, Published, Recent,
+    Recovery, RoomMessage, Route,
 };
 use roomcast_protocol::envelope::Envelope;
 
@@ -31,6 +31,10 @@ struct RoomLog {
     entries: VecDeque<(Instant, Arc<RoomMessage>)>,
     subscribers: usize,
     touched: Instant,
+    /// Idempotency keys seen within the window: the offset each got.
+    keys: HashMap<Box<str>, u64>,
+    /// The same keys, oldest first, with when they were seen.
+    key_order: VecDeque<(Instant, Box<str>)>,
 }
 
 impl RoomLog {
@@ -41,10 +45,20 @@ impl RoomLog {
             entries: VecDeque::new(),
             subscribers: 0,
             touched: Instant::now(),
+            keys: HashMap::new(),
+            key_order: VecDeque::new(),
         }
     }
 
     fn trim(&mut self, limits: &HistoryLimits, now: Instant) {
+        while let Some((at, _)) = self.key_order.front() {
+            if now.duration_since(*at) < limits.idempotency_window {
+                break;
+            }
+            if let Some((_, key)) = self.key_order.pop_front() {
+                self.keys.remove(&key);
+            }
+        }
         while self.entries.len() > limits.size {
             self.entries.pop_front();
         }
@@ -144,6 +158,7 @@ impl MemoryBroker {
                 let mut log = log.lock();
                 log.trim(&self.limits, now);
                 let keep = !log.entries.is_empty()
+                    || !log.keys.is_empty()
                     || log.subscribers > 0
                     || now.duration_since(log.touched) < self.limits.ttl;
                 forgotten += usize::from(!keep);
@@ -185,12 +200,23 @@ impl Broker for MemoryBroker {
         data: Data,
         from: Option<Member>,
         trace: Option<String>,
-    ) -> Result<Arc<RoomMessage>, BrokerError> {
+        key: Option<&str>,
+    ) -> Result<Published, BrokerError> {
         let (name, log) = self.log(room);
         let mut log = log.lock();
         let now = Instant::now();
-        log.last_offset += 1;
         log.touched = now;
+        if let Some(key) = key {
+            log.trim(&self.limits, now);
+            if let Some(&offset) = log.keys.get(key) {
+                return Ok(Published {
+                    offset,
+                    epoch: log.epoch.clone(),
+                    duplicate: true,
+                });
+            }
+        }
+        log.last_offset += 1;
         let message = Arc::new(
             RoomMessage::new(
                 name,
@@ -202,6 +228,10 @@ impl Broker for MemoryBroker {
             )
             .with_trace(trace),
         );
+        if let Some(key) = key {
+            log.keys.insert(key.into(), message.offset);
+            log.key_order.push_back((now, key.into()));
+        }
         log.entries.push_back((now, message.clone()));
         log.trim(&self.limits, now);
         if log.subscribers > 0 {
@@ -209,7 +239,11 @@ impl Broker for MemoryBroker {
                 delivery.deliver(message.clone());
             }
         }
-        Ok(message)
+        Ok(Published {
+            offset: message.offset,
+            epoch: message.epoch.clone(),
+            duplicate: false,
+        })
     }
 
     async fn subscribe(&self, room: &str) -> Result<(), BrokerError> {
@@ -278,6 +312,7 @@ mod tests {
         MemoryBroker::new(HistoryLimits {
             size,
             ttl: Duration::from_millis(ttl_ms),
+            idempotency_window: Duration::from_millis(200),
         })
     }
 
@@ -293,16 +328,60 @@ mod tests {
     async fn offsets_start_at_one_and_increase_by_one() {
         let b = broker(10, 60_000);
         for expected in 1..=5 {
-            let m = b.publish("r", json!(expected), None, None).await.unwrap();
+            let m = b
+                .publish("r", json!(expected), None, None, None)
+                .await
+                .unwrap();
             assert_eq!(m.offset, expected);
         }
+    }
+
+    #[tokio::test]
+    async fn a_key_is_stored_once_per_room_within_the_window() {
+        let b = broker(10, 60_000);
+        let first = b
+            .publish("r", json!(1), None, None, Some("k1"))
+            .await
+            .unwrap();
+        assert!(!first.duplicate);
+        let again = b
+            .publish("r", json!(2), None, None, Some("k1"))
+            .await
+            .unwrap();
+        assert_eq!((again.offset, again.duplicate), (first.offset, true));
+        assert_eq!(again.epoch, first.epoch);
+        // Another room, another key; no key, no check.
+        let other = b
+            .publish("q", json!(3), None, None, Some("k1"))
+            .await
+            .unwrap();
+        assert!(!other.duplicate);
+        let plain = b.publish("r", json!(4), None, None, None).await.unwrap();
+        assert_eq!(plain.offset, 2);
+        let s = since(&b, "r", 0).await;
+        match b.read("r", Some(&s)).await.unwrap().recovery {
+            Some(Recovery::Recovered(m)) => {
+                assert_eq!(
+                    m.iter().map(|m| m.data.clone()).collect::<Vec<_>>(),
+                    [json!(1), json!(4)]
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // Past the window the key is new again.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let later = b
+            .publish("r", json!(5), None, None, Some("k1"))
+            .await
+            .unwrap();
+        assert_eq!((later.offset, later.duplicate), (3, false));
     }
 
     #[tokio::test]
     async fn recovery_returns_exactly_the_missed_messages() {
         let b = broker(10, 60_000);
         for i in 1..=6 {
-            b.publish("r", json!(i), None, None).await.unwrap();
+            b.publish("r", json!(i), None, None, None).await.unwrap();
         }
         let s = since(&b, "r", 3).await;
         let read = b.read("r", Some(&s)).await.unwrap();
@@ -319,7 +398,7 @@ mod tests {
     async fn a_gap_evicted_from_history_is_not_recoverable() {
         let b = broker(3, 60_000);
         for i in 1..=6 {
-            b.publish("r", json!(i), None, None).await.unwrap();
+            b.publish("r", json!(i), None, None, None).await.unwrap();
         }
         let s = since(&b, "r", 2).await;
         let read = b.read("r", Some(&s)).await.unwrap();
@@ -332,7 +411,7 @@ mod tests {
     #[tokio::test]
     async fn another_epoch_or_a_future_offset_is_not_recoverable() {
         let b = broker(10, 60_000);
-        b.publish("r", json!(1), None, None).await.unwrap();
+        b.publish("r", json!(1), None, None, None).await.unwrap();
         let bad_epoch = Since {
             offset: 0,
             epoch: "other".into(),
@@ -350,7 +429,7 @@ mod tests {
         assert!(b.recent("r", 3).await.unwrap().is_none());
         assert_eq!(b.room_count(), 0, "asking created the room");
         for i in 1..=6 {
-            b.publish("r", json!(i), None, None).await.unwrap();
+            b.publish("r", json!(i), None, None, None).await.unwrap();
         }
         let recent = b.recent("r", 3).await.unwrap().unwrap();
         assert_eq!(recent.position.offset, 6);
@@ -364,7 +443,7 @@ mod tests {
     #[tokio::test]
     async fn expired_messages_leave_history() {
         let b = broker(10, 30);
-        b.publish("r", json!(1), None, None).await.unwrap();
+        b.publish("r", json!(1), None, None, None).await.unwrap();
         tokio::time::sleep(Duration::from_millis(60)).await;
         let s = since(&b, "r", 0).await;
         let read = b.read("r", Some(&s)).await.unwrap();

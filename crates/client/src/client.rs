@@ -177,6 +177,7 @@ impl Client {
             id: None,
             room: room.into(),
             data,
+            key: None,
         };
         match self.request(frame).await? {
             ServerFrame::Ack {

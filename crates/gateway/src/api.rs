@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -87,13 +87,29 @@ struct PublishBody {
     data: Data,
 }
 
+/// The header that carries a publish's idempotency key.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
 async fn publish(
     State(node): State<Arc<Node>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, NodeError> {
+    let key = match headers.get(IDEMPOTENCY_KEY) {
+        Some(value) => Some(value.to_str().map_err(|_| {
+            NodeError::bad_request(
+                "Idempotency-Key must be 1 to 64 characters of A-Z a-z 0-9 _ . : -",
+            )
+        })?),
+        None => None,
+    };
     let body: PublishBody = parse(body)?;
-    let message = node.publish(&body.room, body.data, None).await?;
-    Ok(Json(json!({"offset": message.offset, "epoch": &*message.epoch})).into_response())
+    let published = node.publish(&body.room, body.data, None, key).await?;
+    let mut answer = json!({"offset": published.offset, "epoch": &*published.epoch});
+    if published.duplicate {
+        answer["duplicate"] = json!(true);
+    }
+    Ok(Json(answer).into_response())
 }
 
 #[derive(Deserialize)]

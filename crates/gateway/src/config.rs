@@ -46,6 +46,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub http: HttpConfig,
     pub history: HistoryConfig,
+    pub publish: PublishConfig,
     pub session: SessionConfig,
     pub heartbeat: HeartbeatConfig,
     pub websocket: WebSocketConfig,
@@ -394,6 +395,21 @@ impl Default for HistoryConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
+pub struct PublishConfig {
+    /// How long a publish's idempotency key (`key`, `Idempotency-Key`) is remembered per room, in milliseconds.
+    pub idempotency_window_ms: u64,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        PublishConfig {
+            idempotency_window_ms: 120_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SessionConfig {
     /// How long a session stays resumable after its connection ends, in milliseconds.
     pub ttl_ms: u64,
@@ -500,6 +516,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             http: HttpConfig::default(),
             history: HistoryConfig::default(),
+            publish: PublishConfig::default(),
             session: SessionConfig::default(),
             heartbeat: HeartbeatConfig::default(),
             websocket: WebSocketConfig::default(),
@@ -589,6 +606,10 @@ impl Config {
                 self.limits.outbound_queue_bytes as u64,
             ),
             ("limits.max_bad_frames", self.limits.max_bad_frames as u64),
+            (
+                "publish.idempotency_window_ms",
+                self.publish.idempotency_window_ms,
+            ),
             (
                 "limits.max_pending_handshakes",
                 self.limits.max_pending_handshakes as u64,

@@ -87,6 +87,8 @@ pub struct Metrics {
     pub rooms: Gauge,
     pub subscriptions: Gauge,
     pub published: Counter,
+    /// Publishes answered from an idempotency key seen before.
+    pub publish_duplicates: Counter,
     pub deliveries: Counter,
     /// Deliveries written straight to the member's socket by the fan-out.
     pub deliveries_direct: Counter,
@@ -208,6 +210,11 @@ impl Metrics {
             reg,
             "roomcast_messages_published",
             "Messages published through this node",
+        );
+        let publish_duplicates = counter(
+            reg,
+            "roomcast_publish_duplicates",
+            "Publishes with an idempotency key seen within the window: answered as the first, not stored again",
         );
         let deliveries = counter(
             reg,
@@ -336,6 +343,7 @@ impl Metrics {
             rooms,
             subscriptions,
             published,
+            publish_duplicates,
             deliveries,
             deliveries_direct,
             publish_to_deliver,

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use roomcast_broker::memory::MemoryBroker;
 use roomcast_broker::redis::RedisBroker;
-use roomcast_broker::{Broker, HistoryLimits, HistoryRead, Recent, Recovery, RoomMessage};
-use roomcast_protocol::{Data, ErrorCode, Member, Since, Target};
+use roomcast_broker::{Broker, HistoryLimits, HistoryRead, Published, Recent, Recovery};
+use roomcast_protocol::{valid_idempotency_key, Data, ErrorCode, Member, Since, Target};
 
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError};
@@ -103,6 +103,7 @@ impl Node {
         let limits = HistoryLimits {
             size: config.history.size,
             ttl: Duration::from_millis(config.history.ttl_ms),
+            idempotency_window: Duration::from_millis(config.publish.idempotency_window_ms),
         };
         let (broker, memory, redis): (Arc<dyn Broker>, _, _) = if config.redis.url.0.is_empty() {
             let memory = MemoryBroker::new(limits);
@@ -231,14 +232,22 @@ impl Node {
             .map_err(NodeError::bad_request)
     }
 
-    /// Stores `data` in the room's history and delivers it to every member.
+    /// Stores `data` in the room's history and delivers it to every member;
+    /// with an idempotency `key`, once per key and room within the window
+    /// (a repeat gets the first one's offset, marked `duplicate`).
     pub async fn publish(
         &self,
         room: &str,
         data: Data,
         from: Option<Member>,
-    ) -> Result<Arc<RoomMessage>, NodeError> {
+        key: Option<&str>,
+    ) -> Result<Published, NodeError> {
         self.check_room(room)?;
+        if key.is_some_and(|k| !valid_idempotency_key(k)) {
+            return Err(NodeError::bad_request(
+                "an idempotency key is 1 to 64 characters of A-Z a-z 0-9 _ . : -",
+            ));
+        }
         let span = if telemetry::enabled() {
             tracing::info_span!("publish", room, node = %self.id, offset = tracing::field::Empty)
         } else {
@@ -247,7 +256,7 @@ impl Node {
         let started = Instant::now();
         let result = async {
             let trace = telemetry::current_traceparent();
-            self.broker.publish(room, data, from, trace).await
+            self.broker.publish(room, data, from, trace, key).await
         }
         .instrument(span.clone())
         .await;
@@ -255,10 +264,14 @@ impl Node {
             .broker_publish
             .observe_us(started.elapsed().as_micros() as u64);
         match result {
-            Ok(message) => {
-                span.record("offset", message.offset);
-                self.metrics.published.inc();
-                Ok(message)
+            Ok(published) => {
+                span.record("offset", published.offset);
+                if published.duplicate {
+                    self.metrics.publish_duplicates.inc();
+                } else {
+                    self.metrics.published.inc();
+                }
+                Ok(published)
             }
             Err(e) => {
                 self.metrics.broker_errors.inc();

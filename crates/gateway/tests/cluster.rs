@@ -54,6 +54,7 @@ async fn cross_node_order(redis_url: &str) {
                         id: Some(10 + i),
                         room: "order".into(),
                         data: json!({"p": p, "i": i}),
+                        key: None,
                     })
                     .await;
                 assert!(
@@ -128,6 +129,7 @@ async fn a_redis_outage_answers_unavailable_and_delivery_comes_back_by_itself() 
             id: Some(2),
             room: "r".into(),
             data: json!("before"),
+            key: None,
         })
         .await;
     assert_eq!(ack_offset(&ack), Some(1), "{ack:?}");
@@ -143,6 +145,7 @@ async fn a_redis_outage_answers_unavailable_and_delivery_comes_back_by_itself() 
                 id: Some(100 + i),
                 room: "r".into(),
                 data: json!("during"),
+                key: None,
             })
             .await;
         assert!(
@@ -187,6 +190,7 @@ async fn a_redis_outage_answers_unavailable_and_delivery_comes_back_by_itself() 
                 id: Some(1000 + attempt),
                 room: "r".into(),
                 data: json!("after"),
+                key: None,
             })
             .await;
         if matches!(reply, ServerFrame::Ack { .. }) {
@@ -285,6 +289,7 @@ async fn joins_on_one_node_while_another_publishes_fast_get_no_offset_twice() {
                 id: None,
                 room: "fast".into(),
                 data: json!(i),
+                key: None,
             })
             .await;
             if i.is_multiple_of(5) {
@@ -297,6 +302,7 @@ async fn joins_on_one_node_while_another_publishes_fast_get_no_offset_twice() {
                 id: Some(2),
                 room: "fast".into(),
                 data: json!("end"),
+                key: None,
             })
             .await;
         ack_offset(&last).expect("acked")
@@ -397,6 +403,7 @@ async fn simultaneous_joins_of_one_room_each_recover_exactly_their_own_gap() {
                 id: Some(100 + i),
                 room: "shared".into(),
                 data: json!(i),
+                key: None,
             })
             .await;
         assert_eq!(ack_offset(&reply), Some(i));
@@ -458,6 +465,7 @@ async fn simultaneous_joins_of_one_room_each_recover_exactly_their_own_gap() {
             id: Some(1000),
             room: "shared".into(),
             data: json!("live"),
+            key: None,
         })
         .await;
     let live = ack_offset(&reply).unwrap();

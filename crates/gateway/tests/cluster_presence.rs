@@ -114,7 +114,8 @@ async fn presence_lists_every_node_and_direct_sends_go_only_to_the_owning_node()
             ack,
             ServerFrame::Ack {
                 id: 7,
-                offset: None
+                offset: None,
+                duplicate: false
             }
         );
     }

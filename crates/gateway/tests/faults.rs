@@ -33,6 +33,7 @@ async fn publish(c: &mut RawClient, id: u64) -> (Option<u64>, Duration) {
             id: Some(id),
             room: "f".into(),
             data: json!(id),
+            key: None,
         })
         .await;
     let took = started.elapsed();

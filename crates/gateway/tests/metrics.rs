@@ -87,6 +87,7 @@ async fn counters_move_for_a_scripted_session() {
         id: Some(2),
         room: "m".into(),
         data: json!(1),
+        key: None,
     })
     .await;
     // A slow consumer: joins, stops reading, is flooded past its queue.
@@ -168,6 +169,7 @@ async fn a_cluster_node_and_the_presence_service_export_their_families() {
         id: Some(2),
         room: "m".into(),
         data: json!(1),
+        key: None,
     })
     .await;
     let text = scrape(gw.addr);

@@ -66,7 +66,7 @@ async fn join_publish_ack_and_own_message_carry_the_same_offset() {
         let mut seen = None;
         while acked.is_none() || seen.is_none() {
             match c.recv().await {
-                ServerFrame::Ack { id: 2, offset } => acked = offset,
+                ServerFrame::Ack { id: 2, offset, .. } => acked = offset,
                 ServerFrame::Message {
                     room: r,
                     offset,
@@ -128,6 +128,7 @@ async fn offsets_increase_strictly_and_arrive_in_order_across_codecs() {
                 id: None,
                 room: "order".into(),
                 data: json!({"i": i, "s": "é✓"}),
+                key: None,
             })
             .await;
     }
@@ -162,7 +163,8 @@ async fn send_reaches_a_user_and_a_session_as_direct() {
         ack,
         ServerFrame::Ack {
             id: 1,
-            offset: None
+            offset: None,
+            duplicate: false
         }
     );
     let ack = alice
@@ -176,7 +178,8 @@ async fn send_reaches_a_user_and_a_session_as_direct() {
         ack,
         ServerFrame::Ack {
             id: 2,
-            offset: None
+            offset: None,
+            duplicate: false
         }
     );
     for expected in ["to user", "to session"] {

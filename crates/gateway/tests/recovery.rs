@@ -156,6 +156,7 @@ async fn joins_with_since_during_continuous_publishing_have_no_gap_and_no_duplic
                     id: None,
                     room: "busy".into(),
                     data: json!(i),
+                    key: None,
                 })
                 .await;
             if i % 50 == 0 {

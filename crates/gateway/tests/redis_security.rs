@@ -151,6 +151,7 @@ async fn nodes_talk_to_redis_over_tls_with_a_password() {
             id: Some(2),
             room: "secure".into(),
             data: json!("over tls"),
+            key: None,
         })
         .await;
     assert_eq!(ack_offset(&ack), Some(1), "{ack:?}");

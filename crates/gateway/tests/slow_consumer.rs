@@ -54,6 +54,7 @@ async fn a_slow_consumer_is_closed_with_4508_while_the_others_keep_receiving() {
                 id: None,
                 room: "flood".into(),
                 data: json!({"i": i, "p": payload}),
+                key: None,
             })
             .await;
         // Paced so that readers that do read keep up, even in a debug build.

@@ -127,6 +127,7 @@ async fn a_publish_on_one_node_and_its_delivery_on_another_are_one_trace() {
             id: Some(2),
             room: "traced".into(),
             data: json!("hi"),
+            key: None,
         })
         .await;
     assert_eq!(ack_offset(&ack), Some(1), "{ack:?}");
@@ -173,6 +174,7 @@ async fn a_node_tracing_over_grpc_to_a_dead_collector_keeps_serving() {
                 id: Some(10 + i),
                 room: "r".into(),
                 data: json!(i),
+                key: None,
             })
             .await;
         assert!(

@@ -152,6 +152,11 @@ pub mod names {
     pub fn room_channel(room: &str) -> String {
         format!("rc:{{{room}}}:ch")
     }
+    /// A publish's idempotency key in the room: the offset and epoch it got
+    /// (keys hold no braces, so the room's hash tag decides the slot).
+    pub fn room_idempotency_key(room: &str, key: &str) -> String {
+        format!("rc:{{{room}}}:idem:{key}")
+    }
     /// Channel of envelopes addressed to one node.
     pub fn node_channel(node: &str) -> String {
         format!("rc:{{node:{node}}}:ch")

@@ -121,6 +121,11 @@ pub enum ClientFrame {
         id: Option<u64>,
         room: String,
         data: Data,
+        /// Idempotency key: publishes to the room with the same key within
+        /// the node's window are stored and delivered once
+        /// ([`valid_idempotency_key`] says which keys are well formed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
     Send {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -258,6 +263,10 @@ pub enum ServerFrame {
         id: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         offset: Option<u64>,
+        /// A publish whose key was seen before: answered as the first one
+        /// was, nothing stored again. Absent when false.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        duplicate: bool,
     },
     Pong {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -346,4 +355,15 @@ impl ServerFrame {
             message: message.into(),
         }
     }
+}
+
+/// Longest idempotency key.
+pub const MAX_IDEMPOTENCY_KEY: usize = 64;
+
+/// An idempotency key is 1 to 64 characters of `A-Z a-z 0-9 _ . : -`.
+pub fn valid_idempotency_key(key: &str) -> bool {
+    (1..=MAX_IDEMPOTENCY_KEY).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }

@@ -15,8 +15,8 @@ pub mod frame;
 pub use codec::{Codec, DecodeError};
 pub use error::{close, ErrorCode};
 pub use frame::{
-    ClientFrame, Member, ReconnectReason, Resume, ResumeRoom, RoomStatus, ServerFrame, Since,
-    Target,
+    valid_idempotency_key, ClientFrame, Member, ReconnectReason, Resume, ResumeRoom, RoomStatus,
+    ServerFrame, Since, Target, MAX_IDEMPOTENCY_KEY,
 };
 
 /// Room data: any JSON-compatible value. Both codecs carry the same value, so

@@ -199,11 +199,18 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
                 presence
             }),
         (opt_id(), text()).prop_map(|(id, room)| ClientFrame::Leave { id, room }),
-        (opt_id(), text(), data()).prop_map(|(id, room, data)| ClientFrame::Publish {
-            id,
-            room,
-            data
-        }),
+        (
+            opt_id(),
+            text(),
+            data(),
+            option::of("[A-Za-z0-9_.:-]{1,64}")
+        )
+            .prop_map(|(id, room, data, key)| ClientFrame::Publish {
+                id,
+                room,
+                data,
+                key,
+            }),
         (opt_id(), target(), data()).prop_map(|(id, to, data)| ClientFrame::Send { id, to, data }),
         (opt_id(), text()).prop_map(|(id, room)| ClientFrame::Presence { id, room }),
         opt_id().prop_map(|id| ClientFrame::Ping { id }),
@@ -271,8 +278,13 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
         (text(), member()).prop_map(|(room, member)| ServerFrame::PresenceLeave { room, member }),
         (opt_id(), text(), vec(member(), 0..4))
             .prop_map(|(id, room, members)| { ServerFrame::Presence { id, room, members } }),
-        (any::<u64>(), option::of(any::<u64>()))
-            .prop_map(|(id, offset)| ServerFrame::Ack { id, offset }),
+        (any::<u64>(), option::of(any::<u64>()), any::<bool>()).prop_map(
+            |(id, offset, duplicate)| ServerFrame::Ack {
+                id,
+                offset,
+                duplicate
+            }
+        ),
         opt_id().prop_map(|id| ServerFrame::Pong { id }),
         (
             opt_id(),
@@ -375,7 +387,7 @@ proptest! {
     fn room_data_survives_json_then_msgpack(data in data()) {
         // The relay case of PROTOCOL.md on its own, with bigger data than
         // inside a frame: a JSON `publish` fanned out as MessagePack `message`s.
-        let publish = ClientFrame::Publish { id: Some(1), room: "r".into(), data };
+        let publish = ClientFrame::Publish { id: Some(1), room: "r".into(), data, key: None };
         across(Codec::Json, Codec::MsgPack, &publish)?;
     }
 
@@ -444,11 +456,13 @@ fn both_codecs_draw_the_depth_limit_at_the_same_place() {
         id: Some(9),
         room: "r".into(),
         data: nested(MAX_DEPTH - 1),
+        key: None,
     };
     let too_deep = ClientFrame::Publish {
         id: Some(9),
         room: "r".into(),
         data: nested(MAX_DEPTH),
+        key: None,
     };
     for codec in Codec::ALL {
         let bytes = codec.encode(&deepest).unwrap();

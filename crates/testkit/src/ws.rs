@@ -261,6 +261,7 @@ pub fn publish(id: u64, room: &str, data: serde_json::Value) -> ClientFrame {
         id: Some(id),
         room: room.into(),
         data,
+        key: None,
     }
 }
 

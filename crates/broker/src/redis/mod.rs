@@ -45,8 +45,8 @@ use subscriptions::Subscriptions;
 
 use crate::message::now_us;
 use crate::{
-    Broker, BrokerError, Delivery, HistoryLimits, HistoryRead, NodeReport, Recent, Recovery,
-    RoomMessage, Route,
+    Broker, BrokerError, Delivery, HistoryLimits, HistoryRead, NodeReport, Published, Recent,
+    Recovery, RoomMessage, Route,
 };
 
 const PUBLISH_LUA: &str = include_str!("publish.lua");
@@ -496,7 +496,8 @@ impl Broker for RedisBroker {
         data: Data,
         from: Option<Member>,
         trace: Option<String>,
-    ) -> Result<Arc<RoomMessage>, BrokerError> {
+        key: Option<&str>,
+    ) -> Result<Published, BrokerError> {
         self.ensure_connected()?;
         let ts = now_us();
         let mut envelope = Envelope::new(Kind::Message, room, &self.node, ts);
@@ -504,12 +505,12 @@ impl Broker for RedisBroker {
         envelope.from = from;
         envelope.trace = trace;
         let encoded = envelope.encode().map_err(|e| unavailable(&self.stats, e))?;
-        let keys = vec![
+        let mut keys = vec![
             names::room_meta(room),
             names::room_history(room),
             names::room_channel(room),
         ];
-        let args: Vec<Value> = vec![
+        let mut args: Vec<Value> = vec![
             Value::Bytes(encoded.into()),
             new_epoch().into(),
             (self.limits.size as i64).into(),
@@ -519,22 +520,20 @@ impl Broker for RedisBroker {
             ((OFFSET_POS + 1) as i64).into(),
             ((EPOCH_POS + 1) as i64).into(),
         ];
-        let (offset, epoch): (u64, String) = self
+        if let Some(key) = key {
+            keys.push(names::room_idempotency_key(room, key));
+            args.push((self.limits.idempotency_window.as_millis().max(1) as i64).into());
+        }
+        let (offset, epoch, duplicate): (u64, String, i64) = self
             .publish_script
             .evalsha_with_reload(&self.client, keys, args)
             .await
             .map_err(|e| unavailable(&self.stats, e))?;
-        Ok(Arc::new(
-            RoomMessage::new(
-                Arc::from(room),
-                offset,
-                Arc::from(epoch),
-                envelope.data.take().unwrap_or(Data::Null),
-                envelope.from.take(),
-                ts,
-            )
-            .with_trace(envelope.trace.take()),
-        ))
+        Ok(Published {
+            offset,
+            epoch: Arc::from(epoch),
+            duplicate: duplicate == 1,
+        })
     }
 
     async fn subscribe(&self, room: &str) -> Result<(), BrokerError> {

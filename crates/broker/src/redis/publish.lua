@@ -11,7 +11,18 @@
 -- ARGV[6] PUBLISH or SPUBLISH
 -- ARGV[7] 1-based position of the 8 offset bytes in the envelope
 -- ARGV[8] 1-based position of the 16 epoch bytes in the envelope
--- Returns {offset, epoch}.
+-- KEYS[4] (a publish with an idempotency key only) the key's record,
+--         "<offset>:<epoch>", in the room's slot
+-- ARGV[9] (with KEYS[4]) how long the record is kept, in ms
+-- Returns {offset, epoch, 0}, or {offset, epoch, 1} for a key seen within
+-- its window: the first publish's answer, nothing stored or published.
+if KEYS[4] then
+  local seen = redis.call('GET', KEYS[4])
+  if seen then
+    local sep = string.find(seen, ':', 1, true)
+    return {tonumber(string.sub(seen, 1, sep - 1)), string.sub(seen, sep + 1), 1}
+  end
+end
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then
   epoch = ARGV[2]
@@ -34,4 +45,7 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], offset .. '-0', 'e', envelop
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call(ARGV[6], KEYS[3], envelope)
-return {offset, epoch}
+if KEYS[4] then
+  redis.call('SET', KEYS[4], offset .. ':' .. epoch, 'PX', ARGV[9])
+end
+return {offset, epoch, 0}

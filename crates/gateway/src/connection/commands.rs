@@ -95,7 +95,12 @@ pub async fn handle(
             node.leave(conn, &room).await;
             Ok(Some(ServerFrame::Left { id, room }))
         }
-        ClientFrame::Publish { id, room, data } => {
+        ClientFrame::Publish {
+            id,
+            room,
+            data,
+            key,
+        } => {
             if !state.rooms.contains(&room) && !conn.identity.may_publish_unjoined(&room) {
                 node.check_room(&room)?;
                 return Err(not_joined(&room, "publishing to"));
@@ -108,15 +113,22 @@ pub async fn handle(
                 data,
             )
             .await?;
-            let message = node.publish(&room, data, Some(conn.member())).await?;
+            let published = node
+                .publish(&room, data, Some(conn.member()), key.as_deref())
+                .await?;
             Ok(id.map(|id| ServerFrame::Ack {
                 id,
-                offset: Some(message.offset),
+                offset: Some(published.offset),
+                duplicate: published.duplicate,
             }))
         }
         ClientFrame::Send { id, to, data } => {
             node.send(&to, data, Some(conn.member())).await?;
-            Ok(id.map(|id| ServerFrame::Ack { id, offset: None }))
+            Ok(id.map(|id| ServerFrame::Ack {
+                id,
+                offset: None,
+                duplicate: false,
+            }))
         }
         ClientFrame::Presence { id, room } => {
             if !state.rooms.contains(&room) && !conn.identity.may_join(&room) {
