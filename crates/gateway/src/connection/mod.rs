@@ -10,6 +10,7 @@
 //! can interrupt a write that a stalled peer never lets finish.
 
 mod commands;
+pub mod echo;
 mod handshake;
 
 use std::collections::VecDeque;
@@ -483,6 +484,13 @@ async fn write_batch(
     for item in batch {
         let frame = match item {
             Outgoing::Frame(bytes) => to_ws_frame(codec, bytes),
+            Outgoing::Message { bytes, binary } => {
+                if binary {
+                    Frame::binary(bytes)
+                } else {
+                    Frame::text(bytes)
+                }
+            }
             Outgoing::Ping => Frame::ping(Bytes::new()),
             // The claim before this batch finished the frame.
             Outgoing::FinishDirect => continue,
