@@ -20,8 +20,8 @@ use roomcast_protocol::close;
 use yawc::{Frame, OpCode};
 
 use super::{
-    close_for_error, close_socket, close_socket_within, write_or_interrupt, Socket, Upgrade,
-    WireOff, Written, CLOSE_PATIENCE, SLOW_CLOSE_PATIENCE,
+    close_socket, close_socket_within, finish, write_or_interrupt, Ended, Socket, Upgrade, WireOff,
+    Written, CLOSE_PATIENCE, LONG_PONG, MAX_CONTROL_PAYLOAD, SLOW_CLOSE_PATIENCE,
 };
 use crate::auth::Identity;
 use crate::config::LimitsConfig;
@@ -59,10 +59,16 @@ pub async fn serve(node: Arc<Node>, mut ws: Box<Socket>, mut upgrade: Box<Upgrad
     // closes it.
     let slot = node.registry.insert(conn.clone());
     let wire_off = WireOff(&conn.wire);
-    let code = run_loop(&node, &conn, &mut ws, &limits).await;
+    let end = run_loop(&node, &conn, &mut ws, &limits).await;
     Box::pin(conn.wire.disable()).await;
     drop(wire_off);
-    drop(ws);
+    let code = match end {
+        Ok(code) => {
+            drop(ws);
+            code
+        }
+        Err(ended) => Box::pin(finish(ws, ended)).await,
+    };
     node.registry.remove(slot);
     node.metrics.connections.dec();
     node.metrics.disconnect(code);
@@ -70,14 +76,14 @@ pub async fn serve(node: Arc<Node>, mut ws: Box<Socket>, mut upgrade: Box<Upgrad
 }
 
 /// The loop of [`super::run_loop`] with echo for commands: writes what the
-/// outbox holds, reads frames and sends each message back. Returns the
-/// close code the connection ended with (0 when the socket just went away).
+/// outbox holds, reads frames and sends each message back. Returns how
+/// the connection ended, as `super::run_loop` does.
 async fn run_loop(
     node: &Arc<Node>,
     conn: &Arc<ConnHandle>,
     ws: &mut Socket,
     limits: &LimitsConfig,
-) -> u16 {
+) -> Result<u16, Ended> {
     conn.wire.enable();
     let mut rate = RateLimiter::new(limits.messages_per_second, limits.message_burst);
     let direct_below = node.hub.direct_below();
@@ -90,12 +96,12 @@ async fn run_loop(
                     Err(close) => {
                         Box::pin(conn.wire.disable()).await;
                         Box::pin(close_socket(ws, close.code, close.reason)).await;
-                        return close.code;
+                        return Ok(close.code);
                     }
                 };
                 match Box::pin(write_or_interrupt(ws, conn, batch)).await {
                     Written::Done => {}
-                    Written::Failed => return 0,
+                    Written::Failed => return Ok(0),
                     Written::Interrupted(close) => {
                         Box::pin(conn.wire.disable()).await;
                         let patience = if close.code == close::SLOW_CONSUMER {
@@ -104,7 +110,7 @@ async fn run_loop(
                             CLOSE_PATIENCE
                         };
                         Box::pin(close_socket_within(ws, close.code, close.reason, patience)).await;
-                        return close.code;
+                        return Ok(close.code);
                     }
                 }
             }
@@ -113,7 +119,7 @@ async fn run_loop(
                     Ok(frame) => frame,
                     Err(e) => {
                         Box::pin(conn.wire.disable()).await;
-                        return Box::pin(close_for_error(ws, e)).await;
+                        return Err(Ended::Failed(e));
                     }
                 };
                 conn.touch();
@@ -135,8 +141,11 @@ async fn run_loop(
                     }
                     OpCode::Close => {
                         Box::pin(conn.wire.disable()).await;
-                        // 1005: the peer's close frame carried no code.
-                        return frame.close_code().map(u16::from).unwrap_or(1005);
+                        return Err(Ended::PeerClosed(frame));
+                    }
+                    OpCode::Pong if frame.payload().len() > MAX_CONTROL_PAYLOAD => {
+                        Box::pin(conn.wire.disable()).await;
+                        return Err(Ended::Broken(LONG_PONG));
                     }
                     _ => {}
                 }
