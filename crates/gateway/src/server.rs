@@ -32,6 +32,9 @@ pub fn router(node: Arc<Node>) -> Router {
         );
         sockets = sockets.route(echo, get(echo_upgrade));
     }
+    let sockets = sockets.route_layer(axum::middleware::map_request(
+        crate::websocket::first_deflate_offer,
+    ));
     Router::new()
         .merge(sockets)
         .route("/healthz", get(|| async { "ok\n" }))

@@ -292,3 +292,31 @@ async fn close_frames_are_answered_once_with_the_right_code_on_both_endpoints() 
     let answer = next(&mut ws).await;
     assert_eq!(answer.close_code().map(u16::from), Some(1001));
 }
+
+#[tokio::test]
+async fn a_list_of_deflate_offers_negotiates_the_first() {
+    let gw = echo_node("65536");
+    // Several offers, in the client's order of preference (RFC 7692 §5),
+    // as Autobahn's cases 13.7.* make them: yawc alone would read none.
+    let offers = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits; \
+                  server_no_context_takeover, permessage-deflate; client_max_window_bits\r\n";
+    for path in ["/echo", "/ws"] {
+        let (_, head) = raw_upgrade_with(gw.addr, path, offers).await;
+        assert!(
+            head.contains("sec-websocket-extensions: permessage-deflate"),
+            "{path}: {head}"
+        );
+    }
+    // The same offers in two header lines.
+    let two = "Sec-WebSocket-Extensions: x-unknown\r\n\
+               Sec-WebSocket-Extensions: permessage-deflate\r\n";
+    let (_, head) = raw_upgrade_with(gw.addr, "/echo", two).await;
+    assert!(
+        head.contains("sec-websocket-extensions: permessage-deflate"),
+        "{head}"
+    );
+    // Nothing it knows: no extension.
+    let unknown = "Sec-WebSocket-Extensions: x-unknown, x-other\r\n";
+    let (_, head) = raw_upgrade_with(gw.addr, "/echo", unknown).await;
+    assert!(!head.contains("sec-websocket-extensions"), "{head}");
+}
