@@ -179,4 +179,5 @@ python3 scripts/autobahn-report.py \
     --millis "$((finished_ms - started_ms))" \
     --node-alive "$alive" \
     --node-env "$(printf '%s\n' "${node_env[@]}")" \
-    --suite "$(tr '\n' ' ' <"$TOOLS/installed.txt" 2>/dev/null || true)"
+    --suite "$(tr '\n' ' ' <"$TOOLS/installed.txt" 2>/dev/null || true)" \
+    --suite-version "$SUITE_VERSION"
