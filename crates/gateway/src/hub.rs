@@ -127,6 +127,12 @@ impl Hub {
         }
     }
 
+    /// Messages shorter than this may be written straight to a socket
+    /// (0: never).
+    pub fn direct_below(&self) -> usize {
+        self.direct_below
+    }
+
     // ---- connections -------------------------------------------------
 
     /// Makes a connection reachable by its session and user. Returns the

@@ -24,6 +24,9 @@ use roomcast_protocol::close;
 pub enum Outgoing {
     /// An encoded protocol frame (text or binary by the connection's codec).
     Frame(Bytes),
+    /// A message that is text or binary of its own, whatever the codec
+    /// (the echo endpoint, [`crate::connection::echo`]).
+    Message { bytes: Bytes, binary: bool },
     /// A WebSocket ping.
     Ping,
     /// Nothing to write: wakes the task to finish a half-written direct
@@ -110,27 +113,39 @@ impl Outbox {
 
     /// Queues an encoded frame.
     pub fn push(&self, frame: Bytes) -> Result<(), PushError> {
-        self.push_locked(self.state.lock(), frame)
+        let len = frame.len();
+        self.push_locked(self.state.lock(), Outgoing::Frame(frame), len)
     }
 
-    fn push_locked(&self, mut s: MutexGuard<'_, State>, frame: Bytes) -> Result<(), PushError> {
+    /// Queues a text or binary message (counted like a frame).
+    pub fn push_message(&self, bytes: Bytes, binary: bool) -> Result<(), PushError> {
+        let len = bytes.len();
+        self.push_locked(self.state.lock(), Outgoing::Message { bytes, binary }, len)
+    }
+
+    fn push_locked(
+        &self,
+        mut s: MutexGuard<'_, State>,
+        item: Outgoing,
+        len: usize,
+    ) -> Result<(), PushError> {
         if s.close.is_some() {
             return Err(PushError::Closing);
         }
-        let (wakers, result) =
-            if s.queue.len() >= self.max_frames || s.bytes + frame.len() > self.max_bytes {
-                s.queue = VecDeque::new();
-                s.bytes = 0;
-                s.close = Some(CloseRequest {
-                    code: close::SLOW_CONSUMER,
-                    reason: "slow consumer: outbound queue overflow",
-                });
-                (s.wake_all(), Err(PushError::Overflow))
-            } else {
-                s.bytes += frame.len();
-                s.queue.push_back(Outgoing::Frame(frame));
-                ((s.data_waker.take(), None), Ok(()))
-            };
+        let (wakers, result) = if s.queue.len() >= self.max_frames || s.bytes + len > self.max_bytes
+        {
+            s.queue = VecDeque::new();
+            s.bytes = 0;
+            s.close = Some(CloseRequest {
+                code: close::SLOW_CONSUMER,
+                reason: "slow consumer: outbound queue overflow",
+            });
+            (s.wake_all(), Err(PushError::Overflow))
+        } else {
+            s.bytes += len;
+            s.queue.push_back(item);
+            ((s.data_waker.take(), None), Ok(()))
+        };
         drop(s);
         wake(wakers);
         result
@@ -146,11 +161,34 @@ impl Outbox {
         frame: &Bytes,
         claim: impl FnOnce() -> bool,
     ) -> Result<Claim, PushError> {
+        self.direct_or_push_item(frame.len(), || Outgoing::Frame(frame.clone()), claim)
+    }
+
+    /// [`Outbox::direct_or_push`] for a text or binary message.
+    pub fn direct_or_push_message(
+        &self,
+        bytes: &Bytes,
+        binary: bool,
+        claim: impl FnOnce() -> bool,
+    ) -> Result<Claim, PushError> {
+        let item = || Outgoing::Message {
+            bytes: bytes.clone(),
+            binary,
+        };
+        self.direct_or_push_item(bytes.len(), item, claim)
+    }
+
+    fn direct_or_push_item(
+        &self,
+        len: usize,
+        item: impl FnOnce() -> Outgoing,
+        claim: impl FnOnce() -> bool,
+    ) -> Result<Claim, PushError> {
         let s = self.state.lock();
         if s.close.is_none() && s.queue.is_empty() && !s.in_flight && claim() {
             return Ok(Claim::Claimed);
         }
-        self.push_locked(s, frame.clone()).map(|()| Claim::Queued)
+        self.push_locked(s, item(), len).map(|()| Claim::Queued)
     }
 
     /// Wakes the writer to finish a half-written direct frame.

@@ -22,8 +22,21 @@ use crate::metrics::{self, Rejection};
 use crate::node::Node;
 
 pub fn router(node: Arc<Node>) -> Router {
+    let mut sockets = Router::new().route("/ws", get(upgrade));
+    let echo = &node.config.websocket.echo_path;
+    if !echo.is_empty() {
+        tracing::warn!(
+            path = %echo,
+            "websocket.echo_path is set: {echo} echoes every message back to anyone; \
+             for conformance tests only, never in production"
+        );
+        sockets = sockets.route(echo, get(echo_upgrade));
+    }
+    let sockets = sockets.route_layer(axum::middleware::map_request(
+        crate::websocket::first_deflate_offer,
+    ));
     Router::new()
-        .route("/ws", get(upgrade))
+        .merge(sockets)
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
@@ -222,6 +235,29 @@ async fn upgrade(
     headers: HeaderMap,
     incoming: IncomingUpgrade,
 ) -> Response {
+    upgrade_as(node, peer, version, headers, incoming, false).await
+}
+
+/// The upgrade at `websocket.echo_path`: the same checks and options as
+/// `/ws`, then the echo instead of the protocol ([`connection::echo`]).
+async fn echo_upgrade(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    version: axum::http::Version,
+    headers: HeaderMap,
+    incoming: IncomingUpgrade,
+) -> Response {
+    upgrade_as(node, peer, version, headers, incoming, true).await
+}
+
+async fn upgrade_as(
+    node: Arc<Node>,
+    peer: Peer,
+    version: axum::http::Version,
+    headers: HeaderMap,
+    incoming: IncomingUpgrade,
+    echo: bool,
+) -> Response {
     let remote = peer.addr;
     // The descriptor is the WebSocket's own only on an HTTP/1 connection
     // (over HTTP/2 it would carry other streams too).
@@ -315,7 +351,11 @@ async fn upgrade(
                 // (a wrapping block would keep its own copy of what it
                 // moves in): this one, sized for the upgrade future as
                 // well, ends here and its memory is freed.
-                tokio::spawn(connection::serve(node, Box::new(ws), upgrade));
+                if echo {
+                    tokio::spawn(connection::echo::serve(node, Box::new(ws), upgrade));
+                } else {
+                    tokio::spawn(connection::serve(node, Box::new(ws), upgrade));
+                }
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }

@@ -4,13 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use roomcast_protocol::{close, ClientFrame, ErrorCode, RoomStatus, ServerFrame, Since};
 use yawc::OpCode;
 
 use std::borrow::Cow;
 
-use super::{send_now, Socket, Upgrade};
+use super::{send_now, Ended, Socket, Upgrade, LONG_PONG, MAX_CONTROL_PAYLOAD};
 use crate::conn_handle::ConnHandle;
 use crate::node::Node;
 use crate::outbox::Outbox;
@@ -25,23 +24,45 @@ pub struct Established {
 /// The close code and reason a connection is refused with.
 pub type Refusal = (u16, Cow<'static, str>);
 
+/// Why a connection did not get past `hello`.
+pub enum Refused {
+    /// The node refuses it with this close.
+    Close(Refusal),
+    /// The peer ended it first (a close frame, a broken frame, or gone).
+    Ended(Ended),
+}
+
 pub async fn run(
     node: &Arc<Node>,
     ws: &mut Socket,
     upgrade: &Upgrade,
-) -> Result<Established, Refusal> {
-    let codec = upgrade.codec;
-    let bearer = upgrade.bearer.as_deref();
+) -> Result<Established, Refused> {
     let hello_timeout = Duration::from_millis(node.config.heartbeat.hello_timeout_ms);
     let first = tokio::select! {
         first = tokio::time::timeout(hello_timeout, first_data_frame(ws)) => first,
-        _ = node.drain.started() => return Err((close::RESTART, "node shutting down".into())),
+        _ = node.drain.started() => {
+            return Err(Refused::Close((close::RESTART, "node shutting down".into())))
+        }
     };
     let payload = match first {
-        Err(_) => return Err((close::TIMEOUT, "no hello in time".into())),
-        Ok(None) => return Err((close::NORMAL, "closed before hello".into())),
-        Ok(Some(payload)) => payload,
+        Err(_) => return Err(Refused::Close((close::TIMEOUT, "no hello in time".into()))),
+        Ok(Err(ended)) => return Err(Refused::Ended(ended)),
+        Ok(Ok(payload)) => payload,
     };
+    hello(node, ws, upgrade, payload)
+        .await
+        .map_err(Refused::Close)
+}
+
+/// Authenticates the `hello` in `payload` and starts or resumes its session.
+async fn hello(
+    node: &Arc<Node>,
+    ws: &mut Socket,
+    upgrade: &Upgrade,
+    payload: bytes::Bytes,
+) -> Result<Established, Refusal> {
+    let codec = upgrade.codec;
+    let bearer = upgrade.bearer.as_deref();
     let decoded = codec.decode::<ClientFrame>(&payload);
     node.metrics.frame_in(decoded.as_ref().ok());
     let (id, token, resume) = match decoded {
@@ -215,14 +236,18 @@ fn close_reason(message: &str) -> String {
     message[..end].to_string()
 }
 
-/// The payload of the first text or binary frame; `None` if the socket closed.
-async fn first_data_frame(ws: &mut Socket) -> Option<bytes::Bytes> {
-    while let Some(frame) = ws.next().await {
+/// The payload of the first text or binary frame, or how the peer ended
+/// the connection before it.
+async fn first_data_frame(ws: &mut Socket) -> Result<bytes::Bytes, Ended> {
+    loop {
+        let frame = ws.next_frame().await.map_err(Ended::Failed)?;
         match frame.opcode() {
-            OpCode::Text | OpCode::Binary => return Some(frame.into_payload()),
-            OpCode::Close => return None,
+            OpCode::Text | OpCode::Binary => return Ok(frame.into_payload()),
+            OpCode::Close => return Err(Ended::PeerClosed(frame)),
+            OpCode::Pong if frame.payload().len() > MAX_CONTROL_PAYLOAD => {
+                return Err(Ended::Broken(LONG_PONG))
+            }
             _ => {}
         }
     }
-    None
 }

@@ -10,6 +10,7 @@
 //! can interrupt a write that a stalled peer never lets finish.
 
 mod commands;
+pub mod echo;
 mod handshake;
 
 use std::collections::VecDeque;
@@ -75,9 +76,14 @@ pub async fn serve(node: Arc<Node>, mut ws: Box<Socket>, mut upgrade: Box<Upgrad
         .await
     {
         Ok(established) => established,
-        Err((code, reason)) => {
+        Err(handshake::Refused::Close((code, reason))) => {
             node.metrics.disconnect(code);
             Box::pin(close_socket(&mut ws, code, &reason)).await;
+            return;
+        }
+        Err(handshake::Refused::Ended(ended)) => {
+            let code = Box::pin(finish(ws, ended)).await;
+            node.metrics.disconnect(code);
             return;
         }
     };
@@ -99,12 +105,18 @@ pub async fn serve(node: Arc<Node>, mut ws: Box<Socket>, mut upgrade: Box<Upgrad
     };
     let state = commands::State { rooms };
     let wire_off = WireOff(&conn.wire);
-    let (code, mut state) = run_loop(&node, &conn, &mut ws, &mut gate, state).await;
+    let (end, mut state) = run_loop(&node, &conn, &mut ws, &mut gate, state).await;
     // No direct ping may reach the descriptor once the socket is closed
     // (it could belong to another connection by then).
     Box::pin(conn.wire.disable()).await;
     drop(wire_off);
-    drop(ws);
+    let code = match end {
+        Ok(code) => {
+            drop(ws);
+            code
+        }
+        Err(ended) => Box::pin(finish(ws, ended)).await,
+    };
 
     Box::pin(node.lifecycle().close(&conn)).await;
     Box::pin(node.closed(&conn, std::mem::take(&mut state.rooms))).await;
@@ -155,8 +167,9 @@ enum Turn {
 /// The command running, which owns the connection's state until it ends.
 type Running<'a> = Pin<Box<dyn Future<Output = commands::State> + Send + 'a>>;
 
-/// The main loop; returns the close code the connection ended with (0 when
-/// the socket just went away) and the connection's state.
+/// The main loop; returns the connection's state and how it ended: the
+/// code of the close the node sent (0 when the socket just went away), or
+/// what the peer did, which [`finish`] answers.
 ///
 /// Commands run one at a time, in the order their frames arrived, and
 /// their replies go out in that order. While one runs (a round trip to
@@ -171,7 +184,7 @@ async fn run_loop(
     ws: &mut Socket,
     gate: &mut Admission,
     state: commands::State,
-) -> (u16, commands::State) {
+) -> (Result<u16, Ended>, commands::State) {
     // What is awaited only now and then (a write, a close) is boxed, so
     // the state an idle connection keeps is just the waits below.
     conn.wire.enable();
@@ -198,12 +211,12 @@ async fn run_loop(
                         Box::pin(conn.wire.disable()).await;
                         let state = Box::pin(settle(running, idle)).await;
                         Box::pin(close_socket(ws, close.code, close.reason)).await;
-                        return (close.code, state);
+                        return (Ok(close.code), state);
                     }
                 };
                 match Box::pin(write_or_interrupt(ws, conn, batch)).await {
                     Written::Done => {}
-                    Written::Failed => return (0, Box::pin(settle(running, idle)).await),
+                    Written::Failed => return (Ok(0), Box::pin(settle(running, idle)).await),
                     Written::Interrupted(close) => {
                         Box::pin(conn.wire.disable()).await;
                         let state = Box::pin(settle(running, idle)).await;
@@ -213,7 +226,7 @@ async fn run_loop(
                             CLOSE_PATIENCE
                         };
                         Box::pin(close_socket_within(ws, close.code, close.reason, patience)).await;
-                        return (close.code, state);
+                        return (Ok(close.code), state);
                     }
                 }
             }
@@ -229,7 +242,7 @@ async fn run_loop(
                         // The frames read before the failure are handled, as
                         // they would have been had they arrived slower.
                         let state = Box::pin(settle_all(node, conn, running, idle, waiting)).await;
-                        return (Box::pin(close_for_error(ws, e)).await, state);
+                        return (Err(Ended::Failed(e)), state);
                     }
                 };
                 conn.touch();
@@ -253,9 +266,12 @@ async fn run_loop(
                     OpCode::Close => {
                         Box::pin(conn.wire.disable()).await;
                         let state = Box::pin(settle_all(node, conn, running, idle, waiting)).await;
-                        // 1005: the peer's close frame carried no code.
-                        let code = frame.close_code().map(u16::from).unwrap_or(1005);
-                        return (code, state);
+                        return (Err(Ended::PeerClosed(frame)), state);
+                    }
+                    OpCode::Pong if frame.payload().len() > MAX_CONTROL_PAYLOAD => {
+                        Box::pin(conn.wire.disable()).await;
+                        let state = Box::pin(settle_all(node, conn, running, idle, waiting)).await;
+                        return (Err(Ended::Broken(LONG_PONG)), state);
                     }
                     _ => {}
                 }
@@ -463,6 +479,13 @@ async fn write_batch(
     for item in batch {
         let frame = match item {
             Outgoing::Frame(bytes) => to_ws_frame(codec, bytes),
+            Outgoing::Message { bytes, binary } => {
+                if binary {
+                    Frame::binary(bytes)
+                } else {
+                    Frame::text(bytes)
+                }
+            }
             Outgoing::Ping => Frame::ping(Bytes::new()),
             // The claim before this batch finished the frame.
             Outgoing::FinishDirect => continue,
@@ -472,12 +495,63 @@ async fn write_batch(
     ws.flush().await
 }
 
-/// A read failed: the peer broke the protocol or a limit, or went away.
-/// Closes with the code RFC 6455 and our contract give for it.
-async fn close_for_error(ws: &mut Socket, error: yawc::WebSocketError) -> u16 {
+/// How the peer ended a connection; [`finish`] answers it.
+pub enum Ended {
+    /// The peer sent this close frame.
+    PeerClosed(Frame),
+    /// A read failed: the peer broke the protocol or a limit, or went away.
+    Failed(yawc::WebSocketError),
+    /// A frame yawc let through broke the protocol: failed with 1002 and
+    /// this reason.
+    Broken(&'static str),
+}
+
+/// A pong is a control frame, at most 125 bytes long (RFC 6455 §5.5); yawc
+/// checks the length of pings only.
+const LONG_PONG: &str = "pong frame longer than 125 bytes";
+
+/// Answers the way the peer ended the connection, and lets the socket go
+/// (the node closes the TCP connection first, as RFC 6455 §7.1.1 asks of
+/// a server). Returns the close code the connection ended with: the
+/// peer's (1005 when its close frame carried none), the node's for a
+/// broken frame, or 0 when the socket just went away.
+async fn finish(ws: Box<Socket>, ended: Ended) -> u16 {
+    match ended {
+        Ended::PeerClosed(frame) => finish_peer_close(ws, &frame).await,
+        Ended::Failed(error) => close_for_error(ws, error).await,
+        Ended::Broken(reason) => close_bypassing_yawc(ws, close::PROTOCOL_ERROR, reason).await,
+    }
+}
+
+/// The peer sent a close frame. yawc checked its code and the UTF-8 of its
+/// reason (a bad one is a read error, closed by [`close_for_error`]) and
+/// queued the answer RFC 6455 §5.5.1 asks for, a close frame with the same
+/// code; it is written here, before the socket goes (yawc writes it only
+/// when the socket is used again).
+async fn finish_peer_close(mut ws: Box<Socket>, frame: &Frame) -> u16 {
+    if frame.payload().len() > MAX_CONTROL_PAYLOAD {
+        // A control frame longer than 125 bytes (§5.5), which yawc checks
+        // for pings only: the connection is failed with 1002 instead of
+        // the answer yawc queued (which would say all was well).
+        let reason = "close frame longer than 125 bytes";
+        return close_bypassing_yawc(ws, close::PROTOCOL_ERROR, reason).await;
+    }
+    // The read side is closed: this read writes what yawc owes the peer,
+    // then ends.
+    let _ = tokio::time::timeout(CLOSE_PATIENCE, ws.next_frame()).await;
+    // 1005: the peer's close frame carried no code.
+    frame.close_code().map(u16::from).unwrap_or(1005)
+}
+
+/// The longest payload of a control frame (RFC 6455 §5.5).
+const MAX_CONTROL_PAYLOAD: usize = 125;
+
+/// The close RFC 6455 and our contract give for a read error; `None` when
+/// the peer just went away.
+fn error_close(error: &yawc::WebSocketError) -> Option<(u16, &'static str)> {
     use yawc::WebSocketError as E;
-    let (code, reason) = match error {
-        E::ConnectionClosed => return 0,
+    Some(match error {
+        E::ConnectionClosed => return None,
         E::FrameTooLarge => (
             close::TOO_LARGE,
             "message larger than limits.max_message_bytes",
@@ -494,8 +568,54 @@ async fn close_for_error(ws: &mut Socket, error: yawc::WebSocketError) -> u16 {
         | E::InvalidOpCode(_)
         | E::CompressionNotSupported => (close::PROTOCOL_ERROR, "WebSocket protocol error"),
         _ => (close::PROTOCOL_ERROR, "WebSocket protocol error"),
-    };
-    close_socket(ws, code, reason).await;
+    })
+}
+
+/// A read failed: the peer broke the protocol or a limit, or went away.
+/// Closes with the code RFC 6455 and our contract give for it and returns
+/// it (0 when the peer went away).
+///
+/// yawc answers a frame it finds broken with a close of its own, queued
+/// when it meets it: its error text for a reason, and for an unknown
+/// opcode code 1003, where RFC 6455 §5.2 asks to fail the connection
+/// (1002, which Autobahn's cases 4.* expect). Sent the usual way, ours
+/// would follow it: two close frames. So the socket is taken apart
+/// instead: what yawc queued is dropped, and one close frame, ours, goes
+/// straight through the frame codec. Then the node shuts its side and
+/// reads what the peer still sends (its own close, at most for a second),
+/// so that the socket is not dropped with unread bytes, which would reset
+/// the connection and could destroy the close frame on its way.
+async fn close_for_error(ws: Box<Socket>, error: yawc::WebSocketError) -> u16 {
+    match error_close(&error) {
+        Some((code, reason)) => close_bypassing_yawc(ws, code, reason).await,
+        None => 0,
+    }
+}
+
+/// Fails the connection with `code`, dropping whatever yawc has queued
+/// (see [`close_for_error`]); returns `code`.
+async fn close_bypassing_yawc(ws: Box<Socket>, code: u16, reason: &str) -> u16 {
+    use tokio::io::AsyncReadExt;
+    // SAFETY: `split_stream` is unsafe only in that its parts bypass the
+    // protocol's bookkeeping: the caller must keep to one reader and one
+    // writer and write valid frames. Here the two halves are dropped
+    // unused, one close frame is written, and the rest is only read and
+    // thrown away.
+    let (mut framed, _read, _write) = unsafe { (*ws).split_stream() };
+    let sent = tokio::time::timeout(CLOSE_PATIENCE, async {
+        framed
+            .send(Frame::close(CloseCode::from(code), reason))
+            .await?;
+        framed.close().await
+    })
+    .await;
+    if matches!(sent, Ok(Ok(()))) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let mut scratch = [0u8; 4096];
+            while matches!(framed.get_mut().read(&mut scratch).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    }
     code
 }
 
