@@ -826,7 +826,7 @@ impl Config {
     }
 }
 
-/// Paths the node serves itself ([`crate::server::router`]); the echo
+/// Paths the node serves itself (`server::router`); the echo
 /// endpoint may take none of them, nor a path below `/api` or `/demo`.
 const RESERVED_PATHS: [&str; 5] = ["/", "/ws", "/healthz", "/readyz", "/metrics"];
 const RESERVED_PREFIXES: [&str; 2] = ["/api", "/demo"];

@@ -25,7 +25,7 @@ pub enum Outgoing {
     /// An encoded protocol frame (text or binary by the connection's codec).
     Frame(Bytes),
     /// A message that is text or binary of its own, whatever the codec
-    /// (the echo endpoint, [`crate::connection::echo`]).
+    /// (the echo endpoint, `connection::echo`).
     Message { bytes: Bytes, binary: bool },
     /// A WebSocket ping.
     Ping,
