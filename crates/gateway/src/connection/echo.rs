@@ -20,8 +20,8 @@ use roomcast_protocol::close;
 use yawc::{Frame, OpCode};
 
 use super::{
-    close_socket, close_socket_within, finish, write_or_interrupt, Ended, Socket, Upgrade, WireOff,
-    Written, CLOSE_PATIENCE, LONG_PONG, MAX_CONTROL_PAYLOAD, SLOW_CLOSE_PATIENCE,
+    close_socket, close_socket_within, end_socket, write_or_interrupt, Ended, Socket, Upgrade,
+    WireOff, Written, CLOSE_PATIENCE, LONG_PONG, MAX_CONTROL_PAYLOAD, SLOW_CLOSE_PATIENCE,
 };
 use crate::auth::Identity;
 use crate::config::LimitsConfig;
@@ -60,15 +60,8 @@ pub async fn serve(node: Arc<Node>, mut ws: Box<Socket>, mut upgrade: Box<Upgrad
     let slot = node.registry.insert(conn.clone());
     let wire_off = WireOff(&conn.wire);
     let end = run_loop(&node, &conn, &mut ws, &limits).await;
-    Box::pin(conn.wire.disable()).await;
+    let code = end_socket(&conn, ws, end).await;
     drop(wire_off);
-    let code = match end {
-        Ok(code) => {
-            drop(ws);
-            code
-        }
-        Err(ended) => Box::pin(finish(ws, ended)).await,
-    };
     node.registry.remove(slot);
     node.metrics.connections.dec();
     node.metrics.disconnect(code);

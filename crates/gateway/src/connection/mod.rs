@@ -106,17 +106,8 @@ pub async fn serve(node: Arc<Node>, mut ws: Box<Socket>, mut upgrade: Box<Upgrad
     let state = commands::State { rooms };
     let wire_off = WireOff(&conn.wire);
     let (end, mut state) = run_loop(&node, &conn, &mut ws, &mut gate, state).await;
-    // No direct ping may reach the descriptor once the socket is closed
-    // (it could belong to another connection by then).
-    Box::pin(conn.wire.disable()).await;
+    let code = end_socket(&conn, ws, end).await;
     drop(wire_off);
-    let code = match end {
-        Ok(code) => {
-            drop(ws);
-            code
-        }
-        Err(ended) => Box::pin(finish(ws, ended)).await,
-    };
 
     Box::pin(node.lifecycle().close(&conn)).await;
     Box::pin(node.closed(&conn, std::mem::take(&mut state.rooms))).await;
@@ -515,6 +506,21 @@ const LONG_PONG: &str = "pong frame longer than 125 bytes";
 /// a server). Returns the close code the connection ended with: the
 /// peer's (1005 when its close frame carried none), the node's for a
 /// broken frame, or 0 when the socket just went away.
+/// Ends a connection's socket once its loop returned: direct writes stop
+/// first (no direct ping may reach the descriptor once the socket is
+/// closed: it could belong to another connection by then), then the close
+/// handshake `end` calls for. Returns the close code.
+async fn end_socket(conn: &ConnHandle, ws: Box<Socket>, end: Result<u16, Ended>) -> u16 {
+    Box::pin(conn.wire.disable()).await;
+    match end {
+        Ok(code) => {
+            drop(ws);
+            code
+        }
+        Err(ended) => Box::pin(finish(ws, ended)).await,
+    }
+}
+
 async fn finish(ws: Box<Socket>, ended: Ended) -> u16 {
     match ended {
         Ended::PeerClosed(frame) => finish_peer_close(ws, &frame).await,
