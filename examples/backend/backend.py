@@ -24,6 +24,9 @@ publish  data {"deny": why}          -> denied with why
          data {"shout": text}        -> replaced by {"shout": TEXT, "moderated": true}
          room containing "slow"      -> answers after --slow-seconds
          else allowed unchanged
+refresh  user containing "stop" -> refused (the connection ends at its expiry)
+         else {"result": {"expires_at": now + 60}}
+connect  token "subs:<a>,<b>" -> accepted, joined to rooms a and b at hello
 rpc      method "echo" -> data back;  "add" -> data.a + data.b
          "fail" -> error bad_request; "slow" -> after --slow-seconds
 webhook  POST /webhook: signature and timestamp checked (401 if wrong);
@@ -84,6 +87,8 @@ def connect(state, req):
     if token == "slow":
         time.sleep(state.slow_seconds)
         return {"result": {}}
+    if token.startswith("subs:"):
+        return {"result": {"subs": token[len("subs:"):].split(",")}}
     if token.startswith("user:"):
         return {"result": {"user": token[len("user:"):], "info": {"via": "backend"},
                            "rooms": ["*"], "publish": ["news"]}}
@@ -110,6 +115,12 @@ def publish(state, req):
     return {"result": {}}
 
 
+def refresh(state, req):
+    if "stop" in (req.get("user") or ""):
+        return {"error": {"message": "no more time for this user"}}
+    return {"result": {"expires_at": int(time.time()) + 60}}
+
+
 def rpc(state, req):
     method, data = req.get("method"), req.get("data")
     if method.endswith("echo"):
@@ -124,7 +135,8 @@ def rpc(state, req):
     return {"error": {"code": "bad_request", "message": f"unknown method {method}"}}
 
 
-PROXIES = {"/connect": connect, "/join": join, "/publish": publish, "/rpc": rpc}
+PROXIES = {"/connect": connect, "/join": join, "/publish": publish, "/rpc": rpc,
+           "/refresh": refresh}
 # Paths under a namespace prefix (/game/join) use the same rules.
 KEPT_HEADERS = ("authorization", "traceparent", "x-roomcast-node")
 

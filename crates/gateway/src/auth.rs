@@ -149,6 +149,13 @@ impl Authenticator {
                 let data = jsonwebtoken::decode::<Claims>(token, key, validation)
                     .map_err(|e| AuthError::Invalid(e.to_string()))?;
                 let claims = data.claims;
+                // The leeway is for clock skew on `nbf`; a token past its
+                // `exp` by more than the connection's grace would be
+                // welcomed only to be closed with 4401 a moment later.
+                let grace = crate::conn_handle::EXPIRY_GRACE_MS;
+                if claims.exp.saturating_mul(1000) + grace <= crate::conn_handle::unix_ms() {
+                    return Err(AuthError::Invalid("ExpiredSignature".into()));
+                }
                 if claims.sub.is_empty() {
                     return Err(AuthError::Invalid("empty `sub`".into()));
                 }

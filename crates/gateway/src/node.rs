@@ -245,6 +245,14 @@ impl Node {
                         Some(expires_at) => {
                             conn.extend(expires_at);
                             node.metrics.refreshes[2].inc();
+                            // Told without an id: the client's own
+                            // `refresh` is not needed before then.
+                            let told = roomcast_protocol::ServerFrame::Refreshed {
+                                id: None,
+                                expires_at,
+                            };
+                            node.metrics.frame_out(&told);
+                            let _ = conn.send(&told);
                         }
                         None => node.metrics.refreshes[3].inc(),
                     }
@@ -273,6 +281,7 @@ impl Node {
             sessions.extend(elsewhere);
         }
         sessions.remove(session);
+        tracing::debug!(user, held = sessions.len(), max, "per-user limit checked");
         if sessions.len() >= max {
             self.metrics.reject(crate::metrics::Rejection::UserLimit);
             return Err(format!(

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use roomcast_protocol::{ClientFrame, Codec, ErrorCode, ServerFrame};
 use roomcast_testkit::ws::{join, resume_hello, Event, RawClient};
-use roomcast_testkit::{http_request, Gateway};
+use roomcast_testkit::{http_request, Gateway, HookBackend};
 use serde_json::{json, Value};
 
 const SECRET: &str = "test-secret-for-hs256-0123456789";
@@ -291,4 +291,98 @@ async fn subs_join_the_rooms_at_hello_and_a_resume_restores_them() {
     assert_eq!(restored, ["news:all", "user:erin"]);
     let (data, _) = back.next_message("user:erin").await;
     assert_eq!(data, json!({"n": 2}));
+}
+
+fn proxied_gateway(backend: &HookBackend) -> Gateway {
+    Gateway::start(&[
+        ("ROOMCAST_AUTH__JWT_SECRET", SECRET),
+        ("ROOMCAST_HEARTBEAT__PING_INTERVAL_MS", "25000"),
+        ("ROOMCAST_PROXY__REFRESH__URL", &backend.url("/refresh")),
+        ("ROOMCAST_PROXY__REFRESH_AHEAD_MS", "2500"),
+        ("ROOMCAST_PROXY__CONNECT__URL", &backend.url("/connect")),
+    ])
+}
+
+#[tokio::test]
+async fn the_refresh_proxy_extends_a_connection_and_tells_the_client() {
+    let backend = HookBackend::start("unused-secret", 0.1);
+    let gw = proxied_gateway(&backend);
+    let exp = now() + 3;
+    let (mut c, _) = connect(&gw, json!({"sub": "frank", "exp": exp})).await;
+    let told = c.recv().await;
+    let ServerFrame::Refreshed {
+        id: None,
+        expires_at,
+    } = told
+    else {
+        panic!("expected refreshed without id, got {told:?}")
+    };
+    assert!(expires_at >= exp + 50, "{expires_at} vs {exp}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let pong = c.request(ClientFrame::Ping { id: Some(1) }).await;
+    assert_eq!(pong, ServerFrame::Pong { id: Some(1) });
+    let calls = backend.calls("refresh");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["body"]["user"], "frank");
+    assert_eq!(calls[0]["body"]["expires_at"], exp);
+    assert_eq!(
+        gw.metric("roomcast_token_refreshes_total{outcome=\"proxy_extended\"}"),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_connection_the_refresh_proxy_refuses_ends_at_its_expiry() {
+    let backend = HookBackend::start("unused-secret", 0.1);
+    let gw = proxied_gateway(&backend);
+    let exp = now() + 3;
+    let (mut c, _) = connect(&gw, json!({"sub": "stop-gina", "exp": exp})).await;
+    let (code, at) = closed_at(&mut c, Duration::from_secs(12)).await;
+    assert_eq!(code, 4401);
+    assert!((0.0..=5.0).contains(&(at - exp as f64)));
+    assert_eq!(backend.calls("refresh").len(), 1);
+    assert_eq!(
+        gw.metric("roomcast_token_refreshes_total{outcome=\"proxy_failed\"}"),
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_connect_proxy_may_name_server_side_subscriptions() {
+    let backend = HookBackend::start("unused-secret", 0.1);
+    let gw = Gateway::start(&[("ROOMCAST_PROXY__CONNECT__URL", &backend.url("/connect"))]);
+    let mut c = RawClient::connect(&gw.ws_url(), Codec::Json).await;
+    let welcome = c.hello(Some("subs:feed:1,feed:2")).await;
+    assert!(
+        matches!(welcome, ServerFrame::Welcome { .. }),
+        "{welcome:?}"
+    );
+    for room in ["feed:1", "feed:2"] {
+        match c.recv().await {
+            ServerFrame::Joined {
+                id: None, room: r, ..
+            } => assert_eq!(r, room),
+            other => panic!("expected joined {room}, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_token_past_its_exp_is_refused_at_hello() {
+    let gw = gateway();
+    let mut c = RawClient::connect(&gw.ws_url(), Codec::Json).await;
+    c.send(&ClientFrame::Hello {
+        id: Some(1),
+        token: Some(token(json!({"sub": "hal", "exp": now() - 2}))),
+        resume: None,
+    })
+    .await;
+    assert!(matches!(
+        c.recv().await,
+        ServerFrame::Error {
+            code: ErrorCode::Unauthorized,
+            ..
+        }
+    ));
+    assert_eq!(c.expect_close().await, 4401);
 }
