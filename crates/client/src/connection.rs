@@ -13,18 +13,12 @@
 //! sign of life for the heartbeat watchdog. A frame the client cannot decode
 //! (a frame type newer than this client, for instance) is skipped, as the
 //! protocol's rule for extensions asks.
-//!
-//! The token refresh of the protocol's 2026-12 additions is read and written
-//! here with the client's own small types ([`Extra`], `refreshed`, the
-//! `refresh` frame) where the protocol crate has no place for it yet:
-//! `welcome.token_expires_at`, `left.reason` and the `refreshed` frame.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures::SinkExt;
-use roomcast_protocol::{Codec, ServerFrame};
-use serde::{Deserialize, Serialize};
+use roomcast_protocol::{ClientFrame, Codec, ServerFrame};
 use url::Url;
 use yawc::close::CloseCode;
 use yawc::{DeflatePool, Frame, HttpRequest, OpCode, Options, TcpWebSocket};
@@ -38,58 +32,10 @@ const COMPRESSION_THRESHOLD: usize = 256;
 /// How long a clean close waits for the server's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-/// Fields of a server frame that [`ServerFrame`] does not carry (yet), read
-/// from `welcome` and `left` frames only.
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct Extra {
-    /// `welcome`: when the connection's token expires (Unix seconds).
-    #[serde(default)]
-    pub token_expires_at: Option<u64>,
-    /// `left` without `id`: why the node took the connection out of the room.
-    #[serde(default)]
-    pub reason: Option<String>,
-}
-
-/// Server frames the protocol crate does not know (yet).
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum Unknown {
-    Refreshed {
-        #[serde(default)]
-        id: Option<u64>,
-        #[serde(default)]
-        expires_at: Option<u64>,
-    },
-}
-
-/// The `refresh` frame: a new token for this connection.
-#[derive(Debug, Serialize)]
-pub(crate) struct RefreshFrame<'a> {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub id: u64,
-    pub token: &'a str,
-}
-
-impl<'a> RefreshFrame<'a> {
-    pub(crate) fn new(id: u64, token: &'a str) -> Self {
-        RefreshFrame {
-            kind: "refresh",
-            id,
-            token,
-        }
-    }
-}
-
 /// What came in.
 #[derive(Debug)]
 pub(crate) enum Incoming {
-    Frame(ServerFrame, Extra),
-    /// The answer to a `refresh`: the token now expires at `expires_at`.
-    Refreshed {
-        id: Option<u64>,
-        expires_at: Option<u64>,
-    },
+    Frame(ServerFrame),
     /// A ping, a pong or a frame that was skipped: only proof of life.
     Alive,
     /// The server closed the WebSocket with this code.
@@ -143,7 +89,7 @@ impl Connection {
         self.write_timeout = timeout;
     }
 
-    pub(crate) async fn send<F: Serialize>(&mut self, frame: &F) -> Result<(), SendError> {
+    pub(crate) async fn send(&mut self, frame: &ClientFrame) -> Result<(), SendError> {
         let bytes = self.codec.encode(frame).map_err(SendError::Encode)?;
         let ws_frame = if self.codec.is_binary() {
             Frame::binary(bytes)
@@ -184,22 +130,11 @@ impl Connection {
             OpCode::Ping | OpCode::Pong | OpCode::Continuation => return Incoming::Alive,
         };
         match codec.decode::<ServerFrame>(frame.payload()) {
-            Ok(server_frame) => {
-                let extra = match server_frame {
-                    ServerFrame::Welcome { .. } | ServerFrame::Left { id: None, .. } => {
-                        codec.decode::<Extra>(frame.payload()).unwrap_or_default()
-                    }
-                    _ => Extra::default(),
-                };
-                Incoming::Frame(server_frame, extra)
+            Ok(frame) => Incoming::Frame(frame),
+            Err(e) => {
+                tracing::debug!(error = %e, "skipping a server frame this client cannot decode");
+                Incoming::Alive
             }
-            Err(e) => match codec.decode::<Unknown>(frame.payload()) {
-                Ok(Unknown::Refreshed { id, expires_at }) => Incoming::Refreshed { id, expires_at },
-                Err(_) => {
-                    tracing::debug!(error = %e, "skipping a server frame this client cannot decode");
-                    Incoming::Alive
-                }
-            },
         }
     }
 

@@ -42,7 +42,7 @@ use url::Url;
 use crate::backoff::Backoff;
 use crate::client::Published;
 use crate::config::Config;
-use crate::connection::{Connection, Extra, Incoming, RefreshFrame, SendError};
+use crate::connection::{Connection, Incoming, SendError};
 use crate::dedup::Positions;
 use crate::events::{
     ConnectionState, DirectMessage, DisconnectCause, Event, RoomMessage, SessionInfo,
@@ -412,12 +412,11 @@ impl Driver {
                 incoming = conn.recv() => {
                     watchdog.seen(Instant::now());
                     match incoming {
-                        Incoming::Frame(frame, extra) => {
-                            if let Some(after) = self.on_frame(frame, extra) {
+                        Incoming::Frame(frame) => {
+                            if let Some(after) = self.on_frame(frame) {
                                 retry_after = Some(after);
                             }
                         }
-                        Incoming::Refreshed { id, expires_at } => self.on_refreshed(id, expires_at),
                         Incoming::Alive => {}
                         Incoming::Closed { code, reason } => {
                             return Ok(Failure { cause: DisconnectCause::Closed { code, reason }, retry_after });
@@ -501,7 +500,7 @@ impl Driver {
                     match token {
                         Ok(token) => {
                             let id = self.pending.next_id();
-                            match conn.send(&RefreshFrame::new(id, &token)).await {
+                            match conn.send(&ClientFrame::Refresh { id: Some(id), token }).await {
                                 Ok(()) => {
                                     self.pending.insert(id, Pending { waiter: Waiter::Refresh, asked: Asked::Other });
                                     self.refresh.in_flight = Some(id);
@@ -771,7 +770,7 @@ impl Driver {
 
     /// Routes one server frame; returns the server's requested reconnect
     /// delay when the frame was a `reconnect` notice.
-    fn on_frame(&mut self, frame: ServerFrame, extra: Extra) -> Option<Duration> {
+    fn on_frame(&mut self, frame: ServerFrame) -> Option<Duration> {
         match frame {
             ServerFrame::Message {
                 room,
@@ -810,15 +809,17 @@ impl Driver {
             }
             // The node took the connection out of a room (a refreshed token
             // no longer allows it): forget it, never join it again.
-            ServerFrame::Left { id: None, room } => {
-                tracing::info!(%room, reason = ?extra.reason, "roomcast: the node took us out of a room");
+            ServerFrame::Left {
+                id: None,
+                room,
+                reason,
+            } => {
+                tracing::info!(%room, ?reason, "roomcast: the node took us out of a room");
                 self.rooms.remove(&room);
                 self.positions.remove(&room);
-                self.emit(Event::Left {
-                    room,
-                    reason: extra.reason,
-                });
+                self.emit(Event::Left { room, reason });
             }
+            ServerFrame::Refreshed { id, expires_at } => self.on_refreshed(id, Some(expires_at)),
             ServerFrame::Joined { id: Some(id), .. }
             | ServerFrame::Left { id: Some(id), .. }
             | ServerFrame::Presence { id: Some(id), .. }
@@ -1074,19 +1075,17 @@ async fn greet(
         let mut retry_after = None;
         loop {
             match conn.recv().await {
-                Incoming::Frame(
-                    ServerFrame::Welcome {
-                        session,
-                        resume_token,
-                        user,
-                        node,
-                        ping_interval_ms,
-                        resumed,
-                        rooms,
-                        ..
-                    },
-                    extra,
-                ) => {
+                Incoming::Frame(ServerFrame::Welcome {
+                    session,
+                    resume_token,
+                    user,
+                    node,
+                    ping_interval_ms,
+                    resumed,
+                    rooms,
+                    token_expires_at,
+                    ..
+                }) => {
                     let welcome = Welcome {
                         session,
                         resume_token,
@@ -1095,30 +1094,27 @@ async fn greet(
                         ping_interval: Duration::from_millis(ping_interval_ms),
                         resumed,
                         rooms,
-                        token_expires_at: extra.token_expires_at,
+                        token_expires_at,
                     };
                     return Ok((conn, welcome));
                 }
-                Incoming::Frame(
-                    ServerFrame::Error {
-                        code: ErrorCode::Unauthorized,
-                        message,
-                        ..
-                    },
-                    _,
-                ) => return Err(Failure::new(DisconnectCause::Unauthorized(message))),
-                Incoming::Frame(ServerFrame::Error { code, message, .. }, _) => {
+                Incoming::Frame(ServerFrame::Error {
+                    code: ErrorCode::Unauthorized,
+                    message,
+                    ..
+                }) => return Err(Failure::new(DisconnectCause::Unauthorized(message))),
+                Incoming::Frame(ServerFrame::Error { code, message, .. }) => {
                     return Err(Failure::connect(format!(
                         "hello refused: {code}: {message}"
                     )))
                 }
-                Incoming::Frame(ServerFrame::Reconnect { after_ms, .. }, _) => {
+                Incoming::Frame(ServerFrame::Reconnect { after_ms, .. }) => {
                     retry_after = Some(Duration::from_millis(after_ms));
                 }
-                Incoming::Frame(other, _) => {
+                Incoming::Frame(other) => {
                     tracing::debug!(kind = other.kind(), "frame before welcome ignored");
                 }
-                Incoming::Refreshed { .. } | Incoming::Alive => {}
+                Incoming::Alive => {}
                 Incoming::Closed { code, reason } => {
                     return Err(Failure {
                         cause: DisconnectCause::Closed { code, reason },
