@@ -16,6 +16,7 @@ import {
   RoomcastClient,
   RoomcastError,
 } from '../roomcast.js';
+import { startRedis } from './cluster.mjs';
 import { sleep, startGateway, waitFor } from './gateway.mjs';
 
 const FAST = { base: 50, cap: 500 };
@@ -612,6 +613,57 @@ test('a publish in flight when the connection drops is sent again with its key a
   await c.publish('fragile', { text: 'next' });
   await waitFor(() => recReader.messages.length === 2, { what: 'the next message' });
   assert.deepEqual(texts(recReader.messages), ['exactly once', 'next'], 'delivered once');
+});
+
+test('a publish answered unavailable is retried with its key and stored once', async (t) => {
+  const redis = await startRedis();
+  t.after(() => redis.stop());
+  const gw = await gateway(t, {
+    env: {
+      ROOMCAST_REDIS__URL: redis.url,
+      ROOMCAST_REDIS__COMMAND_TIMEOUT_MS: '300',
+      ROOMCAST_AUTH__RESUME_SECRET: 'js-unavailable-test-secret',
+    },
+  });
+  t.after(() => redis.resume());
+  const sent = [];
+  const [c] = await client(t, {
+    url: gw.wsUrl,
+    WebSocket: tappedWebSocket(sent),
+    requestTimeout: 10_000,
+    publishAttempts: 20,
+  });
+  const [reader, recReader] = await client(t, { url: gw.wsUrl });
+  await c.join('flaky');
+  await reader.join('flaky');
+  // The first publish loads the node's publish script into Redis.
+  assert.equal(await c.publish('flaky', { text: 'warm-up' }), 1);
+
+  redis.pause(); // the node's commands time out: `unavailable`
+  await sleep(50);
+  const pending = c.publishAck('flaky', { text: 'once' });
+  const copies = () => sent.filter((f) => f.type === 'publish' && f.data.text === 'once');
+  await waitFor(() => copies().length >= 2, { timeoutMs: 5000, what: 'a retry after unavailable' });
+  redis.resume();
+  const ack = await pending;
+  assert.equal(ack.offset, 2);
+  // Redis ran the first copy's script once thawed: `unavailable` had not
+  // meant "not stored", and the retry was answered as a duplicate.
+  assert.equal(ack.duplicate, true);
+  assert.equal(await gw.metric('roomcast_publish_duplicates_total'), 1);
+  assert.ok(copies().every((f) => f.key === ack.key), 'every retry with the same key');
+  assert.equal(new Set(copies().map((f) => f.id)).size, copies().length, 'each under its own id');
+
+  const history = await gw.history('flaky');
+  assert.deepEqual(
+    history.messages.map((m) => m.data.text),
+    ['warm-up', 'once'],
+    'stored once',
+  );
+  await waitFor(() => recReader.messages.length === 2, { what: 'both messages at the reader' });
+  await c.publish('flaky', { text: 'after' });
+  await waitFor(() => recReader.messages.length === 3, { what: 'the next message' });
+  assert.deepEqual(texts(recReader.messages), ['warm-up', 'once', 'after'], 'delivered once');
 });
 
 test('a publish still unanswered after requestTimeout rejects with timeout and is not sent again', async (t) => {
