@@ -18,7 +18,8 @@ use roomcast_client::{
     Client, ConnectionState, DisconnectCause, Error, Event, JoinOptions, PublishOptions,
     ReconnectReason,
 };
-use roomcast_testkit::free_port;
+use roomcast_testkit::redis::RedisServer;
+use roomcast_testkit::{free_port, Gateway};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -402,6 +403,69 @@ async fn a_publish_in_flight_when_the_connection_drops_is_sent_again_with_its_ke
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(buffered_messages(&mut reader_events, "fragile").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_answered_unavailable_is_retried_with_its_key_and_stored_once() {
+    let redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let url = redis.url();
+    let gw = tokio::task::spawn_blocking(move || {
+        Gateway::start(&[
+            ("ROOMCAST_REDIS__URL", &url),
+            ("ROOMCAST_REDIS__COMMAND_TIMEOUT_MS", "300"),
+            ("ROOMCAST_AUTH__RESUME_SECRET", "client-unavailable-test"),
+        ])
+    })
+    .await
+    .unwrap();
+    let (client, _events) = quick_client(&[gw.ws_url()])
+        .request_timeout(Duration::from_secs(10))
+        .publish_attempts(20)
+        .connect()
+        .await
+        .unwrap();
+    let (reader, mut reader_events) = quick_client(&[gw.ws_url()]).connect().await.unwrap();
+    client.join("flaky").await.unwrap();
+    reader.join("flaky").await.unwrap();
+    // The first publish loads the node's publish script into Redis.
+    assert_eq!(client.publish("flaky", json!("warm-up")).await.unwrap(), 1);
+
+    // A frozen Redis: the node's commands time out, the publish is
+    // answered `unavailable`, and the client sends it again and again.
+    redis.pause();
+    let in_flight = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .publish_with("flaky", json!("once"), PublishOptions::default())
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(!in_flight.is_finished());
+    redis.resume();
+    let published = in_flight.await.unwrap().unwrap();
+    assert_eq!(published.offset, 2);
+    // Thawed, Redis ran the first copy's script: `unavailable` had not
+    // meant "not stored", and the retry was answered as a duplicate.
+    assert!(published.duplicate);
+    assert!(metric(gw.addr, "roomcast_publish_duplicates_total").await >= 1.0);
+
+    let history = http_get(gw.addr, "/api/history/flaky").await;
+    let stored: Vec<_> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].clone())
+        .collect();
+    assert_eq!(stored, [json!("warm-up"), json!("once")], "stored once");
+    client.publish("flaky", json!("after")).await.unwrap();
+    let got = messages(&mut reader_events, "flaky", 3).await;
+    let data: Vec<_> = got.iter().map(|m| m.data.clone()).collect();
+    assert_eq!(data, [json!("warm-up"), json!("once"), json!("after")]);
+    drop(redis);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
