@@ -4,6 +4,15 @@
 // in each message's data ({name, text, at}); presence lists user ids, named
 // once they have said something. The connection state is shown at the top;
 // messages replayed after a reconnect carry a "recovered" tag.
+//
+// Tokens: by default the demo connects anonymously. Opened as
+// /demo/?token_url=/some/path, it asks that path of its own origin for a
+// token (GET, the page's cookies; the answer is the JWT as text, or JSON
+// {"token": …}) before every connection and before the token expires, and
+// shows the expiry and each refresh. The gateway serves no such path: an
+// application puts its own token endpoint on the page's origin (a reverse
+// proxy in front of both). Another origin is refused, so a link cannot make
+// the page fetch tokens from elsewhere.
 
 import { RoomcastClient } from './roomcast.js';
 
@@ -34,8 +43,12 @@ const ui = {
     session: $('fact-session'),
     position: $('fact-position'),
     reconnects: $('fact-reconnects'),
+    token: $('fact-token'),
   },
 };
+
+/** The same-origin token path from ?token_url=…, or null (anonymous). */
+let tokenUrl = null;
 
 /** The running chat, or null on the join screen. */
 let chat = null;
@@ -189,6 +202,31 @@ function renderFacts() {
   const pos = chat.client.position(chat.room);
   ui.facts.position.textContent = pos ? `offset ${pos.offset} · epoch ${pos.epoch.slice(0, 8)}` : '–';
   ui.facts.reconnects.textContent = String(chat.reconnects);
+  ui.facts.token.textContent = tokenFact();
+}
+
+function secondsLeft(expiresAt) {
+  return Math.max(0, Math.round(expiresAt - Date.now() / 1000));
+}
+
+function tokenFact() {
+  if (!tokenUrl) return 'anonymous';
+  const expiresAt = chat.client.tokenExpiresAt;
+  if (expiresAt == null) return chat.client.state === 'connected' ? 'no expiry' : '–';
+  return `expires in ${secondsLeft(expiresAt)} s`;
+}
+
+/** Asks the page's origin for a token (see the top of this file). */
+async function fetchToken() {
+  const response = await fetch(tokenUrl, { credentials: 'same-origin', cache: 'no-store' });
+  if (!response.ok) throw new Error(`token endpoint answered HTTP ${response.status}`);
+  const text = (await response.text()).trim();
+  if (text.startsWith('{')) {
+    const token = JSON.parse(text).token;
+    if (typeof token !== 'string' || !token) throw new Error('token endpoint answered no token');
+    return token;
+  }
+  return text;
 }
 
 function onState(info) {
@@ -227,7 +265,9 @@ function onState(info) {
 async function joinRoom(name, room) {
   ui.joinButton.disabled = true;
   ui.joinError.hidden = true;
-  const client = new RoomcastClient({ backoff: { base: 250, cap: 5000 } });
+  const options = { backoff: { base: 250, cap: 5000 } };
+  if (tokenUrl) options.getToken = fetchToken;
+  const client = new RoomcastClient(options);
   chat = {
     client,
     name,
@@ -263,6 +303,21 @@ async function joinRoom(name, room) {
   });
   client.on('rejoin_failed', ({ room: r, error }) => {
     if (r === room) notice(`Could not join the room again: ${error.message}`, 'error');
+  });
+  client.on('token_refreshed', ({ expiresAt }) => {
+    if (!chat?.joined) return;
+    notice(expiresAt == null ? 'Token refreshed.' : `Token refreshed, expires in ${secondsLeft(expiresAt)} s.`, 'ok');
+    renderFacts();
+  });
+  client.on('token_refresh_failed', ({ error, final }) => {
+    if (!chat?.joined) return;
+    notice(
+      `Token refresh failed (${error.message})${final ? '; the connection will be renewed at expiry.' : ', trying again.'}`,
+      'warn',
+    );
+  });
+  client.on('left', ({ room: r, reason }) => {
+    if (r === room) notice(`You were taken out of #${room} (${reason ?? 'by the node'}).`, 'error');
   });
   ui.messages.replaceChildren();
   try {
@@ -331,9 +386,29 @@ ui.leave.addEventListener('click', async () => {
   setStatus({ state: 'disconnected', error: null });
 });
 
-// Prefill from ?name=…&room=… or the last visit.
+// The token countdown.
+setInterval(() => {
+  if (chat && tokenUrl) ui.facts.token.textContent = tokenFact();
+}, 1000);
+
+// Prefill from ?name=…&room=… or the last visit; ?token_url=… (same origin only).
 (() => {
   const params = new URLSearchParams(location.search);
+  const asked = params.get('token_url');
+  if (asked) {
+    let url = null;
+    try {
+      url = new URL(asked, location.href);
+    } catch {
+      url = null;
+    }
+    if (url && url.origin === location.origin) {
+      tokenUrl = url.href;
+    } else {
+      ui.joinError.textContent = `Ignored token_url ${asked}: only a path of this page's origin is used.`;
+      ui.joinError.hidden = false;
+    }
+  }
   let saved = {};
   try {
     saved = JSON.parse(localStorage.getItem('roomcast-demo') || '{}');

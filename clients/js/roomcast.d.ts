@@ -91,6 +91,33 @@ export interface Member {
 
 export type Target = { user: string } | { session: string };
 
+/** A fresh idempotency key: 22 random characters of the base64url alphabet. */
+export declare function newPublishKey(): string;
+
+/** When to refresh (ms from now) a token expiring `remainingMs` from now:
+ * at 80 % of the remaining lifetime, at least `marginMs` (at most half the
+ * lifetime) before expiry. */
+export declare function refreshDelay(remainingMs: number, marginMs?: number): number;
+
+/** Why `getToken` is asked: a new connection, or a refresh before expiry. */
+export interface TokenRequest {
+  reason: 'connect' | 'refresh';
+}
+
+export interface PublishOptions {
+  /** The idempotency key (1 to 64 of `A-Z a-z 0-9 _ . : -`); default: a fresh random one. */
+  key?: string;
+}
+
+/** The node's answer to a publish. */
+export interface PublishAck {
+  offset: number;
+  /** True when the node had stored this key already (a retry): nothing was stored again. */
+  duplicate: boolean;
+  /** The key the publish was sent with. */
+  key: string;
+}
+
 export interface ClientOptions {
   /** One node URL (`ws://host:port/ws`). */
   url?: string;
@@ -99,8 +126,9 @@ export interface ClientOptions {
   urls?: string | string[];
   /** A fixed token (JWT) sent in every `hello`. Without one, anonymous. */
   token?: string | null;
-  /** Asked for a token before every connection attempt (takes precedence over `token`). */
-  getToken?: () => string | Promise<string>;
+  /** Asked for a token before every connection attempt (takes precedence over
+   * `token`), and before the connection's token expires (`reason: 'refresh'`). */
+  getToken?: (request: TokenRequest) => string | Promise<string>;
   /** The WebSocket constructor (default `globalThis.WebSocket`). */
   WebSocket?: new (url: string, protocols?: string | string[]) => WebSocket;
   /** Reconnection policy. */
@@ -111,6 +139,12 @@ export interface ClientOptions {
   requestTimeout?: number;
   /** Silence of 2 × ping_interval_ms + this (ms, default 5000) means the connection is dead. */
   heartbeatSlack?: number;
+  /** How many times one publish may be sent (first send, resends after a
+   * reconnect, retries after `unavailable`); default 5. */
+  publishAttempts?: number;
+  /** A token is refreshed at least this long before it expires (ms, default
+   * 5000; at most half its remaining lifetime). */
+  refreshMargin?: number;
 }
 
 export interface SessionInfo {
@@ -187,6 +221,14 @@ export interface EventMap {
   rejoin_failed: { room: string; error: RoomcastError };
   /** An `error` frame that answered no command. */
   server_error: { code: ErrorCode; message: string };
+  /** The node took the connection out of `room` (reason `forbidden`: a
+   * refreshed token no longer allows it); the client forgot the room. */
+  left: { room: string; reason: string | null };
+  /** A refresh succeeded; the token now expires at `expiresAt` (Unix seconds). */
+  token_refreshed: { expiresAt: number | null };
+  /** A refresh failed (`final`: no more tries; the node will close with 4401
+   * at expiry and the client reconnects with a fresh token). */
+  token_refresh_failed: { error: RoomcastError | Error; attempt: number; final: boolean };
   /** A frame the client had no use for. */
   unmatched: { type: string; [key: string]: unknown };
 }
@@ -206,6 +248,8 @@ export declare class RoomcastClient {
   readonly rooms: string[];
   /** The last delivered position of `room`. */
   position(room: string): Since | undefined;
+  /** When the connection's token expires (Unix seconds), while connected and when the node said so. */
+  readonly tokenExpiresAt: number | null;
 
   /** Starts the client; resolves after the first `welcome` (retrying until then). */
   connect(): Promise<SessionInfo>;
@@ -218,8 +262,14 @@ export declare class RoomcastClient {
 
   join(room: string, options?: { since?: Since; presence?: boolean }): Promise<Joined>;
   leave(room: string): Promise<void>;
-  /** Resolves to the message's offset once stored. */
-  publish(room: string, data: Json): Promise<number>;
+  /** Resolves to the message's offset once stored (see `publishAck`). */
+  publish(room: string, data: Json, options?: PublishOptions): Promise<number>;
+  /** Publishes under an idempotency key; sent again with the same key after a
+   * reconnect or an `unavailable` answer, so it is stored once. */
+  publishAck(room: string, data: Json, options?: PublishOptions): Promise<PublishAck>;
+  /** Asks `getToken` for a token and refreshes the connection's token now;
+   * resolves to the new expiry (Unix seconds). */
+  refreshToken(): Promise<number | null>;
   send(to: Target, data: Json): Promise<void>;
   sendToUser(user: string, data: Json): Promise<void>;
   sendToSession(session: string, data: Json): Promise<void>;

@@ -19,11 +19,22 @@
 //   one ping interval (announced in `welcome`) gets a protocol `ping`, and one
 //   silent for two intervals plus some slack is treated as dead and replaced.
 //
+// - Idempotent publish: every publish carries a key (random, or the
+//   caller's); a publish in flight when the connection drops stays pending
+//   and is sent again, with the same key, once the session is back, and one
+//   answered `unavailable` is retried with backoff, so a retry is never
+//   stored twice. Bounded by `requestTimeout` and `publishAttempts`.
+// - Token refresh: with a `getToken` callback and a token that expires
+//   (`welcome.token_expires_at`), a new token is asked for before expiry and
+//   handed to the node with `refresh`; rooms the new token no longer allows
+//   are forgotten (`left` with reason `forbidden`).
+//
 // Commands (join, leave, publish, send, presence, ping) return promises
 // settled by the reply matched by `id`; an `error` frame rejects with a
 // `RoomcastError` whose `code` is the protocol's error code. Commands issued
-// while there is no connection, or in flight when it drops, reject with code
-// `disconnected`; they are never re-sent (a publish is not idempotent).
+// while there is no connection reject with code `disconnected`; so do the
+// commands other than publish that are in flight when it drops (they are
+// never re-sent).
 
 /** The WebSocket subprotocol of the JSON codec. */
 export const SUBPROTOCOL = 'roomcast.v1.json';
@@ -39,8 +50,42 @@ const MAX_REFUSALS = 2;
 const STABLE_SESSION_MS = 10_000;
 /** Used when a server announces a ping interval of 0. */
 const FALLBACK_PING_INTERVAL_MS = 25_000;
-/** Close code the server uses for a refused token. */
+/** Close code the server uses for a refused (or expired) token. */
 const CLOSE_UNAUTHORIZED = 4401;
+/** How many times a failed token refresh is tried before the client waits
+ * for the node's 4401 close and reconnects with a fresh token instead. */
+const REFRESH_ATTEMPTS = 3;
+/** Waits between the sends of one publish after `unavailable`. */
+const PUBLISH_RETRY = { base: 100, cap: 2000 };
+/** A publish key: 1 to 64 of these characters. */
+const KEY_PATTERN = /^[A-Za-z0-9_.:-]{1,64}$/;
+const KEY_ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+
+/**
+ * A fresh idempotency key: 22 characters of the base64url alphabet, 132
+ * random bits (from `crypto.getRandomValues` where there is one).
+ */
+export function newPublishKey() {
+  const bytes = new Uint8Array(22);
+  if (typeof globalThis.crypto?.getRandomValues === 'function') globalThis.crypto.getRandomValues(bytes);
+  else for (let i = 0; i < bytes.length; i++) bytes[i] = Math.floor(Math.random() * 256);
+  let key = '';
+  // 256 is a multiple of 64: the low six bits of a uniform byte are uniform.
+  for (const byte of bytes) key += KEY_ALPHABET[byte & 63];
+  return key;
+}
+
+/**
+ * When to ask for the next token, in ms from now, for a token that expires
+ * `remainingMs` from now: at 80 % of the remaining lifetime, and at least
+ * `marginMs` before expiry (at most half the lifetime early, for short
+ * tokens).
+ */
+export function refreshDelay(remainingMs, marginMs = 5000) {
+  if (!(remainingMs > 0)) return 0;
+  const margin = Math.min(marginMs, remainingMs / 2);
+  return Math.max(0, Math.min(remainingMs * 0.8, remainingMs - margin));
+}
 
 const now =
   typeof globalThis.performance?.now === 'function'
@@ -273,6 +318,9 @@ export class RoomcastClient {
     this._connectTimeout = options.connectTimeout ?? 10_000;
     this._requestTimeout = options.requestTimeout ?? 10_000;
     this._heartbeatSlack = options.heartbeatSlack ?? 5_000;
+    this._publishAttempts = Math.max(1, options.publishAttempts ?? 5);
+    this._publishBackoff = new Backoff(PUBLISH_RETRY);
+    this._refreshMargin = options.refreshMargin ?? 5_000;
 
     this._handlers = new Map();
     this._state = 'disconnected';
@@ -286,6 +334,8 @@ export class RoomcastClient {
     this._positions = new Positions();
     this._replayUntil = new Map(); // room -> {offset, epoch}: the end of a replay under way
     this._pending = new Map(); // id -> pending command
+    this._publishes = new Set(); // publishes not settled yet, in call order
+    this._tokenExpiresAt = null; // Unix seconds, from welcome or refreshed
     this._nextId = 1;
     this._ticket = null; // {session, resumeToken} from the last welcome
     this._session = null;
@@ -354,6 +404,12 @@ export class RoomcastClient {
   /** The last delivered `{offset, epoch}` of `room`, if any. */
   position(room) {
     return this._positions.get(room);
+  }
+
+  /** When the current connection's token expires (Unix seconds), when the
+   * node said so (`welcome.token_expires_at`, then each `refreshed`). */
+  get tokenExpiresAt() {
+    return this._state === 'connected' ? this._tokenExpiresAt : null;
   }
 
   _setState(state, details = {}) {
@@ -441,9 +497,10 @@ export class RoomcastClient {
     clearTimeout(this._retryTimer);
     this._retryTimer = null;
     for (const pending of this._pending.values()) {
-      this._settle(pending, null, new RoomcastError('closed', 'the client is closed'));
+      if (!pending.publish) this._settle(pending, null, new RoomcastError('closed', 'the client is closed'));
     }
     this._pending.clear();
+    for (const job of [...this._publishes]) this._endPublish(job, null, new RoomcastError('closed', 'the client is closed'));
     if (this._ready) {
       this._ready.reject(error ?? new RoomcastError('closed', 'the client is closed'));
       this._ready = null;
@@ -468,6 +525,7 @@ export class RoomcastClient {
       startedAt: 0,
       connectTimer: null,
       watchdogTimer: null,
+      refreshTimer: null,
       pingIntervalMs: 0,
     };
     this._conn = conn;
@@ -479,7 +537,7 @@ export class RoomcastClient {
     let token = this._token;
     if (this._getToken) {
       try {
-        token = await this._getToken();
+        token = await this._getToken({ reason: 'connect' });
       } catch (error) {
         this._fail(conn, { kind: 'connect_failed', message: `token provider failed: ${error?.message ?? error}` });
         return;
@@ -565,6 +623,7 @@ export class RoomcastClient {
     conn.dead = true;
     clearTimeout(conn.connectTimer);
     clearInterval(conn.watchdogTimer);
+    clearTimeout(conn.refreshTimer);
     const ws = conn.ws;
     if (!ws) {
       onClosed?.();
@@ -638,9 +697,23 @@ export class RoomcastClient {
     return this._backoff.delay(streak.failures + streak.quickDrops);
   }
 
-  /** The connection is gone: what was in flight fails, unsettled rooms are forgotten. */
+  /** The connection is gone: what was in flight fails (except publishes,
+   * which wait to be sent again), unsettled rooms are forgotten. */
   _connectionLost() {
     for (const pending of this._pending.values()) {
+      if (pending.publish) {
+        const job = pending.publish;
+        if (job.done || job.id !== pending.id) continue;
+        job.id = null;
+        if (job.attempts >= this._publishAttempts) {
+          this._endPublish(
+            job,
+            null,
+            new RoomcastError('disconnected', `the connection dropped before the reply (${job.attempts} attempts)`),
+          );
+        }
+        continue;
+      }
       this._settle(pending, null, new RoomcastError('disconnected', 'the connection dropped before the reply'));
     }
     this._pending.clear();
@@ -701,9 +774,17 @@ export class RoomcastClient {
       pingIntervalMs,
     };
     this._startWatchdog(conn, pingIntervalMs);
+    this._tokenExpiresAt = typeof welcome.token_expires_at === 'number' ? welcome.token_expires_at : null;
     const resumed = welcome.resumed === true;
     const restored = this._restoreRooms(conn, resumed, welcome.rooms ?? []);
     if (conn.dead) return;
+    // Publishes cut off by the last connection go again, after the joins
+    // (the node answers a connection's commands in order).
+    for (const job of this._publishes) {
+      if (job.id == null && job.retryTimer == null) this._sendPublish(conn, job);
+      if (conn.dead) return;
+    }
+    this._scheduleRefresh(conn, 0);
     this._setState('connected', { resumed, session: this._session, url: conn.url, restored });
     if (this._ready) {
       this._ready.resolve(this._session);
@@ -769,6 +850,15 @@ export class RoomcastClient {
       case 'pong':
         if (frame.id == null) return; // the watchdog's probe
         break;
+      case 'left':
+        if (frame.id == null) {
+          // The node took this connection out of the room (a refreshed
+          // token no longer allows it): forget it, do not join it again.
+          this._forget(frame.room);
+          this._emit('left', { room: frame.room, reason: frame.reason ?? null });
+          return;
+        }
+        break;
       case 'error':
         if (frame.id == null) {
           this._emit('server_error', { code: frame.code, message: frame.message });
@@ -778,7 +868,7 @@ export class RoomcastClient {
       default:
         break;
     }
-    if (frame.id != null && ['joined', 'left', 'presence', 'pong', 'ack', 'error', 'rpc_result'].includes(frame.type)) {
+    if (frame.id != null && ['joined', 'left', 'presence', 'pong', 'ack', 'error', 'rpc_result', 'refreshed'].includes(frame.type)) {
       this._onReply(frame.id, frame);
     } else {
       this._emit('unmatched', frame);
@@ -793,6 +883,10 @@ export class RoomcastClient {
     }
     this._pending.delete(id);
     clearTimeout(pending.timer);
+    if (pending.publish) {
+      this._onPublishReply(pending.publish, id, frame);
+      return;
+    }
     const { asked, automatic } = pending;
     if (asked.kind === 'join') {
       if (frame.type === 'joined') {
@@ -964,14 +1058,162 @@ export class RoomcastClient {
     return this._request({ type: 'leave', room }, () => undefined);
   }
 
-  /** Publishes `data` to `room`; resolves to the message's offset once stored. */
-  publish(room, data) {
-    return this._request({ type: 'publish', room, data }, (reply) => {
-      if (reply.type !== 'ack' || typeof reply.offset !== 'number') {
-        throw new RoomcastError('unexpected_reply', `unexpected reply ${reply.type}`);
+  /**
+   * Publishes `data` to `room`; resolves to the message's offset once stored.
+   * See `publishAck` for the key and the retries.
+   */
+  publish(room, data, options = {}) {
+    return this.publishAck(room, data, options).then((ack) => ack.offset);
+  }
+
+  /**
+   * Publishes `data` to `room` under an idempotency key (`options.key`, or a
+   * fresh random one) and resolves to `{offset, duplicate, key}` once stored.
+   * When the connection drops before the `ack`, the publish waits for the
+   * next connection and is sent again with the same key; an `unavailable`
+   * answer is retried with backoff. The node stores one key once per room
+   * (within its window), so a retry never duplicates: `duplicate` is true
+   * when the node had stored it already. Bounded by `requestTimeout`
+   * (rejects with `timeout`) and `publishAttempts` sends.
+   */
+  publishAck(room, data, { key } = {}) {
+    return new Promise((resolve, reject) => {
+      if (this._halted) {
+        reject(new RoomcastError('closed', 'the client is closed'));
+        return;
       }
-      return reply.offset;
+      if (key === undefined || key === null) key = newPublishKey();
+      else if (typeof key !== 'string' || !KEY_PATTERN.test(key)) {
+        reject(new RoomcastError('bad_request', 'a publish key is 1 to 64 characters of A-Z a-z 0-9 _ . : -'));
+        return;
+      }
+      const conn = this._conn;
+      if (!conn || !conn.welcomed || conn.dead) {
+        reject(new RoomcastError('disconnected', `not connected (${this._state})`));
+        return;
+      }
+      try {
+        JSON.stringify(data);
+      } catch (error) {
+        reject(new RoomcastError('encode', `cannot encode the frame: ${error?.message ?? error}`));
+        return;
+      }
+      const job = { room, data, key, attempts: 0, id: null, done: false, retryTimer: null, timer: null, resolve, reject };
+      job.timer = setTimeout(() => {
+        this._endPublish(job, null, new RoomcastError('timeout', `no ack within ${this._requestTimeout} ms (${job.attempts} attempts)`));
+      }, this._requestTimeout);
+      this._publishes.add(job);
+      this._sendPublish(conn, job);
     });
+  }
+
+  /** Sends (again) the publish `job` on `conn`, under a fresh id. */
+  _sendPublish(conn, job) {
+    job.attempts += 1;
+    const id = this._nextId++;
+    job.id = id;
+    this._pending.set(id, { id, publish: job });
+    try {
+      conn.ws.send(JSON.stringify({ type: 'publish', id, room: job.room, data: job.data, key: job.key }));
+    } catch (error) {
+      this._fail(conn, { kind: 'lost', message: String(error?.message ?? error) });
+    }
+  }
+
+  _onPublishReply(job, id, frame) {
+    if (job.done || job.id !== id) return;
+    job.id = null;
+    if (frame.type === 'ack' && typeof frame.offset === 'number') {
+      this._endPublish(job, { offset: frame.offset, duplicate: frame.duplicate === true, key: job.key }, null);
+    } else if (frame.type === 'error' && frame.code === 'unavailable' && job.attempts < this._publishAttempts) {
+      // Maybe stored, maybe not: the same key again settles it.
+      const delay = this._publishBackoff.delay(job.attempts - 1);
+      job.retryTimer = setTimeout(() => {
+        job.retryTimer = null;
+        if (job.done) return;
+        const conn = this._conn;
+        if (conn && conn.welcomed && !conn.dead) this._sendPublish(conn, job);
+        // else: the next welcome sends it.
+      }, delay);
+    } else if (frame.type === 'error') {
+      this._endPublish(job, null, new RoomcastError(frame.code, frame.message ?? frame.code, { id }));
+    } else {
+      this._endPublish(job, null, new RoomcastError('unexpected_reply', `unexpected reply ${frame.type}`));
+    }
+  }
+
+  _endPublish(job, value, error) {
+    if (job.done) return;
+    job.done = true;
+    clearTimeout(job.timer);
+    clearTimeout(job.retryTimer);
+    job.retryTimer = null;
+    this._publishes.delete(job);
+    // A reply still on its way is matched and dropped (the entry stays in
+    // `_pending` until it comes or the connection ends).
+    if (error) job.reject(error);
+    else job.resolve(value);
+  }
+
+  // ---- token refresh ------------------------------------------------------
+
+  /** Plans the next refresh of `conn`'s token (`failures` refreshes in a row
+   * failed so far). Needs `getToken` and a token that expires. */
+  _scheduleRefresh(conn, failures) {
+    clearTimeout(conn.refreshTimer);
+    conn.refreshTimer = null;
+    if (!this._getToken || this._tokenExpiresAt == null || conn.dead) return;
+    const remaining = this._tokenExpiresAt * 1000 - Date.now();
+    const delay =
+      failures === 0
+        ? refreshDelay(remaining, this._refreshMargin)
+        : Math.max(100, Math.min(1000 * 2 ** (failures - 1), remaining / 3));
+    conn.refreshTimer = setTimeout(() => {
+      conn.refreshTimer = null;
+      this._refresh(conn).then(
+        () => this._scheduleRefresh(conn, 0),
+        (error) => {
+          if (conn.dead || this._halted) return;
+          const attempt = failures + 1;
+          const final = attempt >= REFRESH_ATTEMPTS;
+          this._emit('token_refresh_failed', { error, attempt, final });
+          // After the last failure the node closes with 4401 at expiry and
+          // the client reconnects with a fresh token.
+          if (!final) this._scheduleRefresh(conn, attempt);
+        },
+      );
+    }, delay);
+  }
+
+  /** Asks `getToken` for a token and hands it to the node on `conn`;
+   * resolves to the new expiry (Unix seconds). */
+  async _refresh(conn) {
+    const token = await this._getToken({ reason: 'refresh' });
+    if (conn.dead || this._halted) throw new RoomcastError('disconnected', 'the connection ended during the refresh');
+    const expiresAt = await new Promise((resolve, reject) => {
+      this._command(conn, { type: 'refresh', token }, { resolve, reject, map: (reply) => reply.expires_at ?? null });
+    });
+    if (conn.dead) throw new RoomcastError('disconnected', 'the connection ended during the refresh');
+    this._tokenExpiresAt = typeof expiresAt === 'number' ? expiresAt : null;
+    this._emit('token_refreshed', { expiresAt: this._tokenExpiresAt });
+    return this._tokenExpiresAt;
+  }
+
+  /**
+   * Refreshes the token now (asks `getToken`, sends `refresh`), for example
+   * after the user's rights changed; resolves to the new expiry (Unix
+   * seconds, or null when the token has none). The automatic refreshes are
+   * planned from the new expiry. Rejects with the node's error
+   * (`unauthorized`, `forbidden`): the old token then stands.
+   */
+  async refreshToken() {
+    if (!this._getToken) throw new RoomcastError('bad_request', 'refreshToken needs the getToken option');
+    if (this._halted) throw new RoomcastError('closed', 'the client is closed');
+    const conn = this._conn;
+    if (!conn || !conn.welcomed || conn.dead) throw new RoomcastError('disconnected', `not connected (${this._state})`);
+    const expiresAt = await this._refresh(conn);
+    this._scheduleRefresh(conn, 0);
+    return expiresAt;
   }
 
   /** Sends `data` directly to `{user}` (every connection of that user) or

@@ -4,10 +4,16 @@
 // then the node is killed and started again on the same port. Both pages
 // reconnect by themselves and show every message exactly once, in order.
 // Saves a screenshot of the final state to target/browser/demo.png.
+// Then the demo against a node that requires tokens, opened with
+// ?token_url=/demo-token: the test plays the application's token endpoint on
+// the page's origin (Playwright answers that path with 4-second JWTs), and
+// the page refreshes its token before each expiry, says so, and stays
+// connected well past the first token's expiry (target/browser/demo-token.png).
 //
 //   node --test clients/js/test-browser/demo.test.mjs
 
 import assert from 'node:assert/strict';
+import { createHmac } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { after, test } from 'node:test';
@@ -20,14 +26,17 @@ const WAIT = 15_000;
 
 let browser = null;
 let gateway = null;
+let tokenGateway = null;
 after(async () => {
   await browser?.close();
   await gateway?.stop();
+  await tokenGateway?.stop();
 });
 
 /** Opens the demo in a fresh context (its own storage) and joins `room` as `name`. */
-async function openChat(url, name, room, joinShot = null) {
+async function openChat(url, name, room, joinShot = null, prepare = null) {
   const context = await browser.newContext({ viewport: { width: 1100, height: 720 }, deviceScaleFactor: 1 });
+  if (prepare) await prepare(context);
   const page = await context.newPage();
   const problems = [];
   page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
@@ -165,4 +174,71 @@ test('two pages chat across a lost socket and a node restart', { timeout: 120_00
 
   await alice.page.screenshot({ path: path.join(SHOTS, 'demo.png') });
   await bob.page.screenshot({ path: path.join(SHOTS, 'demo-bob.png') });
+});
+
+const SECRET = 'demo-test-secret-demo-test-secret';
+
+function jwt(claims) {
+  const b64 = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
+  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64(claims)}`;
+  return `${body}.${createHmac('sha256', SECRET).update(body).digest('base64url')}`;
+}
+
+test('with ?token_url the demo refreshes its short-lived token and stays connected', { timeout: 120_000 }, async () => {
+  tokenGateway = await startGateway({ env: { ROOMCAST_AUTH__JWT_SECRET: SECRET } });
+  browser ??= await launchChromium();
+  mkdirSync(SHOTS, { recursive: true });
+  const issued = [];
+  // The application's token endpoint, on the page's origin: 4-second tokens.
+  const tokenEndpoint = async (context) => {
+    // (A URL predicate: a glob would match the page's own ?token_url=/demo-token too.)
+    await context.route((url) => url.pathname === '/demo-token', (route) => {
+      const exp = Math.floor(Date.now() / 1000) + 4;
+      issued.push(exp);
+      route.fulfill({
+        status: 200,
+        contentType: 'application/json',
+        headers: { 'Cache-Control': 'no-store' },
+        body: JSON.stringify({ token: jwt({ sub: 'ada', exp, rooms: ['demo-*'] }) }),
+      });
+    });
+  };
+  const url = `${tokenGateway.httpUrl}/demo/?token_url=/demo-token`;
+  const ada = await openChat(url, 'Ada', 'demo-tokens', null, tokenEndpoint);
+  const { page } = ada;
+  assert.ok(issued.length >= 1, 'the page asked the endpoint for its first token');
+  const firstExpiry = issued[0];
+  assert.match(await page.textContent('#fact-token'), /^expires in \d+ s$/);
+  assert.equal(await page.evaluate(() => window.roomcastDemo.client.session.user), 'ada');
+
+  // Past the first token's expiry plus the node's leeway.
+  const refreshed = () =>
+    page.$$eval('#messages li.notice', (items) =>
+      items.map((li) => li.textContent).filter((t) => /Token refreshed, expires in \d+ s\./.test(t)),
+    );
+  await page.waitForFunction(
+    (until) => Date.now() / 1000 > until,
+    firstExpiry + 6,
+    { timeout: WAIT, polling: 200 },
+  );
+  assert.ok((await refreshed()).length >= 2, `refresh notices: ${await refreshed()}`);
+  assert.equal(await page.getAttribute('#status', 'data-state'), 'connected');
+  assert.equal(await page.textContent('#fact-reconnects'), '0', 'never reconnected');
+  assert.match(await page.textContent('#fact-token'), /^expires in [0-4] s$/);
+  const states = await page.evaluate(() => window.roomcastDemo.client.tokenExpiresAt);
+  assert.ok(states > firstExpiry, 'a later expiry than the first token');
+  assert.ok(issued.length >= 3, `${issued.length} tokens issued`);
+
+  await say(ada, 'Still here after my first token expired.', [ada], 1);
+  const texts = (await shown(page)).map((m) => m.text);
+  assert.deepEqual(texts, ['Still here after my first token expired.']);
+  assert.deepEqual(ada.problems, [], 'no page errors');
+  await page.screenshot({ path: path.join(SHOTS, 'demo-token.png') });
+
+  // Another origin's token_url is refused: the page stays anonymous (and
+  // here, where tokens are required, cannot connect).
+  const other = await browser.newPage();
+  await other.goto(`${tokenGateway.httpUrl}/demo/?token_url=http://example.invalid/token`, { timeout: WAIT });
+  assert.match(await other.textContent('#join-error'), /Ignored token_url/);
+  await other.close();
 });

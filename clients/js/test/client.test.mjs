@@ -7,7 +7,16 @@ import { createHmac } from 'node:crypto';
 import net from 'node:net';
 import { test } from 'node:test';
 
-import { Backoff, connect, Positions, RoomcastClient, RoomcastError } from '../roomcast.js';
+import {
+  Backoff,
+  connect,
+  newPublishKey,
+  Positions,
+  refreshDelay,
+  RoomcastClient,
+  RoomcastError,
+} from '../roomcast.js';
+import { startRedis } from './cluster.mjs';
 import { sleep, startGateway, waitFor } from './gateway.mjs';
 
 const FAST = { base: 50, cap: 500 };
@@ -60,6 +69,18 @@ function freePort() {
     });
   });
 }
+
+/** A WebSocket constructor that records every frame the client sends (parsed). */
+function tappedWebSocket(sent) {
+  return class TappedWebSocket extends WebSocket {
+    send(data) {
+      sent.push(JSON.parse(data));
+      super.send(data);
+    }
+  };
+}
+
+const nowSeconds = () => Math.floor(Date.now() / 1000);
 
 function jwt(secret, claims) {
   const b64 = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
@@ -497,4 +518,324 @@ test('positions: duplicates dropped per room, reset by a new epoch', () => {
   assert.deepEqual(delivered('r', 'e3', [3, 4]), [4]);
   p.remove('r');
   assert.equal(p.get('r'), undefined);
+});
+
+// ---- idempotent publish ------------------------------------------------------
+
+test('every publish carries a key; the same key again is acked as a duplicate and stored once', async (t) => {
+  const gw = await gateway(t);
+  const sent = [];
+  const [c] = await client(t, { url: gw.wsUrl, WebSocket: tappedWebSocket(sent) });
+  const [reader, recReader] = await client(t, { url: gw.wsUrl });
+  await c.join('keys');
+  await reader.join('keys');
+
+  assert.equal(await c.publish('keys', { text: 'one' }), 1);
+  const first = await c.publishAck('keys', { text: 'two' });
+  assert.equal(first.offset, 2);
+  assert.equal(first.duplicate, false);
+  const publishes = sent.filter((f) => f.type === 'publish');
+  assert.equal(publishes.length, 2);
+  for (const frame of publishes) assert.match(frame.key, /^[A-Za-z0-9_-]{22}$/);
+  assert.notEqual(publishes[0].key, publishes[1].key, 'a fresh key per publish');
+  assert.equal(publishes[1].key, first.key);
+
+  // The caller's own key: the first is stored, the repeat (other data) is not.
+  const own = await c.publishAck('keys', { text: 'three' }, { key: 'order-42:a.b_c-d' });
+  assert.deepEqual(own, { offset: 3, duplicate: false, key: 'order-42:a.b_c-d' });
+  const again = await c.publishAck('keys', { text: 'three, again' }, { key: 'order-42:a.b_c-d' });
+  assert.deepEqual(again, { offset: 3, duplicate: true, key: 'order-42:a.b_c-d' });
+  assert.equal(await c.publish('keys', { text: 'three, once more' }, { key: 'order-42:a.b_c-d' }), 3);
+  await expectError(c.publish('keys', 1, { key: 'not a key!' }), 'bad_request');
+  await expectError(c.publish('keys', 1, { key: 'x'.repeat(65) }), 'bad_request');
+
+  const history = await gw.history('keys');
+  assert.deepEqual(
+    history.messages.map((m) => [m.offset, m.data.text]),
+    [
+      [1, 'one'],
+      [2, 'two'],
+      [3, 'three'],
+    ],
+  );
+  await waitFor(() => recReader.messages.length === 3, { what: 'three messages' });
+  await sleep(200);
+  assert.deepEqual(texts(recReader.messages), ['one', 'two', 'three']);
+  const keys = new Set(Array.from({ length: 1000 }, () => newPublishKey()));
+  assert.equal(keys.size, 1000);
+});
+
+test('a publish in flight when the connection drops is sent again with its key and stored once', async (t) => {
+  const gw = await gateway(t);
+  t.after(() => gw.resume());
+  const sent = [];
+  const [c, rec] = await client(t, { url: gw.wsUrl, WebSocket: tappedWebSocket(sent), connectTimeout: 3000 });
+  const [reader, recReader] = await client(t, { url: gw.wsUrl });
+  await c.join('fragile');
+  await reader.join('fragile');
+  const sessionBefore = c.session.session;
+
+  // A frozen node takes the frame into its socket buffer but does not answer.
+  gw.pause();
+  await sleep(100);
+  const inFlight = c.publishAck('fragile', { text: 'exactly once' });
+  let settled = false;
+  inFlight.then(
+    () => (settled = true),
+    () => (settled = true),
+  );
+  await sleep(200);
+  assert.ok(c.dropConnectionForTest(200));
+  await sleep(300);
+  assert.equal(settled, false, 'still pending across the drop');
+  // Thawed, the node reads the first copy from the old socket; the client,
+  // back on a new connection, sends the second one with the same key.
+  gw.resume();
+  const ack = await inFlight;
+  assert.equal(ack.offset, 1);
+  assert.equal(c.session.session, sessionBefore, 'the session was resumed');
+  assert.ok(rec.states.some((s) => s.state === 'reconnecting'));
+
+  const copies = sent.filter((f) => f.type === 'publish');
+  assert.equal(copies.length, 2, 'sent twice');
+  assert.equal(copies[0].key, copies[1].key, 'with the same key');
+  assert.notEqual(copies[0].id, copies[1].id, 'under a fresh id');
+  assert.equal(copies[1].key, ack.key);
+
+  const history = await gw.history('fragile');
+  assert.deepEqual(
+    history.messages.map((m) => m.data.text),
+    ['exactly once'],
+    'stored once',
+  );
+  assert.equal(await gw.metric('roomcast_publish_duplicates_total'), 1, 'the node saw both copies');
+  await waitFor(() => recReader.messages.length === 1, { what: 'the message at the reader' });
+  await c.publish('fragile', { text: 'next' });
+  await waitFor(() => recReader.messages.length === 2, { what: 'the next message' });
+  assert.deepEqual(texts(recReader.messages), ['exactly once', 'next'], 'delivered once');
+});
+
+test('a publish answered unavailable is retried with its key and stored once', async (t) => {
+  const redis = await startRedis();
+  t.after(() => redis.stop());
+  const gw = await gateway(t, {
+    env: {
+      ROOMCAST_REDIS__URL: redis.url,
+      ROOMCAST_REDIS__COMMAND_TIMEOUT_MS: '300',
+      ROOMCAST_AUTH__RESUME_SECRET: 'js-unavailable-test-secret',
+    },
+  });
+  t.after(() => redis.resume());
+  const sent = [];
+  const [c] = await client(t, {
+    url: gw.wsUrl,
+    WebSocket: tappedWebSocket(sent),
+    requestTimeout: 10_000,
+    publishAttempts: 20,
+  });
+  const [reader, recReader] = await client(t, { url: gw.wsUrl });
+  await c.join('flaky');
+  await reader.join('flaky');
+  // The first publish loads the node's publish script into Redis.
+  assert.equal(await c.publish('flaky', { text: 'warm-up' }), 1);
+
+  redis.pause(); // the node's commands time out: `unavailable`
+  await sleep(50);
+  const pending = c.publishAck('flaky', { text: 'once' });
+  const copies = () => sent.filter((f) => f.type === 'publish' && f.data.text === 'once');
+  await waitFor(() => copies().length >= 2, { timeoutMs: 5000, what: 'a retry after unavailable' });
+  redis.resume();
+  const ack = await pending;
+  assert.equal(ack.offset, 2);
+  // Redis ran the first copy's script once thawed: `unavailable` had not
+  // meant "not stored", and the retry was answered as a duplicate.
+  assert.equal(ack.duplicate, true);
+  assert.equal(await gw.metric('roomcast_publish_duplicates_total'), 1);
+  assert.ok(copies().every((f) => f.key === ack.key), 'every retry with the same key');
+  assert.equal(new Set(copies().map((f) => f.id)).size, copies().length, 'each under its own id');
+
+  const history = await gw.history('flaky');
+  assert.deepEqual(
+    history.messages.map((m) => m.data.text),
+    ['warm-up', 'once'],
+    'stored once',
+  );
+  await waitFor(() => recReader.messages.length === 2, { what: 'both messages at the reader' });
+  await c.publish('flaky', { text: 'after' });
+  await waitFor(() => recReader.messages.length === 3, { what: 'the next message' });
+  assert.deepEqual(texts(recReader.messages), ['warm-up', 'once', 'after'], 'delivered once');
+});
+
+test('a publish still unanswered after requestTimeout rejects with timeout and is not sent again', async (t) => {
+  const gw = await gateway(t);
+  t.after(() => gw.resume());
+  const sent = [];
+  const [c] = await client(t, {
+    url: gw.wsUrl,
+    WebSocket: tappedWebSocket(sent),
+    requestTimeout: 600,
+    connectTimeout: 5000,
+  });
+  await c.join('slow');
+  gw.pause();
+  await sleep(100);
+  const started = Date.now();
+  await expectError(c.publish('slow', { text: 'late' }), 'timeout');
+  assert.ok(Date.now() - started < 2000);
+  gw.resume();
+  assert.equal(await c.publish('slow', { text: 'after' }), 2, 'the first was stored all the same');
+  assert.equal(sent.filter((f) => f.type === 'publish').length, 2);
+});
+
+// ---- token refresh -----------------------------------------------------------
+
+const SECRET = 'test-secret-test-secret-test-secret';
+
+test('refresh: a 4 s token is refreshed before it expires and the connection outlives it', async (t) => {
+  const gw = await gateway(t, { env: { ROOMCAST_AUTH__JWT_SECRET: SECRET } });
+  const asked = [];
+  const sent = [];
+  const [c, rec] = await client(t, {
+    url: gw.wsUrl,
+    WebSocket: tappedWebSocket(sent),
+    getToken: ({ reason }) => {
+      asked.push(reason);
+      return jwt(SECRET, { sub: 'alice', exp: nowSeconds() + 4, rooms: ['*'] });
+    },
+  });
+  const refreshed = [];
+  const failed = [];
+  c.on('token_refreshed', (e) => refreshed.push(e));
+  c.on('token_refresh_failed', (e) => failed.push(e));
+  const firstExpiry = c.tokenExpiresAt;
+  assert.equal(typeof firstExpiry, 'number', 'welcome has token_expires_at');
+  assert.ok(Math.abs(firstExpiry - (nowSeconds() + 4)) <= 1, `expires at ${firstExpiry}`);
+  await c.join('r');
+
+  // Past the first token's expiry plus the node's leeway (at most 5 s).
+  await sleep(firstExpiry * 1000 + 6500 - Date.now());
+  assert.deepEqual(failed, []);
+  assert.deepEqual(
+    rec.states.map((s) => s.state),
+    ['connecting', 'connected'],
+    'never disconnected',
+  );
+  assert.ok(refreshed.length >= 2, `${refreshed.length} refreshes`);
+  assert.equal(asked[0], 'connect');
+  assert.ok(asked.slice(1).every((r) => r === 'refresh'));
+  assert.ok(c.tokenExpiresAt > firstExpiry);
+  assert.equal(refreshed.at(-1).expiresAt, c.tokenExpiresAt);
+  const refreshes = sent.filter((f) => f.type === 'refresh');
+  assert.equal(refreshes.length, refreshed.length);
+  assert.ok(refreshes.every((f) => typeof f.token === 'string' && typeof f.id === 'number'));
+  assert.equal(await c.publish('r', { text: 'still here' }), 1);
+});
+
+test('refresh: without getToken an expiring token ends the connection with 4401 and the client says so', async (t) => {
+  const gw = await gateway(t, { env: { ROOMCAST_AUTH__JWT_SECRET: SECRET } });
+  const exp = nowSeconds() + 3;
+  const [c, rec] = await client(t, { url: gw.wsUrl, token: jwt(SECRET, { sub: 'bob', exp, rooms: ['*'] }) });
+  assert.equal(c.tokenExpiresAt, exp);
+  await waitFor(() => c.state === 'disconnected', { timeoutMs: 15_000, what: 'the 4401 close' });
+  const error = c.stateInfo.error;
+  assert.equal(error.code, 'unauthorized');
+  assert.equal(error.cause.kind, 'closed');
+  assert.equal(error.cause.code, 4401);
+  assert.equal(error.cause.reason, 'token expired');
+  assert.ok(Date.now() / 1000 >= exp, 'not before the token expired');
+  assert.deepEqual(
+    rec.states.map((s) => s.state),
+    ['connecting', 'connected', 'disconnected'],
+  );
+});
+
+test('refresh: a token that allows fewer rooms takes the client out of them; a wrong token changes nothing', async (t) => {
+  const gw = await gateway(t, { env: { ROOMCAST_AUTH__JWT_SECRET: SECRET } });
+  let claims = { sub: 'carol', rooms: ['keep', 'drop'] };
+  let token = null;
+  const sent = [];
+  const [c, rec] = await client(t, {
+    url: gw.wsUrl,
+    WebSocket: tappedWebSocket(sent),
+    getToken: () => token ?? jwt(SECRET, { ...claims, exp: nowSeconds() + 600 }),
+  });
+  const left = [];
+  c.on('left', (e) => left.push(e));
+  await c.join('keep');
+  await c.join('drop');
+  assert.deepEqual(c.rooms, ['drop', 'keep']);
+
+  claims = { sub: 'carol', rooms: ['keep'] };
+  const expiresAt = await c.refreshToken();
+  assert.ok(expiresAt >= nowSeconds() + 590);
+  assert.equal(c.tokenExpiresAt, expiresAt);
+  await waitFor(() => left.length === 1, { what: 'left' });
+  assert.deepEqual(left, [{ room: 'drop', reason: 'forbidden' }]);
+  assert.deepEqual(c.rooms, ['keep']);
+  assert.equal(c.position('drop'), undefined);
+  await expectError(c.publish('drop', { text: 'x' }), 'not_joined');
+
+  // Another user's token: forbidden; a bad one: unauthorized. The old expiry stands.
+  token = jwt(SECRET, { sub: 'mallory', exp: nowSeconds() + 900, rooms: ['*'] });
+  await expectError(c.refreshToken(), 'forbidden');
+  token = jwt('not-the-secret', { sub: 'carol', exp: nowSeconds() + 900, rooms: ['*'] });
+  await expectError(c.refreshToken(), 'unauthorized');
+  assert.equal(c.tokenExpiresAt, expiresAt);
+  assert.equal(c.state, 'connected');
+  token = null;
+
+  // After a reconnect the forgotten room is not asked for again.
+  c.dropConnectionForTest(50);
+  await c.waitConnected();
+  const hello = sent.filter((f) => f.type === 'hello').at(-1);
+  assert.deepEqual(
+    hello.resume.rooms.map((r) => r.room),
+    ['keep'],
+  );
+  assert.equal(rec.states.at(-1).resumed, true);
+  assert.deepEqual(c.rooms, ['keep']);
+  assert.equal(
+    sent.filter((f) => f.type === 'join' && f.room === 'drop').length,
+    1,
+    'drop never joined again',
+  );
+});
+
+test('refresh: when the node answers 4401 at expiry, a getToken client reconnects with a fresh token', async (t) => {
+  const gw = await gateway(t, { env: { ROOMCAST_AUTH__JWT_SECRET: SECRET } });
+  let refuse = true;
+  const [c, rec] = await client(t, {
+    url: gw.wsUrl,
+    getToken: ({ reason }) => {
+      // Every refresh gets a token for another user (refused: forbidden),
+      // so the first token runs out.
+      if (reason === 'refresh' && refuse) return jwt(SECRET, { sub: 'mallory', exp: nowSeconds() + 60, rooms: ['*'] });
+      return jwt(SECRET, { sub: 'dave', exp: nowSeconds() + 3, rooms: ['*'] });
+    },
+  });
+  const failed = [];
+  c.on('token_refresh_failed', (e) => {
+    failed.push(e);
+    if (e.final) refuse = false;
+  });
+  await c.join('r');
+  await waitFor(() => rec.states.some((s) => s.state === 'reconnecting'), { timeoutMs: 15_000, what: 'the 4401 close' });
+  const down = rec.states.find((s) => s.state === 'reconnecting');
+  assert.equal(down.cause.code, 4401);
+  assert.equal(down.cause.reason, 'token expired');
+  assert.ok(failed.length >= 1 && failed.every((f) => f.error.code === 'forbidden'));
+  assert.ok(failed.at(-1).final);
+  await c.waitConnected();
+  assert.equal(c.session.user, 'dave');
+  assert.ok(c.rooms.includes('r'));
+  assert.equal(await c.publish('r', { text: 'back' }), 1);
+});
+
+test('refreshDelay: 80 % of the lifetime, at least the margin before expiry', () => {
+  assert.equal(refreshDelay(100_000), 80_000);
+  assert.equal(refreshDelay(3_600_000), 2_880_000);
+  assert.equal(refreshDelay(20_000), 15_000);
+  assert.equal(refreshDelay(4_000), 2_000);
+  assert.equal(refreshDelay(0), 0);
+  assert.equal(refreshDelay(-5), 0);
 });

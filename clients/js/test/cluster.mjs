@@ -56,6 +56,13 @@ export async function startRedis() {
   });
   return {
     url: `redis://127.0.0.1:${port}`,
+    /** Freezes (SIGSTOP) or thaws (SIGCONT) redis-server: connections stay open, nothing is answered. */
+    pause() {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGSTOP');
+    },
+    resume() {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGCONT');
+    },
     async stop() {
       if (proc.exitCode === null && proc.signalCode === null) {
         proc.kill('SIGKILL');

@@ -163,6 +163,24 @@ export class Gateway extends Server {
     if (!response.ok) throw new Error(`publish: HTTP ${response.status}: ${await response.text()}`);
     return response.json();
   }
+
+  /** GET /api/history/{room}: `{room, epoch, offset, messages}`. */
+  async history(room, limit = 100) {
+    const response = await fetch(`${this.httpUrl}/api/history/${encodeURIComponent(room)}?limit=${limit}`, {
+      headers: { Authorization: `Bearer ${API_KEY}` },
+      signal: AbortSignal.timeout(5000),
+    });
+    if (!response.ok) throw new Error(`history: HTTP ${response.status}: ${await response.text()}`);
+    return response.json();
+  }
+
+  /** The value of an unlabelled metric from GET /metrics (0 when absent). */
+  async metric(name) {
+    const response = await fetch(`${this.httpUrl}/metrics`, { signal: AbortSignal.timeout(5000) });
+    const text = await response.text();
+    const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+    return line ? Number(line.split(' ')[1]) : 0;
+  }
 }
 
 export async function startGateway(options) {

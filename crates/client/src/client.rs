@@ -5,15 +5,23 @@
 //! gives it a fresh `id`, sends it, and completes the command's future when
 //! the reply with that `id` arrives: a typed value, or [`Error::Server`]
 //! carrying the protocol's error code. A command that cannot be sent because
-//! the client is between connections, or whose connection drops before the
-//! reply, fails with [`Error::Disconnected`]; nothing is re-sent silently.
+//! the client is between connections fails with [`Error::Disconnected`], as
+//! does one whose connection drops before the reply, except a publish: every
+//! publish carries an idempotency key, so the task keeps it across the
+//! reconnect and sends it again with the same key (the node stores one key
+//! once per room), and retries it after `unavailable`.
 //!
 //! Dropping every handle closes the connection and stops the task, as does
 //! [`Client::close`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use roomcast_protocol::{ClientFrame, Data, Member, ServerFrame, Since, Target};
+use rand::Rng;
+use roomcast_protocol::{
+    valid_idempotency_key, ClientFrame, Data, Member, ServerFrame, Since, Target,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::driver::{Command, Driver};
@@ -29,6 +37,40 @@ pub struct Client {
     commands: mpsc::Sender<Command>,
     state: watch::Receiver<ConnectionState>,
     request_timeout: Duration,
+    /// The connection's token expiry (Unix seconds), 0 when unknown.
+    token_expiry: Arc<AtomicU64>,
+}
+
+/// The node's answer to a publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The message's offset in the room.
+    pub offset: u64,
+    /// True when the node had stored a publish with this key already (this
+    /// was a retry): nothing was stored again, `offset` is the first one's.
+    pub duplicate: bool,
+    /// The idempotency key the publish was sent with.
+    pub key: String,
+}
+
+/// Options of a publish.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishOptions {
+    /// The idempotency key: 1 to 64 characters of `A-Z a-z 0-9 _ . : -`.
+    /// Default: a fresh random key ([`new_publish_key`]). Give your own to
+    /// make a publish idempotent across clients or restarts of your process.
+    pub key: Option<String>,
+}
+
+const KEY_ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// A fresh idempotency key: 22 characters of the base64url alphabet (132
+/// random bits).
+pub fn new_publish_key() -> String {
+    let mut rng = rand::thread_rng();
+    (0..22)
+        .map(|_| char::from(KEY_ALPHABET[rng.gen_range(0..64)]))
+        .collect()
 }
 
 /// The answer to a join.
@@ -75,13 +117,25 @@ impl Client {
         });
         let (ready_tx, ready_rx) = oneshot::channel();
         let request_timeout = config.request_timeout;
-        tokio::spawn(Driver::new(config, command_rx, event_tx, state_tx, ready_tx).run());
+        let token_expiry = Arc::new(AtomicU64::new(0));
+        tokio::spawn(
+            Driver::new(
+                config,
+                command_rx,
+                event_tx,
+                state_tx,
+                ready_tx,
+                token_expiry.clone(),
+            )
+            .run(),
+        );
         match ready_rx.await {
             Ok(Ok(_session)) => Ok((
                 Client {
                     commands,
                     state,
                     request_timeout,
+                    token_expiry,
                 },
                 Events::new(event_rx),
             )),
@@ -169,23 +223,85 @@ impl Client {
         }
     }
 
-    /// Publishes `data` to `room`; resolves to the message's offset once the
-    /// server stored it. Never retried: after [`Error::Disconnected`] the
-    /// message may or may not have been stored.
+    /// Publishes `data` to `room` under a fresh idempotency key; resolves to
+    /// the message's offset once the server stored it (see
+    /// [`Client::publish_with`]).
     pub async fn publish(&self, room: impl Into<String>, data: Data) -> Result<u64, Error> {
-        let frame = ClientFrame::Publish {
-            id: None,
-            room: room.into(),
-            data,
-            key: None,
+        self.publish_with(room, data, PublishOptions::default())
+            .await
+            .map(|p| p.offset)
+    }
+
+    /// Publishes `data` to `room` under an idempotency key (the options' or
+    /// a fresh one) and resolves once the server stored it.
+    ///
+    /// When the connection drops before the `ack`, the publish waits for the
+    /// next connection and is sent again with the same key; an `unavailable`
+    /// answer is retried with backoff. The node stores a key once per room
+    /// (within its idempotency window), so the message is stored and
+    /// delivered once: [`Published::duplicate`] tells that the node had it
+    /// already. Bounded by the request timeout ([`Error::Timeout`]) and the
+    /// builder's `publish_attempts` ([`Error::Disconnected`] or the last
+    /// server error). A publish issued while there is no connection fails at
+    /// once with [`Error::Disconnected`].
+    pub async fn publish_with(
+        &self,
+        room: impl Into<String>,
+        data: Data,
+        options: PublishOptions,
+    ) -> Result<Published, Error> {
+        let key = match options.key {
+            Some(key) if valid_idempotency_key(&key) => key,
+            Some(key) => return Err(Error::InvalidKey(key)),
+            None => new_publish_key(),
         };
-        match self.request(frame).await? {
-            ServerFrame::Ack {
-                offset: Some(offset),
-                ..
-            } => Ok(offset),
-            other => Err(unexpected(&other)),
+        let room = room.into();
+        let exchange = async {
+            let (reply, rx) = oneshot::channel();
+            self.commands
+                .send(Command::Publish {
+                    room,
+                    data,
+                    key,
+                    reply,
+                })
+                .await
+                .map_err(|_| Error::Closed)?;
+            rx.await.unwrap_or(Err(Error::Closed))
+        };
+        tokio::time::timeout(self.request_timeout, exchange)
+            .await
+            .unwrap_or(Err(Error::Timeout(self.request_timeout)))
+    }
+
+    /// When the current connection's token expires (Unix seconds), as the
+    /// node said in `welcome` (`token_expires_at`) and in each `refreshed`;
+    /// `None` without a token, with a token without `exp`, or between
+    /// connections.
+    pub fn token_expires_at(&self) -> Option<u64> {
+        match self.token_expiry.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(at),
         }
+    }
+
+    /// Refreshes the connection's token now: asks the token provider for a
+    /// token and sends it with `refresh`. Resolves to the new expiry (Unix
+    /// seconds). The automatic refreshes are planned from it. On an error
+    /// (`unauthorized`, `forbidden` for another user's token) the old token
+    /// stands. Needs a token provider ([`Error::Config`] otherwise).
+    pub async fn refresh_token(&self) -> Result<Option<u64>, Error> {
+        let exchange = async {
+            let (reply, rx) = oneshot::channel();
+            self.commands
+                .send(Command::Refresh { reply })
+                .await
+                .map_err(|_| Error::Closed)?;
+            rx.await.unwrap_or(Err(Error::Closed))
+        };
+        tokio::time::timeout(self.request_timeout, exchange)
+            .await
+            .unwrap_or(Err(Error::Timeout(self.request_timeout)))
     }
 
     /// Sends `data` directly to a user (all its connections) or a session.

@@ -35,6 +35,8 @@ pub(crate) struct Config {
     pub request_timeout: Duration,
     pub heartbeat_slack: Duration,
     pub compression: bool,
+    pub publish_attempts: u32,
+    pub refresh_margin: Duration,
 }
 
 impl Config {
@@ -59,6 +61,8 @@ pub struct ClientBuilder {
     request_timeout: Duration,
     heartbeat_slack: Duration,
     compression: bool,
+    publish_attempts: u32,
+    refresh_margin: Duration,
 }
 
 impl Default for ClientBuilder {
@@ -73,6 +77,8 @@ impl Default for ClientBuilder {
             request_timeout: Duration::from_secs(10),
             heartbeat_slack: Duration::from_secs(5),
             compression: true,
+            publish_attempts: 5,
+            refresh_margin: Duration::from_secs(5),
         }
     }
 }
@@ -110,7 +116,10 @@ impl ClientBuilder {
     }
 
     /// Asks `provider` for a token before every connection attempt, so an
-    /// expired token is replaced on reconnect. Takes precedence over
+    /// expired token is replaced on reconnect, and before the connection's
+    /// token expires (when `welcome` says when: `token_expires_at`), to hand
+    /// the node a new one with `refresh` without reconnecting (see
+    /// [`ClientBuilder::refresh_margin`]). Takes precedence over
     /// [`ClientBuilder::token`]. When the server refuses a provided token
     /// twice in a row the client stops with [`Error::Unauthorized`].
     pub fn token_provider<F, Fut>(mut self, provider: F) -> Self
@@ -148,6 +157,23 @@ impl ClientBuilder {
         self
     }
 
+    /// How many times one publish may be sent in all (default 5): the first
+    /// send, the resends after reconnects (a publish in flight when the
+    /// connection drops is sent again, with the same key, on the next
+    /// connection) and the retries after `unavailable`. At least 1.
+    pub fn publish_attempts(mut self, attempts: u32) -> Self {
+        self.publish_attempts = attempts.max(1);
+        self
+    }
+
+    /// With a token provider, a token is refreshed at 80 % of its remaining
+    /// lifetime and at least this long before it expires (default 5 s; at
+    /// most half the remaining lifetime, for short tokens).
+    pub fn refresh_margin(mut self, margin: Duration) -> Self {
+        self.refresh_margin = margin;
+        self
+    }
+
     /// Whether to offer permessage-deflate (default on; both directions
     /// without context takeover, so no compression state outlives a message).
     pub fn compression(mut self, on: bool) -> Self {
@@ -182,6 +208,8 @@ impl ClientBuilder {
             request_timeout: self.request_timeout,
             heartbeat_slack: self.heartbeat_slack,
             compression: self.compression,
+            publish_attempts: self.publish_attempts,
+            refresh_margin: self.refresh_margin,
         })
     }
 

@@ -12,16 +12,25 @@
 //!    replies, commands to the socket, and let the heartbeat watchdog judge
 //!    the silence;
 //! 3. **pause**: when the connection ends or an attempt fails, fail what was
-//!    in flight with `Disconnected`, wait as the backoff policy (or the
-//!    server's `reconnect` notice) says, and start again.
+//!    in flight with `Disconnected` (publishes excepted: they wait in the
+//!    outbox), wait as the backoff policy (or the server's `reconnect`
+//!    notice) says, and start again.
+//!
+//! Publishes carry an idempotency key and are kept until settled: one in
+//! flight when a connection ends is sent again, with the same key, right
+//! after the next `welcome` and the rooms' restoration; one answered
+//! `unavailable` is sent again after a backoff. A token that expires is
+//! refreshed on the live connection (`refresh`) before it does, with a token
+//! from the provider.
 //!
 //! It stops when the client is closed or every handle is dropped, when the
 //! backoff policy gives up, or when the server keeps refusing the token.
 //! Commands that arrive while there is no connection fail at once with
-//! `Disconnected` rather than queueing: the caller decides whether a publish
-//! should be tried again.
+//! `Disconnected` rather than queueing.
 
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use roomcast_protocol::{
     ClientFrame, ErrorCode, Resume, ResumeRoom, RoomStatus, ServerFrame, Since,
@@ -30,13 +39,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 use url::Url;
 
+use crate::backoff::Backoff;
+use crate::client::Published;
 use crate::config::Config;
 use crate::connection::{Connection, Incoming, SendError};
 use crate::dedup::Positions;
 use crate::events::{
     ConnectionState, DirectMessage, DisconnectCause, Event, RoomMessage, SessionInfo,
 };
-use crate::pending::{Asked, Pending, PendingTable, Waiter};
+use crate::pending::{published, Asked, Pending, PendingTable, PublishJob, Waiter};
 use crate::rooms::Rooms;
 use crate::watchdog::{Verdict, Watchdog};
 use crate::Error;
@@ -47,6 +58,15 @@ const MAX_REFUSALS: u32 = 2;
 /// A session shorter than this does not reset the backoff, so a node that
 /// accepts and drops connections at once is not hammered.
 const STABLE_SESSION: Duration = Duration::from_secs(10);
+/// Automatic refreshes tried in a row before the client leaves it to the
+/// node's 4401 close and a reconnect with a fresh token.
+const REFRESH_ATTEMPTS: u32 = 3;
+/// Waits between the sends of a publish answered `unavailable`.
+const PUBLISH_RETRY: Backoff = Backoff {
+    base: Duration::from_millis(100),
+    cap: Duration::from_secs(2),
+    max_attempts: None,
+};
 
 /// What a [`crate::Client`] handle asks of the task.
 pub(crate) enum Command {
@@ -54,6 +74,17 @@ pub(crate) enum Command {
     Request {
         frame: ClientFrame,
         reply: oneshot::Sender<Result<ServerFrame, Error>>,
+    },
+    /// Publish under `key`, kept across reconnects until settled.
+    Publish {
+        room: String,
+        data: roomcast_protocol::Data,
+        key: String,
+        reply: oneshot::Sender<Result<Published, Error>>,
+    },
+    /// Refresh the token now.
+    Refresh {
+        reply: oneshot::Sender<Result<Option<u64>, Error>>,
     },
     /// Send `frame` exactly as given.
     Raw {
@@ -102,6 +133,27 @@ struct Welcome {
     ping_interval: Duration,
     resumed: bool,
     rooms: Vec<RoomStatus>,
+    token_expires_at: Option<u64>,
+}
+
+/// The token refresh of the current connection.
+#[derive(Default)]
+struct Refresh {
+    /// When `welcome` or the last `refreshed` says the token expires (Unix
+    /// seconds).
+    expires_at: Option<u64>,
+    /// When to ask the provider for the next token.
+    at: Option<tokio::time::Instant>,
+    /// Automatic refreshes that failed in a row.
+    failures: u32,
+    /// The provider's answer on its way.
+    fetching: Option<oneshot::Receiver<Result<String, String>>>,
+    /// The `refresh` sent, waiting for `refreshed`.
+    in_flight: Option<u64>,
+    /// Whether the refresh under way was asked for by `refresh_token`.
+    manual: bool,
+    /// `refresh_token` callers.
+    waiters: Vec<oneshot::Sender<Result<Option<u64>, Error>>>,
 }
 
 /// Consecutive bad luck, which decides the next delay and when to give up.
@@ -128,6 +180,14 @@ pub(crate) struct Driver {
     /// Session id and resume token from the last `welcome`.
     ticket: Option<(String, String)>,
     next_url: usize,
+    /// Publishes waiting for the next connection.
+    outbox: Vec<PublishJob>,
+    /// Publishes waiting out a retry delay after `unavailable`.
+    delayed: Vec<(tokio::time::Instant, PublishJob)>,
+    publish_seq: u64,
+    refresh: Refresh,
+    /// Shared with the handles: the token's expiry, 0 when unknown.
+    token_expiry: Arc<AtomicU64>,
 }
 
 impl Driver {
@@ -137,6 +197,7 @@ impl Driver {
         events: mpsc::UnboundedSender<Event>,
         state: watch::Sender<ConnectionState>,
         ready: oneshot::Sender<Result<SessionInfo, Error>>,
+        token_expiry: Arc<AtomicU64>,
     ) -> Self {
         Driver {
             config,
@@ -149,6 +210,11 @@ impl Driver {
             pending: PendingTable::default(),
             ticket: None,
             next_url: 0,
+            outbox: Vec::new(),
+            delayed: Vec::new(),
+            publish_seq: 0,
+            refresh: Refresh::default(),
+            token_expiry,
         }
     }
 
@@ -316,8 +382,26 @@ impl Driver {
             Instant::now(),
         );
         conn.set_write_timeout(watchdog.dead_after());
+        self.refresh = Refresh {
+            expires_at: welcome.token_expires_at,
+            ..Refresh::default()
+        };
+        self.token_expiry
+            .store(welcome.token_expires_at.unwrap_or(0), Ordering::Relaxed);
+        self.schedule_refresh();
         if let Err(failure) = self.restore_rooms(&mut conn, &welcome).await {
             return Ok(failure);
+        }
+        // Publishes cut off by the last connection go again, after the
+        // re-joins (the node answers a connection's commands in order).
+        let mut waiting = std::mem::take(&mut self.outbox);
+        waiting.sort_by_key(|job| job.seq);
+        let mut waiting = waiting.into_iter();
+        while let Some(job) = waiting.next() {
+            if let Err(failure) = self.send_publish(&mut conn, job).await {
+                self.outbox.extend(waiting);
+                return Ok(failure);
+            }
         }
 
         let mut tick = tokio::time::interval(watchdog.check_every());
@@ -363,6 +447,24 @@ impl Driver {
                             return Ok(failure);
                         }
                     }
+                    Some(Command::Publish { room, data, key, reply }) => {
+                        self.publish_seq += 1;
+                        let job = PublishJob { seq: self.publish_seq, room, data, key, attempts: 0, reply };
+                        if let Err(failure) = self.send_publish(&mut conn, job).await {
+                            return Ok(failure);
+                        }
+                    }
+                    Some(Command::Refresh { reply }) => {
+                        if self.config.token_provider.is_none() {
+                            let _ = reply.send(Err(Error::Config("refresh_token needs a token provider".into())));
+                        } else {
+                            self.refresh.waiters.push(reply);
+                            if self.refresh.fetching.is_none() && self.refresh.in_flight.is_none() {
+                                self.refresh.manual = true;
+                                self.start_token_fetch();
+                            }
+                        }
+                    }
                     Some(Command::Raw { frame, done }) => match conn.send(&frame).await {
                         Ok(()) => {
                             let _ = done.send(Ok(()));
@@ -376,6 +478,40 @@ impl Driver {
                         }
                     },
                 },
+                _ = sleep_until_some(self.delayed.iter().map(|(at, _)| *at).min()) => {
+                    let now = tokio::time::Instant::now();
+                    let (due, later): (Vec<_>, Vec<_>) =
+                        std::mem::take(&mut self.delayed).into_iter().partition(|(at, _)| *at <= now);
+                    self.delayed = later;
+                    let mut due = due.into_iter();
+                    while let Some((_, job)) = due.next() {
+                        if let Err(failure) = self.send_publish(&mut conn, job).await {
+                            self.outbox.extend(due.map(|(_, job)| job));
+                            return Ok(failure);
+                        }
+                    }
+                }
+                _ = sleep_until_some(self.refresh.at), if self.refresh.fetching.is_none() && self.refresh.in_flight.is_none() => {
+                    self.refresh.manual = false;
+                    self.start_token_fetch();
+                }
+                token = answer_of(&mut self.refresh.fetching) => {
+                    self.refresh.fetching = None;
+                    match token {
+                        Ok(token) => {
+                            let id = self.pending.next_id();
+                            match conn.send(&ClientFrame::Refresh { id: Some(id), token }).await {
+                                Ok(()) => {
+                                    self.pending.insert(id, Pending { waiter: Waiter::Refresh, asked: Asked::Other });
+                                    self.refresh.in_flight = Some(id);
+                                }
+                                Err(SendError::Encode(e)) => self.refresh_failed(Error::Encode(e)),
+                                Err(SendError::Transport(e)) => return Ok(Failure::lost(e)),
+                            }
+                        }
+                        Err(e) => self.refresh_failed(Error::TokenProvider(e)),
+                    }
+                }
                 _ = tick.tick() => {
                     match watchdog.check(Instant::now()) {
                         Verdict::Alive => {}
@@ -474,6 +610,164 @@ impl Driver {
         }
     }
 
+    /// Sends (again) a publish under a fresh id and its key. A publish whose
+    /// caller stopped waiting is dropped.
+    async fn send_publish(
+        &mut self,
+        conn: &mut Connection,
+        mut job: PublishJob,
+    ) -> Result<(), Failure> {
+        if !job.wanted() {
+            return Ok(());
+        }
+        let id = self.pending.next_id();
+        let frame = ClientFrame::Publish {
+            id: Some(id),
+            room: job.room.clone(),
+            data: job.data.clone(),
+            key: Some(job.key.clone()),
+        };
+        job.attempts += 1;
+        match conn.send(&frame).await {
+            Ok(()) => {
+                self.pending.insert(
+                    id,
+                    Pending {
+                        waiter: Waiter::Publish(job),
+                        asked: Asked::Other,
+                    },
+                );
+                Ok(())
+            }
+            Err(SendError::Encode(e)) => {
+                job.finish(Err(Error::Encode(e)));
+                Ok(())
+            }
+            Err(SendError::Transport(e)) => {
+                // Perhaps sent: the next connection sends it again.
+                self.keep_for_next_connection(job);
+                Err(Failure::lost(e))
+            }
+        }
+    }
+
+    /// A publish whose connection ended before its answer: into the outbox,
+    /// unless it has used up its attempts.
+    fn keep_for_next_connection(&mut self, job: PublishJob) {
+        if !job.wanted() {
+            return;
+        }
+        if job.attempts >= self.config.publish_attempts {
+            job.finish(Err(Error::Disconnected));
+        } else {
+            self.outbox.push(job);
+        }
+    }
+
+    fn on_publish_reply(&mut self, job: PublishJob, frame: ServerFrame) {
+        if let ServerFrame::Error {
+            code: ErrorCode::Unavailable,
+            ..
+        } = &frame
+        {
+            if job.attempts < self.config.publish_attempts && job.wanted() {
+                // Maybe stored, maybe not: the same key again settles it.
+                let wait = PUBLISH_RETRY.delay(job.attempts.saturating_sub(1));
+                tracing::debug!(room = %job.room, key = %job.key, ?wait, "publish unavailable, retrying");
+                self.delayed.push((tokio::time::Instant::now() + wait, job));
+                return;
+            }
+        }
+        let outcome = published(&job.key, frame);
+        job.finish(outcome);
+    }
+
+    /// Plans the next automatic refresh from the token's expiry (or the
+    /// retry after `self.refresh.failures` failures).
+    fn schedule_refresh(&mut self) {
+        self.refresh.at = None;
+        let (Some(expires_at), Some(_)) = (self.refresh.expires_at, &self.config.token_provider)
+        else {
+            return;
+        };
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i128);
+        let remaining = Duration::from_millis(
+            (i128::from(expires_at) * 1000 - now_ms).clamp(0, i128::from(u32::MAX)) as u64,
+        );
+        let delay = match self.refresh.failures {
+            0 => refresh_delay(remaining, self.config.refresh_margin),
+            n => (Duration::from_secs(1) * 2u32.pow((n - 1).min(10)))
+                .min(remaining / 3)
+                .max(Duration::from_millis(100)),
+        };
+        self.refresh.at = Some(tokio::time::Instant::now() + delay);
+    }
+
+    /// Asks the token provider for a token, without blocking the connection.
+    fn start_token_fetch(&mut self) {
+        let Some(provider) = self.config.token_provider.clone() else {
+            return;
+        };
+        self.refresh.at = None;
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let _ = tx.send(provider().await);
+        });
+        self.refresh.fetching = Some(rx);
+    }
+
+    /// A `refreshed` arrived.
+    fn on_refreshed(&mut self, id: Option<u64>, expires_at: Option<u64>) {
+        let matches = id.is_some() && id == self.refresh.in_flight;
+        if !matches {
+            tracing::debug!(?id, "refreshed for no refresh of ours");
+            return;
+        }
+        if let Some(id) = id {
+            self.pending.take(id);
+        }
+        self.refresh.in_flight = None;
+        self.refresh.failures = 0;
+        self.refresh.expires_at = expires_at;
+        self.token_expiry
+            .store(expires_at.unwrap_or(0), Ordering::Relaxed);
+        tracing::debug!(?expires_at, "roomcast token refreshed");
+        for waiter in self.refresh.waiters.drain(..) {
+            let _ = waiter.send(Ok(expires_at));
+        }
+        self.emit(Event::TokenRefreshed { expires_at });
+        self.schedule_refresh();
+    }
+
+    /// A refresh failed (the provider, or the node's `error`); the old token
+    /// stands.
+    fn refresh_failed(&mut self, error: Error) {
+        self.refresh.in_flight = None;
+        for waiter in self.refresh.waiters.drain(..) {
+            let _ = waiter.send(Err(error.clone()));
+        }
+        if std::mem::take(&mut self.refresh.manual) {
+            // Asked for by the application, which has its answer; the
+            // automatic plan goes on as before.
+            self.schedule_refresh();
+            return;
+        }
+        self.refresh.failures += 1;
+        let attempt = self.refresh.failures;
+        let last = attempt >= REFRESH_ATTEMPTS;
+        tracing::warn!(error = %error, attempt, last, "roomcast token refresh failed");
+        self.emit(Event::TokenRefreshFailed {
+            error,
+            attempt,
+            last,
+        });
+        if !last {
+            self.schedule_refresh();
+        }
+    }
+
     /// Routes one server frame; returns the server's requested reconnect
     /// delay when the frame was a `reconnect` notice.
     fn on_frame(&mut self, frame: ServerFrame) -> Option<Duration> {
@@ -513,6 +807,19 @@ impl Driver {
                 self.emit(Event::Reconnect { reason, after });
                 return Some(after);
             }
+            // The node took the connection out of a room (a refreshed token
+            // no longer allows it): forget it, never join it again.
+            ServerFrame::Left {
+                id: None,
+                room,
+                reason,
+            } => {
+                tracing::info!(%room, ?reason, "roomcast: the node took us out of a room");
+                self.rooms.remove(&room);
+                self.positions.remove(&room);
+                self.emit(Event::Left { room, reason });
+            }
+            ServerFrame::Refreshed { id, expires_at } => self.on_refreshed(id, Some(expires_at)),
             ServerFrame::Joined { id: Some(id), .. }
             | ServerFrame::Left { id: Some(id), .. }
             | ServerFrame::Presence { id: Some(id), .. }
@@ -536,6 +843,23 @@ impl Driver {
         let Some(pending) = self.pending.take(id) else {
             self.emit(Event::Unmatched(frame));
             return;
+        };
+        let pending = match pending.waiter {
+            Waiter::Publish(job) => return self.on_publish_reply(job, frame),
+            Waiter::Refresh => {
+                if self.refresh.in_flight == Some(id) {
+                    let error = match frame {
+                        ServerFrame::Error { code, message, .. } => Error::Server { code, message },
+                        other => Error::UnexpectedReply(other.kind().to_string()),
+                    };
+                    self.refresh_failed(error);
+                }
+                return;
+            }
+            waiter => Pending {
+                waiter,
+                asked: pending.asked,
+            },
         };
         let automatic = matches!(pending.waiter, Waiter::Rejoin);
         match (&pending.asked, &frame) {
@@ -631,8 +955,24 @@ impl Driver {
     /// forgotten.
     fn connection_lost(&mut self) {
         for pending in self.pending.drain() {
-            pending.resolve(Err(Error::Disconnected));
+            match pending.waiter {
+                Waiter::Publish(job) => self.keep_for_next_connection(job),
+                waiter => Pending {
+                    waiter,
+                    asked: pending.asked,
+                }
+                .resolve(Err(Error::Disconnected)),
+            }
         }
+        // Publishes waiting out a retry go with the first sends of the next
+        // connection.
+        for (_, job) in std::mem::take(&mut self.delayed) {
+            self.outbox.push(job);
+        }
+        for waiter in std::mem::take(&mut self.refresh).waiters {
+            let _ = waiter.send(Err(Error::Disconnected));
+        }
+        self.token_expiry.store(0, Ordering::Relaxed);
         for room in self.rooms.forget_unsettled() {
             self.positions.remove(&room);
         }
@@ -642,6 +982,18 @@ impl Driver {
         for pending in self.pending.drain() {
             pending.resolve(Err(Error::Closed));
         }
+        let waiting = std::mem::take(&mut self.outbox).into_iter().chain(
+            std::mem::take(&mut self.delayed)
+                .into_iter()
+                .map(|(_, job)| job),
+        );
+        for job in waiting {
+            job.finish(Err(Error::Closed));
+        }
+        for waiter in std::mem::take(&mut self.refresh).waiters {
+            let _ = waiter.send(Err(Error::Closed));
+        }
+        self.token_expiry.store(0, Ordering::Relaxed);
         self.commands.close();
         while let Ok(cmd) = self.commands.try_recv() {
             let _ = refuse(Some(cmd), Error::Closed);
@@ -681,6 +1033,14 @@ fn refuse(cmd: Option<Command>, error: Error) -> Result<(), Halt> {
         }
         Some(Command::Raw { done, .. }) => {
             let _ = done.send(Err(error));
+            Ok(())
+        }
+        Some(Command::Publish { reply, .. }) => {
+            let _ = reply.send(Err(error));
+            Ok(())
+        }
+        Some(Command::Refresh { reply }) => {
+            let _ = reply.send(Err(error));
             Ok(())
         }
         Some(Command::DropConnection { .. }) => Ok(()),
@@ -723,6 +1083,7 @@ async fn greet(
                     ping_interval_ms,
                     resumed,
                     rooms,
+                    token_expires_at,
                     ..
                 }) => {
                     let welcome = Welcome {
@@ -733,6 +1094,7 @@ async fn greet(
                         ping_interval: Duration::from_millis(ping_interval_ms),
                         resumed,
                         rooms,
+                        token_expires_at,
                     };
                     return Ok((conn, welcome));
                 }
@@ -776,8 +1138,53 @@ async fn greet(
     }
 }
 
+/// When to refresh a token that expires `remaining` from now: at 80 % of
+/// the remaining lifetime, and at least `margin` (at most half the lifetime)
+/// before expiry.
+pub(crate) fn refresh_delay(remaining: Duration, margin: Duration) -> Duration {
+    let margin = margin.min(remaining / 2);
+    remaining.mul_f64(0.8).min(remaining - margin)
+}
+
+/// Sleeps until `at`; never wakes without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The answer on `rx`; never ready without a receiver. A provider task that
+/// died counts as a failed provider.
+async fn answer_of(
+    rx: &mut Option<oneshot::Receiver<Result<String, String>>>,
+) -> Result<String, String> {
+    match rx {
+        Some(rx) => rx
+            .await
+            .unwrap_or_else(|_| Err("the token provider task ended".into())),
+        None => std::future::pending().await,
+    }
+}
+
 /// The same command with `id` set.
 fn with_id(mut frame: ClientFrame, new_id: u64) -> ClientFrame {
     frame.set_id(Some(new_id));
     frame
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_refreshed_at_80_percent_and_at_least_the_margin_before_expiry() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        assert_eq!(refresh_delay(s(100), s(5)), s(80));
+        assert_eq!(refresh_delay(s(3600), s(5)), s(2880));
+        assert_eq!(refresh_delay(s(20), s(5)), s(15));
+        assert_eq!(refresh_delay(s(4), s(5)), s(2));
+        assert_eq!(refresh_delay(ms(0), s(5)), ms(0));
+    }
 }

@@ -23,7 +23,8 @@ pub enum Error {
 
     /// There was no live connection to carry the command, or it dropped before
     /// the reply came. The command may or may not have reached the server; it
-    /// is not retried (a `publish` is not idempotent).
+    /// is not retried, except a publish (sent again with its idempotency key
+    /// on the next connection, up to its attempts).
     #[error("not connected: the connection dropped or is being re-established")]
     Disconnected,
 
@@ -52,6 +53,14 @@ pub enum Error {
     /// The server answered with a frame of a type the command does not expect.
     #[error("unexpected reply: {0}")]
     UnexpectedReply(String),
+
+    /// A publish key that is not 1 to 64 characters of `A-Z a-z 0-9 _ . : -`.
+    #[error("invalid publish key: {0:?}")]
+    InvalidKey(String),
+
+    /// The token provider failed (during a refresh).
+    #[error("token provider failed: {0}")]
+    TokenProvider(String),
 
     /// The frame could not be encoded (for example `data` that MessagePack
     /// cannot carry).

@@ -153,6 +153,24 @@ pub enum Event {
     /// Re-joining a room after a reconnect failed (for example `forbidden`
     /// now); the client no longer considers itself a member.
     RejoinFailed { room: String, error: Error },
+    /// The node took this connection out of `room` (a `left` frame without
+    /// `id`; `reason` `forbidden`: a refreshed token no longer allows the
+    /// room). The client forgot the room: it is not resumed or joined again.
+    Left {
+        room: String,
+        reason: Option<String>,
+    },
+    /// The token was refreshed on the live connection; it now expires at
+    /// `expires_at` (Unix seconds).
+    TokenRefreshed { expires_at: Option<u64> },
+    /// An automatic token refresh failed (`attempt` in a row). With `last`
+    /// no more are tried: the node closes the connection with 4401 when the
+    /// token expires, and the client reconnects with a fresh token.
+    TokenRefreshFailed {
+        error: Error,
+        attempt: u32,
+        last: bool,
+    },
     /// An `error` frame that answered no pending command (one without `id`,
     /// such as `rate_limited` for a publish sent without an id).
     ServerError { code: ErrorCode, message: String },

@@ -22,8 +22,19 @@
 //! resolve to the reply matched by `id`, or to an [`Error`] (a server error
 //! carries its [`ErrorCode`]). Everything else arrives on [`Events`].
 //! Commands in flight when a connection drops fail with
-//! [`Error::Disconnected`]; they are not re-sent (a publish is not
-//! idempotent).
+//! [`Error::Disconnected`] and are not re-sent, except publishes:
+//!
+//! - **Idempotent publish**: every publish carries a key (a fresh random one,
+//!   or [`PublishOptions::key`]); one in flight when the connection drops is
+//!   sent again with the same key once the session is back, and one answered
+//!   `unavailable` is retried with backoff. The node stores a key once per
+//!   room, so a retry never duplicates ([`Published::duplicate`]).
+//! - **Token refresh**: with a token provider and a token that expires
+//!   (`welcome.token_expires_at`), the client asks the provider for a new
+//!   token before expiry and hands it to the node with `refresh`
+//!   ([`Event::TokenRefreshed`]); rooms the new token no longer allows are
+//!   forgotten ([`Event::Left`]). If refreshing fails, the node closes with
+//!   4401 at expiry and the client reconnects with a fresh token.
 //!
 //! Only `ws://` is supported for now: the client is built without TLS (yawc
 //! without its `tls` feature). Put a TLS-terminating proxy in front of the
@@ -65,7 +76,7 @@ mod rooms;
 mod watchdog;
 
 pub use backoff::Backoff;
-pub use client::{Client, JoinOptions, Joined};
+pub use client::{new_publish_key, Client, JoinOptions, Joined, PublishOptions, Published};
 pub use config::{ClientBuilder, TokenFuture};
 pub use error::Error;
 pub use events::{

@@ -5,15 +5,43 @@
 //! table remembers who is waiting (a caller's future, or the client itself for
 //! the joins it sends after a reconnect) and what was asked, because a `joined`
 //! or `left` also changes the client's own view of its rooms. When the
-//! connection drops, everything still in the table fails with `Disconnected`:
-//! nothing is re-sent behind the caller's back.
+//! connection drops, everything still in the table fails with `Disconnected`,
+//! except publishes: each carries an idempotency key, so the driver keeps
+//! them (a [`PublishJob`]) and sends them again, with the same key, on the
+//! next connection.
 
 use std::collections::HashMap;
 
-use roomcast_protocol::{ServerFrame, Since};
+use roomcast_protocol::{Data, ServerFrame, Since};
 use tokio::sync::oneshot;
 
+use crate::client::Published;
 use crate::Error;
+
+/// A publish until it is settled: what to send (again), under which key,
+/// how often it was sent, and who waits for it.
+pub(crate) struct PublishJob {
+    /// Call order, so resends keep the order of the calls.
+    pub(crate) seq: u64,
+    pub(crate) room: String,
+    pub(crate) data: Data,
+    pub(crate) key: String,
+    /// Sends so far.
+    pub(crate) attempts: u32,
+    pub(crate) reply: oneshot::Sender<Result<Published, Error>>,
+}
+
+impl PublishJob {
+    pub(crate) fn finish(self, outcome: Result<Published, Error>) {
+        // The caller may have timed out and gone.
+        let _ = self.reply.send(outcome);
+    }
+
+    /// Whether the caller still waits.
+    pub(crate) fn wanted(&self) -> bool {
+        !self.reply.is_closed()
+    }
+}
 
 /// Where a reply goes.
 pub(crate) enum Waiter {
@@ -21,6 +49,10 @@ pub(crate) enum Waiter {
     Caller(oneshot::Sender<Result<ServerFrame, Error>>),
     /// A join the client sent itself to restore a room after a reconnect.
     Rejoin,
+    /// A publish, kept across reconnects until settled.
+    Publish(PublishJob),
+    /// A token refresh (the driver's own).
+    Refresh,
 }
 
 /// What was asked, as far as the client's own bookkeeping cares.
@@ -45,9 +77,16 @@ pub(crate) struct Pending {
 impl Pending {
     /// Hands the outcome to whoever waits for it.
     pub(crate) fn resolve(self, outcome: Result<ServerFrame, Error>) {
-        if let Waiter::Caller(tx) = self.waiter {
+        match self.waiter {
             // The caller may have timed out and gone: nothing to do then.
-            let _ = tx.send(outcome);
+            Waiter::Caller(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Waiter::Publish(job) => {
+                let outcome = outcome.and_then(|frame| published(&job.key, frame));
+                job.finish(outcome);
+            }
+            Waiter::Rejoin | Waiter::Refresh => {}
         }
     }
 }
@@ -73,9 +112,12 @@ impl PendingTable {
         self.waiting.remove(&id)
     }
 
-    /// Removes everything still waiting; the caller fails each entry.
+    /// Removes everything still waiting, in the order it was sent; the
+    /// caller fails (or keeps) each entry.
     pub(crate) fn drain(&mut self) -> Vec<Pending> {
-        self.waiting.drain().map(|(_, p)| p).collect()
+        let mut all: Vec<(u64, Pending)> = self.waiting.drain().collect();
+        all.sort_by_key(|(id, _)| *id);
+        all.into_iter().map(|(_, p)| p).collect()
     }
 
     /// Forgets commands whose caller stopped waiting (timed out), so a server
@@ -83,13 +125,31 @@ impl PendingTable {
     pub(crate) fn sweep_abandoned(&mut self) {
         self.waiting.retain(|_, p| match &p.waiter {
             Waiter::Caller(tx) => !tx.is_closed(),
-            Waiter::Rejoin => true,
+            Waiter::Publish(job) => job.wanted(),
+            Waiter::Rejoin | Waiter::Refresh => true,
         });
     }
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.waiting.len()
+    }
+}
+
+/// A publish's answer: the offset, and whether the key was seen before.
+pub(crate) fn published(key: &str, frame: ServerFrame) -> Result<Published, Error> {
+    match frame {
+        ServerFrame::Ack {
+            offset: Some(offset),
+            duplicate,
+            ..
+        } => Ok(Published {
+            offset,
+            duplicate,
+            key: key.to_string(),
+        }),
+        ServerFrame::Error { code, message, .. } => Err(Error::Server { code, message }),
+        other => Err(Error::UnexpectedReply(other.kind().to_string())),
     }
 }
 

@@ -1,22 +1,25 @@
 //! The client when connections fail: resume after a dropped socket, a killed
 //! and restarted node, failover between URLs, a frozen node caught by the
-//! heartbeat, a draining node's reconnect notice, a refused token, and
-//! commands caught in flight.
+//! heartbeat, a draining node's reconnect notice, a refused token, a publish
+//! caught in flight (sent again with its key, stored once), and tokens that
+//! expire (refreshed on the live connection, or 4401 without a provider).
 
 mod common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{
-    buffered_messages, connected, freeze, hs256_token, messages, next_event, quick_client,
-    start_gateway, start_gateway_on,
+    buffered_messages, connected, freeze, hs256_jwt, hs256_token, http_get, http_publish, messages,
+    metric, next_event, quick_client, start_gateway, start_gateway_on, unix_now,
 };
 use roomcast_client::{
-    Client, ConnectionState, DisconnectCause, Error, Event, JoinOptions, ReconnectReason,
+    Client, ConnectionState, DisconnectCause, Error, Event, JoinOptions, PublishOptions,
+    ReconnectReason,
 };
-use roomcast_testkit::free_port;
+use roomcast_testkit::redis::RedisServer;
+use roomcast_testkit::{free_port, Gateway};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,38 +325,318 @@ async fn a_token_provider_is_asked_again_for_every_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_publish_in_flight_when_the_connection_drops_fails_with_disconnected() {
+async fn a_publish_in_flight_when_the_connection_drops_is_sent_again_with_its_key_and_stored_once()
+{
     let gw = start_gateway(&[]).await;
     let (client, mut events) = quick_client(&[gw.ws_url()]).connect().await.unwrap();
+    let (reader, mut reader_events) = quick_client(&[gw.ws_url()]).connect().await.unwrap();
     client.join("fragile").await.unwrap();
+    reader.join("fragile").await.unwrap();
+    let session = client.session().unwrap().session;
 
-    // A stopped node takes the frame but never answers it.
+    // A stopped node takes the frame into its socket buffer but never
+    // answers it; the client then loses the connection.
     freeze(&gw.process).await;
     let in_flight = {
         let client = client.clone();
-        tokio::spawn(async move { client.publish("fragile", json!("lost?")).await })
+        tokio::spawn(async move {
+            client
+                .publish_with(
+                    "fragile",
+                    json!("exactly once"),
+                    PublishOptions {
+                        key: Some("order-7".into()),
+                    },
+                )
+                .await
+        })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     client
         .drop_connection_for_test(Duration::from_millis(100))
         .await;
-    assert_eq!(in_flight.await.unwrap(), Err(Error::Disconnected));
-    gw.process.signal("CONT");
-
     next_event(&mut events, "Reconnecting", |e| match e {
         Event::State(ConnectionState::Reconnecting { .. }) => Some(()),
         _ => None,
     })
     .await;
-    let (resumed, _) = connected(&mut events).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !in_flight.is_finished(),
+        "the publish waits for the session"
+    );
+    // Thawed, the node reads the first copy from the old socket; the client,
+    // back on a new connection, sends it again with the same key.
+    gw.process.signal("CONT");
+
+    let (resumed, info) = connected(&mut events).await;
     assert!(resumed);
-    let offset = client.publish("fragile", json!("after")).await.unwrap();
-    let got = next_event(&mut events, "the message published after", |e| match e {
-        Event::Message(m) if m.offset == offset => Some(m.clone()),
+    assert_eq!(info.session, session);
+    let published = in_flight
+        .await
+        .unwrap()
+        .expect("the publish succeeds after the reconnect");
+    assert_eq!(published.offset, 1);
+    assert_eq!(published.key, "order-7");
+
+    let history = http_get(gw.addr, "/api/history/fragile").await;
+    let stored: Vec<_> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].clone())
+        .collect();
+    assert_eq!(stored, [json!("exactly once")], "stored once");
+    assert_eq!(
+        metric(gw.addr, "roomcast_publish_duplicates_total").await,
+        1.0,
+        "the node received both copies and stored one"
+    );
+    let next = client.publish("fragile", json!("next")).await.unwrap();
+    assert_eq!(next, 2);
+    let got = messages(&mut reader_events, "fragile", 2).await;
+    let data: Vec<_> = got.iter().map(|m| m.data.clone()).collect();
+    assert_eq!(
+        data,
+        [json!("exactly once"), json!("next")],
+        "delivered once"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(buffered_messages(&mut reader_events, "fragile").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_answered_unavailable_is_retried_with_its_key_and_stored_once() {
+    let redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let url = redis.url();
+    let gw = tokio::task::spawn_blocking(move || {
+        Gateway::start(&[
+            ("ROOMCAST_REDIS__URL", &url),
+            ("ROOMCAST_REDIS__COMMAND_TIMEOUT_MS", "300"),
+            ("ROOMCAST_AUTH__RESUME_SECRET", "client-unavailable-test"),
+        ])
+    })
+    .await
+    .unwrap();
+    let (client, _events) = quick_client(&[gw.ws_url()])
+        .request_timeout(Duration::from_secs(10))
+        .publish_attempts(20)
+        .connect()
+        .await
+        .unwrap();
+    let (reader, mut reader_events) = quick_client(&[gw.ws_url()]).connect().await.unwrap();
+    client.join("flaky").await.unwrap();
+    reader.join("flaky").await.unwrap();
+    // The first publish loads the node's publish script into Redis.
+    assert_eq!(client.publish("flaky", json!("warm-up")).await.unwrap(), 1);
+
+    // A frozen Redis: the node's commands time out, the publish is
+    // answered `unavailable`, and the client sends it again and again.
+    redis.pause();
+    let in_flight = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .publish_with("flaky", json!("once"), PublishOptions::default())
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(!in_flight.is_finished());
+    redis.resume();
+    let published = in_flight.await.unwrap().unwrap();
+    assert_eq!(published.offset, 2);
+    // Thawed, Redis ran the first copy's script: `unavailable` had not
+    // meant "not stored", and the retry was answered as a duplicate.
+    assert!(published.duplicate);
+    assert!(metric(gw.addr, "roomcast_publish_duplicates_total").await >= 1.0);
+
+    let history = http_get(gw.addr, "/api/history/flaky").await;
+    let stored: Vec<_> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].clone())
+        .collect();
+    assert_eq!(stored, [json!("warm-up"), json!("once")], "stored once");
+    client.publish("flaky", json!("after")).await.unwrap();
+    let got = messages(&mut reader_events, "flaky", 3).await;
+    let data: Vec<_> = got.iter().map(|m| m.data.clone()).collect();
+    assert_eq!(data, [json!("warm-up"), json!("once"), json!("after")]);
+    drop(redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_publish_carries_a_key_and_a_repeated_key_is_acked_as_a_duplicate() {
+    let gw = start_gateway(&[]).await;
+    let (client, _events) = quick_client(&[gw.ws_url()]).connect().await.unwrap();
+    client.join("keys").await.unwrap();
+    let a = client
+        .publish_with("keys", json!(1), PublishOptions::default())
+        .await
+        .unwrap();
+    let b = client
+        .publish_with("keys", json!(2), PublishOptions::default())
+        .await
+        .unwrap();
+    assert_eq!((a.offset, a.duplicate, b.offset), (1, false, 2));
+    assert_eq!(a.key.len(), 22);
+    assert!(a
+        .key
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+    assert_ne!(a.key, b.key);
+    let again = client
+        .publish_with(
+            "keys",
+            json!("other data"),
+            PublishOptions {
+                key: Some(a.key.clone()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((again.offset, again.duplicate), (1, true));
+    let bad = client
+        .publish_with(
+            "keys",
+            json!(3),
+            PublishOptions {
+                key: Some("no spaces".into()),
+            },
+        )
+        .await;
+    assert!(matches!(bad, Err(Error::InvalidKey(_))), "{bad:?}");
+    let history = http_get(gw.addr, "/api/history/keys").await;
+    assert_eq!(history["messages"].as_array().unwrap().len(), 2);
+}
+
+const SECRET: &str = "a-secret-for-tests";
+
+/// A provider of tokens for `user` that expire `lifetime` seconds after
+/// they are made, allowed the rooms in `rooms` (changeable by the test).
+fn short_tokens(
+    user: &'static str,
+    lifetime: u64,
+    rooms: Arc<Mutex<Vec<&'static str>>>,
+) -> impl Fn() -> std::future::Ready<Result<String, String>> + Send + Sync + 'static {
+    move || {
+        let claims =
+            json!({"sub": user, "exp": unix_now() + lifetime, "rooms": *rooms.lock().unwrap()});
+        std::future::ready(Ok(hs256_jwt(SECRET, &claims)))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_provider_refreshes_a_4_second_token_and_the_connection_outlives_it() {
+    let gw = start_gateway(&[("ROOMCAST_AUTH__JWT_SECRET", SECRET)]).await;
+    let rooms = Arc::new(Mutex::new(vec!["*"]));
+    let (client, mut events) = quick_client(&[gw.ws_url()])
+        .token_provider(short_tokens("alice", 4, rooms))
+        .connect()
+        .await
+        .unwrap();
+    let first = client
+        .token_expires_at()
+        .expect("welcome has token_expires_at");
+    assert!(first.abs_diff(unix_now() + 4) <= 1, "expires at {first}");
+    client.join("r").await.unwrap();
+    // The story of the first connection, buffered before `connect` returned.
+    while events.try_recv().is_some() {}
+
+    // Past the first token's expiry plus the node's leeway (at most 5 s).
+    let until = UNIX_EPOCH + Duration::from_secs(first) + Duration::from_millis(6500);
+    let mut refreshed = Vec::new();
+    loop {
+        let left = until
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        match tokio::time::timeout(left, events.recv()).await {
+            Err(_) => break,
+            Ok(None) => panic!("the client stopped"),
+            Ok(Some(Event::TokenRefreshed { expires_at })) => refreshed.push(expires_at),
+            Ok(Some(Event::TokenRefreshFailed { error, .. })) => panic!("refresh failed: {error}"),
+            Ok(Some(Event::State(state))) => panic!("the connection changed: {state:?}"),
+            Ok(Some(_)) => {}
+        }
+    }
+    assert!(refreshed.len() >= 2, "{} refreshes", refreshed.len());
+    let last = client.token_expires_at().unwrap();
+    assert!(last > first);
+    assert_eq!(refreshed.last(), Some(&Some(last)));
+    assert!(matches!(client.state(), ConnectionState::Connected { .. }));
+    assert_eq!(client.publish("r", json!("still here")).await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_token_that_expires_ends_the_connection_with_4401() {
+    let gw = start_gateway(&[("ROOMCAST_AUTH__JWT_SECRET", SECRET)]).await;
+    let exp = unix_now() + 3;
+    let token = hs256_jwt(SECRET, &json!({"sub": "bob", "exp": exp, "rooms": ["*"]}));
+    let (client, mut events) = quick_client(&[gw.ws_url()])
+        .token(token)
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(client.token_expires_at(), Some(exp));
+    let error = next_event(&mut events, "Disconnected", |e| match e {
+        Event::State(ConnectionState::Disconnected { error }) => Some(error.clone()),
         _ => None,
     })
     .await;
-    assert_eq!(got.data, json!("after"));
+    assert!(unix_now() >= exp, "not before the token expired");
+    match error {
+        Some(Error::Unauthorized(why)) => assert!(
+            why.contains("4401") && why.contains("token expired"),
+            "{why}"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refreshed_token_that_allows_fewer_rooms_takes_the_client_out_of_them_for_good() {
+    let gw = start_gateway(&[("ROOMCAST_AUTH__JWT_SECRET", SECRET)]).await;
+    let rooms = Arc::new(Mutex::new(vec!["keep", "drop"]));
+    let (client, mut events) = quick_client(&[gw.ws_url()])
+        .token_provider(short_tokens("carol", 600, rooms.clone()))
+        .connect()
+        .await
+        .unwrap();
+    client.join("keep").await.unwrap();
+    client.join("drop").await.unwrap();
+    *rooms.lock().unwrap() = vec!["keep"];
+    let expires_at = client.refresh_token().await.unwrap().unwrap();
+    assert!(expires_at >= unix_now() + 590);
+    let (room, reason) = next_event(&mut events, "Left", |e| match e {
+        Event::Left { room, reason } => Some((room.clone(), reason.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (room.as_str(), reason.as_deref()),
+        ("drop", Some("forbidden"))
+    );
+    let err = client.publish("drop", json!("x")).await.unwrap_err();
+    assert_eq!(err.code(), Some(roomcast_client::ErrorCode::NotJoined));
+
+    // After a reconnect the room is not asked for again.
+    client
+        .drop_connection_for_test(Duration::from_millis(50))
+        .await;
+    let (resumed, _) = connected(&mut events).await;
+    assert!(resumed);
+    http_publish(gw.addr, "drop", json!("not for carol")).await;
+    http_publish(gw.addr, "keep", json!("for carol")).await;
+    let got = next_event(&mut events, "a message", |e| match e {
+        Event::Message(m) => Some(m.clone()),
+        Event::RejoinFailed { room, .. } => panic!("{room} was joined again"),
+        _ => None,
+    })
+    .await;
+    assert_eq!((got.room.as_str(), got.data), ("keep", json!("for carol")));
 }
 
 #[tokio::test]

@@ -112,6 +112,38 @@ pub async fn http_publish(addr: SocketAddr, room: &str, data: Value) -> u64 {
         .expect("publish answer has an offset")
 }
 
+/// GET `path` of the HTTP API with the test key; the answer as JSON.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Value {
+    let path = path.to_string();
+    let (status, answer) = tokio::task::spawn_blocking(move || {
+        http_request(
+            addr,
+            "GET",
+            &path,
+            &[("Authorization", "Bearer test-key")],
+            "",
+        )
+    })
+    .await
+    .expect("get task")
+    .expect("get request");
+    assert_eq!(status, 200, "GET answered {status}: {answer}");
+    serde_json::from_str(&answer).expect("answer is JSON")
+}
+
+/// The value of an unlabelled metric of the node (0 when absent).
+pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let (status, text) =
+        tokio::task::spawn_blocking(move || http_request(addr, "GET", "/metrics", &[], ""))
+            .await
+            .expect("metrics task")
+            .expect("metrics request");
+    assert_eq!(status, 200);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Starts a gateway listening on `addr` (a restart on the same port), without
 /// blocking the runtime's thread.
 pub async fn start_gateway_on(addr: SocketAddr) -> Gateway {
@@ -151,21 +183,31 @@ pub async fn freeze(process: &Process) {
     assert!(stopped, "process {pid} did not stop");
 }
 
+/// Now, in Unix seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
 /// An HS256 JWT for `user` that may join any room, valid for an hour,
 /// signed with `secret`.
 pub fn hs256_token(secret: &str, user: &str) -> String {
+    hs256_jwt(
+        secret,
+        &serde_json::json!({"sub": user, "exp": unix_now() + 3600, "rooms": ["*"]}),
+    )
+}
+
+/// An HS256 JWT with these claims, signed with `secret`.
+pub fn hs256_jwt(secret: &str, claims: &Value) -> String {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine;
     use hmac::{Hmac, Mac};
 
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-        + 3600;
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let claims = URL_SAFE_NO_PAD
-        .encode(serde_json::json!({"sub": user, "exp": exp, "rooms": ["*"]}).to_string());
+    let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
     let signing_input = format!("{header}.{claims}");
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key size");
     mac.update(signing_input.as_bytes());
