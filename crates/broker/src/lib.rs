@@ -55,6 +55,53 @@ pub struct HistoryLimits {
     pub idempotency_window: std::time::Duration,
 }
 
+/// History retention of every room: the defaults, and the namespaces that
+/// have their own (`namespaces.<ns>.history.*`: a room `ns:rest` is in
+/// namespace `ns`). Replaced as a whole by a configuration reload.
+pub struct Retention {
+    default: HistoryLimits,
+    namespaces: arc_swap::ArcSwap<std::collections::HashMap<String, HistoryLimits>>,
+}
+
+impl Retention {
+    pub fn new(default: HistoryLimits) -> std::sync::Arc<Retention> {
+        std::sync::Arc::new(Retention {
+            default,
+            namespaces: arc_swap::ArcSwap::default(),
+        })
+    }
+
+    /// The namespaces with their own limits; the others keep the defaults.
+    pub fn set_namespaces(&self, namespaces: std::collections::HashMap<String, HistoryLimits>) {
+        self.namespaces.store(std::sync::Arc::new(namespaces));
+    }
+
+    /// The limits of `room`.
+    pub fn of(&self, room: &str) -> HistoryLimits {
+        let namespaces = self.namespaces.load();
+        if namespaces.is_empty() {
+            return self.default;
+        }
+        room.split_once(':')
+            .and_then(|(ns, _)| namespaces.get(ns).copied())
+            .unwrap_or(self.default)
+    }
+
+    /// The defaults (rooms outside any namespace with its own).
+    pub fn default_limits(&self) -> HistoryLimits {
+        self.default
+    }
+
+    /// The longest TTL of any namespace or the defaults.
+    pub fn longest_ttl(&self) -> std::time::Duration {
+        self.namespaces
+            .load()
+            .values()
+            .map(|l| l.ttl)
+            .fold(self.default.ttl, std::cmp::max)
+    }
+}
+
 /// What a publish did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {

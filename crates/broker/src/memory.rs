@@ -19,6 +19,7 @@ use roomcast_protocol::{Data, Member, Since};
 use crate::message::now_us;
 use crate::{
     Broker, BrokerError, Delivery, HistoryLimits, HistoryRead, Position, Published, Recent,
+    Retention,
     Recovery, RoomMessage, Route,
 };
 use roomcast_protocol::envelope::Envelope;
@@ -111,12 +112,17 @@ type Shard = Mutex<HashMap<Arc<str>, Arc<Mutex<RoomLog>>>>;
 /// The single-node broker.
 pub struct MemoryBroker {
     shards: Vec<Shard>,
-    limits: HistoryLimits,
+    limits: Arc<Retention>,
     delivery: OnceLock<Arc<dyn Delivery>>,
 }
 
 impl MemoryBroker {
     pub fn new(limits: HistoryLimits) -> Arc<Self> {
+        Self::with_retention(Retention::new(limits))
+    }
+
+    /// With per-namespace history limits.
+    pub fn with_retention(limits: Arc<Retention>) -> Arc<Self> {
         Arc::new(MemoryBroker {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             limits,
@@ -154,13 +160,14 @@ impl MemoryBroker {
         let now = Instant::now();
         let mut forgotten = 0;
         for shard in &self.shards {
-            shard.lock().retain(|_, log| {
+            shard.lock().retain(|room, log| {
+                let limits = self.limits.of(room);
                 let mut log = log.lock();
-                log.trim(&self.limits, now);
+                log.trim(&limits, now);
                 let keep = !log.entries.is_empty()
                     || !log.keys.is_empty()
                     || log.subscribers > 0
-                    || now.duration_since(log.touched) < self.limits.ttl;
+                    || now.duration_since(log.touched) < limits.ttl;
                 forgotten += usize::from(!keep);
                 keep
             });
@@ -202,12 +209,13 @@ impl Broker for MemoryBroker {
         trace: Option<String>,
         key: Option<&str>,
     ) -> Result<Published, BrokerError> {
+        let limits = self.limits.of(room);
         let (name, log) = self.log(room);
         let mut log = log.lock();
         let now = Instant::now();
         log.touched = now;
         if let Some(key) = key {
-            log.trim(&self.limits, now);
+            log.trim(&limits, now);
             if let Some(&offset) = log.keys.get(key) {
                 return Ok(Published {
                     offset,
@@ -233,7 +241,7 @@ impl Broker for MemoryBroker {
             log.key_order.push_back((now, key.into()));
         }
         log.entries.push_back((now, message.clone()));
-        log.trim(&self.limits, now);
+        log.trim(&limits, now);
         if log.subscribers > 0 {
             if let Some(delivery) = self.delivery.get() {
                 delivery.deliver(message.clone());
@@ -262,10 +270,11 @@ impl Broker for MemoryBroker {
     }
 
     async fn read(&self, room: &str, since: Option<&Since>) -> Result<HistoryRead, BrokerError> {
+        let limits = self.limits.of(room);
         let (_, log) = self.log(room);
         let mut log = log.lock();
         let now = Instant::now();
-        log.trim(&self.limits, now);
+        log.trim(&limits, now);
         log.touched = now;
         Ok(HistoryRead {
             position: log.position(),
@@ -278,7 +287,7 @@ impl Broker for MemoryBroker {
             return Ok(None);
         };
         let mut log = log.lock();
-        log.trim(&self.limits, Instant::now());
+        log.trim(&self.limits.of(room), Instant::now());
         let skip = log.entries.len().saturating_sub(limit);
         Ok(Some(Recent {
             position: log.position(),

@@ -56,6 +56,40 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub webhooks: WebhookConfig,
     pub admin: AdminConfig,
+    /// Per room namespace (a room `ns:rest` is in namespace `ns`): settings that replace the top-level ones for its rooms.
+    pub namespaces: BTreeMap<String, NamespaceConfig>,
+}
+
+/// One namespace's own settings (`namespaces.<ns>.*`); each one left out
+/// keeps the top-level value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamespaceConfig {
+    pub history: NamespaceHistory,
+    /// Whether clients may publish to these rooms (the HTTP API always may). Default true.
+    pub client_publish: Option<bool>,
+    /// Whether presence runs for these rooms (`presence` queries and events). Default true.
+    pub presence: Option<bool>,
+    /// Whether anonymous connections may join these rooms. Default `auth.anonymous`.
+    pub anonymous: Option<bool>,
+    /// The namespace's proxy endpoints (the same as `proxy.namespaces.<ns>`, which still works; these win).
+    pub proxy: NamespaceProxy,
+}
+
+/// A namespace's history limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamespaceHistory {
+    pub size: Option<usize>,
+    pub ttl_ms: Option<u64>,
+}
+
+/// What a room's namespace allows, resolved against the top-level settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomRules {
+    pub client_publish: bool,
+    pub presence: bool,
+    pub anonymous: bool,
 }
 
 /// Calls to the application's backend before the node acts (`docs/hooks.md`).
@@ -124,7 +158,7 @@ impl Default for ProxyEndpoint {
 
 /// A namespace's own endpoints; an absent one means the top-level endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct NamespaceProxy {
     pub join: Option<ProxyEndpoint>,
     pub publish: Option<ProxyEndpoint>,
@@ -542,6 +576,7 @@ impl Default for Config {
             proxy: ProxyConfig::default(),
             webhooks: WebhookConfig::default(),
             admin: AdminConfig::default(),
+            namespaces: BTreeMap::new(),
         }
     }
 }
@@ -566,8 +601,97 @@ impl Config {
         let (mut config, unknown): (Config, _) =
             roomcast_service::load(file, &SECRET_KEYS).map_err(ConfigError)?;
         config.read_secret_files()?;
+        config.fold_namespace_proxies();
         config.validate()?;
         Ok((config, unknown))
+    }
+
+    /// `namespaces.<ns>.proxy.*` and the older `proxy.namespaces.<ns>.*`
+    /// are one table: the first wins where both name an endpoint.
+    fn fold_namespace_proxies(&mut self) {
+        for (ns, n) in &self.namespaces {
+            let entry = self.proxy.namespaces.entry(ns.clone()).or_default();
+            for (mine, theirs) in [
+                (&n.proxy.join, &mut entry.join),
+                (&n.proxy.publish, &mut entry.publish),
+                (&n.proxy.rpc, &mut entry.rpc),
+            ] {
+                if mine.is_some() {
+                    *theirs = mine.clone();
+                }
+            }
+        }
+    }
+
+    /// The namespace settings of `room` (its part before the first `:`),
+    /// when that namespace has any.
+    pub fn namespace_of(&self, room: &str) -> Option<&NamespaceConfig> {
+        if self.namespaces.is_empty() {
+            return None;
+        }
+        room.split_once(':')
+            .and_then(|(ns, _)| self.namespaces.get(ns))
+    }
+
+    /// What `room`'s namespace allows.
+    pub fn room_rules(&self, room: &str) -> RoomRules {
+        let ns = self.namespace_of(room);
+        RoomRules {
+            client_publish: ns.and_then(|n| n.client_publish).unwrap_or(true),
+            presence: ns.and_then(|n| n.presence).unwrap_or(true),
+            anonymous: ns
+                .and_then(|n| n.anonymous)
+                .unwrap_or_else(|| self.anonymous_allowed()),
+        }
+    }
+
+    /// The history limits of each namespace that has its own.
+    pub fn namespace_history(
+        &self,
+        window: std::time::Duration,
+    ) -> std::collections::HashMap<String, roomcast_broker::HistoryLimits> {
+        self.namespaces
+            .iter()
+            .filter(|(_, n)| n.history.size.is_some() || n.history.ttl_ms.is_some())
+            .map(|(ns, n)| {
+                (
+                    ns.clone(),
+                    roomcast_broker::HistoryLimits {
+                        size: n.history.size.unwrap_or(self.history.size),
+                        ttl: std::time::Duration::from_millis(
+                            n.history.ttl_ms.unwrap_or(self.history.ttl_ms),
+                        ),
+                        idempotency_window: window,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn validate_namespaces(&self) -> Result<(), ConfigError> {
+        for (ns, n) in &self.namespaces {
+            let valid = !ns.is_empty()
+                && ns.len() <= 64
+                && ns
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            if !valid {
+                return Err(ConfigError(format!(
+                    "namespaces.{ns:?}: a namespace is 1 to 64 characters of A-Z a-z 0-9 _ - ."
+                )));
+            }
+            if n.history.size == Some(0) {
+                return Err(ConfigError(format!(
+                    "namespaces.{ns}.history.size must be greater than 0"
+                )));
+            }
+            if n.history.ttl_ms == Some(0) {
+                return Err(ConfigError(format!(
+                    "namespaces.{ns}.history.ttl_ms must be greater than 0"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// A secret given as `file:/path` is read from that file (trailing
@@ -728,6 +852,7 @@ impl Config {
             ));
         }
         self.validate_proxy()?;
+        self.validate_namespaces()?;
         self.admin.validate(&self.api)?;
         validate_echo_path(&self.websocket.echo_path)?;
         self.webhooks.validate("webhooks").map_err(ConfigError)?;

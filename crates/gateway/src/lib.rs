@@ -87,8 +87,11 @@ pub async fn run(config: Config, file: Option<std::path::PathBuf>) -> anyhow::Re
     let addr = listener.local_addr()?;
     let node = Node::new(config, file).await?;
     let registry = node.registry.clone();
+    let retention = node.retention.clone();
     live_config::spawn_watcher(&node.live, node.metrics.clone(), move |live| {
         registry.refresh_ahead(proxy::refresh_ahead_ms(&live.proxy));
+        let window = retention.default_limits().idempotency_window;
+        retention.set_namespaces(live.config.namespace_history(window));
     });
     tracing::info!(
         node = %node.id,

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use roomcast_broker::memory::MemoryBroker;
 use roomcast_broker::redis::RedisBroker;
-use roomcast_broker::{Broker, HistoryLimits, HistoryRead, Published, Recent, Recovery};
+use roomcast_broker::{
+    Broker, HistoryLimits, HistoryRead, Published, Recent, Recovery, Retention,
+};
 use roomcast_protocol::{valid_idempotency_key, Data, ErrorCode, Member, Since, Target};
 
 use crate::auth::{Authenticator, Identity};
@@ -44,6 +46,9 @@ pub struct Node {
     /// runs (limits, proxies, log level) is read from [`Node::live`].
     pub config: Config,
     pub live: Arc<crate::live_config::LiveConfig>,
+    /// History limits per room (namespaces may have their own; a reload
+    /// replaces them).
+    pub retention: Arc<Retention>,
     /// Webhooks of a single node (a cluster's come from the presence service).
     pub webhooks: Option<roomcast_hooks::webhook::Webhooks>,
     pub id: Arc<str>,
@@ -105,8 +110,10 @@ impl Node {
             ttl: Duration::from_millis(config.history.ttl_ms),
             idempotency_window: Duration::from_millis(config.publish.idempotency_window_ms),
         };
+        let retention = Retention::new(limits);
+        retention.set_namespaces(config.namespace_history(limits.idempotency_window));
         let (broker, memory, redis): (Arc<dyn Broker>, _, _) = if config.redis.url.0.is_empty() {
-            let memory = MemoryBroker::new(limits);
+            let memory = MemoryBroker::with_retention(retention.clone());
             memory.set_delivery(hub.clone());
             memory.spawn_sweeper(Duration::from_secs(1));
             (memory.clone(), Some(memory), None)
@@ -119,7 +126,7 @@ impl Node {
             let redis = RedisBroker::connect(
                 redis_config,
                 &id,
-                limits,
+                retention.clone(),
                 Duration::from_millis(config.redis.command_timeout_ms),
                 Duration::from_millis(config.redis.subscription_check_ms),
             )
@@ -173,6 +180,7 @@ impl Node {
             presence,
             routing,
             registry,
+            retention,
             metrics,
             stats,
             drain: Drain::default(),

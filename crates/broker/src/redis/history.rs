@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use super::{connected, new_epoch, unavailable, value_bytes, RedisBroker, RedisStats, META_TTL};
 use crate::message::now_us;
-use crate::{BrokerError, HistoryRead, Position, Recent, Recovery, RoomMessage};
+use crate::{BrokerError, HistoryRead, Position, Recent, Recovery, Retention, RoomMessage};
 
 /// Reads of rooms' history, coalesced per room. A resume storm asks for the
 /// same rooms thousands of times at once; one task per room serves every
@@ -29,7 +29,7 @@ pub(super) struct Reader {
     client: Client,
     script: Script,
     recent_script: Script,
-    ttl: Duration,
+    limits: Arc<Retention>,
     stats: Arc<RedisStats>,
     /// Reads waiting, per room; a room is here while its task runs.
     waiting: Arc<parking_lot::Mutex<HashMap<String, Vec<ReadWaiter>>>>,
@@ -44,12 +44,12 @@ const READ_LUA: &str = include_str!("read.lua");
 const RECENT_LUA: &str = include_str!("recent.lua");
 
 impl Reader {
-    pub(super) fn new(client: Client, ttl: Duration, stats: Arc<RedisStats>) -> Reader {
+    pub(super) fn new(client: Client, limits: Arc<Retention>, stats: Arc<RedisStats>) -> Reader {
         Reader {
             client,
             script: Script::from_lua(READ_LUA),
             recent_script: Script::from_lua(RECENT_LUA),
-            ttl,
+            limits,
             stats,
             waiting: Arc::default(),
         }
@@ -138,7 +138,7 @@ impl Reader {
                         let recovery = waiter
                             .since
                             .as_ref()
-                            .map(|s| recover(s, &position, &messages, self.ttl));
+                            .map(|s| recover(s, &position, &messages, self.limits.of(room).ttl));
                         let _ = waiter.reply.send(Ok(HistoryRead {
                             position: position.clone(),
                             recovery,
@@ -202,7 +202,8 @@ impl Reader {
             return Ok(None);
         }
         let (position, raw) = self.position_and_entries("recent.lua", reply)?;
-        let oldest_allowed = now_us().saturating_sub(self.ttl.as_micros() as u64);
+        let ttl = self.limits.of(room).ttl;
+        let oldest_allowed = now_us().saturating_sub(ttl.as_micros() as u64);
         let mut messages = decode_all(raw);
         messages.retain(|m| m.published_at_us >= oldest_allowed);
         Ok(Some(Recent { position, messages }))

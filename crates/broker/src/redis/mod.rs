@@ -45,7 +45,7 @@ use subscriptions::Subscriptions;
 
 use crate::message::now_us;
 use crate::{
-    Broker, BrokerError, Delivery, HistoryLimits, HistoryRead, NodeReport, Published, Recent,
+    Broker, BrokerError, Delivery, HistoryRead, NodeReport, Published, Recent, Retention,
     Recovery, RoomMessage, Route,
 };
 
@@ -93,7 +93,7 @@ pub struct RedisBroker {
     client: Client,
     cluster: bool,
     publish_script: Script,
-    limits: HistoryLimits,
+    limits: Arc<Retention>,
     /// History reads, coalesced per room.
     reader: Reader,
     /// Every node's stats record.
@@ -145,7 +145,7 @@ impl RedisBroker {
     pub async fn connect(
         mut config: Config,
         node: &str,
-        limits: HistoryLimits,
+        limits: Arc<Retention>,
         command_timeout: Duration,
         subscription_check: Duration,
     ) -> Result<Arc<RedisBroker>, String> {
@@ -198,6 +198,7 @@ impl RedisBroker {
             node,
             stats.clone(),
         ));
+        let retention = limits.clone();
         let broker = Arc::new(RedisBroker {
             node: Arc::from(node),
             client,
@@ -211,7 +212,7 @@ impl RedisBroker {
             repair: Notify::new(),
             stats: stats.clone(),
             node_reports: NodeReports::new(client_for_reads.clone(), stats.clone()),
-            reader: Reader::new(client_for_reads, limits.ttl, stats),
+            reader: Reader::new(client_for_reads, retention, stats),
         });
         broker.spawn_dispatcher(messages);
         broker.spawn_reconciler(subscription_check).await;
@@ -409,7 +410,7 @@ impl RedisBroker {
             Err(e) => return self.gap_read_failed(room, e),
         };
         let mut to_deliver: Vec<Arc<RoomMessage>> =
-            match recover(&since, &position, &messages, self.limits.ttl) {
+            match recover(&since, &position, &messages, self.limits.of(room).ttl) {
                 Recovery::Recovered(msgs) => {
                     self.stats
                         .gap_repaired
@@ -510,11 +511,12 @@ impl Broker for RedisBroker {
             names::room_history(room),
             names::room_channel(room),
         ];
+        let limits = self.limits.of(room);
         let mut args: Vec<Value> = vec![
             Value::Bytes(encoded.into()),
             new_epoch().into(),
-            (self.limits.size as i64).into(),
-            (self.limits.ttl.as_millis() as i64).into(),
+            (limits.size as i64).into(),
+            (limits.ttl.as_millis() as i64).into(),
             (META_TTL.as_millis() as i64).into(),
             self.publish_command().into(),
             ((OFFSET_POS + 1) as i64).into(),
@@ -522,7 +524,7 @@ impl Broker for RedisBroker {
         ];
         if let Some(key) = key {
             keys.push(names::room_idempotency_key(room, key));
-            args.push((self.limits.idempotency_window.as_millis().max(1) as i64).into());
+            args.push((limits.idempotency_window.as_millis().max(1) as i64).into());
         }
         let (offset, epoch, duplicate): (u64, String, i64) = self
             .publish_script
@@ -565,7 +567,9 @@ impl Broker for RedisBroker {
     }
 
     async fn recent(&self, room: &str, limit: usize) -> Result<Option<Recent>, BrokerError> {
-        self.reader.recent(room, limit.min(self.limits.size)).await
+        self.reader
+            .recent(room, limit.min(self.limits.of(room).size))
+            .await
     }
 
     async fn report_node(

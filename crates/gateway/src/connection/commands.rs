@@ -37,6 +37,13 @@ pub async fn handle(
             presence,
         } => {
             node.check_room(&room)?;
+            let rules = node.live.get().config.room_rules(&room);
+            if conn.identity.anonymous && !rules.anonymous {
+                return Err(NodeError::new(
+                    ErrorCode::Forbidden,
+                    format!("anonymous connections may not join {room}"),
+                ));
+            }
             let backend_allowed = if state.rooms.contains(&room) {
                 false
             } else {
@@ -57,7 +64,8 @@ pub async fn handle(
                     format!("a connection may be in at most {max_rooms} rooms"),
                 ));
             }
-            let presence = presence.unwrap_or(false);
+            // Presence off in the room's namespace: no presence events.
+            let presence = presence.unwrap_or(false) && rules.presence;
             match node
                 .begin_join(conn, &room, since.as_ref(), presence)
                 .await?
@@ -117,6 +125,12 @@ pub async fn handle(
                 node.check_room(&room)?;
                 return Err(not_joined(&room, "publishing to"));
             }
+            if !node.live.get().config.room_rules(&room).client_publish {
+                return Err(NodeError::new(
+                    ErrorCode::Forbidden,
+                    format!("clients may not publish to {room}"),
+                ));
+            }
             let data = crate::proxy::publish(
                 &node.live.get_full().proxy,
                 &node.metrics,
@@ -146,6 +160,12 @@ pub async fn handle(
             if !state.rooms.contains(&room) && !conn.may_join(&room) {
                 node.check_room(&room)?;
                 return Err(not_joined(&room, "asking for the presence of"));
+            }
+            if !node.live.get().config.room_rules(&room).presence {
+                return Err(NodeError::new(
+                    ErrorCode::Forbidden,
+                    format!("presence is off for {room}"),
+                ));
             }
             let members = node.presence(&room).await?;
             Ok(Some(ServerFrame::Presence { id, room, members }))

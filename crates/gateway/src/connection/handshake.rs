@@ -200,11 +200,15 @@ async fn hello(
             {
                 continue;
             }
+            let rules = node.live.get().config.room_rules(&r.room);
+            if conn.identity.anonymous && !rules.anonymous {
+                continue;
+            }
             let since = Since {
                 offset: r.offset,
                 epoch: r.epoch.clone(),
             };
-            let presence = r.presence.unwrap_or(false);
+            let presence = r.presence.unwrap_or(false) && rules.presence;
             if let Ok(Some(read)) = node
                 .begin_join(&conn, &r.room, Some(&since), presence)
                 .await
