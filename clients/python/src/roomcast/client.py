@@ -101,6 +101,9 @@ STABLE_SESSION = 10.0
 #: Used when a server announces a ping interval of 0 (seconds).
 FALLBACK_PING_INTERVAL = 25.0
 CLOSE_UNAUTHORIZED = 4401
+#: Token refreshes are at least this far apart (seconds), even when the
+#: callback keeps returning a token that expires no later.
+MIN_REFRESH_GAP = 1.0
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 REPLY_TYPES = frozenset({"joined", "left", "presence", "pong", "ack", "error", "rpc_result", "refreshed"})
 
@@ -766,6 +769,7 @@ class Client:
             ping_interval=conn.ping_interval,
             resumed=resumed,
             token_expires_at=self._token_expires_at,
+            subprotocol=conn.ws.subprotocol if conn.ws is not None else None,
         )
         restored = self._restore_rooms(conn, resumed, welcome.get("rooms") or [])
         self._set_state("connected", url=conn.url, resumed=resumed, session=self._session, restored=restored)
@@ -945,14 +949,25 @@ class Client:
 
     async def _refresh_loop(self, conn: _Conn) -> None:
         retry_in: Optional[float] = None
+        last_try: Optional[float] = None
         while not conn.dead:
             expires = self._token_expires_at
             if expires is None:
                 return
             remaining = expires - time.time()
-            await asyncio.sleep(retry_in if retry_in is not None else self._refresh_delay(remaining))
+            if remaining <= 0 and last_try is not None:
+                # Expired, and the callback had nothing better: the server
+                # closes with 4401, and the reconnect asks the callback again.
+                return
+            delay = retry_in if retry_in is not None else self._refresh_delay(remaining)
+            if last_try is not None:
+                delay = max(delay, last_try + MIN_REFRESH_GAP - time.monotonic())
+            await asyncio.sleep(delay)
             if conn.dead:
                 return
+            if self._token_expires_at != expires:
+                continue  # refreshed meanwhile (refresh())
+            last_try = time.monotonic()
             try:
                 await self._refresh_on(conn, None)
                 retry_in = None
@@ -960,13 +975,9 @@ class Client:
                 return
             except Exception as err:
                 self._emit(TokenRefreshFailed(error=err))
-                # Try again a few times while the token lasts; past expiry
-                # the server closes with 4401 and the reconnect asks the
-                # callback for a token anyway.
+                # Try again while the token lasts.
                 left = (self._token_expires_at or 0) - time.time()
-                if left <= 0:
-                    return
-                retry_in = min(1.0, max(0.1, left / 4))
+                retry_in = min(MIN_REFRESH_GAP, max(0.1, left / 4))
 
     async def _refresh_on(self, conn: _Conn, token: Optional[str]) -> Optional[float]:
         if token is None:

@@ -67,6 +67,7 @@ class SessionInfo:
     url: str
     ping_interval: float  # seconds
     resumed: bool
+    subprotocol: Optional[str] = None  # the codec's subprotocol the server accepted
     token_expires_at: Optional[float] = None  # Unix seconds
 
 
