@@ -344,10 +344,13 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Any:
     kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
 
     async def run() -> None:
+        task = asyncio.ensure_future(fn(**kwargs))
         try:
-            await asyncio.wait_for(fn(**kwargs), TEST_TIMEOUT)
-        except asyncio.TimeoutError:
-            raise AssertionError(f"test did not finish within {TEST_TIMEOUT}s") from None
+            done, _ = await asyncio.wait({task}, timeout=TEST_TIMEOUT)
+            if not done:
+                task.cancel()
+                raise AssertionError(f"test did not finish within {TEST_TIMEOUT}s")
+            task.result()
         finally:
             while _clients:
                 client = _clients.pop()

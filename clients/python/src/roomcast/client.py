@@ -154,6 +154,10 @@ class Subscription(AsyncIterator[T]):
         """The next item; :class:`asyncio.TimeoutError` after ``timeout`` seconds,
         :class:`ClientClosed` when the subscription has ended."""
         try:
+            if not self._queue.empty():
+                return await self.__anext__()  # at once, whatever the timeout
+            if timeout is not None and timeout <= 0:
+                raise asyncio.TimeoutError()
             return await asyncio.wait_for(self.__anext__(), timeout)
         except StopAsyncIteration:
             raise ClientClosed("the subscription has ended") from None
