@@ -223,8 +223,15 @@ class Presence(Process):
 class Cluster:
     """redis-server, roomcast-presence and `nodes` gateways sharing a resume secret."""
 
-    def __init__(self, nodes: int = 3, env: Optional[Dict[str, str]] = None, redis_url: Optional[str] = None):
-        self.redis = Redis()
+    def __init__(
+        self,
+        nodes: int = 3,
+        env: Optional[Dict[str, str]] = None,
+        redis_url: Optional[str] = None,
+        redis: Optional[Redis] = None,
+    ):
+        # `redis_url`: where the gateways reach Redis (a proxy), when not directly.
+        self.redis = redis or Redis()
         self.presence = Presence(self.redis.url)
         secret = "py-cluster-" + uuid.uuid4().hex
         self.gateways: List[Gateway] = []
@@ -309,8 +316,13 @@ def own_gateway() -> Any:
 def cluster() -> Any:
     made: List[Cluster] = []
 
-    def make(nodes: int = 3, env: Optional[Dict[str, str]] = None, redis_url: Optional[str] = None) -> Cluster:
-        c = Cluster(nodes, env, redis_url)
+    def make(
+        nodes: int = 3,
+        env: Optional[Dict[str, str]] = None,
+        redis_url: Optional[str] = None,
+        redis: Optional[Redis] = None,
+    ) -> Cluster:
+        c = Cluster(nodes, env, redis_url, redis)
         made.append(c)
         return c
 
