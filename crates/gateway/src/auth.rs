@@ -29,6 +29,13 @@ pub struct Identity {
     pub rooms: Vec<String>,
     /// Patterns of rooms the user may publish to without joining (token's `publish`).
     pub publish: Vec<String>,
+    /// When the token expires (Unix seconds, its `exp`); `None` without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// Rooms the connection joins at `hello` (the token's `subs`, or the
+    /// connect proxy's): server-side subscriptions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subs: Vec<String>,
 }
 
 impl Identity {
@@ -39,6 +46,8 @@ impl Identity {
             anonymous: true,
             rooms: Vec::new(),
             publish: Vec::new(),
+            expires_at: None,
+            subs: Vec::new(),
         }
     }
 
@@ -51,6 +60,8 @@ impl Identity {
             anonymous: true,
             rooms: Vec::new(),
             publish: Vec::new(),
+            expires_at: None,
+            subs: Vec::new(),
         }
     }
 
@@ -66,8 +77,9 @@ impl Identity {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
-    #[allow(dead_code)]
     exp: u64,
+    #[serde(default)]
+    subs: Vec<String>,
     #[serde(default)]
     rooms: Vec<String>,
     #[serde(default)]
@@ -146,6 +158,8 @@ impl Authenticator {
                     anonymous: false,
                     rooms: claims.rooms,
                     publish: claims.publish,
+                    expires_at: Some(claims.exp),
+                    subs: claims.subs,
                 })
             }
         }

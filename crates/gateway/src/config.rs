@@ -74,6 +74,10 @@ pub struct ProxyConfig {
     pub join: ProxyEndpoint,
     pub publish: ProxyEndpoint,
     pub rpc: ProxyEndpoint,
+    /// Asked for a new expiry of a connection's token `refresh_ahead_ms` before it runs out (answer `{"result": {"expires_at": <Unix seconds>}}`); a connection not extended is closed with 4401 at its expiry.
+    pub refresh: ProxyEndpoint,
+    /// How long before a token's expiry the refresh proxy is asked, in milliseconds.
+    pub refresh_ahead_ms: u64,
     /// Per room namespace (the part of a room name, or an RPC method, before the first `:`): endpoints that replace the ones above.
     pub namespaces: BTreeMap<String, NamespaceProxy>,
 }
@@ -89,6 +93,8 @@ impl Default for ProxyConfig {
             join: ProxyEndpoint::default(),
             publish: ProxyEndpoint::default(),
             rpc: ProxyEndpoint::default(),
+            refresh: ProxyEndpoint::default(),
+            refresh_ahead_ms: 10_000,
             namespaces: BTreeMap::new(),
         }
     }
@@ -310,6 +316,10 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Sockets one IP address may hold in any state, counted from `accept`; one more is closed at once. 0: no limit.
     pub max_connections_per_ip: usize,
+    /// Connections one user may hold across the cluster (counted through
+    /// the presence service; per node without one); one more is refused
+    /// with 4409 after its `hello`. 0: no limit.
+    pub max_connections_per_user: usize,
     /// Sockets accepted that have not yet sent a whole request head, on the whole node; one more is closed at once.
     pub max_pending_handshakes: usize,
     /// Sustained frames per second one connection may send.
@@ -336,6 +346,7 @@ impl Default for LimitsConfig {
             max_message_bytes: 64 * 1024,
             max_connections: 50_000,
             max_connections_per_ip: 2_000,
+            max_connections_per_user: 0,
             max_pending_handshakes: 10_000,
             messages_per_second: 100,
             message_burst: 200,
@@ -746,6 +757,7 @@ impl Config {
             ("proxy.join".into(), &p.join),
             ("proxy.publish".into(), &p.publish),
             ("proxy.rpc".into(), &p.rpc),
+            ("proxy.refresh".into(), &p.refresh),
         ];
         for (ns, n) in &p.namespaces {
             if ns.is_empty() || ns.contains(':') {
@@ -771,6 +783,11 @@ impl Config {
                     "{key}.timeout_ms must be greater than 0"
                 )));
             }
+        }
+        if !p.refresh.url.is_empty() && p.refresh_ahead_ms <= p.refresh.timeout_ms {
+            return Err(ConfigError(
+                "proxy.refresh_ahead_ms must be greater than proxy.refresh.timeout_ms".into(),
+            ));
         }
         for h in &p.forward_headers {
             if http::HeaderName::from_bytes(h.as_bytes()).is_err() {

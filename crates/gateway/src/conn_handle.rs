@@ -6,8 +6,10 @@
 //! else about the connection lives in its own task.
 
 use std::sync::atomic::{
-    AtomicU64, AtomicU8, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed,
+    AtomicU64, AtomicU8, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
 };
+
+use arc_swap::ArcSwapOption;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -38,6 +40,13 @@ pub struct ConnHandle {
     pub ping_sent: AtomicU64,
     /// The socket, for the heartbeat's direct pings.
     pub wire: Wire,
+    /// When the connection's token runs out (`now_ms`, its `exp` plus
+    /// [`EXPIRY_GRACE_MS`]; 0: never), and in [`REFRESH_ASKED`] whether the
+    /// refresh proxy was asked for this deadline. Read by the heartbeat.
+    expiry: AtomicU64,
+    /// The identity of the last `refresh`, when there was one: its room
+    /// patterns replace the first token's.
+    refreshed: ArcSwapOption<Identity>,
     /// What becomes of the session when the connection ends
     /// ([`SessionFate`]).
     fate: AtomicU8,
@@ -65,6 +74,73 @@ impl ConnHandle {
             ping_sent: AtomicU64::new(0),
             fate: AtomicU8::new(0),
             wire: Wire::none(),
+            expiry: AtomicU64::new(0),
+            refreshed: ArcSwapOption::empty(),
+        }
+    }
+
+    /// The token's expiry (Unix seconds) sets the connection's deadline.
+    pub fn with_expiry(self, expires_at: Option<u64>) -> Self {
+        self.expiry.store(deadline_of(expires_at), Relaxed);
+        self
+    }
+
+    /// The connection's deadline (`now_ms`), 0 when it has none, and
+    /// whether the refresh proxy was asked for it.
+    pub fn expiry(&self) -> (u64, bool) {
+        let e = self.expiry.load(Acquire);
+        (e & !REFRESH_ASKED, e & REFRESH_ASKED != 0)
+    }
+
+    /// Marks the refresh proxy asked for `deadline`; false when the
+    /// deadline changed meanwhile or it was asked already.
+    pub fn mark_refresh_asked(&self, deadline: u64) -> bool {
+        self.expiry
+            .compare_exchange(deadline, deadline | REFRESH_ASKED, AcqRel, Acquire)
+            .is_ok()
+    }
+
+    /// A successful refresh: the new token's identity (same user) and
+    /// expiry replace the old ones.
+    pub fn refresh(&self, identity: Identity) {
+        self.expiry.store(deadline_of(identity.expires_at), Release);
+        self.refreshed.store(Some(Arc::new(identity)));
+    }
+
+    /// A refresh proxy's answer: the token's new expiry.
+    pub fn extend(&self, expires_at: u64) {
+        let mut identity = self.current_identity();
+        identity.expires_at = Some(expires_at);
+        self.refresh(identity);
+    }
+
+    /// The identity in force: the last refresh's, else the first one.
+    pub fn current_identity(&self) -> Identity {
+        match &*self.refreshed.load() {
+            Some(refreshed) => (**refreshed).clone(),
+            None => self.identity.clone(),
+        }
+    }
+
+    /// When the token in force expires (Unix seconds).
+    pub fn token_expires_at(&self) -> Option<u64> {
+        match &*self.refreshed.load() {
+            Some(refreshed) => refreshed.expires_at,
+            None => self.identity.expires_at,
+        }
+    }
+
+    pub fn may_join(&self, room: &str) -> bool {
+        match &*self.refreshed.load() {
+            Some(refreshed) => refreshed.may_join(room),
+            None => self.identity.may_join(room),
+        }
+    }
+
+    pub fn may_publish_unjoined(&self, room: &str) -> bool {
+        match &*self.refreshed.load() {
+            Some(refreshed) => refreshed.may_publish_unjoined(room),
+            None => self.identity.may_publish_unjoined(room),
         }
     }
 
@@ -205,6 +281,30 @@ impl ConnHandle {
     pub fn fate(&self) -> SessionFate {
         SessionFate::of(self.fate.load(Acquire))
     }
+}
+
+/// How long after its token's `exp` a connection is closed, at most
+/// (the heartbeat's tick may add up to two ticks).
+pub const EXPIRY_GRACE_MS: u64 = 1_000;
+
+/// The flag bit of [`ConnHandle::expiry`].
+const REFRESH_ASKED: u64 = 1 << 63;
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The `now_ms` deadline of a token expiring at `expires_at` (Unix
+/// seconds), plus the grace; 0 for none. Never 0 for a token (an expired
+/// one gets a deadline of 1: due at once).
+fn deadline_of(expires_at: Option<u64>) -> u64 {
+    let Some(exp) = expires_at else { return 0 };
+    let left = (exp.saturating_mul(1000) + EXPIRY_GRACE_MS).saturating_sub(unix_ms());
+    (now_ms() + left).clamp(1, REFRESH_ASKED - 1)
 }
 
 /// Bits of [`ConnHandle::fate`].

@@ -31,14 +31,14 @@
 //! The registry is also the node's list of connections, used by drain and
 //! stats.
 
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use roomcast_protocol::close;
 use slab::Slab;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 
 use crate::conn_handle::{now_ms, ConnHandle};
 use crate::direct_write::Direct;
@@ -135,6 +135,12 @@ pub struct Registry {
     /// connection's task.
     pub pings_direct: Counter,
     pub pings_queued: Counter,
+    /// Connections closed because their token expired.
+    pub expired: Counter,
+    /// How long before a token's expiry the refresh proxy is asked (ms;
+    /// 0: no refresh proxy), and where those connections go.
+    refresh_ahead_ms: AtomicU64,
+    refresh_queue: OnceLock<mpsc::UnboundedSender<Arc<ConnHandle>>>,
 }
 
 /// Where a connection sits in the registry; give it back to `remove`.
@@ -142,6 +148,18 @@ pub struct Registry {
 pub struct Slot {
     shard: usize,
     key: usize,
+}
+
+impl Due {
+    /// The same, due no later than `at`.
+    fn at_most(self, at: u64) -> Due {
+        match self {
+            Due::Later(t) => Due::Later(t.min(at)),
+            Due::Ping(t) => Due::Ping(t.min(at)),
+            Due::Closed(t) => Due::Closed(t.min(at)),
+            other => other,
+        }
+    }
 }
 
 /// What a tick found for one connection.
@@ -154,6 +172,8 @@ enum Due {
     /// No sign of life within the pong timeout: closed; due again at this
     /// time should it still be there.
     Closed(u64),
+    /// The token ran out: closed with 4401.
+    Expired(u64),
 }
 
 impl Registry {
@@ -175,12 +195,33 @@ impl Registry {
             timing,
             pings_direct: Counter::default(),
             pings_queued: Counter::default(),
+            expired: Counter::default(),
+            refresh_ahead_ms: AtomicU64::new(0),
+            refresh_queue: OnceLock::new(),
         }
+    }
+
+    /// Connections whose token expires within `ahead_ms` go to the
+    /// returned queue (once per expiry) for the refresh proxy; 0 stops it.
+    /// The queue is made by the first call.
+    pub fn refresh_ahead(&self, ahead_ms: u64) -> Option<mpsc::UnboundedReceiver<Arc<ConnHandle>>> {
+        self.refresh_ahead_ms.store(ahead_ms, Relaxed);
+        let mut receiver = None;
+        self.refresh_queue.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            receiver = Some(rx);
+            tx
+        });
+        receiver
     }
 
     pub fn insert(&self, conn: Arc<ConnHandle>) -> Slot {
         let shard_index = (conn.id as usize) % SHARDS;
-        let due = conn.last_seen.load(Relaxed) + self.timing.interval_ms;
+        let mut due = conn.last_seen.load(Relaxed) + self.timing.interval_ms;
+        let (expiry, _) = conn.expiry();
+        if expiry != 0 {
+            due = due.min(expiry.saturating_sub(self.refresh_ahead_ms.load(Relaxed)));
+        }
         let id = conn.id as u32;
         let mut shard = self.shards[shard_index].lock();
         let key = shard.conns.insert(conn);
@@ -266,7 +307,40 @@ impl Registry {
         }
     }
 
+    /// What is due for `conn` at `now`: its token's expiry first, then
+    /// its heartbeat; due again no later than its expiry (or the time to
+    /// ask the refresh proxy).
     fn due(&self, conn: &ConnHandle, now: u64) -> Due {
+        let (expiry, asked) = conn.expiry();
+        let beat = self.heartbeat_due(conn, now);
+        if expiry == 0 {
+            return beat;
+        }
+        if now >= expiry {
+            return Due::Expired(now + self.timing.timeout_ms);
+        }
+        let ahead = self.refresh_ahead_ms.load(Relaxed);
+        if ahead > 0 && !asked {
+            beat.at_most(expiry.saturating_sub(ahead).max(now + 1))
+        } else {
+            beat.at_most(expiry)
+        }
+    }
+
+    /// Whether the refresh proxy is to be asked for `conn` now (marked as
+    /// asked when so: once per expiry).
+    fn refresh_now(&self, conn: &ConnHandle, now: u64) -> bool {
+        let ahead = self.refresh_ahead_ms.load(Relaxed);
+        let (expiry, asked) = conn.expiry();
+        ahead > 0
+            && expiry != 0
+            && !asked
+            && now < expiry
+            && now >= expiry.saturating_sub(ahead)
+            && conn.mark_refresh_asked(expiry)
+    }
+
+    fn heartbeat_due(&self, conn: &ConnHandle, now: u64) -> Due {
         let t = &self.timing;
         let seen = conn.last_seen.load(Relaxed);
         let pinged = conn.ping_sent.load(Relaxed);
@@ -292,6 +366,7 @@ impl Registry {
     fn check_shard(&self, shard: usize, now: u64) {
         let timing = self.timing;
         let mut to_ping = Vec::new();
+        let mut to_refresh = Vec::new();
         {
             let mut guard = self.shards[shard].lock();
             let shard = &mut *guard;
@@ -307,6 +382,9 @@ impl Registry {
                     else {
                         continue; // gone
                     };
+                    if self.refresh_now(conn, now) {
+                        to_refresh.push(conn.clone());
+                    }
                     let next = match self.due(conn, now) {
                         Due::Later(at) => at,
                         Due::Ping(at) => {
@@ -317,6 +395,11 @@ impl Registry {
                         }
                         Due::Closed(at) => {
                             conn.outbox.close(close::TIMEOUT, "heartbeat lost");
+                            at
+                        }
+                        Due::Expired(at) => {
+                            self.expired.inc();
+                            conn.outbox.close(close::UNAUTHORIZED, close::TOKEN_EXPIRED);
                             at
                         }
                     };
@@ -333,6 +416,11 @@ impl Registry {
             }
             shard.next_tick = shard.next_tick.max(last + 1);
             shard.wake_tick = shard.first_due_after(shard.next_tick - 1);
+        }
+        if let Some(queue) = self.refresh_queue.get() {
+            for conn in to_refresh {
+                let _ = queue.send(conn);
+            }
         }
         // Outside the lock: these are system calls.
         for conn in to_ping {

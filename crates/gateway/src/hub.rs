@@ -212,6 +212,15 @@ impl Hub {
     }
 
     /// The local connections a target names (`None`: the target is malformed).
+    /// The sessions of `user`'s connections on this node.
+    pub fn user_sessions(&self, user: &str) -> Vec<Arc<str>> {
+        let users = self.users.lock();
+        users
+            .get(user)
+            .map(|conns| conns.iter().map(|c| c.session.clone()).collect())
+            .unwrap_or_default()
+    }
+
     pub fn targets(&self, to: &Target) -> Option<Vec<Arc<ConnHandle>>> {
         self.targets_marked(to, |_| {})
     }

@@ -86,7 +86,10 @@ pub async fn run(config: Config, file: Option<std::path::PathBuf>) -> anyhow::Re
         .map_err(|e| anyhow::anyhow!("listen: cannot bind {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
     let node = Node::new(config, file).await?;
-    live_config::spawn_watcher(&node.live, node.metrics.clone());
+    let registry = node.registry.clone();
+    live_config::spawn_watcher(&node.live, node.metrics.clone(), move |live| {
+        registry.refresh_ahead(proxy::refresh_ahead_ms(&live.proxy));
+    });
     tracing::info!(
         node = %node.id,
         engine = node.broker.engine(),

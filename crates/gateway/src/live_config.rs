@@ -135,7 +135,11 @@ fn differences(a: &serde_json::Value, b: &serde_json::Value, prefix: &str, out: 
 /// Reloads on SIGHUP, and when the config file's modification time or size
 /// changes (checked every second when the node was started with a file:
 /// this also sees a Kubernetes ConfigMap swapping its symlink).
-pub fn spawn_watcher(live: &Arc<LiveConfig>, metrics: Arc<Metrics>) {
+pub fn spawn_watcher(
+    live: &Arc<LiveConfig>,
+    metrics: Arc<Metrics>,
+    on_reload: impl Fn(&Live) + Send + 'static,
+) {
     let weak = Arc::downgrade(live);
     let file = live.file.clone();
     tokio::spawn(async move {
@@ -175,6 +179,7 @@ pub fn spawn_watcher(live: &Arc<LiveConfig>, metrics: Arc<Metrics>) {
                 Ok(()) => {
                     metrics.reloads_applied.inc();
                     let live = config.get();
+                    on_reload(&live);
                     tracing::info!(
                         trigger = why,
                         generation = config.generation(),

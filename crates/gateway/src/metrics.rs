@@ -32,14 +32,17 @@ pub enum Rejection {
     Origin,
     BadRequest,
     Unauthorized,
+    /// `limits.max_connections_per_user` reached (closed with 4409).
+    UserLimit,
 }
-const REJECTIONS: [&str; 6] = [
+const REJECTIONS: [&str; 7] = [
     "max_connections",
     "max_connections_per_ip",
     "draining",
     "origin",
     "bad_request",
     "unauthorized",
+    "user_limit",
 ];
 
 /// Why a socket was closed right after `accept`, before hyper saw it.
@@ -63,11 +66,12 @@ const HTTP_TIMEOUTS: [&str; 3] = ["header", "body", "idle"];
 
 /// Client frame types counted by `roomcast_frames_in_total`, then `invalid`.
 const CLIENT_TYPES: usize = ClientFrame::KINDS.len() + 1;
-const SERVER_TYPES: [&str; 13] = ServerFrame::KINDS;
+const SERVER_TYPES: [&str; 14] = ServerFrame::KINDS;
 /// Close codes counted by `roomcast_disconnects_total`, then `none` (the
 /// socket ended without a close frame) and `other`.
-const CLOSE_CODES: [u16; 16] = [
-    1000, 1001, 1002, 1005, 1007, 1009, 1011, 1012, 1013, 4400, 4401, 4403, 4408, 4429, 4508, 0,
+const CLOSE_CODES: [u16; 17] = [
+    1000, 1001, 1002, 1005, 1007, 1009, 1011, 1012, 1013, 4400, 4401, 4403, 4408, 4409, 4429, 4508,
+    0,
 ];
 const CLOSE_LABELS: usize = CLOSE_CODES.len() + 1;
 
@@ -103,6 +107,10 @@ pub struct Metrics {
     pub direct_sent: Counter,
     pub resumes_ok: Counter,
     pub resumes_failed: Counter,
+    /// Token refreshes by outcome: `refresh` frames answered `refreshed`,
+    /// refused (`unauthorized` or `forbidden`), and the refresh proxy's
+    /// extensions and failures.
+    pub refreshes: [Counter; 4],
     pub api_requests: Counter,
     pub api_unauthorized: Counter,
     pub draining: Gauge,
@@ -110,8 +118,8 @@ pub struct Metrics {
     pub routed_to_all: Counter,
     pub control_received: Counter,
     /// Proxy calls by call and result (`allow`, `deny`, `failure`).
-    proxy_calls: [[Counter; 3]; 4],
-    proxy_duration: [Histogram; 4],
+    proxy_calls: [[Counter; 3]; 5],
+    proxy_duration: [Histogram; 5],
     /// Configuration reloads: applied, refused.
     pub reloads_applied: Counter,
     pub reloads_refused: Counter,
@@ -264,6 +272,14 @@ impl Metrics {
             "outcome",
             ["resumed", "refused"],
         );
+        let refreshes = labelled(
+            reg,
+            "roomcast_token_refreshes",
+            "Token refreshes, by outcome: refresh frames accepted or refused, refresh proxy extensions and failures",
+            Family::default(),
+            "outcome",
+            ["refreshed", "refused", "proxy_extended", "proxy_failed"],
+        );
         let rate_limited = counter(
             reg,
             "roomcast_rate_limited",
@@ -357,6 +373,7 @@ impl Metrics {
             direct_sent,
             resumes_ok,
             resumes_failed,
+            refreshes,
             api_requests,
             api_unauthorized,
             draining,

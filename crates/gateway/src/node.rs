@@ -19,7 +19,7 @@ use roomcast_broker::redis::RedisBroker;
 use roomcast_broker::{Broker, HistoryLimits, HistoryRead, Published, Recent, Recovery};
 use roomcast_protocol::{valid_idempotency_key, Data, ErrorCode, Member, Since, Target};
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Identity};
 use crate::config::{Config, ConfigError};
 use crate::conn_handle::ConnHandle;
 use crate::drain::Drain;
@@ -182,6 +182,7 @@ impl Node {
             next_conn: AtomicU64::new(1),
             config,
         });
+        node.spawn_refresher();
         let (discards, mut discard) = tokio::sync::mpsc::unbounded_channel::<Target>();
         node.hub.set_discards(discards);
         let weak = Arc::downgrade(&node);
@@ -225,6 +226,61 @@ impl Node {
 
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Connections whose token runs out soon go to the refresh proxy
+    /// (when one is configured, now or after a reload), one call each.
+    fn spawn_refresher(self: &Arc<Self>) {
+        let ahead = crate::proxy::refresh_ahead_ms(&self.live.get().proxy);
+        let Some(mut queue) = self.registry.refresh_ahead(ahead) else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(conn) = queue.recv().await {
+                let Some(node) = weak.upgrade() else { return };
+                tokio::spawn(async move {
+                    let live = node.live.get_full();
+                    match crate::proxy::refresh(&live.proxy, &node.metrics, &conn).await {
+                        Some(expires_at) => {
+                            conn.extend(expires_at);
+                            node.metrics.refreshes[2].inc();
+                        }
+                        None => node.metrics.refreshes[3].inc(),
+                    }
+                });
+            }
+        });
+    }
+
+    /// Whether `user` may open one more connection (for `session`) under
+    /// `limits.max_connections_per_user`: its connections here, plus its
+    /// sessions the presence service lists on other nodes (none known
+    /// while it does not answer). A resumed session does not count twice.
+    pub async fn check_user_limit(&self, identity: &Identity, session: &str) -> Result<(), String> {
+        let max = self.live.get().config.limits.max_connections_per_user;
+        if max == 0 || identity.anonymous {
+            return Ok(());
+        }
+        let user = &*identity.user;
+        let mut sessions: std::collections::HashSet<String> = self
+            .hub
+            .user_sessions(user)
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        if let Some(elsewhere) = self.presence.sessions_elsewhere(user, &self.id).await {
+            sessions.extend(elsewhere);
+        }
+        sessions.remove(session);
+        if sessions.len() >= max {
+            self.metrics.reject(crate::metrics::Rejection::UserLimit);
+            return Err(format!(
+                "user {user} already has {max} connection{}",
+                if max == 1 { "" } else { "s" }
+            ));
+        }
+        Ok(())
     }
 
     pub fn check_room(&self, room: &str) -> Result<(), NodeError> {

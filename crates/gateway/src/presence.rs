@@ -59,6 +59,9 @@ pub trait Presence: Send + Sync + 'static {
     /// The node owning each of `to`'s sessions (one entry per session);
     /// `None` when that is not known (send to every node).
     async fn owners(&self, to: &Target) -> Option<Vec<String>>;
+    /// The user's sessions held by other nodes (for the per-user limit);
+    /// `None` when that is not known (single node, or no answer).
+    async fn sessions_elsewhere(&self, user: &str, node: &str) -> Option<Vec<String>>;
     /// The presence service's client state, when there is one (metrics).
     fn status(&self) -> Option<ClientStatus>;
     /// Waits until what was told has reached the service, at most `within`.
@@ -188,6 +191,10 @@ impl Presence for LocalPresence {
         Ok(self.hub.members(room))
     }
 
+    async fn sessions_elsewhere(&self, _user: &str, _node: &str) -> Option<Vec<String>> {
+        None
+    }
+
     async fn owners(&self, _to: &Target) -> Option<Vec<String>> {
         None
     }
@@ -282,6 +289,22 @@ impl Presence for ClusterPresence {
             .await
             .ok()?;
         Some(owners.into_iter().map(|o| o.node).collect())
+    }
+
+    async fn sessions_elsewhere(&self, user: &str, node: &str) -> Option<Vec<String>> {
+        let owners = self
+            .client
+            .lookup(&[user.to_string()], &[])
+            .instrument(span("presence.lookup"))
+            .await
+            .ok()?;
+        Some(
+            owners
+                .into_iter()
+                .filter(|o| o.node != node)
+                .map(|o| o.session)
+                .collect(),
+        )
     }
 
     fn status(&self) -> Option<ClientStatus> {

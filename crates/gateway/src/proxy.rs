@@ -34,10 +34,17 @@ pub enum Call {
     Join = 1,
     Publish = 2,
     Rpc = 3,
+    Refresh = 4,
 }
 
 impl Call {
-    pub const ALL: [Call; 4] = [Call::Connect, Call::Join, Call::Publish, Call::Rpc];
+    pub const ALL: [Call; 5] = [
+        Call::Connect,
+        Call::Join,
+        Call::Publish,
+        Call::Rpc,
+        Call::Refresh,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -45,12 +52,13 @@ impl Call {
             Call::Join => "join",
             Call::Publish => "publish",
             Call::Rpc => "rpc",
+            Call::Refresh => "refresh",
         }
     }
 
     /// Calls that only ask a question, so a retry cannot do harm twice.
     fn idempotent(self) -> bool {
-        matches!(self, Call::Connect | Call::Join)
+        matches!(self, Call::Connect | Call::Join | Call::Refresh)
     }
 }
 
@@ -105,6 +113,7 @@ impl Proxy {
     pub fn endpoint(&self, call: Call, name: &str) -> Option<&ProxyEndpoint> {
         let top = match call {
             Call::Connect => return Some(&self.config.connect).filter(|e| !e.url.is_empty()),
+            Call::Refresh => return Some(&self.config.refresh).filter(|e| !e.url.is_empty()),
             Call::Join => &self.config.join,
             Call::Publish => &self.config.publish,
             Call::Rpc => &self.config.rpc,
@@ -116,7 +125,7 @@ impl Proxy {
                 Call::Join => n.join.as_ref(),
                 Call::Publish => n.publish.as_ref(),
                 Call::Rpc => n.rpc.as_ref(),
-                Call::Connect => None,
+                Call::Connect | Call::Refresh => None,
             });
         Some(own.unwrap_or(top)).filter(|e| !e.url.is_empty())
     }
@@ -312,6 +321,9 @@ fn apply_connect(
     if let Some(info) = result.remove("info") {
         identity.info = Some(info).filter(|i| !i.is_null());
     }
+    if let Some(subs) = result.remove("subs") {
+        identity.subs = patterns(subs, "subs")?;
+    }
     Ok(identity)
 }
 
@@ -409,6 +421,41 @@ pub async fn rpc(
             Err(NodeError::new(code, message))
         }
         Verdict::Failed { .. } => Err(unavailable("rpc")),
+    }
+}
+
+/// How long before a connection's token expires the refresh proxy is
+/// asked for a new expiry, when one is configured (0: not configured).
+pub fn refresh_ahead_ms(proxy: &Proxy) -> u64 {
+    match proxy.endpoint(Call::Refresh, "") {
+        Some(_) => proxy.config.refresh_ahead_ms.max(1),
+        None => 0,
+    }
+}
+
+/// Asks the refresh proxy for a new expiry of `conn`'s token: `Some(Unix
+/// seconds)` when the backend extended it, `None` when it refused, failed,
+/// or answered an expiry that is not later than the current one (the
+/// connection then ends at its expiry with 4401).
+pub async fn refresh(proxy: &Proxy, metrics: &Metrics, conn: &ConnHandle) -> Option<u64> {
+    let endpoint = proxy.endpoint(Call::Refresh, "")?;
+    let current = conn.token_expires_at();
+    let mut body = json!({"user": conn.user(), "session": &*conn.session, "expires_at": current});
+    if let Some(info) = &conn.identity.info {
+        body["info"] = info.clone();
+    }
+    match proxy.call(Call::Refresh, endpoint, &body, metrics).await {
+        Verdict::Allow(result) => {
+            let next = result.get("expires_at").and_then(Value::as_u64);
+            match next {
+                Some(next) if Some(next) > current => Some(next),
+                _ => {
+                    tracing::warn!(user = %conn.user(), "refresh proxy answer has no later `expires_at`");
+                    None
+                }
+            }
+        }
+        Verdict::Deny { .. } | Verdict::Failed { .. } => None,
     }
 }
 

@@ -107,6 +107,11 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
             ("queued", node.registry.pings_queued.get()),
         ],
     );
+    scrape.counter(
+        "roomcast_token_expiries",
+        "Connections closed (4401) because their token expired without a refresh",
+        node.registry.expired.get(),
+    );
     if let Some(redis) = &node.redis {
         redis_families(&mut scrape, &redis.stats);
         pubsub_health(&mut scrape, redis.pubsub_health(), &redis.stats);

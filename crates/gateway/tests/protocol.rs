@@ -29,8 +29,10 @@ async fn hello_is_answered_with_a_complete_welcome_in_both_codecs() {
                 ping_interval_ms,
                 resumed,
                 rooms,
+                token_expires_at,
             } => {
                 assert_eq!(id, Some(0));
+                assert_eq!(token_expires_at, None, "anonymous: no token, no expiry");
                 assert_eq!(session.len(), 32);
                 assert!(!resume_token.is_empty());
                 assert_eq!(user, format!("anon-{session}"));
@@ -95,7 +97,8 @@ async fn join_publish_ack_and_own_message_carry_the_same_offset() {
             left,
             ServerFrame::Left {
                 id: Some(3),
-                room: room.clone()
+                room: room.clone(),
+                reason: None,
             }
         );
         let again = c.request(ClientFrame::Leave { id: Some(4), room }).await;

@@ -72,12 +72,17 @@ pub mod close {
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// Protocol violation: no `hello` first, or repeated malformed frames.
     pub const PROTOCOL_VIOLATION: u16 = 4400;
-    /// Missing, invalid or expired token.
+    /// Missing, invalid or expired token; also a connection whose token
+    /// expired without a refresh (reason [`TOKEN_EXPIRED`]).
     pub const UNAUTHORIZED: u16 = 4401;
+    /// The close reason of a connection whose token expired.
+    pub const TOKEN_EXPIRED: &str = "token expired";
     /// The application's backend refused the connection (connect proxy).
     pub const FORBIDDEN: u16 = 4403;
     /// No `hello` in time, or heartbeat lost.
     pub const TIMEOUT: u16 = 4408;
+    /// The user's connection limit (`limits.max_connections_per_user`) is reached.
+    pub const USER_LIMIT: u16 = 4409;
     /// Rate limit exceeded repeatedly.
     pub const RATE_LIMITED: u16 = 4429;
     /// Slow consumer: the outbound queue overflowed.

@@ -151,6 +151,13 @@ pub enum ClientFrame {
         #[serde(default)]
         data: Data,
     },
+    /// A new token for the connection (Additions 2026-12): same user only;
+    /// answered with `refreshed` or `error`.
+    Refresh {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        token: String,
+    },
 }
 
 impl ClientFrame {
@@ -164,13 +171,14 @@ impl ClientFrame {
             | ClientFrame::Send { id, .. }
             | ClientFrame::Presence { id, .. }
             | ClientFrame::Ping { id }
-            | ClientFrame::Rpc { id, .. } => *id,
+            | ClientFrame::Rpc { id, .. }
+            | ClientFrame::Refresh { id, .. } => *id,
         }
     }
 
     /// Every client frame `type`, in the order of the contract.
-    pub const KINDS: [&'static str; 8] = [
-        "hello", "join", "leave", "publish", "send", "presence", "ping", "rpc",
+    pub const KINDS: [&'static str; 9] = [
+        "hello", "join", "leave", "publish", "send", "presence", "ping", "rpc", "refresh",
     ];
 
     /// Sets the `id` the reply will carry.
@@ -183,7 +191,8 @@ impl ClientFrame {
             | ClientFrame::Send { id, .. }
             | ClientFrame::Presence { id, .. }
             | ClientFrame::Ping { id }
-            | ClientFrame::Rpc { id, .. } => *id = new_id,
+            | ClientFrame::Rpc { id, .. }
+            | ClientFrame::Refresh { id, .. } => *id = new_id,
         }
     }
 
@@ -198,6 +207,7 @@ impl ClientFrame {
             ClientFrame::Presence { .. } => "presence",
             ClientFrame::Ping { .. } => "ping",
             ClientFrame::Rpc { .. } => "rpc",
+            ClientFrame::Refresh { .. } => "refresh",
         }
     }
 }
@@ -217,6 +227,10 @@ pub enum ServerFrame {
         resumed: bool,
         #[serde(default)]
         rooms: Vec<RoomStatus>,
+        /// When the token that authorized the connection expires (Unix
+        /// seconds); absent without a token or without `exp`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token_expires_at: Option<u64>,
     },
     Joined {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -231,6 +245,10 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
         room: String,
+        /// Why the node made the connection leave (no `id` then), e.g.
+        /// `forbidden` after a refresh whose token no longer allows the room.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     Message {
         room: String,
@@ -289,11 +307,18 @@ pub enum ServerFrame {
         #[serde(default)]
         data: Data,
     },
+    /// The answer to `refresh`: the connection's token now expires then
+    /// (Unix seconds).
+    Refreshed {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        expires_at: u64,
+    },
 }
 
 impl ServerFrame {
     /// Every server frame `type`, in the order of the contract.
-    pub const KINDS: [&'static str; 13] = [
+    pub const KINDS: [&'static str; 14] = [
         "welcome",
         "joined",
         "left",
@@ -307,6 +332,7 @@ impl ServerFrame {
         "error",
         "reconnect",
         "rpc_result",
+        "refreshed",
     ];
 
     /// The `id` of the client command this frame answers, if it answers one.
@@ -318,7 +344,8 @@ impl ServerFrame {
             | ServerFrame::Presence { id, .. }
             | ServerFrame::Pong { id }
             | ServerFrame::Error { id, .. }
-            | ServerFrame::RpcResult { id, .. } => *id,
+            | ServerFrame::RpcResult { id, .. }
+            | ServerFrame::Refreshed { id, .. } => *id,
             ServerFrame::Ack { id, .. } => Some(*id),
             ServerFrame::Message { .. }
             | ServerFrame::Direct { .. }
@@ -344,6 +371,7 @@ impl ServerFrame {
             ServerFrame::Error { .. } => "error",
             ServerFrame::Reconnect { .. } => "reconnect",
             ServerFrame::RpcResult { .. } => "rpc_result",
+            ServerFrame::Refreshed { .. } => "refreshed",
         }
     }
 

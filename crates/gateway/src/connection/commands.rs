@@ -16,6 +16,10 @@ use crate::node::Node;
 pub struct State {
     /// Rooms joined, in join order.
     pub rooms: Vec<String>,
+    /// Those of `rooms` that the application granted (its join proxy, or
+    /// server-side subscriptions) rather than the token's patterns: a
+    /// refresh does not take them away.
+    pub granted: Vec<String>,
 }
 
 pub async fn handle(
@@ -38,7 +42,7 @@ pub async fn handle(
             } else {
                 crate::proxy::join(&node.live.get_full().proxy, &node.metrics, conn, &room).await?
             };
-            if !backend_allowed && !conn.identity.may_join(&room) {
+            if !backend_allowed && !conn.may_join(&room) {
                 return Err(NodeError::new(
                     ErrorCode::Forbidden,
                     format!("the token does not allow joining {room}"),
@@ -82,6 +86,9 @@ pub async fn handle(
                     node.metrics.frame_out(&joined);
                     let _ = conn.send(&joined);
                     node.finish_join(conn, &room, &read).await;
+                    if backend_allowed {
+                        state.granted.push(room.clone());
+                    }
                     state.rooms.push(room);
                     Ok(None)
                 }
@@ -92,8 +99,13 @@ pub async fn handle(
                 return Err(not_joined(&room, "leaving"));
             };
             state.rooms.swap_remove(i);
+            state.granted.retain(|r| *r != room);
             node.leave(conn, &room).await;
-            Ok(Some(ServerFrame::Left { id, room }))
+            Ok(Some(ServerFrame::Left {
+                id,
+                room,
+                reason: None,
+            }))
         }
         ClientFrame::Publish {
             id,
@@ -101,7 +113,7 @@ pub async fn handle(
             data,
             key,
         } => {
-            if !state.rooms.contains(&room) && !conn.identity.may_publish_unjoined(&room) {
+            if !state.rooms.contains(&room) && !conn.may_publish_unjoined(&room) {
                 node.check_room(&room)?;
                 return Err(not_joined(&room, "publishing to"));
             }
@@ -131,7 +143,7 @@ pub async fn handle(
             }))
         }
         ClientFrame::Presence { id, room } => {
-            if !state.rooms.contains(&room) && !conn.identity.may_join(&room) {
+            if !state.rooms.contains(&room) && !conn.may_join(&room) {
                 node.check_room(&room)?;
                 return Err(not_joined(&room, "asking for the presence of"));
             }
@@ -139,6 +151,7 @@ pub async fn handle(
             Ok(Some(ServerFrame::Presence { id, room, members }))
         }
         ClientFrame::Ping { id } => Ok(Some(ServerFrame::Pong { id })),
+        ClientFrame::Refresh { id, token } => refresh(node, conn, state, id, &token).await,
         ClientFrame::Rpc { id, method, data } => {
             let data = crate::proxy::rpc(
                 &node.live.get_full().proxy,
@@ -151,6 +164,60 @@ pub async fn handle(
             Ok(Some(ServerFrame::RpcResult { id, data }))
         }
     }
+}
+
+/// A `refresh`: a valid token of the same user replaces the connection's
+/// expiry and room patterns; rooms the new patterns no longer allow are
+/// left (`left` with reason `forbidden`). A refused refresh changes nothing.
+async fn refresh(
+    node: &Arc<Node>,
+    conn: &Arc<ConnHandle>,
+    state: &mut State,
+    id: Option<u64>,
+    token: &str,
+) -> Result<Option<ServerFrame>, NodeError> {
+    let refused = |code, message: String| {
+        node.metrics.refreshes[1].inc();
+        Err(NodeError::new(code, message))
+    };
+    let identity = match node.auth.authenticate(Some(token), &conn.session) {
+        Ok(identity) if !identity.anonymous && identity.expires_at.is_some() => identity,
+        Ok(_) => {
+            return refused(
+                ErrorCode::Unauthorized,
+                "refresh needs a token (none is configured)".into(),
+            )
+        }
+        Err(e) => return refused(ErrorCode::Unauthorized, e.to_string()),
+    };
+    if identity.user != *conn.user() {
+        return refused(
+            ErrorCode::Forbidden,
+            "the token is another user's; the connection's token stands".into(),
+        );
+    }
+    let expires_at = identity.expires_at.unwrap_or_default();
+    let subs = identity.subs.clone();
+    conn.refresh(identity);
+    node.metrics.refreshes[0].inc();
+    let gone: Vec<String> = state
+        .rooms
+        .iter()
+        .filter(|r| !state.granted.contains(r) && !subs.contains(r) && !conn.may_join(r))
+        .cloned()
+        .collect();
+    for room in gone {
+        state.rooms.retain(|r| *r != room);
+        node.leave(conn, &room).await;
+        let left = ServerFrame::Left {
+            id: None,
+            room,
+            reason: Some("forbidden".into()),
+        };
+        node.metrics.frame_out(&left);
+        let _ = conn.send(&left);
+    }
+    Ok(Some(ServerFrame::Refreshed { id, expires_at }))
 }
 
 fn not_joined(room: &str, doing: &str) -> NodeError {

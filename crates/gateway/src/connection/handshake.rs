@@ -17,8 +17,10 @@ use crate::outbox::Outbox;
 /// A connection past `hello`.
 pub struct Established {
     pub conn: Arc<ConnHandle>,
-    /// Rooms restored by a resume.
+    /// Rooms restored by a resume, then those of server-side subscriptions.
     pub rooms: Vec<String>,
+    /// Those of `rooms` joined as server-side subscriptions.
+    pub granted: Vec<String>,
 }
 
 /// The close code and reason a connection is refused with.
@@ -142,11 +144,22 @@ async fn hello(
             node.metrics.resumes_failed.inc();
         }
     }
-    let (session, identity, held_elsewhere) = match taken {
+    let (session, mut identity, held_elsewhere) = match taken {
         Some(t) => (t.session, t.identity, t.held_elsewhere),
         None => (fresh, identity, Vec::new()),
     };
     let limits = &node.live.get().config.limits.clone();
+    if let Err(refusal) = node.check_user_limit(&identity, &session).await {
+        send_now(
+            ws,
+            codec,
+            &ServerFrame::error(id, ErrorCode::LimitExceeded, refusal.clone()),
+        )
+        .await;
+        return Err((close::USER_LIMIT, "connection limit reached".into()));
+    }
+    let expires_at = identity.expires_at;
+    let subs = std::mem::take(&mut identity.subs);
     let conn = Arc::new(
         ConnHandle::new(
             node.next_conn_id(),
@@ -155,7 +168,8 @@ async fn hello(
             codec,
             Outbox::new(limits.outbound_queue_frames, limits.outbound_queue_bytes),
         )
-        .with_socket(upgrade.fd, node.config.heartbeat.direct_ping),
+        .with_socket(upgrade.fd, node.config.heartbeat.direct_ping)
+        .with_expiry(expires_at),
     );
     // The presence service hears of the session (`connect`) before any
     // of the restored rooms below (`join`).
@@ -182,7 +196,7 @@ async fn hello(
             if rooms.len() >= limits.max_rooms_per_connection
                 || rooms.contains(&r.room)
                 || node.check_room(&r.room).is_err()
-                || !conn.identity.may_join(&r.room)
+                || !(conn.may_join(&r.room) || subs.contains(&r.room))
             {
                 continue;
             }
@@ -218,13 +232,53 @@ async fn hello(
                 recovered: matches!(read.recovery, Some(roomcast_broker::Recovery::Recovered(_))),
             })
             .collect(),
+        token_expires_at: expires_at,
     };
     node.metrics.frame_out(&welcome);
     let _ = conn.send(&welcome);
     for (room, read) in rooms.iter().zip(&reads) {
         node.finish_join(&conn, room, read).await;
     }
-    Ok(Established { conn, rooms })
+    // Server-side subscriptions: the rooms the token (or the connect
+    // proxy) names, each announced by a `joined` without an id. A resume
+    // restored those it was in already.
+    let mut granted = Vec::new();
+    for room in subs {
+        if rooms.contains(&room) {
+            granted.push(room);
+            continue;
+        }
+        if rooms.len() >= limits.max_rooms_per_connection {
+            continue;
+        }
+        if let Err(e) = node.check_room(&room) {
+            tracing::debug!(room, error = %e.message, "subs: room refused");
+            continue;
+        }
+        match node.begin_join(&conn, &room, None, false).await {
+            Ok(Some(read)) => {
+                let joined = ServerFrame::Joined {
+                    id: None,
+                    room: room.clone(),
+                    offset: read.position.offset,
+                    epoch: read.position.epoch.to_string(),
+                    recovered: None,
+                };
+                node.metrics.frame_out(&joined);
+                let _ = conn.send(&joined);
+                node.finish_join(&conn, &room, &read).await;
+                granted.push(room.clone());
+                rooms.push(room);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(room, error = %e.message, "subs: join failed"),
+        }
+    }
+    Ok(Established {
+        conn,
+        rooms,
+        granted,
+    })
 }
 
 /// A close reason fits in 123 bytes; cut at a character boundary.

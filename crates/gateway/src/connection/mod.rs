@@ -87,7 +87,11 @@ pub async fn serve(node: Arc<Node>, mut ws: Box<Socket>, mut upgrade: Box<Upgrad
             return;
         }
     };
-    let handshake::Established { conn, rooms } = established;
+    let handshake::Established {
+        conn,
+        rooms,
+        granted,
+    } = established;
     tracing::debug!(session = %conn.session, user = %conn.user(), remote = %upgrade.remote, "connected");
     drop(upgrade);
     node.metrics.connections.inc();
@@ -103,7 +107,7 @@ pub async fn serve(node: Arc<Node>, mut ws: Box<Socket>, mut upgrade: Box<Upgrad
         live,
         generation,
     };
-    let state = commands::State { rooms };
+    let state = commands::State { rooms, granted };
     let wire_off = WireOff(&conn.wire);
     let (end, mut state) = run_loop(&node, &conn, &mut ws, &mut gate, state).await;
     let code = end_socket(&conn, ws, end).await;

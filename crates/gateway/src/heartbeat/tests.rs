@@ -10,6 +10,8 @@ fn conn(id: u64, seen: u64) -> Arc<ConnHandle> {
         anonymous: true,
         rooms: Vec::new(),
         publish: Vec::new(),
+        expires_at: None,
+        subs: Vec::new(),
     };
     let c = ConnHandle::new(
         id,

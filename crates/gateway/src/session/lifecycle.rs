@@ -78,7 +78,7 @@ impl Lifecycle<'_> {
             match live.take_over() {
                 // Taken from the live connection, which will not park it.
                 SessionFate::Held => {
-                    return Some(here(live.session.clone(), pick(live.identity.clone())))
+                    return Some(here(live.session.clone(), pick(live.current_identity())))
                 }
                 // Its teardown is parking it: the parked copy is the one to
                 // take, once it is there.
@@ -185,7 +185,7 @@ impl Lifecycle<'_> {
         if conn.begin_park() {
             Box::pin(
                 self.parked
-                    .park(conn.session.clone(), conn.identity.clone(), self.ttl),
+                    .park(conn.session.clone(), conn.current_identity(), self.ttl),
             )
             .await;
             self.hub.park_ended(conn);

@@ -1,0 +1,294 @@
+//! Token lifetime (PROTOCOL.md, Additions 2026-12): `token_expires_at` in
+//! `welcome`, the `refresh` command, and the 4401 close of a connection
+//! whose token ran out, all against a real gateway.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use roomcast_protocol::{ClientFrame, Codec, ErrorCode, ServerFrame};
+use roomcast_testkit::ws::{join, resume_hello, Event, RawClient};
+use roomcast_testkit::{http_request, Gateway};
+use serde_json::{json, Value};
+
+const SECRET: &str = "test-secret-for-hs256-0123456789";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn now_f64() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+fn token(claims: Value) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn gateway() -> Gateway {
+    Gateway::start(&[
+        ("ROOMCAST_AUTH__JWT_SECRET", SECRET),
+        // Pings far apart: only the token's expiry can end the connection.
+        ("ROOMCAST_HEARTBEAT__PING_INTERVAL_MS", "25000"),
+    ])
+}
+
+fn api_publish(gw: &Gateway, body: &str) -> (u16, String) {
+    http_request(
+        gw.addr,
+        "POST",
+        "/api/publish",
+        &[
+            ("Authorization", "Bearer test-key"),
+            ("Content-Type", "application/json"),
+        ],
+        body,
+    )
+    .unwrap()
+}
+
+async fn connect(gw: &Gateway, claims: Value) -> (RawClient, ServerFrame) {
+    let mut c = RawClient::connect(&gw.ws_url(), Codec::Json).await;
+    let welcome = c.hello(Some(&token(claims))).await;
+    (c, welcome)
+}
+
+/// Waits for the close, skipping frames; returns its code and when it came.
+async fn closed_at(c: &mut RawClient, within: Duration) -> (u16, f64) {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match c.next_event_within(left).await {
+            Some(Event::Closed(code)) => return (code, now_f64()),
+            Some(Event::Frame(_)) => continue,
+            other => panic!("expected a close, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_connection_whose_token_expires_is_closed_with_4401_within_5_s_of_exp() {
+    let gw = gateway();
+    let exp = now() + 3;
+    let (mut c, welcome) = connect(&gw, json!({"sub": "alice", "exp": exp})).await;
+    let ServerFrame::Welcome {
+        token_expires_at, ..
+    } = welcome
+    else {
+        panic!("{welcome:?}")
+    };
+    assert_eq!(token_expires_at, Some(exp));
+    let (code, at) = closed_at(&mut c, Duration::from_secs(12)).await;
+    assert_eq!(code, 4401);
+    let after = at - exp as f64;
+    assert!(
+        (0.0..=5.0).contains(&after),
+        "closed {after:.2} s after exp"
+    );
+    assert!(gw.metric("roomcast_token_expiries_total") >= 1);
+}
+
+#[tokio::test]
+async fn a_refreshed_connection_stays_open_past_its_first_exp() {
+    let gw = gateway();
+    let exp = now() + 2;
+    let (mut c, _) = connect(&gw, json!({"sub": "bob", "exp": exp, "rooms": ["*"]})).await;
+    c.request(join(1, "chat:a")).await;
+    let later = now() + 600;
+    let reply = c
+        .request(ClientFrame::Refresh {
+            id: Some(2),
+            token: token(json!({"sub": "bob", "exp": later, "rooms": ["*"]})),
+        })
+        .await;
+    assert_eq!(
+        reply,
+        ServerFrame::Refreshed {
+            id: Some(2),
+            expires_at: later
+        }
+    );
+    // Well past the first token's exp plus the grace: still open.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let pong = c.request(ClientFrame::Ping { id: Some(3) }).await;
+    assert_eq!(pong, ServerFrame::Pong { id: Some(3) });
+    assert_eq!(
+        gw.metric("roomcast_token_refreshes_total{outcome=\"refreshed\"}"),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_refresh_with_another_users_token_is_forbidden_and_the_old_expiry_stands() {
+    let gw = gateway();
+    let exp = now() + 3;
+    let (mut c, _) = connect(&gw, json!({"sub": "carol", "exp": exp})).await;
+    let reply = c
+        .request(ClientFrame::Refresh {
+            id: Some(1),
+            token: token(json!({"sub": "mallory", "exp": now() + 600})),
+        })
+        .await;
+    assert!(
+        matches!(
+            reply,
+            ServerFrame::Error {
+                id: Some(1),
+                code: ErrorCode::Forbidden,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    // A forged or expired token: unauthorized.
+    let reply = c
+        .request(ClientFrame::Refresh {
+            id: Some(2),
+            token: "not-a-jwt".into(),
+        })
+        .await;
+    assert!(
+        matches!(
+            reply,
+            ServerFrame::Error {
+                code: ErrorCode::Unauthorized,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    let (code, at) = closed_at(&mut c, Duration::from_secs(12)).await;
+    assert_eq!(code, 4401, "the old expiry stands");
+    assert!(at - exp as f64 <= 5.0);
+    assert_eq!(
+        gw.metric("roomcast_token_refreshes_total{outcome=\"refused\"}"),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_refresh_that_narrows_the_rooms_leaves_those_no_longer_allowed() {
+    let gw = gateway();
+    let (mut c, _) = connect(
+        &gw,
+        json!({"sub": "dave", "exp": now() + 600, "rooms": ["chat:*", "news:*"]}),
+    )
+    .await;
+    c.request(join(1, "chat:a")).await;
+    c.request(join(2, "news:b")).await;
+    c.send(&ClientFrame::Refresh {
+        id: Some(3),
+        token: token(json!({"sub": "dave", "exp": now() + 900, "rooms": ["chat:*"]})),
+    })
+    .await;
+    let left = c.recv().await;
+    assert_eq!(
+        left,
+        ServerFrame::Left {
+            id: None,
+            room: "news:b".into(),
+            reason: Some("forbidden".into())
+        }
+    );
+    assert!(matches!(
+        c.recv().await,
+        ServerFrame::Refreshed { id: Some(3), .. }
+    ));
+    // The new patterns are in force.
+    let refused = c.request(join(4, "news:c")).await;
+    assert!(
+        matches!(
+            refused,
+            ServerFrame::Error {
+                code: ErrorCode::Forbidden,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn subs_join_the_rooms_at_hello_and_a_resume_restores_them() {
+    let gw = gateway();
+    let claims = json!({"sub": "erin", "exp": now() + 600, "subs": ["user:erin", "news:all"]});
+    let (mut c, welcome) = connect(&gw, claims.clone()).await;
+    let ServerFrame::Welcome {
+        session,
+        resume_token,
+        ..
+    } = welcome
+    else {
+        panic!("{welcome:?}")
+    };
+    let mut rooms = Vec::new();
+    let (mut epoch, mut news_epoch) = (String::new(), String::new());
+    for _ in 0..2 {
+        match c.recv().await {
+            ServerFrame::Joined {
+                id: None,
+                room,
+                epoch: e,
+                ..
+            } => {
+                if room == "user:erin" {
+                    epoch = e;
+                } else {
+                    news_epoch = e;
+                }
+                rooms.push(room)
+            }
+            other => panic!("expected joined, got {other:?}"),
+        }
+    }
+    rooms.sort();
+    assert_eq!(rooms, ["news:all", "user:erin"]);
+    // Messages of the room reach the connection.
+    let (status, body) = api_publish(&gw, r#"{"room":"user:erin","data":{"n":1}}"#);
+    assert_eq!(status, 200, "{body}");
+    let (data, offset) = c.next_message("user:erin").await;
+    assert_eq!(data, json!({"n": 1}));
+    c.abort();
+
+    // A resume restores both rooms with what was missed.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, _) = api_publish(&gw, r#"{"room":"user:erin","data":{"n":2}}"#);
+    assert_eq!(status, 200);
+    let mut back = RawClient::connect(&gw.ws_url(), Codec::Json).await;
+    let mut hello = resume_hello(&session, &resume_token, "user:erin", offset, &epoch);
+    if let ClientFrame::Hello {
+        token: t,
+        resume: Some(r),
+        ..
+    } = &mut hello
+    {
+        *t = Some(token(claims));
+        r.rooms.push(roomcast_protocol::ResumeRoom {
+            room: "news:all".into(),
+            offset: 0,
+            epoch: news_epoch.clone(),
+            presence: None,
+        });
+    }
+    back.send(&hello).await;
+    let welcome = back.recv().await;
+    let ServerFrame::Welcome { resumed, rooms, .. } = welcome else {
+        panic!("{welcome:?}")
+    };
+    assert!(resumed);
+    let mut restored: Vec<_> = rooms.iter().map(|r| r.room.clone()).collect();
+    restored.sort();
+    assert_eq!(restored, ["news:all", "user:erin"]);
+    let (data, _) = back.next_message("user:erin").await;
+    assert_eq!(data, json!({"n": 2}));
+}
