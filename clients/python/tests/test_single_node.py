@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any, List
 
 import pytest
@@ -295,3 +298,20 @@ def test_backoff_is_exponential_with_full_jitter() -> None:
 def test_message_is_a_plain_value() -> None:
     m = Message(room="r", offset=1, epoch="e", data={"a": 1})
     assert m.replayed is False and m.sender is None
+
+
+def test_the_readme_example_runs(gateway: Any, tmp_path: Any) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    script = tmp_path / "hello.py"
+    script.write_text(example)
+    done = subprocess.run(
+        [sys.executable, str(script), gateway.ws], capture_output=True, text=True, timeout=30, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("connected as anon-")
+    assert lines[1].startswith("stored at offset ") and " with key py-" in lines[1]
+    assert lines[2].endswith(": {'text': 'hi'}")
+    assert lines[3].startswith("members: ['anon-")
+    assert lines[4] == "refused: not_joined - join elsewhere before publishing to it"

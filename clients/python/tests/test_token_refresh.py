@@ -166,3 +166,18 @@ async def test_a_refused_fixed_token_stops_the_client(jwt_gateway: Any) -> None:
         await asyncio.wait_for(client.connect(), 10)
     assert err.value.code == "unauthorized"
     assert client.state == "disconnected"
+
+
+async def test_server_side_subscriptions_are_rooms_like_any_other(jwt_gateway: Any) -> None:
+    room = new_room("subs")
+    client = track(Client(jwt_gateway.ws, token=make_token("frank", ttl=60, rooms=ALL_ROOMS, subs=[room])))
+    messages = client.messages(room)
+    await asyncio.wait_for(client.connect(), 10)
+    deadline = time.monotonic() + 5
+    while client.rooms != [room]:  # the node's `joined` (no id) follows `welcome`
+        assert time.monotonic() < deadline, client.rooms
+        await asyncio.sleep(0.02)
+    await asyncio.to_thread(api_publish, jwt_gateway, room, "pushed")
+    assert (await messages.get(5)).data == "pushed"
+    assert (await client.publish(room, "mine")).offset == 2
+    assert (await messages.get(5)).data == "mine"

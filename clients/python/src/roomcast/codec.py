@@ -46,7 +46,7 @@ class MsgpackCodec(Codec):
 
     def __init__(self) -> None:
         try:
-            import msgpack
+            import msgpack  # type: ignore[import-untyped]
         except ImportError as err:  # pragma: no cover - depends on the install
             raise ImportError(
                 "the MessagePack codec needs the msgpack package: pip install 'roomcast[msgpack]'"
