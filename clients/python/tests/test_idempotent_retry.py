@@ -153,3 +153,41 @@ async def test_a_publish_retried_after_a_redis_stall_is_stored_and_delivered_onc
             assert not (isinstance(event, StateChanged) and event.state == "reconnecting"), event
     finally:
         proxy.close()
+
+
+async def test_a_publish_unanswered_when_the_connection_drops_is_retried_after_the_reconnect(cluster: Any) -> None:
+    from conftest import Redis
+
+    redis = Redis()
+    proxy = StallingProxy(redis.port)
+    try:
+        c = cluster(1, {"ROOMCAST_REDIS__COMMAND_TIMEOUT_MS": "2000"}, redis_url=proxy.url, redis=redis)
+        (node,) = c.gateways
+        client = track(Client(node.ws, backoff=Backoff(base=0.05, cap=0.5)))
+        await asyncio.wait_for(client.connect(), 10)
+        room = new_room("drop")
+        messages, events = client.messages(room), client.events()
+        await client.join(room)
+
+        proxy.pause()  # the publish reaches the node and waits for Redis
+        publishing = asyncio.create_task(client.publish(room, {"order": 7}))
+        await asyncio.sleep(0.2)
+        assert client.drop_connection_for_test(reconnect_after=0.6)  # its ack will be lost
+        await asyncio.sleep(0.1)
+        proxy.resume()  # the held publish is stored now, answered to a dead socket
+        ack = await asyncio.wait_for(publishing, 15)
+        assert (ack.offset, ack.duplicate, ack.attempts) == (1, True, 2), ack
+
+        got = await messages.get(5)
+        assert (got.data, got.offset) == ({"order": 7}, 1)
+        await asyncio.sleep(0.3)
+        assert messages.pending() == 0, "delivered once"
+        history = await asyncio.to_thread(api_history, node, room)
+        assert [m["data"] for m in history["messages"]] == [{"order": 7}]
+        seen = []
+        while events.pending():
+            seen.append(await events.get(0))
+        connected = [e for e in seen if isinstance(e, StateChanged) and e.state == "connected"]
+        assert len(connected) == 1 and connected[0].resumed is True
+    finally:
+        proxy.close()

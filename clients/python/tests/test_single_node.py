@@ -247,7 +247,7 @@ async def test_join_with_since_replays_from_there(gateway: Any) -> None:
 
 async def test_the_heartbeat_watchdog_replaces_a_silent_connection(own_gateway: Any) -> None:
     gw = own_gateway({"ROOMCAST_HEARTBEAT__PING_INTERVAL_MS": "500", "ROOMCAST_HEARTBEAT__PONG_TIMEOUT_MS": "5000"})
-    client = await connected(gw.ws, heartbeat_slack=0.7, backoff=Backoff(base=0.05, cap=0.2))
+    client = await connected(gw.ws, heartbeat_slack=1.0, backoff=Backoff(base=0.05, cap=0.2))
     assert client.session and client.session.ping_interval == 0.5
     room = new_room()
     await client.join(room)
@@ -260,7 +260,7 @@ async def test_the_heartbeat_watchdog_replaces_a_silent_connection(own_gateway: 
         reconnecting = await wait_state(events, "reconnecting", timeout=5)
         took = time.monotonic() - frozen_at
         assert reconnecting.cause is not None and reconnecting.cause.kind == "heartbeat"
-        assert 0.5 <= took <= 2.5, took
+        assert 0.5 <= took <= 3.0, took  # ping interval (0.5) + slack (1.0) after the last byte
     finally:
         gw.signal(signal.SIGCONT)
     state = await wait_state(events, "connected", timeout=10)
@@ -315,3 +315,16 @@ def test_the_readme_example_runs(gateway: Any, tmp_path: Any) -> None:
     assert lines[2].endswith(": {'text': 'hi'}")
     assert lines[3].startswith("members: ['anon-")
     assert lines[4] == "refused: not_joined - join elsewhere before publishing to it"
+
+
+def test_the_duplicate_filter_by_offset_and_epoch() -> None:
+    from roomcast._state import DELIVER, DUPLICATE, RESTART, Positions
+
+    p = Positions()
+    assert p.admit("r", "e1", 5) == RESTART
+    assert [p.admit("r", "e1", o) for o in (6, 6, 4, 7)] == [DELIVER, DUPLICATE, DUPLICATE, DELIVER]
+    p.replay_from("r", Position(3, "e1"))  # never moves back over delivered messages
+    assert p.get("r") == Position(7, "e1")
+    assert p.admit("r", "e2", 1) == RESTART  # a new epoch: offsets start again
+    p.advance_to("r", Position(0, "e2"))
+    assert p.get("r") == Position(1, "e2")
