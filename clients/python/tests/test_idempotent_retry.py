@@ -48,7 +48,10 @@ class StallingProxy:
             started.set()
 
         self.loop.run_until_complete(start())
-        self.loop.run_forever()
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.close()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
