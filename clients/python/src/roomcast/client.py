@@ -790,6 +790,8 @@ class Client:
                 if not isinstance(status, dict):
                     continue
                 room = str(status.get("room"))
+                if room not in self.rooms:
+                    self._rooms.joined(room, False)
                 self._settle_position(
                     room,
                     self._positions.get(room),
@@ -847,10 +849,18 @@ class Client:
             self._emit(RoomLeft(room=room, reason=str(frame.get("reason", ""))))
             return
         if kind == "joined" and ident is None:
-            # A server-side subscription (token claim `subs`).
+            # A server-side subscription (token claim `subs`), joined by the
+            # node without `since`: after a fresh session, what this client
+            # missed in the room is not replayed (its own join with `since`
+            # then finds the room joined already), so say so.
             room = str(frame.get("room"))
+            epoch, offset = str(frame.get("epoch")), int(frame.get("offset") or 0)
+            pos = self._positions.get(room)
+            gap = pos is not None and (pos.epoch != epoch or pos.offset < offset)
             self._rooms.joined(room, False)
-            self._settle_position(room, None, str(frame.get("epoch")), int(frame.get("offset") or 0), None, False)
+            self._settle_position(room, None, epoch, offset, None, False)
+            if gap:
+                self._emit(RecoveryFailed(room=room, offset=offset, epoch=epoch))
             return
         if ident is not None and kind in REPLY_TYPES:
             self._on_reply(ident, frame)
