@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any, List, Optional
 
+import pytest
 from conftest import api_history, new_room, track
 
+import roomcast
 from roomcast import Backoff, Client, StateChanged
 
 
@@ -127,10 +130,22 @@ async def test_a_publish_retried_after_a_redis_stall_is_stored_and_delivered_onc
         assert (await publisher.publish(room, "before")).offset == 1
         assert (await seen.get(5)).data == "before"
 
+        # A client whose budget is two attempts gives up during the stall.
+        impatient = track(Client(node.ws, publish_attempts=2))
+        await asyncio.wait_for(impatient.connect(), 10)
+        other_room = new_room("give-up")
+        await impatient.join(other_room)
+
         events = publisher.events()
         proxy.pause()
         stalled = asyncio.create_task(publisher.publish(room, {"order": 42}))
-        await asyncio.sleep(2.5)  # several attempts answered `unavailable`
+        started = time.monotonic()
+        with pytest.raises(roomcast.PublishFailed) as gave_up:
+            await impatient.publish(other_room, "maybe stored")
+        failed = gave_up.value
+        assert (failed.code, failed.details["attempts"]) == ("unavailable", 2), failed
+        assert time.monotonic() - started < 2.5
+        await asyncio.sleep(max(0.0, 2.5 - (time.monotonic() - started)))  # several attempts answered `unavailable`
         assert not stalled.done(), "no ack while Redis cannot be reached"
         proxy.resume()
         ack = await asyncio.wait_for(stalled, 20)
@@ -150,6 +165,10 @@ async def test_a_publish_retried_after_a_redis_stall_is_stored_and_delivered_onc
         history = await asyncio.to_thread(api_history, node, room)
         datas = [m["data"] for m in history["messages"]]
         assert datas == ["before", {"order": 42}, "after"], datas
+        # What the impatient client gave up on was stored after all (its
+        # held first attempt): publishing again with its key is safe.
+        again = await impatient.publish(other_room, "maybe stored", key=failed.details["key"])
+        assert (again.offset, again.duplicate) == (1, True), again
         # the retries went over the same connection: no reconnect was needed
         while events.pending():
             event = await events.get(0)
