@@ -151,3 +151,11 @@ class PublishFailed(RoomcastError):
     """
 
     code = "unavailable"
+
+    @property
+    def key(self) -> str:
+        return str(self.details.get("key", ""))
+
+    @property
+    def attempts(self) -> int:
+        return int(self.details.get("attempts", 0))
