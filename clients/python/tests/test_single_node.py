@@ -328,3 +328,15 @@ def test_the_duplicate_filter_by_offset_and_epoch() -> None:
     assert p.admit("r", "e2", 1) == RESTART  # a new epoch: offsets start again
     p.advance_to("r", Position(0, "e2"))
     assert p.get("r") == Position(1, "e2")
+
+
+def test_the_installed_package_is_the_wheel_with_its_version_and_types() -> None:
+    from importlib import metadata
+    from importlib.resources import files
+
+    assert metadata.version("roomcast") == roomcast.__version__
+    assert "site-packages" in roomcast.__file__, roomcast.__file__  # the wheel, not the source tree
+    assert files("roomcast").joinpath("py.typed").is_file()
+    requires = metadata.requires("roomcast") or []
+    assert any(r.startswith("websockets") for r in requires)
+    assert any("msgpack" in r and "extra" in r for r in requires)
