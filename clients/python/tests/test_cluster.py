@@ -92,6 +92,13 @@ async def test_a_drained_node_s_client_reconnects_after_the_announced_delay_and_
     first, second, publisher = c.gateways
     client = track(Client([first.ws, second.ws, publisher.ws], backoff=Backoff(base=0.1, cap=1.0)))
     events = client.events()
+    timeline: List[Any] = []  # (monotonic time, event) as they happen
+
+    async def watch() -> None:
+        async for event in events:
+            timeline.append((time.monotonic(), event))
+
+    watcher = asyncio.create_task(watch())
     session = await asyncio.wait_for(client.connect(), 10)
     assert session.node == "py-node-1"
     room = new_room("drain")
@@ -111,7 +118,9 @@ async def test_a_drained_node_s_client_reconnects_after_the_announced_delay_and_
     assert messages.pending() == 0
     assert first.wait_exit(8) == 0, "the drained node exits cleanly"
 
-    seen = await drain_events(events)
+    events.close()
+    await watcher
+    seen = [event for _, event in timeline]
     notices = [e for e in seen if isinstance(e, ReconnectRequested)]
     assert len(notices) == 1 and notices[0].reason == "shutdown"
     reconnecting = [s for s in states(seen) if s.state == "reconnecting"]
@@ -119,6 +128,10 @@ async def test_a_drained_node_s_client_reconnects_after_the_announced_delay_and_
     cause = reconnecting[0].cause
     assert cause is not None and (cause.kind, cause.code) == ("closed", 1012)
     assert reconnecting[0].delay == notices[0].after, "the wait is the node's after_ms, not a backoff"
+    # ... and the next attempt came after that wait (after_ms is 0-250 ms)
+    closed_at = next(t for t, e in timeline if e is reconnecting[0])
+    retried_at = next(t for t, e in timeline if isinstance(e, StateChanged) and e.state == "connecting" and t > closed_at)
+    assert notices[0].after - 0.01 <= retried_at - closed_at <= notices[0].after + 0.5
     connected = [s for s in states(seen) if s.state == "connected"]
     assert connected[-1].resumed is True and connected[-1].session is not None
     assert connected[-1].session.node != "py-node-1"
