@@ -8,12 +8,12 @@ SOAK_MINUTES ?= 30
 FUZZ_SECONDS ?= 15
 export ROOMCAST_API__KEY ?= dev-key
 
-.PHONY: run cluster soak chaos bench bench-smoke build test test-rust test-python test-js test-deploy test-k6 test-autobahn-subset autobahn lint fuzz fuzz-smoke deps clean help
+.PHONY: run cluster soak chaos bench bench-smoke build test test-rust test-python test-python-client test-js test-deploy test-k6 test-autobahn-subset autobahn lint fuzz fuzz-smoke deps clean help
 
 help:
 	@echo "make run         build and start one node (embedded in-memory mode)"
 	@echo "make cluster     build and start a local cluster: redis, presence, three gateways"
-	@echo "make test        everything CI checks: lint, Rust tests, Python client suite, fuzz smoke"
+	@echo "make test        everything CI checks: lint, Rust tests, Python protocol suite, Python and JS clients, fuzz smoke"
 	@echo "make fuzz        run each fuzz target for 10 minutes (FUZZ_SECONDS=600)"
 	@echo "make test-deploy check docker-compose.yml and the Helm chart; make test-k6: k6 smoke"
 	@echo "make bench       the kernel floor, then roomcast vs Socket.IO vs socketioxide (idle, fanout, cross, storm, broadcast);"
@@ -44,7 +44,7 @@ build:
 	$(CARGO) build --workspace --all-targets
 
 ## Everything CI checks. Installs what it needs (Python venv, cargo-nextest, cargo-fuzz).
-test: deps lint test-rust test-python test-js test-autobahn-subset fuzz-smoke test-deploy test-k6 bench-smoke
+test: deps lint test-rust test-python test-python-client test-js test-autobahn-subset fuzz-smoke test-deploy test-k6 bench-smoke
 	@echo "make test: all checks passed"
 
 deps:
@@ -61,6 +61,13 @@ test-python: build
 	PY=$$(scripts/python-venv.sh) && \
 	  ROOMCAST_GATEWAY_BIN=$(TARGET_DIR)/debug/roomcast-gateway PYTHONDONTWRITEBYTECODE=1 \
 	  $$PY -m pytest -q tests/python
+
+## The Python client (clients/python): its wheel built into target/python-client,
+## installed into .venv-pyclient (pinned clients/python/tests/requirements.txt)
+## and tested against real gateways, presence and redis-server (scripts/test-python-client.sh).
+test-python-client: build
+	CARGO_TARGET_DIR=$(TARGET_DIR) ROOMCAST_GATEWAY_BIN=$(TARGET_DIR)/debug/roomcast-gateway \
+	  ROOMCAST_PRESENCE_BIN=$(TARGET_DIR)/debug/roomcast-presence scripts/test-python-client.sh
 
 ## The JS client (node --test against a real gateway), then the demo page in
 ## headless Chromium; installs Chromium and the npm devDependencies if missing.
@@ -117,7 +124,7 @@ fuzz:
 
 clean:
 	$(CARGO) clean
-	rm -rf .venv .venv-deploy .tools fuzz/target
+	rm -rf .venv .venv-deploy .venv-pyclient .tools fuzz/target
 
 ## Churn against a two-node cluster for SOAK_MINUTES (30): RSS, fds, tasks, lost acks.
 soak:
