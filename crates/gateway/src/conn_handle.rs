@@ -40,6 +40,9 @@ pub struct ConnHandle {
     pub ping_sent: AtomicU64,
     /// The socket, for the heartbeat's direct pings.
     pub wire: Wire,
+    /// The heartbeat tick this connection is filed under; an older entry
+    /// of it in the wheel is stale.
+    pub filed_tick: AtomicU64,
     /// When the connection's token runs out (`now_ms`, its `exp` plus
     /// [`EXPIRY_GRACE_MS`]; 0: never), and in [`REFRESH_ASKED`] whether the
     /// refresh proxy was asked for this deadline. Read by the heartbeat.
@@ -75,6 +78,7 @@ impl ConnHandle {
             fate: AtomicU8::new(0),
             wire: Wire::none(),
             expiry: AtomicU64::new(0),
+            filed_tick: AtomicU64::new(0),
             refreshed: ArcSwapOption::empty(),
         }
     }

@@ -109,6 +109,9 @@ impl Shard {
             .div_ceil(timing.tick_ms)
             .clamp(current + 1, current + len - 1);
         self.wheel[(tick % len) as usize].push(entry);
+        if let Some(conn) = self.conns.get(entry.0 as usize) {
+            conn.filed_tick.store(tick, Relaxed);
+        }
         let sooner = tick < self.wake_tick;
         if sooner {
             self.wake_tick = tick;
@@ -241,6 +244,42 @@ impl Registry {
         Slot {
             shard: shard_index,
             key,
+        }
+    }
+
+    /// `conn`'s token now expires before the tick it is filed under (a
+    /// refresh with a shorter token): filed again at its expiry. The
+    /// entry left behind is dropped when its tick comes
+    /// ([`ConnHandle::filed_tick`] then names a later one).
+    pub fn expiry_moved(&self, conn: &Arc<ConnHandle>) {
+        let (expiry, _) = conn.expiry();
+        if expiry == 0 {
+            return;
+        }
+        let due_tick = expiry.div_ceil(self.timing.tick_ms);
+        if due_tick >= conn.filed_tick.load(Relaxed) {
+            return;
+        }
+        let shard_index = (conn.id as usize) % SHARDS;
+        let mut shard = self.shards[shard_index].lock();
+        let Some(key) = shard
+            .conns
+            .iter()
+            .find(|(_, c)| Arc::ptr_eq(c, conn))
+            .map(|(k, _)| k)
+        else {
+            return;
+        };
+        let current = shard.next_tick.max(now_ms() / self.timing.tick_ms);
+        let sooner = shard.schedule(
+            &self.timing,
+            current.saturating_sub(1),
+            expiry,
+            (key as u32, conn.id as u32),
+        );
+        drop(shard);
+        if sooner {
+            self.wakers[shard_index].notify_one();
         }
     }
 
@@ -382,6 +421,9 @@ impl Registry {
                     else {
                         continue; // gone
                     };
+                    if conn.filed_tick.load(Relaxed) > tick {
+                        continue; // filed again since, for a later tick
+                    }
                     if self.refresh_now(conn, now) {
                         to_refresh.push(conn.clone());
                     }

@@ -386,3 +386,27 @@ async fn a_token_past_its_exp_is_refused_at_hello() {
     ));
     assert_eq!(c.expect_close().await, 4401);
 }
+
+#[tokio::test]
+async fn a_refresh_with_a_shorter_token_moves_the_close_earlier() {
+    let gw = gateway();
+    let (mut c, _) = connect(&gw, json!({"sub": "ivan", "exp": now() + 600})).await;
+    let exp = now() + 3;
+    let reply = c
+        .request(ClientFrame::Refresh {
+            id: Some(1),
+            token: token(json!({"sub": "ivan", "exp": exp})),
+        })
+        .await;
+    assert_eq!(
+        reply,
+        ServerFrame::Refreshed {
+            id: Some(1),
+            expires_at: exp
+        }
+    );
+    let (code, at) = closed_at(&mut c, Duration::from_secs(12)).await;
+    assert_eq!(code, 4401);
+    let after = at - exp as f64;
+    assert!((0.0..=5.0).contains(&after), "closed {after:.2} s after exp");
+}

@@ -217,8 +217,13 @@ async fn refresh(
         );
     }
     let expires_at = identity.expires_at.unwrap_or_default();
+    // No grace for a refresh: a token already past its `exp` is refused.
+    if expires_at.saturating_mul(1000) <= crate::conn_handle::unix_ms() {
+        return refused(ErrorCode::Unauthorized, "the token has expired".into());
+    }
     let subs = identity.subs.clone();
     conn.refresh(identity);
+    node.registry.expiry_moved(conn);
     node.metrics.refreshes[0].inc();
     let gone: Vec<String> = state
         .rooms
