@@ -410,3 +410,73 @@ async fn a_refresh_with_a_shorter_token_moves_the_close_earlier() {
     let after = at - exp as f64;
     assert!((0.0..=5.0).contains(&after), "closed {after:.2} s after exp");
 }
+
+/// Opens `n` connections (`hello` with `token(i)`), `batch` at a time.
+async fn open_many(gw: &Gateway, n: usize, token: impl Fn(usize) -> Option<String>) -> Vec<RawClient> {
+    let mut out = Vec::with_capacity(n);
+    let batch = 250;
+    for start in (0..n).step_by(batch) {
+        let opened = futures::future::join_all((start..(start + batch).min(n)).map(|i| {
+            let url = gw.ws_url();
+            let t = token(i);
+            async move {
+                let mut c = RawClient::connect(&url, Codec::Json).await;
+                let welcome = c.hello(t.as_deref()).await;
+                assert!(matches!(welcome, ServerFrame::Welcome { .. }), "{welcome:?}");
+                c
+            }
+        }))
+        .await;
+        out.extend(opened);
+    }
+    out
+}
+
+fn tasks(gw: &Gateway) -> i64 {
+    gw.metric("roomcast_tasks") as i64
+}
+
+/// 10,000 connections whose tokens expire: the node runs one task per
+/// connection, as for connections without a token, and no more (the
+/// expiry rides on the heartbeat's shard tickers, not on a timer or a
+/// task of its own).
+#[tokio::test]
+async fn ten_thousand_expiring_tokens_add_no_task_or_timer_per_connection() {
+    let gw = Gateway::start(&[
+        ("ROOMCAST_AUTH__JWT_SECRET", SECRET),
+        ("ROOMCAST_AUTH__ANONYMOUS", "true"),
+        ("ROOMCAST_LIMITS__MAX_CONNECTIONS_PER_IP", "0"),
+    ]);
+    let idle = tasks(&gw);
+    let anonymous = open_many(&gw, 1_000, |_| None).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let per_anonymous = (tasks(&gw) - idle) as f64 / 1_000.0;
+    drop(anonymous);
+    assert!(wait_until_tasks(&gw, idle).await, "tasks did not settle");
+
+    let exp = now() + 600;
+    let tokened = open_many(&gw, 10_000, |i| {
+        Some(token(json!({"sub": format!("u{i}"), "exp": exp})))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let per_token = (tasks(&gw) - idle) as f64 / 10_000.0;
+    eprintln!(
+        "tasks: idle {idle}, per anonymous connection {per_anonymous:.3}, per connection with an expiring token {per_token:.3}"
+    );
+    assert!(
+        (per_token - per_anonymous).abs() < 0.01,
+        "{per_token} vs {per_anonymous}"
+    );
+    assert_eq!(tokened.len(), 10_000);
+}
+
+async fn wait_until_tasks(gw: &Gateway, at_most: i64) -> bool {
+    for _ in 0..100 {
+        if tasks(gw) <= at_most {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
