@@ -27,6 +27,7 @@ commands (each flag also reads the BENCH_* variable named in brackets):
              [--rates 100,140,200,280,400,...,6400] [--secs 5] [--warmup-secs 1]
              [--payload-bytes 100] [--placement spread|cross] [--slo-p99-ms 10]
              [--min-rate 12.5] [--no-sweep] [--standalone]         (BENCH_FANOUT_*)
+             BENCH_PUBLISH_KEYS=1: roomcast publishes carry an idempotency key
   cross      fanout with publishers on node 1 and members on node 2
              [--rooms 10] [--members 1000] [--publishers 10] [--rates 100]
              [--secs 10] [--slo-p99-ms 5]                          (BENCH_CROSS_*)

@@ -166,10 +166,16 @@ impl RoomcastConn {
     }
 
     pub async fn publish(&mut self, room: u32, payload: &str) -> Result<()> {
-        let text = format!(
-            r#"{{"type":"publish","room":"{}","data":{payload}}}"#,
-            room_name(room)
-        );
+        let text = match publish_key() {
+            Some(key) => format!(
+                r#"{{"type":"publish","room":"{}","key":"{key}","data":{payload}}}"#,
+                room_name(room)
+            ),
+            None => format!(
+                r#"{{"type":"publish","room":"{}","data":{payload}}}"#,
+                room_name(room)
+            ),
+        };
         self.ws.send(Frame::text(text)).await?;
         Ok(())
     }
@@ -242,4 +248,17 @@ fn control_event(frame: ServerFrame) -> Event {
         ServerFrame::Error { code, .. } => Event::ServerError(code.as_str().to_string()),
         _ => Event::Other,
     }
+}
+
+/// With `BENCH_PUBLISH_KEYS=1`, every publish carries an idempotency key
+/// (unique per process and publish), as the clients send them: the cost of
+/// the key check on the publish path.
+fn publish_key() -> Option<String> {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if !*ON.get_or_init(|| std::env::var("BENCH_PUBLISH_KEYS").is_ok_and(|v| v == "1")) {
+        return None;
+    }
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Some(format!("b{}-{n}", std::process::id()))
 }
