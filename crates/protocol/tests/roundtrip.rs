@@ -27,12 +27,12 @@ use serde_json::Value;
 // ---------------------------------------------------------------------------
 
 /// Client → server `type`s, in the order of PROTOCOL.md.
-const CLIENT_TYPES: [&str; 8] = [
-    "hello", "join", "leave", "publish", "send", "presence", "ping", "rpc",
+const CLIENT_TYPES: [&str; 9] = [
+    "hello", "join", "leave", "publish", "send", "presence", "ping", "rpc", "refresh",
 ];
 
 /// Server → client `type`s, in the order of PROTOCOL.md.
-const SERVER_TYPES: [&str; 13] = [
+const SERVER_TYPES: [&str; 14] = [
     "welcome",
     "joined",
     "left",
@@ -46,6 +46,7 @@ const SERVER_TYPES: [&str; 13] = [
     "error",
     "reconnect",
     "rpc_result",
+    "refreshed",
 ];
 
 /// Index of a client frame's variant in [`CLIENT_TYPES`].
@@ -63,6 +64,7 @@ fn client_index(frame: &ClientFrame) -> usize {
         ClientFrame::Presence { .. } => 5,
         ClientFrame::Ping { .. } => 6,
         ClientFrame::Rpc { .. } => 7,
+        ClientFrame::Refresh { .. } => 8,
     }
 }
 
@@ -83,6 +85,7 @@ fn server_index(frame: &ServerFrame) -> usize {
         ServerFrame::Error { .. } => 10,
         ServerFrame::Reconnect { .. } => 11,
         ServerFrame::RpcResult { .. } => 12,
+        ServerFrame::Refreshed { .. } => 13,
     }
 }
 
@@ -219,6 +222,7 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
             method,
             data
         }),
+        (opt_id(), text()).prop_map(|(id, token)| ClientFrame::Refresh { id, token }),
     ]
 }
 
@@ -234,9 +238,20 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
             any::<u64>(),
             any::<bool>(),
             vec(room_status(), 0..4),
+            option::of(any::<u64>()),
         )
             .prop_map(
-                |(id, session, resume_token, user, node, ping_interval_ms, resumed, rooms)| {
+                |(
+                    id,
+                    session,
+                    resume_token,
+                    user,
+                    node,
+                    ping_interval_ms,
+                    resumed,
+                    rooms,
+                    token_expires_at,
+                )| {
                     ServerFrame::Welcome {
                         id,
                         session,
@@ -246,6 +261,7 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                         ping_interval_ms,
                         resumed,
                         rooms,
+                        token_expires_at,
                     }
                 }
             ),
@@ -263,7 +279,8 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 epoch,
                 recovered
             }),
-        (opt_id(), text()).prop_map(|(id, room)| ServerFrame::Left { id, room }),
+        (opt_id(), text(), option::of(text()))
+            .prop_map(|(id, room, reason)| ServerFrame::Left { id, room, reason }),
         (text(), any::<u64>(), text(), data(), option::of(member())).prop_map(
             |(room, offset, epoch, data, from)| ServerFrame::Message {
                 room,
@@ -298,6 +315,8 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
         )
             .prop_map(|(reason, after_ms)| ServerFrame::Reconnect { reason, after_ms }),
         (opt_id(), data()).prop_map(|(id, data)| ServerFrame::RpcResult { id, data }),
+        (opt_id(), any::<u64>())
+            .prop_map(|(id, expires_at)| ServerFrame::Refreshed { id, expires_at }),
     ]
 }
 
