@@ -367,6 +367,14 @@ impl Driver {
             ping_interval: welcome.ping_interval,
         };
         self.ticket = Some((welcome.session.clone(), welcome.resume_token.clone()));
+        // Known before anyone hears of the connection: `connect()` returns
+        // on the `ready` below, and `token_expires_at()` must answer then.
+        self.refresh = Refresh {
+            expires_at: welcome.token_expires_at,
+            ..Refresh::default()
+        };
+        self.token_expiry
+            .store(welcome.token_expires_at.unwrap_or(0), Ordering::Relaxed);
         tracing::info!(url = %url, node = %info.node, session = %info.session, resumed = welcome.resumed, "roomcast connected");
         self.set_state(ConnectionState::Connected {
             resumed: welcome.resumed,
@@ -382,12 +390,6 @@ impl Driver {
             Instant::now(),
         );
         conn.set_write_timeout(watchdog.dead_after());
-        self.refresh = Refresh {
-            expires_at: welcome.token_expires_at,
-            ..Refresh::default()
-        };
-        self.token_expiry
-            .store(welcome.token_expires_at.unwrap_or(0), Ordering::Relaxed);
         self.schedule_refresh();
         if let Err(failure) = self.restore_rooms(&mut conn, &welcome).await {
             return Ok(failure);
