@@ -16,7 +16,7 @@ import {
   RoomcastClient,
   RoomcastError,
 } from '../roomcast.js';
-import { startRedis } from './cluster.mjs';
+import { startCluster, startRedis } from './cluster.mjs';
 import { sleep, startBackend, startGateway, waitFor } from './gateway.mjs';
 
 const FAST = { base: 50, cap: 500 };
@@ -902,6 +902,50 @@ test('subs: a joined without id is a room of the client, resumed after a dropped
   assert.deepEqual(rec.failed, []);
   assert.equal(rec.joined.length, 1, 'a resumed room is not announced again');
   assert.equal(sent.filter((f) => f.type === 'join').length, 0, 'the client never asked to join');
+});
+
+test('subs: the node is killed, the client resumes on another node of the cluster and gets the missed message once', async (t) => {
+  const cluster = await startCluster(['subs-a', 'subs-b'], { ROOMCAST_AUTH__JWT_SECRET: SECRET });
+  t.after(() => cluster.stop());
+  const [a, b] = cluster.gateways;
+  const c = new RoomcastClient({
+    urls: [a.wsUrl, b.wsUrl],
+    backoff: FAST,
+    token: jwt(SECRET, { sub: 'dora', exp: nowSeconds() + 600, subs: ['user:dora'] }),
+  });
+  t.after(() => c.close());
+  const rec = record(c);
+  const joined = [];
+  c.on('joined', (e) => joined.push(e));
+  await c.connect();
+  assert.equal(c.session.url, a.wsUrl);
+  await waitFor(() => joined.length === 1, { what: 'the server-side join' });
+  await a.publish('user:dora', { text: 'm1' });
+  await waitFor(() => rec.messages.length === 1, { what: 'm1' });
+
+  // The node tells the presence service about the session in the
+  // background; give it a moment before the crash (see the Rust client's
+  // server_side.rs for what happens sooner).
+  await sleep(1000);
+  await a.stop('SIGKILL');
+  await b.publish('user:dora', { text: 'm2 while away' });
+  await c.waitConnected();
+  assert.equal(c.session.url, b.wsUrl);
+  assert.equal(rec.states.at(-1).resumed, true);
+  assert.deepEqual(rec.states.at(-1).restored, { resumed: ['user:dora'], rejoined: [] });
+  await b.publish('user:dora', { text: 'm3' });
+  await waitFor(() => rec.messages.length === 3, { what: 'm2 and m3' });
+  await sleep(200);
+  assert.deepEqual(
+    rec.messages.map((m) => [m.offset, m.data.text, m.replayed]),
+    [
+      [1, 'm1', false],
+      [2, 'm2 while away', true],
+      [3, 'm3', false],
+    ],
+  );
+  assert.equal(joined.length, 1);
+  assert.deepEqual(rec.failed, []);
 });
 
 test('subs: after a session that could not be resumed, the room is joined again by the node and the gap reported', async (t) => {
