@@ -214,8 +214,9 @@ impl Client {
     /// Leaves `room`; its messages stop at once, even before the reply. A
     /// room the node joined the connection to by itself (a server-side
     /// subscription, [`crate::Event::Joined`]) stays left: when the node joins
-    /// a later connection to it again, the client leaves it again, until
-    /// [`Client::join`] is called for it.
+    /// a later connection to it again, the client leaves it again, until a
+    /// [`Client::join`] of it succeeds (the node allows that only when the
+    /// token's `rooms` claim does).
     pub async fn leave(&self, room: impl Into<String>) -> Result<(), Error> {
         let frame = ClientFrame::Leave {
             id: None,

@@ -198,7 +198,8 @@ pub(crate) struct Driver {
     /// Rooms the node joined the current connection to by itself.
     server_rooms: HashSet<String>,
     /// Server-side subscriptions the application left: left again whenever
-    /// the node joins a connection to them, until the application joins.
+    /// the node joins a connection to them, until the application joins
+    /// one successfully.
     declined: HashSet<String>,
     /// Leaves of `declined` rooms to send on the current connection.
     to_leave: Vec<String>,
