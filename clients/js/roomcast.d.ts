@@ -217,6 +217,12 @@ export interface EventMap {
   /** After a reconnect the room is back, but the missed messages could not be
    * replayed (new epoch or history trimmed): re-sync it. Live messages continue after `offset`. */
   recovery_failed: { room: string; offset: number; epoch: string };
+  /** The node joined the connection to `room` by itself (a server-side
+   * subscription: the token's or the connect proxy's `subs`; a `joined`
+   * without `id`). The room is now one of `rooms`, resumed after reconnects
+   * like any other; live messages follow `offset`. Not emitted for the
+   * client's own joins, which resolve `join()`. */
+  joined: { room: string; offset: number; epoch: string; server: true };
   /** Joining a room again after a reconnect failed; the client left it. */
   rejoin_failed: { room: string; error: RoomcastError };
   /** An `error` frame that answered no command. */
@@ -224,8 +230,10 @@ export interface EventMap {
   /** The node took the connection out of `room` (reason `forbidden`: a
    * refreshed token no longer allows it); the client forgot the room. */
   left: { room: string; reason: string | null };
-  /** A refresh succeeded; the token now expires at `expiresAt` (Unix seconds). */
-  token_refreshed: { expiresAt: number | null };
+  /** The token was refreshed: it now expires at `expiresAt` (Unix seconds).
+   * `server`: the node extended it by itself (its refresh proxy; a
+   * `refreshed` without `id`) rather than the client with `getToken`. */
+  token_refreshed: { expiresAt: number | null; server: boolean };
   /** A refresh failed (`final`: no more tries; the node will close with 4401
    * at expiry and the client reconnects with a fresh token). */
   token_refresh_failed: { error: RoomcastError | Error; attempt: number; final: boolean };
@@ -244,11 +252,13 @@ export declare class RoomcastClient {
   readonly stateInfo: StateEvent;
   /** The current session while connected, else null. */
   readonly session: SessionInfo | null;
-  /** The rooms this client is in (kept across reconnects). */
+  /** The rooms this client is in (kept across reconnects), those the node
+   * joined it to (server-side subscriptions) included. */
   readonly rooms: string[];
   /** The last delivered position of `room`. */
   position(room: string): Since | undefined;
-  /** When the connection's token expires (Unix seconds), while connected and when the node said so. */
+  /** When the connection's token expires (Unix seconds), while connected and when the node said so
+   * (`welcome`, then every `refreshed`, the node's own extensions included). */
   readonly tokenExpiresAt: number | null;
 
   /** Starts the client; resolves after the first `welcome` (retrying until then). */
@@ -261,6 +271,8 @@ export declare class RoomcastClient {
   dropConnectionForTest(reconnectAfterMs?: number): boolean;
 
   join(room: string, options?: { since?: Since; presence?: boolean }): Promise<Joined>;
+  /** Leaves `room`. A room the node joined by itself stays left: when the
+   * node joins it again after a reconnect, the client leaves it again. */
   leave(room: string): Promise<void>;
   /** Resolves to the message's offset once stored (see `publishAck`). */
   publish(room: string, data: Json, options?: PublishOptions): Promise<number>;

@@ -27,7 +27,14 @@
 // - Token refresh: with a `getToken` callback and a token that expires
 //   (`welcome.token_expires_at`), a new token is asked for before expiry and
 //   handed to the node with `refresh`; rooms the new token no longer allows
-//   are forgotten (`left` with reason `forbidden`).
+//   are forgotten (`left` with reason `forbidden`). A node that extends the
+//   token by itself (its refresh proxy) says so with a `refreshed` without
+//   `id`: the known expiry moves and the next refresh is planned from it.
+// - Server-side subscriptions: a `joined` without `id` (the token's or the
+//   connect proxy's `subs`, right after `welcome`) makes the room one of the
+//   client's rooms like any other: positions, de-duplication, resume. A
+//   room the application left is not taken back: if the node joins it again
+//   after a reconnect, the client leaves it again.
 //
 // Commands (join, leave, publish, send, presence, ping) return promises
 // settled by the reply matched by `id`; an `error` frame rejects with a
@@ -190,7 +197,23 @@ export class Positions {
  * and the joins and leaves still waiting for a reply. */
 class Rooms {
   constructor() {
-    this._rooms = new Map(); // room -> {state: 'joining'|'joined'|'leaving', presence}
+    this._rooms = new Map(); // room -> {state: 'joining'|'joined'|'leaving', presence, server}
+  }
+
+  /** The node joined the connection to `room` by itself (a `joined`
+   * without `id`: a server-side subscription). */
+  serverJoined(room) {
+    const entry = this._rooms.get(room);
+    if (!entry) this._rooms.set(room, { state: 'joined', presence: false, server: true });
+    else {
+      entry.state = 'joined';
+      entry.server = true;
+    }
+  }
+
+  /** Whether the node put the connection in `room` by itself. */
+  isServer(room) {
+    return this._rooms.get(room)?.server === true;
   }
 
   joining(room, presence) {
@@ -331,6 +354,7 @@ export class RoomcastClient {
     this._readyPromise = null;
 
     this._rooms = new Rooms();
+    this._declined = new Set(); // server-subscribed rooms the application left
     this._positions = new Positions();
     this._replayUntil = new Map(); // room -> {offset, epoch}: the end of a replay under way
     this._pending = new Map(); // id -> pending command
@@ -396,7 +420,8 @@ export class RoomcastClient {
     return this._state === 'connected' ? this._session : null;
   }
 
-  /** The rooms this client is in (kept across reconnects). */
+  /** The rooms this client is in (kept across reconnects), the ones the
+   * node joined it to (server-side subscriptions) included. */
   get rooms() {
     return this._rooms.joinedRooms().map(([room]) => room);
   }
@@ -527,6 +552,7 @@ export class RoomcastClient {
       watchdogTimer: null,
       refreshTimer: null,
       pingIntervalMs: 0,
+      serverRooms: new Set(), // rooms the node joined by itself on this connection
     };
     this._conn = conn;
     this._setState('connecting', { url, attempt: this._streak.failures + 1 });
@@ -850,11 +876,27 @@ export class RoomcastClient {
       case 'pong':
         if (frame.id == null) return; // the watchdog's probe
         break;
+      case 'joined':
+        if (frame.id == null) {
+          this._onServerJoined(conn, frame);
+          return;
+        }
+        break;
+      case 'refreshed':
+        if (frame.id == null) {
+          // The node extended the token by itself (its refresh proxy).
+          if (typeof frame.expires_at === 'number') this._tokenExpiresAt = frame.expires_at;
+          this._emit('token_refreshed', { expiresAt: this._tokenExpiresAt, server: true });
+          this._scheduleRefresh(conn, 0);
+          return;
+        }
+        break;
       case 'left':
         if (frame.id == null) {
           // The node took this connection out of the room (a refreshed
           // token no longer allows it): forget it, do not join it again.
           this._forget(frame.room);
+          conn.serverRooms.delete(frame.room);
           this._emit('left', { room: frame.room, reason: frame.reason ?? null });
           return;
         }
@@ -889,10 +931,18 @@ export class RoomcastClient {
     }
     const { asked, automatic } = pending;
     if (asked.kind === 'join') {
+      // In a room the node joined by itself on this connection, a join
+      // changes nothing (it answers the room's current position, perhaps
+      // ahead of messages still on their way, or an error): the position
+      // stays where the live messages have taken it.
+      const viaServer = pending.conn?.serverRooms.has(asked.room) === true;
       if (frame.type === 'joined') {
         this._rooms.joined(asked.room, asked.presence);
-        this._settlePosition(asked.room, asked.since, frame.epoch, frame.offset, frame.recovered, automatic);
-      } else if (frame.type === 'error') {
+        if (!automatic) this._declined.delete(asked.room);
+        if (!viaServer) {
+          this._settlePosition(asked.room, asked.since, frame.epoch, frame.offset, frame.recovered, automatic);
+        }
+      } else if (frame.type === 'error' && !viaServer) {
         if (automatic) {
           this._forget(asked.room);
           this._emit('rejoin_failed', { room: asked.room, error: new RoomcastError(frame.code, frame.message) });
@@ -901,13 +951,45 @@ export class RoomcastClient {
         }
       }
     } else if (asked.kind === 'leave') {
-      if (frame.type === 'left' || (frame.type === 'error' && frame.code === 'not_joined')) this._forget(asked.room);
-      else if (frame.type === 'error') this._rooms.leaveFailed(asked.room);
+      if (frame.type === 'left' || (frame.type === 'error' && frame.code === 'not_joined')) {
+        // A server-side subscription the application left stays left.
+        if (this._rooms.isServer(asked.room)) this._declined.add(asked.room);
+        pending.conn?.serverRooms.delete(asked.room);
+        this._forget(asked.room);
+      } else if (frame.type === 'error') this._rooms.leaveFailed(asked.room);
     }
     if (frame.type === 'error') {
       this._settle(pending, null, new RoomcastError(frame.code, frame.message ?? frame.code, { id }));
     } else {
       this._settle(pending, frame, null);
+    }
+  }
+
+  /**
+   * A `joined` without `id`: the node joined this connection to the room by
+   * itself (a server-side subscription, announced right after `welcome`).
+   * From now on it is one of the client's rooms: resumed after a reconnect,
+   * de-duplicated by offset. Such a join replays nothing, so a room the
+   * client was in already (a reconnect whose session was not resumed) with
+   * messages since its position is reported as `recovery_failed`.
+   */
+  _onServerJoined(conn, frame) {
+    const { room, offset, epoch } = frame;
+    if (typeof room !== 'string') return;
+    conn.serverRooms.add(room);
+    if (this._declined.has(room)) {
+      // The application left it: leave it again, muted until then.
+      this._rooms.serverJoined(room);
+      this._command(conn, { type: 'leave', room }, { automatic: true });
+      return;
+    }
+    const before = this._positions.get(room);
+    this._rooms.serverJoined(room);
+    this._positions.advanceTo(room, { offset, epoch });
+    this._replayUntil.delete(room);
+    this._emit('joined', { room, offset, epoch, server: true });
+    if (before && (before.epoch !== epoch || before.offset < offset)) {
+      this._emit('recovery_failed', { room, offset, epoch });
     }
   }
 
@@ -977,7 +1059,7 @@ export class RoomcastClient {
     } else if (frame.type === 'leave') {
       asked = { kind: 'leave', room: frame.room };
     }
-    const pending = { asked, automatic, resolve, reject, map, settled: false, timer: null };
+    const pending = { asked, automatic, conn, resolve, reject, map, settled: false, timer: null };
     let text;
     try {
       text = JSON.stringify(frame);
@@ -1053,7 +1135,12 @@ export class RoomcastClient {
     });
   }
 
-  /** Leaves `room`; its messages stop at once, even before the reply. */
+  /** Leaves `room`; its messages stop at once, even before the reply. A
+   * room the node joined the connection to by itself (server-side
+   * subscription) stays left: if the node joins it again after a
+   * reconnect, the client leaves it again without a `joined` event. A later
+   * successful `join` of it undoes that (the node allows it only when the
+   * token's `rooms` claim does). */
   leave(room) {
     return this._request({ type: 'leave', room }, () => undefined);
   }
@@ -1195,7 +1282,7 @@ export class RoomcastClient {
     });
     if (conn.dead) throw new RoomcastError('disconnected', 'the connection ended during the refresh');
     this._tokenExpiresAt = typeof expiresAt === 'number' ? expiresAt : null;
-    this._emit('token_refreshed', { expiresAt: this._tokenExpiresAt });
+    this._emit('token_refreshed', { expiresAt: this._tokenExpiresAt, server: false });
     return this._tokenExpiresAt;
   }
 

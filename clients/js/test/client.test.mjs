@@ -16,8 +16,8 @@ import {
   RoomcastClient,
   RoomcastError,
 } from '../roomcast.js';
-import { startRedis } from './cluster.mjs';
-import { sleep, startGateway, waitFor } from './gateway.mjs';
+import { startCluster, startRedis } from './cluster.mjs';
+import { sleep, startBackend, startGateway, waitFor } from './gateway.mjs';
 
 const FAST = { base: 50, cap: 500 };
 
@@ -838,4 +838,255 @@ test('refreshDelay: 80 % of the lifetime, at least the margin before expiry', ()
   assert.equal(refreshDelay(4_000), 2_000);
   assert.equal(refreshDelay(0), 0);
   assert.equal(refreshDelay(-5), 0);
+});
+
+// ---- server-side subscriptions and the refresh proxy ---------------------------
+
+/** A client with a fixed token, recording its frames sent and its joined events. */
+async function subscribedClient(t, gw, claims) {
+  const sent = [];
+  const c = new RoomcastClient({
+    url: gw.wsUrl,
+    backoff: FAST,
+    WebSocket: tappedWebSocket(sent),
+    token: jwt(SECRET, { exp: nowSeconds() + 600, ...claims }),
+  });
+  t.after(() => c.close());
+  // Listening before connect(): the joined frames follow welcome at once.
+  const rec = record(c);
+  rec.joined = [];
+  rec.left = [];
+  c.on('joined', (e) => rec.joined.push(e));
+  c.on('left', (e) => rec.left.push(e));
+  await c.connect();
+  return [c, rec, sent];
+}
+
+test('subs: a joined without id is a room of the client, resumed after a dropped socket with the missed message once', async (t) => {
+  const gw = await gateway(t, { env: { ROOMCAST_AUTH__JWT_SECRET: SECRET } });
+  // No `rooms` claim: the client may be in user:alice only because the node put it there.
+  const [c, rec, sent] = await subscribedClient(t, gw, { sub: 'alice', subs: ['user:alice'] });
+  await waitFor(() => rec.joined.length === 1, { what: 'the server-side join' });
+  const [joined] = rec.joined;
+  assert.equal(typeof joined.epoch, 'string');
+  assert.deepEqual(joined, { room: 'user:alice', offset: 0, epoch: joined.epoch, server: true });
+  assert.deepEqual(c.rooms, ['user:alice']);
+
+  await gw.publish('user:alice', { text: 'm1' });
+  await waitFor(() => rec.messages.length === 1, { what: 'm1' });
+  assert.deepEqual(c.position('user:alice'), { offset: 1, epoch: joined.epoch });
+  const session = c.session.session;
+
+  assert.ok(c.dropConnectionForTest(800));
+  await gw.publish('user:alice', { text: 'm2 while away' });
+  await c.waitConnected();
+  const hello = sent.filter((f) => f.type === 'hello').at(-1);
+  assert.deepEqual(hello.resume.rooms, [{ room: 'user:alice', offset: 1, epoch: joined.epoch }]);
+  const connected = rec.states.at(-1);
+  assert.equal(connected.resumed, true);
+  assert.equal(c.session.session, session);
+  assert.deepEqual(connected.restored, { resumed: ['user:alice'], rejoined: [] });
+
+  await gw.publish('user:alice', { text: 'm3' });
+  await waitFor(() => rec.messages.length === 3, { what: 'm2 and m3' });
+  await sleep(200);
+  assert.deepEqual(texts(rec.messages), ['m1', 'm2 while away', 'm3']);
+  assert.deepEqual(
+    rec.messages.map((m) => [m.offset, m.replayed]),
+    [
+      [1, false],
+      [2, true],
+      [3, false],
+    ],
+  );
+  assert.deepEqual(rec.failed, []);
+  assert.equal(rec.joined.length, 1, 'a resumed room is not announced again');
+  assert.equal(sent.filter((f) => f.type === 'join').length, 0, 'the client never asked to join');
+});
+
+test('subs: the node is killed, the client resumes on another node of the cluster and gets the missed message once', async (t) => {
+  const cluster = await startCluster(['subs-a', 'subs-b'], { ROOMCAST_AUTH__JWT_SECRET: SECRET });
+  t.after(() => cluster.stop());
+  const [a, b] = cluster.gateways;
+  const c = new RoomcastClient({
+    urls: [a.wsUrl, b.wsUrl],
+    backoff: FAST,
+    token: jwt(SECRET, { sub: 'dora', exp: nowSeconds() + 600, subs: ['user:dora'] }),
+  });
+  t.after(() => c.close());
+  const rec = record(c);
+  const joined = [];
+  c.on('joined', (e) => joined.push(e));
+  await c.connect();
+  assert.equal(c.session.url, a.wsUrl);
+  await waitFor(() => joined.length === 1, { what: 'the server-side join' });
+  await a.publish('user:dora', { text: 'm1' });
+  await waitFor(() => rec.messages.length === 1, { what: 'm1' });
+
+  // The node tells the presence service about the session in the
+  // background; give it a moment before the crash (see the Rust client's
+  // server_side.rs for what happens sooner).
+  await sleep(1000);
+  await a.stop('SIGKILL');
+  await b.publish('user:dora', { text: 'm2 while away' });
+  await c.waitConnected();
+  assert.equal(c.session.url, b.wsUrl);
+  assert.equal(rec.states.at(-1).resumed, true);
+  assert.deepEqual(rec.states.at(-1).restored, { resumed: ['user:dora'], rejoined: [] });
+  await b.publish('user:dora', { text: 'm3' });
+  await waitFor(() => rec.messages.length === 3, { what: 'm2 and m3' });
+  await sleep(200);
+  assert.deepEqual(
+    rec.messages.map((m) => [m.offset, m.data.text, m.replayed]),
+    [
+      [1, 'm1', false],
+      [2, 'm2 while away', true],
+      [3, 'm3', false],
+    ],
+  );
+  assert.equal(joined.length, 1);
+  assert.deepEqual(rec.failed, []);
+});
+
+test('subs: after a session that could not be resumed, the room is joined again by the node and the gap reported', async (t) => {
+  const gw = await gateway(t, { env: { ROOMCAST_AUTH__JWT_SECRET: SECRET, ROOMCAST_SESSION__TTL_MS: '100' } });
+  const [c, rec, sent] = await subscribedClient(t, gw, { sub: 'cleo', subs: ['user:cleo'] });
+  await waitFor(() => rec.joined.length === 1, { what: 'the server-side join' });
+  await gw.publish('user:cleo', { text: 'm1' });
+  await waitFor(() => rec.messages.length === 1, { what: 'm1' });
+
+  c.dropConnectionForTest(1200);
+  await gw.publish('user:cleo', { text: 'm2 while away' });
+  await c.waitConnected();
+  assert.equal(rec.states.at(-1).resumed, false);
+  await waitFor(() => rec.joined.length === 2, { what: 'the second server-side join' });
+  assert.deepEqual(rec.joined[1], { room: 'user:cleo', offset: 2, epoch: rec.joined[0].epoch, server: true });
+  // A server-side join replays nothing: the gap is reported. The client's
+  // own join with since (refused: the token has no rooms claim) does not
+  // take the room away.
+  await waitFor(() => rec.failed.length === 1, { what: 'recovery_failed' });
+  assert.deepEqual(rec.failed, [{ room: 'user:cleo', offset: 2, epoch: rec.joined[0].epoch }]);
+  await c.ping();
+  assert.deepEqual(c.rooms, ['user:cleo']);
+  await gw.publish('user:cleo', { text: 'm3' });
+  await waitFor(() => rec.messages.length === 2, { what: 'm3' });
+  await sleep(200);
+  assert.deepEqual(texts(rec.messages), ['m1', 'm3']);
+  assert.ok(sent.some((f) => f.type === 'join' && f.room === 'user:cleo' && f.since?.offset === 1));
+});
+
+test('subs: a room the application left stays left after a reconnect, the others stay', async (t) => {
+  const gw = await gateway(t, { env: { ROOMCAST_AUTH__JWT_SECRET: SECRET } });
+  const [c, rec, sent] = await subscribedClient(t, gw, { sub: 'bea', subs: ['user:bea', 'news:all'] });
+  await waitFor(() => rec.joined.length === 2, { what: 'two server-side joins' });
+  assert.deepEqual(c.rooms, ['news:all', 'user:bea']);
+  await c.leave('news:all');
+  assert.deepEqual(c.rooms, ['user:bea']);
+  assert.equal(c.position('news:all'), undefined);
+
+  // The node subscribes the resumed connection to its token's rooms again;
+  // the client leaves news:all again by itself.
+  c.dropConnectionForTest(50);
+  await c.waitConnected();
+  assert.equal(rec.states.at(-1).resumed, true);
+  assert.deepEqual(
+    sent.filter((f) => f.type === 'hello').at(-1).resume.rooms.map((r) => r.room),
+    ['user:bea'],
+  );
+  await waitFor(() => sent.filter((f) => f.type === 'leave' && f.room === 'news:all').length === 2, {
+    what: 'the second leave',
+  });
+  await c.ping(); // the leave is answered before the ping
+  await gw.publish('news:all', { text: 'not for bea' });
+  await gw.publish('user:bea', { text: 'for bea' });
+  await waitFor(() => rec.messages.length === 1, { what: 'the message to user:bea' });
+  await sleep(200);
+  assert.deepEqual(
+    rec.messages.map((m) => [m.room, m.data.text]),
+    [['user:bea', 'for bea']],
+  );
+  assert.deepEqual(c.rooms, ['user:bea']);
+  assert.deepEqual(rec.joined.map((j) => j.room).sort(), ['news:all', 'user:bea']);
+  assert.deepEqual(rec.left, []);
+});
+
+test('refresh proxy: a refreshed without id moves the known expiry, and the connection outlives the first exp', async (t) => {
+  const backend = await startBackend();
+  t.after(() => backend.stop());
+  const gw = await gateway(t, {
+    env: {
+      ROOMCAST_AUTH__JWT_SECRET: SECRET,
+      ROOMCAST_PROXY__REFRESH__URL: `${backend.httpUrl}/refresh`,
+      ROOMCAST_PROXY__REFRESH_AHEAD_MS: '2500',
+    },
+  });
+  const exp = nowSeconds() + 3;
+  const sent = [];
+  // A fixed token and no getToken: only the node can extend it.
+  const [c, rec] = await client(t, {
+    url: gw.wsUrl,
+    WebSocket: tappedWebSocket(sent),
+    token: jwt(SECRET, { sub: 'frank', exp, rooms: ['*'] }),
+  });
+  const refreshed = [];
+  c.on('token_refreshed', (e) => refreshed.push(e));
+  assert.equal(c.tokenExpiresAt, exp);
+  await c.join('r');
+  await waitFor(() => refreshed.length === 1, { timeoutMs: 10_000, what: "the node's refresh" });
+  assert.equal(refreshed[0].server, true);
+  assert.ok(refreshed[0].expiresAt >= nowSeconds() + 55, `expires at ${refreshed[0].expiresAt}`);
+  assert.equal(c.tokenExpiresAt, refreshed[0].expiresAt);
+
+  // Past the first exp plus the node's leeway (at most 5 s).
+  await sleep(exp * 1000 + 6000 - Date.now());
+  assert.equal(c.state, 'connected');
+  assert.deepEqual(
+    rec.states.map((s) => s.state),
+    ['connecting', 'connected'],
+    'never disconnected',
+  );
+  assert.equal(c.tokenExpiresAt, refreshed[0].expiresAt);
+  assert.equal(sent.filter((f) => f.type === 'refresh').length, 0, 'the client sent no refresh');
+  assert.equal(await c.publish('r', { text: 'still here' }), 1);
+  assert.equal(refreshed.length, 1);
+});
+
+test("refresh proxy: with getToken, the node's refresh postpones the client's own", async (t) => {
+  const backend = await startBackend();
+  t.after(() => backend.stop());
+  const gw = await gateway(t, {
+    env: {
+      ROOMCAST_AUTH__JWT_SECRET: SECRET,
+      ROOMCAST_PROXY__REFRESH__URL: `${backend.httpUrl}/refresh`,
+      ROOMCAST_PROXY__REFRESH_AHEAD_MS: '2500',
+      // The node's connection timers tick at a quarter of this (500 ms), so
+      // its refresh comes at most that late.
+      ROOMCAST_HEARTBEAT__PING_INTERVAL_MS: '2000',
+    },
+  });
+  const asked = [];
+  const sent = [];
+  // The client alone would refresh this 4 s token 3.2 s in (refreshMargin
+  // 500 ms); the node extends it 2.5 s before its exp, 1.5 to 2 s in.
+  const [c] = await client(t, {
+    url: gw.wsUrl,
+    WebSocket: tappedWebSocket(sent),
+    refreshMargin: 500,
+    getToken: ({ reason }) => {
+      asked.push(reason);
+      return jwt(SECRET, { sub: 'gus', exp: nowSeconds() + 4, rooms: ['*'] });
+    },
+  });
+  const refreshed = [];
+  c.on('token_refreshed', (e) => refreshed.push(e));
+  const exp = c.tokenExpiresAt;
+  await sleep(exp * 1000 + 1500 - Date.now());
+  assert.equal(c.state, 'connected');
+  assert.deepEqual(
+    refreshed.map((e) => e.server),
+    [true],
+  );
+  assert.ok(c.tokenExpiresAt >= exp + 50);
+  assert.deepEqual(asked, ['connect'], 'getToken was not asked for a refresh');
+  assert.equal(sent.filter((f) => f.type === 'refresh').length, 0);
 });

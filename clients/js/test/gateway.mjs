@@ -31,8 +31,9 @@ process.on('exit', () => {
  * http://ADDR".
  */
 export class Server {
-  constructor({ bin, name = path.basename(bin), env = {} }) {
+  constructor({ bin, args = [], name = path.basename(bin), env = {} }) {
     this.bin = bin;
+    this.args = args;
     this.name = name;
     this.env = env;
     this.proc = null;
@@ -50,11 +51,11 @@ export class Server {
 
   /** Starts the process and waits for its listening line. */
   async start() {
-    if (!existsSync(this.bin)) throw new Error(`${this.bin} not found: run make build`);
+    if (path.isAbsolute(this.bin) && !existsSync(this.bin)) throw new Error(`${this.bin} not found: run make build`);
     // A clean environment: inherited ROOMCAST_* settings must not change what is tested.
     const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('ROOMCAST_')));
     Object.assign(env, this.env);
-    const proc = spawn(this.bin, [], { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const proc = spawn(this.bin, this.args, { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
     this.proc = proc;
     alive.add(proc);
     this.exited = new Promise((resolve) => {
@@ -181,6 +182,15 @@ export class Gateway extends Server {
     const line = text.split('\n').find((l) => l.startsWith(`${name} `));
     return line ? Number(line.split(' ')[1]) : 0;
   }
+}
+
+/**
+ * The example application backend (examples/backend/backend.py, python3):
+ * answers the node's proxies (`/connect`, `/refresh`, …) on a free port.
+ */
+export async function startBackend() {
+  const script = path.join(REPO, 'examples', 'backend', 'backend.py');
+  return new Server({ bin: 'python3', args: [script, '--port', '0', '--webhook-secret', 'x'], name: 'backend' }).start();
 }
 
 export async function startGateway(options) {

@@ -211,7 +211,12 @@ impl Client {
         }
     }
 
-    /// Leaves `room`; its messages stop at once, even before the reply.
+    /// Leaves `room`; its messages stop at once, even before the reply. A
+    /// room the node joined the connection to by itself (a server-side
+    /// subscription, [`crate::Event::Joined`]) stays left: when the node joins
+    /// a later connection to it again, the client leaves it again, until a
+    /// [`Client::join`] of it succeeds (the node allows that only when the
+    /// token's `rooms` claim does).
     pub async fn leave(&self, room: impl Into<String>) -> Result<(), Error> {
         let frame = ClientFrame::Leave {
             id: None,
@@ -275,7 +280,8 @@ impl Client {
     }
 
     /// When the current connection's token expires (Unix seconds), as the
-    /// node said in `welcome` (`token_expires_at`) and in each `refreshed`;
+    /// node said in `welcome` (`token_expires_at`) and in each `refreshed`
+    /// (the node's own extensions, a `refreshed` without `id`, included);
     /// `None` without a token, with a token without `exp`, or between
     /// connections.
     pub fn token_expires_at(&self) -> Option<u64> {

@@ -21,13 +21,20 @@
 //! after the next `welcome` and the rooms' restoration; one answered
 //! `unavailable` is sent again after a backoff. A token that expires is
 //! refreshed on the live connection (`refresh`) before it does, with a token
-//! from the provider.
+//! from the provider; a `refreshed` without `id` (the node extended the token
+//! by itself) moves the expiry and the plan.
+//!
+//! A `joined` without `id` (a server-side subscription, right after
+//! `welcome`) makes the room one of the session's rooms like any other. A
+//! subscription the application left is left again when the node joins the
+//! connection to it after a reconnect.
 //!
 //! It stops when the client is closed or every handle is dropped, when the
 //! backoff policy gives up, or when the server keeps refusing the token.
 //! Commands that arrive while there is no connection fail at once with
 //! `Disconnected` rather than queueing.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -188,6 +195,14 @@ pub(crate) struct Driver {
     refresh: Refresh,
     /// Shared with the handles: the token's expiry, 0 when unknown.
     token_expiry: Arc<AtomicU64>,
+    /// Rooms the node joined the current connection to by itself.
+    server_rooms: HashSet<String>,
+    /// Server-side subscriptions the application left: left again whenever
+    /// the node joins a connection to them, until the application joins
+    /// one successfully.
+    declined: HashSet<String>,
+    /// Leaves of `declined` rooms to send on the current connection.
+    to_leave: Vec<String>,
 }
 
 impl Driver {
@@ -215,6 +230,9 @@ impl Driver {
             publish_seq: 0,
             refresh: Refresh::default(),
             token_expiry,
+            server_rooms: HashSet::new(),
+            declined: HashSet::new(),
+            to_leave: Vec::new(),
         }
     }
 
@@ -367,6 +385,14 @@ impl Driver {
             ping_interval: welcome.ping_interval,
         };
         self.ticket = Some((welcome.session.clone(), welcome.resume_token.clone()));
+        // Known before anyone hears of the connection: `connect()` returns
+        // on the `ready` below, and `token_expires_at()` must answer then.
+        self.refresh = Refresh {
+            expires_at: welcome.token_expires_at,
+            ..Refresh::default()
+        };
+        self.token_expiry
+            .store(welcome.token_expires_at.unwrap_or(0), Ordering::Relaxed);
         tracing::info!(url = %url, node = %info.node, session = %info.session, resumed = welcome.resumed, "roomcast connected");
         self.set_state(ConnectionState::Connected {
             resumed: welcome.resumed,
@@ -382,12 +408,6 @@ impl Driver {
             Instant::now(),
         );
         conn.set_write_timeout(watchdog.dead_after());
-        self.refresh = Refresh {
-            expires_at: welcome.token_expires_at,
-            ..Refresh::default()
-        };
-        self.token_expiry
-            .store(welcome.token_expires_at.unwrap_or(0), Ordering::Relaxed);
         self.schedule_refresh();
         if let Err(failure) = self.restore_rooms(&mut conn, &welcome).await {
             return Ok(failure);
@@ -415,6 +435,12 @@ impl Driver {
                         Incoming::Frame(frame) => {
                             if let Some(after) = self.on_frame(frame) {
                                 retry_after = Some(after);
+                            }
+                            for room in std::mem::take(&mut self.to_leave) {
+                                let leave = ClientFrame::Leave { id: None, room };
+                                if let Err(failure) = self.send_command(&mut conn, leave, Waiter::Releave).await {
+                                    return Ok(failure);
+                                }
                             }
                         }
                         Incoming::Alive => {}
@@ -737,8 +763,65 @@ impl Driver {
         for waiter in self.refresh.waiters.drain(..) {
             let _ = waiter.send(Ok(expires_at));
         }
-        self.emit(Event::TokenRefreshed { expires_at });
+        self.emit(Event::TokenRefreshed {
+            expires_at,
+            server: false,
+        });
         self.schedule_refresh();
+    }
+
+    /// A `refreshed` without `id`: the node extended the token by itself
+    /// (its refresh proxy). The client's own next refresh is planned from
+    /// the new expiry; one already under way finishes and plans again.
+    fn on_server_refreshed(&mut self, expires_at: u64) {
+        tracing::debug!(expires_at, "roomcast token extended by the node");
+        self.refresh.expires_at = Some(expires_at);
+        self.refresh.failures = 0;
+        self.token_expiry.store(expires_at, Ordering::Relaxed);
+        self.emit(Event::TokenRefreshed {
+            expires_at: Some(expires_at),
+            server: true,
+        });
+        self.schedule_refresh();
+    }
+
+    /// A `joined` without `id`: the node joined the connection to `room` by
+    /// itself (a server-side subscription, right after `welcome`). From now
+    /// on it is one of the session's rooms: resumed after a reconnect,
+    /// de-duplicated by offset. Such a join replays nothing, so a room the
+    /// client was in already (a reconnect whose session was not resumed)
+    /// with messages since its position is reported as `RecoveryFailed`.
+    fn on_server_joined(&mut self, room: String, offset: u64, epoch: String) {
+        self.server_rooms.insert(room.clone());
+        self.rooms.server_joined(&room);
+        if self.declined.contains(&room) {
+            // The application left it: leave it again, muted until then.
+            self.rooms.leaving(&room);
+            self.to_leave.push(room);
+            return;
+        }
+        let before = self.positions.get(&room).cloned();
+        self.positions.advance_to(
+            &room,
+            Since {
+                offset,
+                epoch: epoch.clone(),
+            },
+        );
+        self.emit(Event::Joined {
+            room: room.clone(),
+            offset,
+            epoch: epoch.clone(),
+            server: true,
+        });
+        if before.is_some_and(|b| b.epoch != epoch || b.offset < offset) {
+            tracing::info!(%room, offset, %epoch, "roomcast: a server-side join skipped messages");
+            self.emit(Event::RecoveryFailed {
+                room,
+                offset,
+                epoch,
+            });
+        }
     }
 
     /// A refresh failed (the provider, or the node's `error`); the old token
@@ -815,10 +898,22 @@ impl Driver {
                 reason,
             } => {
                 tracing::info!(%room, ?reason, "roomcast: the node took us out of a room");
+                self.server_rooms.remove(&room);
                 self.rooms.remove(&room);
                 self.positions.remove(&room);
                 self.emit(Event::Left { room, reason });
             }
+            ServerFrame::Joined {
+                id: None,
+                room,
+                offset,
+                epoch,
+                ..
+            } => self.on_server_joined(room, offset, epoch),
+            ServerFrame::Refreshed {
+                id: None,
+                expires_at,
+            } => self.on_server_refreshed(expires_at),
             ServerFrame::Refreshed { id, expires_at } => self.on_refreshed(id, Some(expires_at)),
             ServerFrame::Joined { id: Some(id), .. }
             | ServerFrame::Left { id: Some(id), .. }
@@ -862,6 +957,12 @@ impl Driver {
             },
         };
         let automatic = matches!(pending.waiter, Waiter::Rejoin);
+        // In a room the node joined the connection to by itself, a join
+        // changes nothing: its answer (the room's current position, perhaps
+        // ahead of messages still on their way, or an error) leaves the
+        // room and its position as they are.
+        let via_server =
+            matches!(&pending.asked, Asked::Join { room, .. } if self.server_rooms.contains(room));
         match (&pending.asked, &frame) {
             (
                 Asked::Join {
@@ -877,8 +978,21 @@ impl Driver {
                 },
             ) => {
                 self.rooms.joined(room, *presence);
-                self.settle_position(room, since.as_ref(), epoch, *offset, *recovered, automatic);
+                if !automatic {
+                    self.declined.remove(room);
+                }
+                if !via_server {
+                    self.settle_position(
+                        room,
+                        since.as_ref(),
+                        epoch,
+                        *offset,
+                        *recovered,
+                        automatic,
+                    );
+                }
             }
+            (Asked::Join { .. }, ServerFrame::Error { .. }) if via_server => {}
             (Asked::Join { room, .. }, ServerFrame::Error { code, message, .. }) => {
                 if automatic {
                     self.rooms.remove(room);
@@ -902,6 +1016,11 @@ impl Driver {
                     ..
                 },
             ) => {
+                // A server-side subscription the application left stays left.
+                if self.rooms.is_server(room) {
+                    self.declined.insert(room.clone());
+                }
+                self.server_rooms.remove(room);
                 self.rooms.remove(room);
                 self.positions.remove(room);
             }
@@ -973,6 +1092,8 @@ impl Driver {
             let _ = waiter.send(Err(Error::Disconnected));
         }
         self.token_expiry.store(0, Ordering::Relaxed);
+        self.server_rooms.clear();
+        self.to_leave.clear();
         for room in self.rooms.forget_unsettled() {
             self.positions.remove(&room);
         }

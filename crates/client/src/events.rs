@@ -150,6 +150,19 @@ pub enum Event {
         offset: u64,
         epoch: String,
     },
+    /// The node joined the connection to `room` by itself: a server-side
+    /// subscription (the token's or the connect proxy's `subs`), announced by
+    /// a `joined` without `id` right after `welcome`. The room is now one of
+    /// the client's rooms, resumed after reconnects and de-duplicated like
+    /// any other; live messages follow `offset`. `server` is true: the
+    /// client's own joins answer [`crate::Client::join`] instead and are not
+    /// reported here.
+    Joined {
+        room: String,
+        offset: u64,
+        epoch: String,
+        server: bool,
+    },
     /// Re-joining a room after a reconnect failed (for example `forbidden`
     /// now); the client no longer considers itself a member.
     RejoinFailed { room: String, error: Error },
@@ -161,8 +174,13 @@ pub enum Event {
         reason: Option<String>,
     },
     /// The token was refreshed on the live connection; it now expires at
-    /// `expires_at` (Unix seconds).
-    TokenRefreshed { expires_at: Option<u64> },
+    /// `expires_at` (Unix seconds). `server` is true when the node extended
+    /// it by itself (its refresh proxy: a `refreshed` without `id`), false
+    /// for the client's own refresh with the token provider.
+    TokenRefreshed {
+        expires_at: Option<u64>,
+        server: bool,
+    },
     /// An automatic token refresh failed (`attempt` in a row). With `last`
     /// no more are tried: the node closes the connection with 4401 when the
     /// token expires, and the client reconnects with a fresh token.

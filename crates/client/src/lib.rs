@@ -34,7 +34,23 @@
 //!   token before expiry and hands it to the node with `refresh`
 //!   ([`Event::TokenRefreshed`]); rooms the new token no longer allows are
 //!   forgotten ([`Event::Left`]). If refreshing fails, the node closes with
-//!   4401 at expiry and the client reconnects with a fresh token.
+//!   4401 at expiry and the client reconnects with a fresh token. A node
+//!   with a refresh proxy may extend the token by itself (a `refreshed`
+//!   without `id`): [`Client::token_expires_at`] moves, the client's own
+//!   next refresh is planned from the new expiry, and
+//!   [`Event::TokenRefreshed`] says `server: true`.
+//! - **Server-side subscriptions**: a token's `subs` claim (or the connect
+//!   proxy's) makes the node join the connection to rooms by itself, each
+//!   announced by a `joined` without `id` right after `welcome`
+//!   ([`Event::Joined`]). The client keeps them as it keeps the rooms it
+//!   joined: position, de-duplication, listed in the resume, so a resumed
+//!   session gets what it missed. A fresh session (the old one could not be
+//!   resumed) is joined to them again by the node, which replays nothing:
+//!   a gap since the client's position is reported as
+//!   [`Event::RecoveryFailed`]. [`Client::leave`] leaves such a room like any
+//!   other; when the node joins a later connection to it again, the client
+//!   leaves it again, until the application joins it (which the node allows
+//!   only when the token's `rooms` claim does).
 //!
 //! Only `ws://` is supported for now: the client is built without TLS (yawc
 //! without its `tls` feature). Put a TLS-terminating proxy in front of the

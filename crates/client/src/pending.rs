@@ -49,6 +49,9 @@ pub(crate) enum Waiter {
     Caller(oneshot::Sender<Result<ServerFrame, Error>>),
     /// A join the client sent itself to restore a room after a reconnect.
     Rejoin,
+    /// A leave the client sent itself: the node joined the connection again
+    /// to a server-side subscription the application had left.
+    Releave,
     /// A publish, kept across reconnects until settled.
     Publish(PublishJob),
     /// A token refresh (the driver's own).
@@ -86,7 +89,7 @@ impl Pending {
                 let outcome = outcome.and_then(|frame| published(&job.key, frame));
                 job.finish(outcome);
             }
-            Waiter::Rejoin | Waiter::Refresh => {}
+            Waiter::Rejoin | Waiter::Releave | Waiter::Refresh => {}
         }
     }
 }
@@ -126,7 +129,7 @@ impl PendingTable {
         self.waiting.retain(|_, p| match &p.waiter {
             Waiter::Caller(tx) => !tx.is_closed(),
             Waiter::Publish(job) => job.wanted(),
-            Waiter::Rejoin | Waiter::Refresh => true,
+            Waiter::Rejoin | Waiter::Releave | Waiter::Refresh => true,
         });
     }
 

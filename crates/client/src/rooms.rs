@@ -6,6 +6,10 @@
 //! reply. After a reconnect, exactly the settled rooms are resumed or joined
 //! again; a join or leave that was in flight when the connection dropped
 //! failed with `Disconnected` and is forgotten, so the caller decides.
+//!
+//! The node may also join the connection to rooms by itself (server-side
+//! subscriptions, a `joined` without `id`); those are rooms like the others,
+//! marked as the node's doing.
 
 use std::collections::HashMap;
 
@@ -23,6 +27,8 @@ enum State {
 struct Room {
     state: State,
     presence: bool,
+    /// The node joined the connection to it by itself.
+    server: bool,
 }
 
 /// Membership as the client wants it.
@@ -43,6 +49,7 @@ impl Rooms {
                     Room {
                         state: State::Joining,
                         presence,
+                        server: false,
                     },
                 );
             }
@@ -55,11 +62,29 @@ impl Rooms {
         let entry = self.rooms.entry(room.to_string()).or_insert(Room {
             state: State::Joined,
             presence,
+            server: false,
         });
         if entry.state != State::Joined {
             entry.presence = presence;
         }
         entry.state = State::Joined;
+    }
+
+    /// The node joined the connection to `room` by itself (a `joined`
+    /// without `id`: a server-side subscription), without presence events.
+    pub(crate) fn server_joined(&mut self, room: &str) {
+        let entry = self.rooms.entry(room.to_string()).or_insert(Room {
+            state: State::Joined,
+            presence: false,
+            server: true,
+        });
+        entry.state = State::Joined;
+        entry.server = true;
+    }
+
+    /// Whether the node put the connection in `room` by itself.
+    pub(crate) fn is_server(&self, room: &str) -> bool {
+        self.rooms.get(room).is_some_and(|r| r.server)
     }
 
     /// A `join` failed: forget the room unless it was already joined.
@@ -157,6 +182,18 @@ mod tests {
         rooms.leaving("a");
         assert!(!rooms.delivers("a"));
         assert!(rooms.delivers("never-joined"));
+    }
+
+    #[test]
+    fn a_room_the_node_joined_is_a_settled_room() {
+        let mut rooms = Rooms::default();
+        rooms.server_joined("s");
+        rooms.joining("s", true);
+        assert_eq!(rooms.joined_rooms(), [("s".to_string(), false)]);
+        assert!(rooms.is_server("s"));
+        assert!(rooms.forget_unsettled().is_empty());
+        rooms.joined("a", false);
+        assert!(!rooms.is_server("a"));
     }
 
     #[test]

@@ -556,7 +556,10 @@ async fn a_token_provider_refreshes_a_4_second_token_and_the_connection_outlives
         match tokio::time::timeout(left, events.recv()).await {
             Err(_) => break,
             Ok(None) => panic!("the client stopped"),
-            Ok(Some(Event::TokenRefreshed { expires_at })) => refreshed.push(expires_at),
+            Ok(Some(Event::TokenRefreshed { expires_at, server })) => {
+                assert!(!server, "the client refreshed");
+                refreshed.push(expires_at)
+            }
             Ok(Some(Event::TokenRefreshFailed { error, .. })) => panic!("refresh failed: {error}"),
             Ok(Some(Event::State(state))) => panic!("the connection changed: {state:?}"),
             Ok(Some(_)) => {}
