@@ -55,7 +55,13 @@ def test_the_services_of_the_cluster_are_there():
 def test_gateways_form_one_cluster():
     envs = [env(g) for g in GATEWAYS]
     assert sorted(e["ROOMCAST_NODE__ID"] for e in envs) == ["node-1", "node-2", "node-3"]
-    for key in ("ROOMCAST_AUTH__RESUME_SECRET", "ROOMCAST_API__KEY", "ROOMCAST_REDIS__URL", "ROOMCAST_PRESENCE__URL"):
+    for key in (
+        "ROOMCAST_AUTH__RESUME_SECRET",
+        "ROOMCAST_API__KEY",
+        "ROOMCAST_ADMIN__KEY",  # a login on one gateway is good on all
+        "ROOMCAST_REDIS__URL",
+        "ROOMCAST_PRESENCE__URL",
+    ):
         values = {e[key] for e in envs}
         assert len(values) == 1 and expand(values.pop()), key
     e = envs[0]
@@ -68,6 +74,22 @@ def test_gateways_form_one_cluster():
     assert e["ROOMCAST_LIMITS__MAX_CONNECTIONS_PER_IP"] == "0"
     for g in GATEWAYS:
         assert SERVICES[g]["command"] == ["roomcast-gateway"]
+
+
+def test_the_admin_page_is_on_with_a_development_key_over_plain_http():
+    for g in GATEWAYS:
+        e = env(g)
+        assert e["ROOMCAST_ADMIN__ENABLED"] == "true"
+        # Compose serves plain HTTP: a Secure cookie would not come back.
+        assert e["ROOMCAST_ADMIN__SECURE_COOKIE"] == "false"
+        # A development default that the environment overrides, like the
+        # other secrets; the node wants 16 bytes and not the API key.
+        match = re.fullmatch(r"\$\{ROOMCAST_ADMIN__KEY:-([^}]+)\}", e["ROOMCAST_ADMIN__KEY"])
+        assert match and "dev" in match[1], e["ROOMCAST_ADMIN__KEY"]
+        assert len(match[1].encode()) >= 16
+        assert match[1] != expand(e["ROOMCAST_API__KEY"])
+        # Each gateway's own port reaches its /admin/ (the balancer does not).
+        assert any(p.endswith(":8080") for p in SERVICES[g]["ports"])
 
 
 def test_presence_service():

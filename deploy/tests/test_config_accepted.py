@@ -1,7 +1,10 @@
 """The settings the chart and the compose file give the binaries are accepted
 by the real binaries: each value set's environment (rendered ConfigMap, env
 entries, Secret values) is handed to roomcast-presence and roomcast-gateway,
-which must start, serve, and report no unknown configuration key.
+which must start, serve, and report no unknown configuration key. Where the
+settings turn the admin page on, the gateway must serve it, refuse a wrong
+key and log in with the configured one (with the configured cookie); where
+they do not, /admin/ must be 404.
 
 Addresses are swapped for loopback ones (listen on 127.0.0.1:0, a private
 redis-server on a free port, the presence process just started, a closed port
@@ -15,6 +18,8 @@ them, this module is skipped when target/debug has no binaries.
 from __future__ import annotations
 
 import base64
+import http.client
+import json
 import os
 import re
 import shutil
@@ -130,8 +135,48 @@ def redis_url(workdir):
         proc.wait(timeout=10)
 
 
+def request(addr: str, method: str, path: str, body: str = "", headers: dict | None = None):
+    """One plain HTTP request; returns (status, headers as (name, value) pairs, body)."""
+    host, port = addr.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request(method, path, body=body.encode() or None, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.getheaders(), response.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def check_admin_page(addr: str, env: dict[str, str]) -> None:
+    """The admin page as the settings say: 404 when off; when on, the login
+    page, 401 for a wrong key, and a session cookie for the configured key."""
+    status, _, body = request(addr, "GET", "/admin/")
+    if env.get("ROOMCAST_ADMIN__ENABLED") != "true":
+        assert status == 404, (status, body)
+        return
+    assert status == 200 and "Admin key" in body, (status, body)
+
+    def login(key: str):
+        return request(addr, "POST", "/admin/login", json.dumps({"key": key}), {"Content-Type": "application/json"})
+
+    status, headers, body = login("rc-not-the-admin-key-at-all")
+    assert status == 401 and "wrong admin key" in body, (status, body)
+    assert not [v for k, v in headers if k.lower() == "set-cookie"]
+
+    status, headers, body = login(env["ROOMCAST_ADMIN__KEY"])
+    assert status == 200, (status, body)
+    (cookie,) = [v for k, v in headers if k.lower() == "set-cookie"]
+    attributes = {a.strip().split("=", 1)[0].lower(): a.strip() for a in cookie.split(";")[1:]}
+    assert ("secure" in attributes) == (env.get("ROOMCAST_ADMIN__SECURE_COOKIE") == "true"), cookie
+    ttl_ms = int(env.get("ROOMCAST_ADMIN__SESSION_TTL_MS", "28800000"))
+    assert attributes["max-age"] == f"Max-Age={ttl_ms // 1000}", cookie
+    status, _, body = request(addr, "GET", "/admin/session", headers={"Cookie": cookie.split(";")[0]})
+    assert status == 200 and "expires_at_ms" in body, (status, body)
+
+
 def run_pair(binaries, workdir, name, presence_env, gateway_env, redis_url):
-    """Starts presence, then a gateway pointed at it; both must serve cleanly."""
+    """Starts presence, then a gateway pointed at it; both must serve cleanly
+    (and the admin page as the settings say)."""
     gateway_bin, presence_bin = binaries
     closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     started = []
@@ -150,9 +195,10 @@ def run_pair(binaries, workdir, name, presence_env, gateway_env, redis_url):
             gateway_env["OTEL_EXPORTER_OTLP_ENDPOINT"] = closed
         gateway = Process(gateway_bin, gateway_env, workdir, f"{name}-gateway")
         started.append(gateway)
-        gateway.wait_listening()
+        gateway_addr = gateway.wait_listening()
         # The node is a cluster node (text logs: engine="redis"; JSON: "engine":"redis").
         assert re.search(r'engine"?[=:]"redis"', gateway.output()), gateway.output()
+        check_admin_page(gateway_addr, gateway_env)
         time.sleep(0.3)  # let late warnings arrive
         for proc in started:
             assert "unknown configuration key" not in proc.output(), proc.output()
@@ -189,7 +235,7 @@ def container_env(docs: list[dict], container: dict, pod_name: str) -> dict[str,
                 else:
                     assert ref.get("optional"), f"{name}: key {ref['key']} missing from Secret {ref['name']}"
             elif not ref.get("optional"):  # an existing Secret: a stand-in value
-                env[name] = f"rc-test-{ref['key']}"
+                env[name] = f"rc-test-stand-in-{ref['name']}-{ref['key']}"
     return env
 
 

@@ -11,6 +11,7 @@ Run with `make test-deploy`, or:
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from functools import lru_cache
@@ -38,6 +39,8 @@ CRD_SCHEMAS = {
     / "prometheusrule-monitoring-v1.json",
 }
 
+ADMIN_KEY = "rc-admin-key-of-the-chart-tests"
+
 # Everything optional switched on at once, so every template is rendered and
 # validated at least once (besides the two values files users start from).
 EVERYTHING = {
@@ -61,6 +64,7 @@ EVERYTHING = {
         "service": {"sessionAffinity": "ClientIP"},
     },
     "presence": {"env": {"ROOMCAST_LEASE__DEFAULT_MS": "20000"}},
+    "admin": {"enabled": True, "key": ADMIN_KEY, "sessionTtlMs": 3600000, "maxLoginFailuresPerMinute": 10},
     "ingress": {"enabled": True, "tls": [{"secretName": "rc-tls", "hosts": ["roomcast.local"]}]},
     "metrics": {
         "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
@@ -73,6 +77,11 @@ VALUE_SETS = {
     "default": {},
     "production": yaml.safe_load((CHART / "values-production.yaml").read_text()),
     "everything": EVERYTHING,
+    # The admin page with its key in a Secret the user made, and without the
+    # Secure cookie (the key from the chart's own Secret is in "everything").
+    "admin-existing-secret": {
+        "admin": {"enabled": True, "existingSecret": "ops-admin", "existingSecretKey": "key", "secureCookie": False}
+    },
 }
 
 
@@ -140,7 +149,7 @@ def documented_variables(doc: str) -> set[str]:
 # --- lint and render -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["default", "production"])
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
 def test_lint_is_clean(name):
     report = helm.lint(CHART, VALUE_SETS[name], strict=True, kube_version=f"v{KUBE_VERSION}")
     assert report["total_charts_linted"] == 1, report
@@ -312,6 +321,90 @@ def test_default_values():
     secret = one(docs, "Secret")
     assert {"api-key", "resume-secret", "presence-key"} <= set(secret["data"])
     assert one(docs, "Deployment", "-presence")["spec"]["replicas"] == 1
+
+
+# --- the admin page ------------------------------------------------------------------
+
+
+def admin_settings(docs: list[dict]) -> tuple[dict[str, str], dict | None]:
+    """The gateway's plain ROOMCAST_ADMIN__* settings, and its ROOMCAST_ADMIN__KEY env entry."""
+    config = {k: v for k, v in gateway_config(docs).items() if k.startswith("ROOMCAST_ADMIN__")}
+    key = [e for e in gateway_container(docs)["env"] if e["name"] == "ROOMCAST_ADMIN__KEY"]
+    assert len(key) <= 1
+    return config, key[0] if key else None
+
+
+@pytest.mark.parametrize("name", ["default", "production"])
+def test_the_admin_page_is_off_by_default(name):
+    docs = manifests(name)
+    assert admin_settings(docs) == ({}, None)
+    assert not find(docs, "Secret", "-admin")
+
+
+def test_the_admin_page_with_the_key_in_the_charts_secret():
+    docs = manifests("everything")
+    config, key = admin_settings(docs)
+    assert config == {
+        "ROOMCAST_ADMIN__ENABLED": "true",
+        "ROOMCAST_ADMIN__SESSION_TTL_MS": "3600000",
+        # Behind a TLS ingress by default: the cookie travels over HTTPS only.
+        "ROOMCAST_ADMIN__SECURE_COOKIE": "true",
+        "ROOMCAST_ADMIN__MAX_LOGIN_FAILURES_PER_MINUTE": "10",
+    }
+    secret = one(docs, "Secret", "-admin")
+    assert key == {
+        "name": "ROOMCAST_ADMIN__KEY",
+        "valueFrom": {"secretKeyRef": {"name": secret["metadata"]["name"], "key": "admin-key"}},
+    }
+    assert secret["data"] == {"admin-key": base64.b64encode(ADMIN_KEY.encode()).decode()}
+    # The key is never a plain value, and a new key rolls the gateways.
+    assert ADMIN_KEY not in json.dumps([d for d in docs if d["kind"] != "Secret"])
+    annotations = one(docs, "Deployment", "-gateway")["spec"]["template"]["metadata"]["annotations"]
+    other = json.loads(json.dumps(EVERYTHING))
+    other["admin"]["key"] = "rc-another-admin-key-0123"
+    rolled = one(render(other), "Deployment", "-gateway")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["checksum/admin-secret"] != rolled["checksum/admin-secret"]
+
+
+def test_the_admin_page_with_the_key_in_an_existing_secret():
+    docs = manifests("admin-existing-secret")
+    config, key = admin_settings(docs)
+    assert config["ROOMCAST_ADMIN__ENABLED"] == "true"
+    assert config["ROOMCAST_ADMIN__SECURE_COOKIE"] == "false"
+    assert config["ROOMCAST_ADMIN__SESSION_TTL_MS"] == "28800000"
+    assert key["valueFrom"] == {"secretKeyRef": {"name": "ops-admin", "key": "key"}}
+    assert not find(docs, "Secret", "-admin")
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"admin": {"enabled": True}}, "admin page has no key"),
+        ({"admin": {"enabled": True, "existingSecret": "ops-admin", "key": ADMIN_KEY}}, "not both"),
+        ({"admin": {"enabled": True, "key": ADMIN_KEY}, "secrets": {"apiKey": ADMIN_KEY}}, "must differ"),
+    ],
+    ids=["no key", "two keys", "the API key"],
+)
+def test_render_refuses_an_admin_page_without_one_good_key(values, message):
+    with pytest.raises(helm.HelmError, match=message):
+        render(values)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"admin": {"enabled": "yes"}},
+        {"admin": {"key": "rc-too-short"}},
+        {"admin": {"key": "1234567890123456789"}},
+        {"admin": {"sessionTtlMs": 0}},
+        {"admin": {"maxLoginFailuresPerMinute": 0}},
+        {"admin": {"secure_cookie": False}},
+    ],
+    ids=repr,
+)
+def test_schema_refuses_bad_admin_values(values):
+    with pytest.raises(helm.HelmValuesError, match="schema"):
+        render(values)
 
 
 # --- refusals ----------------------------------------------------------------------

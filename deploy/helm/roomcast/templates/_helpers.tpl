@@ -130,3 +130,26 @@ Call with (list $ "api-key" .Values.secrets.apiKey).
   value: "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)"
 {{- end }}
 {{- end -}}
+
+{{/*
+The Secret and key holding admin.key: admin.existingSecret, else the chart's
+own <fullname>-admin. Refuses an enabled admin page without exactly one key
+source, and a key that equals secrets.apiKey (the node would refuse to start).
+*/}}
+{{- define "roomcast.adminKeyRef" -}}
+{{- $a := .Values.admin -}}
+{{- if and $a.existingSecret $a.key -}}
+{{- fail "admin: set admin.existingSecret or admin.key, not both" -}}
+{{- else if $a.existingSecret -}}
+name: {{ $a.existingSecret | quote }}
+key: {{ $a.existingSecretKey | quote }}
+{{- else if $a.key -}}
+{{- if eq $a.key .Values.secrets.apiKey -}}
+{{- fail "admin.key must differ from secrets.apiKey: the admin page has its own key" -}}
+{{- end }}
+name: {{ include "roomcast.fullname" . }}-admin
+key: admin-key
+{{- else -}}
+{{- fail "admin.enabled is true but the admin page has no key: set admin.existingSecret (a Secret holding the key under admin.existingSecretKey) or admin.key (at least 16 characters, stored in a Secret the chart creates)" -}}
+{{- end -}}
+{{- end -}}
