@@ -1139,8 +1139,8 @@ export class RoomcastClient {
    * room the node joined the connection to by itself (server-side
    * subscription) stays left: if the node joins it again after a
    * reconnect, the client leaves it again without a `joined` event. A later
-   * successful `join` of it undoes that (the node allows it only when the
-   * token's `rooms` claim does). */
+   * successful `join` of it undoes that (the node allows joining a room of
+   * the token's `subs` again). */
   leave(room) {
     return this._request({ type: 'leave', room }, () => undefined);
   }

@@ -215,8 +215,8 @@ impl Client {
     /// room the node joined the connection to by itself (a server-side
     /// subscription, [`crate::Event::Joined`]) stays left: when the node joins
     /// a later connection to it again, the client leaves it again, until a
-    /// [`Client::join`] of it succeeds (the node allows that only when the
-    /// token's `rooms` claim does).
+    /// [`Client::join`] of it succeeds (the node allows joining a room of the
+    /// token's `subs` again).
     pub async fn leave(&self, room: impl Into<String>) -> Result<(), Error> {
         let frame = ClientFrame::Leave {
             id: None,

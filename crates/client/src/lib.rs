@@ -49,8 +49,8 @@
 //!   a gap since the client's position is reported as
 //!   [`Event::RecoveryFailed`]. [`Client::leave`] leaves such a room like any
 //!   other; when the node joins a later connection to it again, the client
-//!   leaves it again, until the application joins it (which the node allows
-//!   only when the token's `rooms` claim does).
+//!   leaves it again, until the application joins it (the node allows
+//!   joining a room of the token's `subs` again).
 //!
 //! Only `ws://` is supported for now: the client is built without TLS (yawc
 //! without its `tls` feature). Put a TLS-terminating proxy in front of the

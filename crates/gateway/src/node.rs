@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 
 use roomcast_broker::memory::MemoryBroker;
 use roomcast_broker::redis::RedisBroker;
-use roomcast_broker::{
-    Broker, HistoryLimits, HistoryRead, Published, Recent, Recovery, Retention,
-};
+use roomcast_broker::{Broker, HistoryLimits, HistoryRead, Published, Recent, Recovery, Retention};
 use roomcast_protocol::{valid_idempotency_key, Data, ErrorCode, Member, Since, Target};
 
 use crate::auth::{Authenticator, Identity};

@@ -408,11 +408,18 @@ async fn a_refresh_with_a_shorter_token_moves_the_close_earlier() {
     let (code, at) = closed_at(&mut c, Duration::from_secs(12)).await;
     assert_eq!(code, 4401);
     let after = at - exp as f64;
-    assert!((0.0..=5.0).contains(&after), "closed {after:.2} s after exp");
+    assert!(
+        (0.0..=5.0).contains(&after),
+        "closed {after:.2} s after exp"
+    );
 }
 
 /// Opens `n` connections (`hello` with `token(i)`), `batch` at a time.
-async fn open_many(gw: &Gateway, n: usize, token: impl Fn(usize) -> Option<String>) -> Vec<RawClient> {
+async fn open_many(
+    gw: &Gateway,
+    n: usize,
+    token: impl Fn(usize) -> Option<String>,
+) -> Vec<RawClient> {
     let mut out = Vec::with_capacity(n);
     let batch = 250;
     for start in (0..n).step_by(batch) {
@@ -422,7 +429,10 @@ async fn open_many(gw: &Gateway, n: usize, token: impl Fn(usize) -> Option<Strin
             async move {
                 let mut c = RawClient::connect(&url, Codec::Json).await;
                 let welcome = c.hello(t.as_deref()).await;
-                assert!(matches!(welcome, ServerFrame::Welcome { .. }), "{welcome:?}");
+                assert!(
+                    matches!(welcome, ServerFrame::Welcome { .. }),
+                    "{welcome:?}"
+                );
                 c
             }
         }))
@@ -479,4 +489,63 @@ async fn wait_until_tasks(gw: &Gateway, at_most: i64) -> bool {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     false
+}
+
+#[tokio::test]
+async fn a_subscribed_room_joins_again_as_joined_and_a_fresh_session_recovers_it_from_the_hello() {
+    let gw = gateway();
+    let claims = json!({"sub": "judy", "exp": now() + 600, "subs": ["inbox:judy"]});
+    let (mut c, _) = connect(&gw, claims.clone()).await;
+    let (offset, epoch) = match c.recv().await {
+        ServerFrame::Joined {
+            id: None,
+            offset,
+            epoch,
+            ..
+        } => (offset, epoch),
+        other => panic!("{other:?}"),
+    };
+    // The token's `rooms` does not cover it, yet joining it again answers
+    // joined (and a leave then a join is allowed: it is a subscription).
+    let again = c.request(join(1, "inbox:judy")).await;
+    assert!(
+        matches!(again, ServerFrame::Joined { id: Some(1), .. }),
+        "{again:?}"
+    );
+    c.request(ClientFrame::Leave {
+        id: Some(2),
+        room: "inbox:judy".into(),
+    })
+    .await;
+    let back = c.request(join(3, "inbox:judy")).await;
+    assert!(
+        matches!(back, ServerFrame::Joined { id: Some(3), .. }),
+        "{back:?}"
+    );
+    c.abort();
+
+    // Published while away; the resume names an unknown session, so a new
+    // one starts, and its subscription recovers from the hello's offset.
+    let (status, _) = api_publish(&gw, r#"{"room":"inbox:judy","data":{"n":7}}"#);
+    assert_eq!(status, 200);
+    let mut fresh = RawClient::connect(&gw.ws_url(), Codec::Json).await;
+    let mut hello = resume_hello("no-such-session", "bad.token", "inbox:judy", offset, &epoch);
+    if let ClientFrame::Hello { token: t, .. } = &mut hello {
+        *t = Some(token(claims));
+    }
+    fresh.send(&hello).await;
+    assert!(matches!(
+        fresh.recv().await,
+        ServerFrame::Welcome { resumed: false, .. }
+    ));
+    assert!(matches!(
+        fresh.recv().await,
+        ServerFrame::Joined {
+            id: None,
+            recovered: Some(true),
+            ..
+        }
+    ));
+    let (data, _) = fresh.next_message("inbox:judy").await;
+    assert_eq!(data, json!({"n": 7}));
 }

@@ -279,8 +279,11 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 epoch,
                 recovered
             }),
-        (opt_id(), text(), option::of(text()))
-            .prop_map(|(id, room, reason)| ServerFrame::Left { id, room, reason }),
+        (opt_id(), text(), option::of(text())).prop_map(|(id, room, reason)| ServerFrame::Left {
+            id,
+            room,
+            reason
+        }),
         (text(), any::<u64>(), text(), data(), option::of(member())).prop_map(
             |(room, offset, epoch, data, from)| ServerFrame::Message {
                 room,

@@ -94,7 +94,16 @@ where
         }
         figment = figment.merge(Toml::file(path));
     }
-    figment = figment.merge(Env::prefixed("ROOMCAST_").split("__").ignore(&["config"]));
+    // ROOMCAST_CONFIG names the file; the others are the test harnesses'
+    // and scripts' own variables, not configuration keys.
+    figment = figment.merge(Env::prefixed("ROOMCAST_").split("__").ignore(&[
+        "config",
+        "gateway_bin",
+        "presence_bin",
+        "bin_dir",
+        "test_no_build",
+        "keep_logs",
+    ]));
     let config: T = figment.extract().map_err(|e| describe(e, secrets))?;
     let known = serde_json::to_value(T::default()).unwrap_or_default();
     let given: serde_json::Value = figment.extract().unwrap_or_default();

@@ -45,8 +45,8 @@ use subscriptions::Subscriptions;
 
 use crate::message::now_us;
 use crate::{
-    Broker, BrokerError, Delivery, HistoryRead, NodeReport, Published, Recent, Retention,
-    Recovery, RoomMessage, Route,
+    Broker, BrokerError, Delivery, HistoryRead, NodeReport, Published, Recent, Recovery, Retention,
+    RoomMessage, Route,
 };
 
 const PUBLISH_LUA: &str = include_str!("publish.lua");

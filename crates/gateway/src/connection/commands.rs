@@ -20,6 +20,9 @@ pub struct State {
     /// server-side subscriptions) rather than the token's patterns: a
     /// refresh does not take them away.
     pub granted: Vec<String>,
+    /// The server-side subscriptions (`subs`): joined at `hello`, and
+    /// joinable again after a leave.
+    pub subs: Vec<String>,
 }
 
 pub async fn handle(
@@ -49,13 +52,14 @@ pub async fn handle(
             } else {
                 crate::proxy::join(&node.live.get_full().proxy, &node.metrics, conn, &room).await?
             };
-            if !backend_allowed && !conn.may_join(&room) {
+            let already = state.rooms.contains(&room);
+            if !already && !backend_allowed && !conn.may_join(&room) && !state.subs.contains(&room)
+            {
                 return Err(NodeError::new(
                     ErrorCode::Forbidden,
                     format!("the token does not allow joining {room}"),
                 ));
             }
-            let already = state.rooms.contains(&room);
             // The limit in force now (it changes with a reload).
             let max_rooms = node.live.get().config.limits.max_rooms_per_connection;
             if !already && state.rooms.len() >= max_rooms {
@@ -222,6 +226,7 @@ async fn refresh(
         return refused(ErrorCode::Unauthorized, "the token has expired".into());
     }
     let subs = identity.subs.clone();
+    state.subs.clone_from(&subs);
     conn.refresh(identity);
     node.registry.expiry_moved(conn);
     node.metrics.refreshes[0].inc();

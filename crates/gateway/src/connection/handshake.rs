@@ -21,6 +21,8 @@ pub struct Established {
     pub rooms: Vec<String>,
     /// Those of `rooms` joined as server-side subscriptions.
     pub granted: Vec<String>,
+    /// Every server-side subscription of the token (or connect proxy).
+    pub subs: Vec<String>,
 }
 
 /// The close code and reason a connection is refused with.
@@ -247,7 +249,7 @@ async fn hello(
     // proxy) names, each announced by a `joined` without an id. A resume
     // restored those it was in already.
     let mut granted = Vec::new();
-    for room in subs {
+    for room in subs.iter().cloned() {
         if rooms.contains(&room) {
             granted.push(room);
             continue;
@@ -259,14 +261,24 @@ async fn hello(
             tracing::debug!(room, error = %e.message, "subs: room refused");
             continue;
         }
-        match node.begin_join(&conn, &room, None, false).await {
+        // A session that could not be resumed: the client's position in
+        // the room, when its `hello` listed one, recovers what it missed.
+        let since = resume.as_ref().and_then(|r| {
+            r.rooms.iter().find(|rr| rr.room == room).map(|rr| Since {
+                offset: rr.offset,
+                epoch: rr.epoch.clone(),
+            })
+        });
+        match node.begin_join(&conn, &room, since.as_ref(), false).await {
             Ok(Some(read)) => {
                 let joined = ServerFrame::Joined {
                     id: None,
                     room: room.clone(),
                     offset: read.position.offset,
                     epoch: read.position.epoch.to_string(),
-                    recovered: None,
+                    recovered: since.as_ref().map(|_| {
+                        matches!(read.recovery, Some(roomcast_broker::Recovery::Recovered(_)))
+                    }),
                 };
                 node.metrics.frame_out(&joined);
                 let _ = conn.send(&joined);
@@ -282,6 +294,7 @@ async fn hello(
         conn,
         rooms,
         granted,
+        subs,
     })
 }
 

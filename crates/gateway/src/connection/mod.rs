@@ -91,6 +91,7 @@ pub async fn serve(node: Arc<Node>, mut ws: Box<Socket>, mut upgrade: Box<Upgrad
         conn,
         rooms,
         granted,
+        subs,
     } = established;
     tracing::debug!(session = %conn.session, user = %conn.user(), remote = %upgrade.remote, "connected");
     drop(upgrade);
@@ -107,7 +108,11 @@ pub async fn serve(node: Arc<Node>, mut ws: Box<Socket>, mut upgrade: Box<Upgrad
         live,
         generation,
     };
-    let state = commands::State { rooms, granted };
+    let state = commands::State {
+        rooms,
+        granted,
+        subs,
+    };
     let wire_off = WireOff(&conn.wire);
     let (end, mut state) = run_loop(&node, &conn, &mut ws, &mut gate, state).await;
     let code = end_socket(&conn, ws, end).await;
