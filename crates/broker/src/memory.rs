@@ -19,8 +19,7 @@ use roomcast_protocol::{Data, Member, Since};
 use crate::message::now_us;
 use crate::{
     Broker, BrokerError, Delivery, HistoryLimits, HistoryRead, Position, Published, Recent,
-    Retention,
-    Recovery, RoomMessage, Route,
+    Recovery, Retention, RoomMessage, Route,
 };
 use roomcast_protocol::envelope::Envelope;
 

@@ -408,11 +408,18 @@ async fn a_refresh_with_a_shorter_token_moves_the_close_earlier() {
     let (code, at) = closed_at(&mut c, Duration::from_secs(12)).await;
     assert_eq!(code, 4401);
     let after = at - exp as f64;
-    assert!((0.0..=5.0).contains(&after), "closed {after:.2} s after exp");
+    assert!(
+        (0.0..=5.0).contains(&after),
+        "closed {after:.2} s after exp"
+    );
 }
 
 /// Opens `n` connections (`hello` with `token(i)`), `batch` at a time.
-async fn open_many(gw: &Gateway, n: usize, token: impl Fn(usize) -> Option<String>) -> Vec<RawClient> {
+async fn open_many(
+    gw: &Gateway,
+    n: usize,
+    token: impl Fn(usize) -> Option<String>,
+) -> Vec<RawClient> {
     let mut out = Vec::with_capacity(n);
     let batch = 250;
     for start in (0..n).step_by(batch) {
@@ -422,7 +429,10 @@ async fn open_many(gw: &Gateway, n: usize, token: impl Fn(usize) -> Option<Strin
             async move {
                 let mut c = RawClient::connect(&url, Codec::Json).await;
                 let welcome = c.hello(t.as_deref()).await;
-                assert!(matches!(welcome, ServerFrame::Welcome { .. }), "{welcome:?}");
+                assert!(
+                    matches!(welcome, ServerFrame::Welcome { .. }),
+                    "{welcome:?}"
+                );
                 c
             }
         }))
