@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 
 use roomcast_broker::memory::MemoryBroker;
 use roomcast_broker::redis::RedisBroker;
-use roomcast_broker::{
-    Broker, HistoryLimits, HistoryRead, Published, Recent, Recovery, Retention,
-};
+use roomcast_broker::{Broker, HistoryLimits, HistoryRead, Published, Recent, Recovery, Retention};
 use roomcast_protocol::{valid_idempotency_key, Data, ErrorCode, Member, Since, Target};
 
 use crate::auth::{Authenticator, Identity};
@@ -151,7 +149,17 @@ impl Node {
         ));
         let sessions = match &client {
             Some(client) => {
-                ParkedSessions::remote(client.clone(), Duration::from_millis(config.session.ttl_ms))
+                let ttl = Duration::from_millis(config.session.ttl_ms);
+                let sessions = ParkedSessions::remote(client.clone(), ttl);
+                // With no presence replica answering, the node parks and
+                // takes sessions in Redis itself (session/parked.rs).
+                match &redis {
+                    Some(redis) => sessions.with_redis(
+                        roomcast_service::parked::ParkedRecords::new(redis.client().clone()),
+                        id.clone(),
+                    ),
+                    None => sessions,
+                }
             }
             None => ParkedSessions::default(),
         };

@@ -45,8 +45,8 @@ use subscriptions::Subscriptions;
 
 use crate::message::now_us;
 use crate::{
-    Broker, BrokerError, Delivery, HistoryRead, NodeReport, Published, Recent, Retention,
-    Recovery, RoomMessage, Route,
+    Broker, BrokerError, Delivery, HistoryRead, NodeReport, Published, Recent, Recovery, Retention,
+    RoomMessage, Route,
 };
 
 const PUBLISH_LUA: &str = include_str!("publish.lua");
@@ -226,6 +226,12 @@ impl RedisBroker {
 
     pub fn is_cluster(&self) -> bool {
         self.cluster
+    }
+
+    /// The command connection, for what else the node keeps in the same
+    /// Redis (parked sessions while the presence service is down).
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// See [`Reader::ensure_connected`] (the same command connection).
