@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use roomcast_client::{Backoff, Client, ConnectionState, Event};
 use roomcast_protocol::{Codec, ServerFrame};
 use roomcast_testkit::redis::RedisServer;
-use roomcast_testkit::ws::{join_watching, RawClient};
+use roomcast_testkit::ws::{join_watching, joined, RawClient};
 use roomcast_testkit::{http_request, wait_until, Gateway, PresenceService};
 use serde_json::json;
 
@@ -272,4 +272,102 @@ async fn a_crashed_node_s_clients_resume_with_presence_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_node_s_clients_resume_with_presence_down() {
     node_goes_while_presence_is_down("TERM", "nopres-drain").await;
+}
+
+/// The parked-session store is one, whoever runs it: a session parked
+/// through the service is taken by a gateway on its own while the service
+/// is down (and claimed for it), one parked by a gateway on its own is
+/// taken through the service once it is back, and the mark of a session
+/// the API ended while the service was down refuses its resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_parked_by_either_side_are_taken_by_the_other() {
+    let redis = RedisServer::start();
+    let presence = PresenceService::start(&redis.url(), &[]);
+    let nodes: Vec<Gateway> = (0..2)
+        .map(|i| gateway(&redis.url(), &presence.url(), &format!("node-{i}")))
+        .collect();
+    let (url0, url1) = (nodes[0].ws_url(), nodes[1].ws_url());
+    let key = |session: &str| format!("rc:{{sess:{session}}}");
+
+    // Parked through the service, taken by node-1 alone.
+    let mut a = joined(&url0, "either").await;
+    a.close().await;
+    assert!(
+        wait_until(Duration::from_secs(5), || redis
+            .cmd(&["EXISTS", &key(&a.session)])
+            == "1"),
+        "not parked"
+    );
+    assert_eq!(
+        presence.metric("roomcast_presence_sessions_parked_total"),
+        1,
+        "not parked through the service"
+    );
+    let presence_addr = presence.addr;
+    let mut presence = presence;
+    presence.process.signal("KILL");
+    presence.process.wait_exit(Duration::from_secs(5));
+    let (a_back, resumed) = a.resume_on(&url1, "either").await;
+    assert!(
+        resumed,
+        "a session parked through the service did not resume"
+    );
+    assert_eq!(redis.cmd(&["EXISTS", &key(&a.session)]), "0");
+    assert_eq!(
+        redis.cmd(&["GET", &format!("{}:held", key(&a.session))]),
+        "node-1",
+        "the take did not claim the session"
+    );
+
+    // Parked by node-0 alone.
+    let mut b = joined(&url0, "either").await;
+    b.close().await;
+    assert!(
+        wait_until(Duration::from_secs(5), || redis
+            .cmd(&["EXISTS", &key(&b.session)])
+            == "1"),
+        "node-0 did not park the session in redis"
+    );
+    let user_key = format!("rc:{{user:{}}}", b.user);
+    assert_eq!(redis.cmd(&["SISMEMBER", &user_key, &b.session]), "1");
+
+    // Ended through the API while the service is down.
+    let c = joined(&url0, "either").await;
+    let body = json!({"session": c.session}).to_string();
+    let (status, _) =
+        http_request(nodes[0].addr, "POST", "/api/disconnect", &[KEY], &body).unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        wait_until(Duration::from_secs(5), || redis
+            .cmd(&["GET", &key(&c.session)])
+            == r#"{"ended":true}"#),
+        "the ended session was not marked"
+    );
+    for _ in 0..2 {
+        assert!(
+            !c.resumes(&url1, "either").await,
+            "an ended session resumed"
+        );
+    }
+
+    // The service back: node-0's record is taken through it.
+    let presence = PresenceService::start(
+        &redis.url(),
+        &[("ROOMCAST_LISTEN", &presence_addr.to_string())],
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || presence_members(
+            &nodes[1], "either"
+        )
+        .1
+        .contains_key(&a.session)),
+        "the service did not come back"
+    );
+    let taken = || presence.metric("roomcast_presence_sessions_taken_total");
+    let before = taken();
+    let (b_back, resumed) = b.resume_on(&url1, "either").await;
+    assert!(resumed, "a session parked by a gateway did not resume");
+    assert_eq!(taken(), before + 1, "not taken through the service");
+    assert_eq!(redis.cmd(&["EXISTS", &key(&b.session)]), "0");
+    drop((a_back, b_back, c));
 }
