@@ -149,7 +149,17 @@ impl Node {
         ));
         let sessions = match &client {
             Some(client) => {
-                ParkedSessions::remote(client.clone(), Duration::from_millis(config.session.ttl_ms))
+                let ttl = Duration::from_millis(config.session.ttl_ms);
+                let sessions = ParkedSessions::remote(client.clone(), ttl);
+                // With no presence replica answering, the node parks and
+                // takes sessions in Redis itself (session/parked.rs).
+                match &redis {
+                    Some(redis) => sessions.with_redis(
+                        roomcast_service::parked::ParkedRecords::new(redis.client().clone()),
+                        id.clone(),
+                    ),
+                    None => sessions,
+                }
             }
             None => ParkedSessions::default(),
         };

@@ -77,7 +77,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         state: Mutex::new(State::new(Instant::now(), config.default_lease())),
         events: events.clone(),
         webhooks: webhooks.clone(),
-        store: ParkedRecords::new(redis.clone()),
+        store: ParkedRecords::new(redis.client.clone()),
         redis: redis.clone(),
         metrics: metrics.clone(),
         key_hash: server::key_hash(config.presence.key.expose()),

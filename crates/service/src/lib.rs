@@ -10,6 +10,7 @@
 
 pub mod bearer;
 pub mod metrics;
+pub mod parked;
 pub mod redis;
 
 use std::path::{Path, PathBuf};

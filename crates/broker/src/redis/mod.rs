@@ -228,6 +228,12 @@ impl RedisBroker {
         self.cluster
     }
 
+    /// The command connection, for what else the node keeps in the same
+    /// Redis (parked sessions while the presence service is down).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// See [`Reader::ensure_connected`] (the same command connection).
     fn ensure_connected(&self) -> Result<(), BrokerError> {
         self.reader.ensure_connected()

@@ -122,6 +122,29 @@ impl Lifecycle<'_> {
         // it unlists it, so a session found unlisted was parked by then, if
         // it was parked at all.
         let first = self.parked.take_or_claim(&resume.session, &owner).await;
+        // No presence replica answered: the node took the session from
+        // Redis itself, claimed for this node. Parked: it resumes as above.
+        // Neither parked nor ended: nothing can tell whether a node lists
+        // it (its node crashed, or still holds it), and it resumes on the
+        // token's word, as a listed session does; the claim refuses its old
+        // node's park should that come later. Only a node that claimed it
+        // before can be named to be told it moved. See docs/presence.md,
+        // "With presence down".
+        if first.direct {
+            if let Some(outcome) = parked(first.taken) {
+                return outcome;
+            }
+            let held_elsewhere = first
+                .displaced
+                .into_iter()
+                .filter(|d| *d != *self.node_id)
+                .collect();
+            return Some(Resumed {
+                session: Arc::from(resume.session.as_str()),
+                identity: pick(Identity::anonymous_user(&owner)),
+                held_elsewhere,
+            });
+        }
         if let Some(listed) = first.listed {
             if let Some(outcome) = parked(first.taken) {
                 return outcome;

@@ -4,7 +4,7 @@
 //! `hello` with `resume` takes it back if the resume token matches:
 //! - [`token`]: resume tokens, signed and checked;
 //! - [`parked`]: where parked sessions wait (this node, or the presence
-//!   service's store);
+//!   service's store in Redis, reached directly while the service is down);
 //! - [`lifecycle`]: take, hold, park and end, and the order that keeps a
 //!   resume racing a teardown safe.
 

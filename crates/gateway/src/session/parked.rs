@@ -1,5 +1,13 @@
 //! Parked sessions: in this node (single-node mode), or in the presence
 //! service's store (Redis), where any node of the cluster finds them.
+//!
+//! The presence service is asked first: it also answers which nodes list a
+//! session, which a resume on the token's word needs. When no replica
+//! answers (refused, timed out, 5xx), the node runs the same store itself
+//! on its own Redis connection ([`roomcast_service::parked`]: the same
+//! scripts on the same keys), so a take stays once-only whoever runs it
+//! and a record parked by either side is taken by either. See
+//! docs/presence.md, "With presence down".
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use roomcast_presence_client::client::{Parked, PresenceError};
+use roomcast_service::parked::{Claim, ParkedRecords};
 
 use crate::auth::Identity;
 
@@ -26,6 +35,10 @@ pub struct ParkedSessions {
     /// The session TTL: how long the mark of a session the API ended
     /// stays in the remote store, and a claim on a session lasts.
     ttl: Duration,
+    /// The same store on this node's Redis connection, for when the
+    /// presence service does not answer; and this node's id, which its
+    /// parks and claims carry.
+    direct: Option<(ParkedRecords, Arc<str>)>,
 }
 
 /// What a resume finds in the store.
@@ -49,6 +62,27 @@ pub struct Resumable {
     pub listed: Option<Vec<String>>,
     /// Another node whose claim this one replaced.
     pub displaced: Option<String>,
+    /// The presence service did not answer, and the node took (and
+    /// claimed) the session in Redis itself: nothing says which nodes list
+    /// it, and a session neither parked nor ended resumes on the token's
+    /// word.
+    pub direct: bool,
+}
+
+/// The presence service did not answer (down, unreachable, overloaded):
+/// the node asks Redis itself. A 4xx is an answer, and is not retried.
+fn unanswered(e: &PresenceError) -> bool {
+    match e {
+        PresenceError::Unavailable(_) | PresenceError::Timeout => true,
+        PresenceError::Status { status, .. } => *status >= 500,
+        PresenceError::Unauthorized | PresenceError::Decode(_) => false,
+    }
+}
+
+/// The user a park lists its session under, as the presence service has
+/// it: one that could not be a path segment of its end call is not listed.
+fn listed_user(user: &str) -> Option<&str> {
+    Some(user).filter(|u| !u.is_empty() && u.len() <= 1024)
 }
 
 /// The record left in a cluster's store for a session the API ended. The
@@ -67,16 +101,42 @@ impl ParkedSessions {
             parked: Mutex::default(),
             remote: Some(client),
             ttl,
+            direct: None,
         }
+    }
+
+    /// Runs the store on `redis` itself, as `node`, whenever the presence
+    /// service does not answer.
+    pub fn with_redis(mut self, redis: ParkedRecords, node: Arc<str>) -> Self {
+        self.direct = Some((redis, node));
+        self
+    }
+
+    /// The store on this node's Redis, when `e` says the presence service
+    /// did not answer.
+    fn fallback(&self, e: &PresenceError) -> Option<(&ParkedRecords, &str)> {
+        let (records, node) = self.direct.as_ref()?;
+        unanswered(e).then_some((records, &**node))
     }
 
     pub async fn park(&self, session: Arc<str>, identity: Identity, ttl: Duration) {
         if let Some(remote) = &self.remote {
             let record = serde_json::to_value(&identity).unwrap_or_default();
-            match remote
-                .park(&session, record, ttl, Some(&identity.user))
-                .await
-            {
+            let mut parked = remote
+                .park(&session, record.clone(), ttl, Some(&identity.user))
+                .await;
+            if let Some((redis, node)) = parked.as_ref().err().and_then(|e| self.fallback(e)) {
+                let user = listed_user(&identity.user);
+                parked = match redis.park(&session, &record, ttl, user, Some(node)).await {
+                    Ok(true) => Ok(Parked::Stored),
+                    Ok(false) => Ok(Parked::Superseded),
+                    Err(e) => Err(PresenceError::Unavailable(format!(
+                        "presence down, and redis: {e}"
+                    ))),
+                };
+                tracing::debug!(%session, ok = parked.is_ok(), "presence down: parked in redis directly");
+            }
+            match parked {
                 Ok(Parked::Stored) => {}
                 Ok(Parked::Superseded) => {
                     tracing::debug!(%session, "session not parked: it resumed on another node");
@@ -99,7 +159,20 @@ impl ParkedSessions {
     /// Takes a parked session out of the store, if it has not expired.
     pub async fn take(&self, session: &str) -> Taken {
         if let Some(remote) = &self.remote {
-            return Self::taken(remote.take(session).await);
+            let taken = remote.take(session).await;
+            if let Some((redis, _)) = taken.as_ref().err().and_then(|e| self.fallback(e)) {
+                let ended = ended_record();
+                let asked = [(session, false)];
+                let took = redis.take_many(&asked, None, Some(&ended), None);
+                return match took.await {
+                    Ok(mut took) => Self::taken(Ok(took.pop().and_then(|t| t.record))),
+                    Err(e) => {
+                        tracing::warn!(session, error = %e, "presence down, and redis: not taken");
+                        Taken::Nothing
+                    }
+                };
+            }
+            return Self::taken(taken);
         }
         self.take_local(session)
     }
@@ -140,11 +213,54 @@ impl ParkedSessions {
                 taken: Self::taken(Ok(claimed.record)),
                 listed: claimed.listed,
                 displaced: claimed.displaced,
+                direct: false,
             },
-            Err(e) => Resumable {
-                taken: Self::taken(Err(e)),
-                ..Resumable::default()
+            Err(e) => match self.fallback(&e) {
+                Some((redis, node)) => self.take_directly(redis, node, session).await,
+                None => Resumable {
+                    taken: Self::taken(Err(e)),
+                    ..Resumable::default()
+                },
             },
+        }
+    }
+
+    /// [`Self::take_or_claim`] with no presence service to answer: the same
+    /// take script, run on this node's Redis, claims the session for this
+    /// node whatever lists it (nothing can tell), then takes its record.
+    /// The claim refuses a later park by any other node (its old node's
+    /// connection of it ending now), so no copy is left to resume twice; a
+    /// park that came first is taken here. The mark of an ended session is
+    /// read and left in place. When Redis fails too, nothing is taken and
+    /// the answer is not `direct`: the resume starts fresh.
+    async fn take_directly(&self, redis: &ParkedRecords, node: &str, session: &str) -> Resumable {
+        let claim = Claim {
+            node,
+            ttl: self.ttl,
+        };
+        let ended = ended_record();
+        match redis
+            .take_many(&[(session, true)], Some(claim), Some(&ended), None)
+            .await
+        {
+            Ok(mut took) => {
+                let took = took.pop().unwrap_or_default();
+                tracing::debug!(
+                    session,
+                    found = took.record.is_some(),
+                    "presence down: session taken in redis directly"
+                );
+                Resumable {
+                    taken: Self::taken(Ok(took.record)),
+                    listed: None,
+                    displaced: took.displaced,
+                    direct: true,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(session, error = %e, "presence down, and redis: not taken");
+                Resumable::default()
+            }
         }
     }
 
@@ -173,7 +289,16 @@ impl ParkedSessions {
     /// resume on the token's word.
     pub async fn discard(&self, session: &str) {
         if let Some(remote) = &self.remote {
-            if let Err(e) = remote.mark(session, ended_record(), self.ttl).await {
+            let mut marked = remote.mark(session, ended_record(), self.ttl).await;
+            if let Some((redis, _)) = marked.as_ref().err().and_then(|e| self.fallback(e)) {
+                // Whatever node holds a claim, as the service's mark does.
+                let ended = ended_record();
+                let mark = redis.park(session, &ended, self.ttl, None, None);
+                marked = mark.await.map(|_| ()).map_err(|e| {
+                    PresenceError::Unavailable(format!("presence down, and redis: {e}"))
+                });
+            }
+            if let Err(e) = marked {
                 tracing::warn!(session, error = %e, "ended session not marked in the store");
             }
             return;
@@ -188,7 +313,16 @@ impl ParkedSessions {
     /// [`Self::discard`]; here the copies go. Returns how many there were.
     pub async fn end_user(&self, user: &str) -> u64 {
         if let Some(remote) = &self.remote {
-            return match remote.end_user(user, ended_record(), self.ttl).await {
+            let mut ended = remote.end_user(user, ended_record(), self.ttl).await;
+            if let Some((redis, _)) = ended.as_ref().err().and_then(|e| self.fallback(e)) {
+                ended = redis
+                    .end_user(user, &ended_record(), self.ttl)
+                    .await
+                    .map_err(|e| {
+                        PresenceError::Unavailable(format!("presence down, and redis: {e}"))
+                    });
+            }
+            return match ended {
                 Ok(ended) => ended,
                 Err(e) => {
                     tracing::warn!(user, error = %e, "parked sessions of an ended user not marked");

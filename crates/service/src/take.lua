@@ -1,4 +1,4 @@
--- One session's take (every take of ParkedRecords::take_many (store.rs)): the
+-- One session's take (every take of ParkedRecords::take_many (parked.rs)): the
 -- claim, when one is asked (`SET … GET`: the claim replaced, if another
 -- node's, is answered as displaced), then the record, taken unless it
 -- equals the one to keep, which is read and left in place. With a token,
