@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::driver::{Command, Driver};
 use crate::events::{ConnectionState, Events, SessionInfo};
+pub use crate::pending::Published;
 use crate::{ClientBuilder, Error};
 
 /// Commands queued towards the connection task before callers wait.
@@ -39,18 +40,6 @@ pub struct Client {
     request_timeout: Duration,
     /// The connection's token expiry (Unix seconds), 0 when unknown.
     token_expiry: Arc<AtomicU64>,
-}
-
-/// The node's answer to a publish.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Published {
-    /// The message's offset in the room.
-    pub offset: u64,
-    /// True when the node had stored a publish with this key already (this
-    /// was a retry): nothing was stored again, `offset` is the first one's.
-    pub duplicate: bool,
-    /// The idempotency key the publish was sent with.
-    pub key: String,
 }
 
 /// Options of a publish.

@@ -47,14 +47,13 @@ use tokio::time::MissedTickBehavior;
 use url::Url;
 
 use crate::backoff::Backoff;
-use crate::client::Published;
 use crate::config::Config;
 use crate::connection::{Connection, Incoming, SendError};
 use crate::dedup::Positions;
 use crate::events::{
     ConnectionState, DirectMessage, DisconnectCause, Event, RoomMessage, SessionInfo,
 };
-use crate::pending::{published, Asked, Pending, PendingTable, PublishJob, Waiter};
+use crate::pending::{published, Asked, Pending, PendingTable, PublishJob, Published, Waiter};
 use crate::rooms::Rooms;
 use crate::watchdog::{Verdict, Watchdog};
 use crate::Error;

@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use roomcast_protocol::{Data, ServerFrame, Since};
 use tokio::sync::oneshot;
 
-use crate::client::Published;
 use crate::Error;
 
 /// A publish until it is settled: what to send (again), under which key,
@@ -191,4 +190,16 @@ mod tests {
         assert_eq!(t.len(), 1);
         assert!(t.take(2).is_some());
     }
+}
+
+/// The node's answer to a publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The message's offset in the room.
+    pub offset: u64,
+    /// True when the node had stored a publish with this key already (this
+    /// was a retry): nothing was stored again, `offset` is the first one's.
+    pub duplicate: bool,
+    /// The idempotency key the publish was sent with.
+    pub key: String,
 }
