@@ -153,7 +153,9 @@ impl Authenticator {
                 // `exp` by more than the connection's grace would be
                 // welcomed only to be closed with 4401 a moment later.
                 let grace = crate::conn_handle::EXPIRY_GRACE_MS;
-                if claims.exp.saturating_mul(1000) + grace <= crate::conn_handle::unix_ms() {
+                if claims.exp.saturating_mul(1000).saturating_add(grace)
+                    <= crate::conn_handle::unix_ms()
+                {
                     return Err(AuthError::Invalid("ExpiredSignature".into()));
                 }
                 if claims.sub.is_empty() {

@@ -307,8 +307,11 @@ pub fn unix_ms() -> u64 {
 /// one gets a deadline of 1: due at once).
 fn deadline_of(expires_at: Option<u64>) -> u64 {
     let Some(exp) = expires_at else { return 0 };
-    let left = (exp.saturating_mul(1000) + EXPIRY_GRACE_MS).saturating_sub(unix_ms());
-    (now_ms() + left).clamp(1, REFRESH_ASKED - 1)
+    let left = exp
+        .saturating_mul(1000)
+        .saturating_add(EXPIRY_GRACE_MS)
+        .saturating_sub(unix_ms());
+    now_ms().saturating_add(left).clamp(1, REFRESH_ASKED - 1)
 }
 
 /// Bits of [`ConnHandle::fate`].

@@ -549,3 +549,27 @@ async fn a_subscribed_room_joins_again_as_joined_and_a_fresh_session_recovers_it
     let (data, _) = fresh.next_message("inbox:judy").await;
     assert_eq!(data, json!({"n": 7}));
 }
+
+/// Found by the `jwt_claims` fuzz target: an `exp` near `u64::MAX` once
+/// overflowed the expiry arithmetic. Such a token never expires.
+#[tokio::test]
+async fn a_token_whose_exp_is_the_largest_number_is_welcomed() {
+    let gw = gateway();
+    let (mut c, welcome) = connect(&gw, json!({"sub": "kim", "exp": u64::MAX})).await;
+    assert!(
+        matches!(welcome, ServerFrame::Welcome { token_expires_at: Some(e), .. } if e == u64::MAX),
+        "{welcome:?}"
+    );
+    let reply = c
+        .request(ClientFrame::Refresh {
+            id: Some(1),
+            token: token(json!({"sub": "kim", "exp": u64::MAX - 1})),
+        })
+        .await;
+    assert!(
+        matches!(reply, ServerFrame::Refreshed { id: Some(1), .. }),
+        "{reply:?}"
+    );
+    let pong = c.request(ClientFrame::Ping { id: Some(2) }).await;
+    assert_eq!(pong, ServerFrame::Pong { id: Some(2) });
+}
