@@ -118,34 +118,30 @@ impl ConnHandle {
         self.refresh(identity);
     }
 
-    /// The identity in force: the last refresh's, else the first one.
-    pub fn current_identity(&self) -> Identity {
+    /// `f` of the identity in force: the last refresh's, else the first one.
+    fn in_force<R>(&self, f: impl FnOnce(&Identity) -> R) -> R {
         match &*self.refreshed.load() {
-            Some(refreshed) => (**refreshed).clone(),
-            None => self.identity.clone(),
+            Some(refreshed) => f(refreshed),
+            None => f(&self.identity),
         }
+    }
+
+    /// The identity in force (what a park keeps).
+    pub fn current_identity(&self) -> Identity {
+        self.in_force(Identity::clone)
     }
 
     /// When the token in force expires (Unix seconds).
     pub fn token_expires_at(&self) -> Option<u64> {
-        match &*self.refreshed.load() {
-            Some(refreshed) => refreshed.expires_at,
-            None => self.identity.expires_at,
-        }
+        self.in_force(|i| i.expires_at)
     }
 
     pub fn may_join(&self, room: &str) -> bool {
-        match &*self.refreshed.load() {
-            Some(refreshed) => refreshed.may_join(room),
-            None => self.identity.may_join(room),
-        }
+        self.in_force(|i| i.may_join(room))
     }
 
     pub fn may_publish_unjoined(&self, room: &str) -> bool {
-        match &*self.refreshed.load() {
-            Some(refreshed) => refreshed.may_publish_unjoined(room),
-            None => self.identity.may_publish_unjoined(room),
-        }
+        self.in_force(|i| i.may_publish_unjoined(room))
     }
 
     /// Lets the hub (and, with `pings`, the heartbeat) write straight to

@@ -45,6 +45,15 @@ const REJECTIONS: [&str; 7] = [
     "user_limit",
 ];
 
+/// How a token refresh ended (`roomcast_token_refreshes_total{outcome}`).
+#[derive(Clone, Copy)]
+pub enum RefreshOutcome {
+    Refreshed = 0,
+    Refused,
+    ProxyExtended,
+    ProxyFailed,
+}
+
 /// Why a socket was closed right after `accept`, before hyper saw it.
 #[derive(Clone, Copy)]
 pub enum AcceptRefusal {
@@ -110,7 +119,7 @@ pub struct Metrics {
     /// Token refreshes by outcome: `refresh` frames answered `refreshed`,
     /// refused (`unauthorized` or `forbidden`), and the refresh proxy's
     /// extensions and failures.
-    pub refreshes: [Counter; 4],
+    refreshes: [Counter; 4],
     pub api_requests: Counter,
     pub api_unauthorized: Counter,
     pub draining: Gauge,
@@ -386,6 +395,10 @@ impl Metrics {
             reloads_refused,
             registry: r,
         }
+    }
+
+    pub fn refresh(&self, outcome: RefreshOutcome) {
+        self.refreshes[outcome as usize].inc();
     }
 
     pub fn reject(&self, why: Rejection) {

@@ -27,7 +27,7 @@ use crate::error::NodeError;
 use crate::heartbeat::Registry;
 use crate::hub::{Added, Hub};
 use crate::limits::{check_room_name, PerIpCounter};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RefreshOutcome};
 use crate::node_stats::{ClusterView, NodeStats, Reading};
 use crate::presence::Presence;
 use crate::routing::Routing;
@@ -260,7 +260,7 @@ impl Node {
                     match crate::proxy::refresh(&live.proxy, &node.metrics, &conn).await {
                         Some(expires_at) => {
                             conn.extend(expires_at);
-                            node.metrics.refreshes[2].inc();
+                            node.metrics.refresh(RefreshOutcome::ProxyExtended);
                             // Told without an id: the client's own
                             // `refresh` is not needed before then.
                             let told = roomcast_protocol::ServerFrame::Refreshed {
@@ -270,7 +270,7 @@ impl Node {
                             node.metrics.frame_out(&told);
                             let _ = conn.send(&told);
                         }
-                        None => node.metrics.refreshes[3].inc(),
+                        None => node.metrics.refresh(RefreshOutcome::ProxyFailed),
                     }
                 });
             }

@@ -9,6 +9,7 @@ use roomcast_protocol::{ClientFrame, ErrorCode, ServerFrame};
 
 use crate::conn_handle::ConnHandle;
 use crate::error::NodeError;
+use crate::metrics::RefreshOutcome;
 use crate::node::Node;
 
 /// What the connection's commands change, owned by the command running
@@ -201,7 +202,7 @@ async fn refresh(
     token: &str,
 ) -> Result<Option<ServerFrame>, NodeError> {
     let refused = |code, message: String| {
-        node.metrics.refreshes[1].inc();
+        node.metrics.refresh(RefreshOutcome::Refused);
         Err(NodeError::new(code, message))
     };
     let identity = match node.auth.authenticate(Some(token), &conn.session) {
@@ -229,7 +230,7 @@ async fn refresh(
     state.subs.clone_from(&subs);
     conn.refresh(identity);
     node.registry.expiry_moved(conn);
-    node.metrics.refreshes[0].inc();
+    node.metrics.refresh(RefreshOutcome::Refreshed);
     let gone: Vec<String> = state
         .rooms
         .iter()
